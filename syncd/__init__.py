@@ -1,0 +1,3 @@
+"""syncd keeps SecureVideo telehealth sessions in step with EHR appointments."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,302 @@
+"""The vocabulary of syncd: what the EHR wants and what SecureVideo has.
+
+Plain frozen values, no I/O.  Fields that hold patient data (names, e-mails, phone numbers) are
+excluded from ``repr`` so that an accidental ``log.info(x=appointment)`` or an assertion message
+cannot print them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from enum import Enum, StrEnum
+from typing import ClassVar, Literal
+
+Delivery = Literal["E", "S", "N"]
+
+
+class AppointmentStatus(StrEnum):
+    """FHIR R4 ``Appointment.status``."""
+
+    PROPOSED = "proposed"
+    PENDING = "pending"
+    BOOKED = "booked"
+    ARRIVED = "arrived"
+    FULFILLED = "fulfilled"
+    CANCELLED = "cancelled"
+    NOSHOW = "noshow"
+    ENTERED_IN_ERROR = "entered-in-error"
+    CHECKED_IN = "checked-in"
+    WAITLIST = "waitlist"
+
+
+class Presence(Enum):
+    """What an appointment status asks of its SecureVideo session."""
+
+    LIVE = "live"  # the session must exist as described
+    ABSENT = "absent"  # no live session: cancel one that exists
+    LEAVE_ALONE = "leave-alone"  # the visit happened or was missed: don't touch SecureVideo
+
+
+PRESENCE: dict[AppointmentStatus, Presence] = {
+    AppointmentStatus.BOOKED: Presence.LIVE,
+    AppointmentStatus.ARRIVED: Presence.LIVE,
+    AppointmentStatus.CHECKED_IN: Presence.LIVE,
+    AppointmentStatus.CANCELLED: Presence.ABSENT,
+    AppointmentStatus.ENTERED_IN_ERROR: Presence.ABSENT,
+    AppointmentStatus.PROPOSED: Presence.ABSENT,
+    AppointmentStatus.PENDING: Presence.ABSENT,
+    AppointmentStatus.WAITLIST: Presence.ABSENT,
+    AppointmentStatus.FULFILLED: Presence.LEAVE_ALONE,
+    AppointmentStatus.NOSHOW: Presence.LEAVE_ALONE,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Guest:
+    """A participant the EHR wants in the session (never the host).
+
+    Either a non-SecureVideo person (``full_name`` set) or a SecureVideo user
+    (``securevideo_user_id`` set).  ``email``/``sms`` are "" when absent, as SecureVideo
+    reports them.
+    """
+
+    external_id: str
+    full_name: str = field(default="", repr=False)
+    email: str = field(default="", repr=False)
+    sms: str = field(default="", repr=False)
+    time_zone_windows_id: str | None = None
+    deliver: Delivery = "N"
+    packet_id: int | None = None
+    svc_id: int | None = None
+    deposit: Decimal | None = None
+    securevideo_user_id: str | None = None
+
+    @property
+    def is_securevideo_user(self) -> bool:
+        return self.securevideo_user_id is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Appointment:
+    """The whole appointment as of one outbox row, already validated and normalised."""
+
+    event_id: int
+    appointment_id: str
+    external_session_id: str
+    provider_external_id: str
+    status: AppointmentStatus
+    #: UTC, naive, seconds zeroed: exactly what ``ScheduleTs`` will say
+    starts_at: datetime
+    topic: str | None = field(default=None, repr=False)
+    is_recorded: bool = False
+    guests: tuple[Guest, ...] = ()
+
+    @property
+    def presence(self) -> Presence:
+        return PRESENCE[self.status]
+
+    def fingerprint(self) -> str:
+        """A hash of the desired state: lets the ledger tell "changed" from "same" without PHI."""
+        return fingerprint_of(_canonical_appointment(self))
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteParticipant:
+    """A participant as SecureVideo reports it."""
+
+    participation_id: int
+    external_id: str | None
+    full_name: str = field(default="", repr=False)
+    email: str = field(default="", repr=False)
+    sms: str = field(default="", repr=False)
+    time_zone_windows_id: str | None = None
+    deliver: str = "N"
+    #: not in Session JSON: filled from the ledger's record of what syncd last sent, else None
+    packet_id: int | None = None
+    svc_id: int | None = None
+    deposit: Decimal | None = None
+    securevideo_user_id: str | None = None
+    #: True when ``packet_id`` is known (SecureVideo does not report it; the ledger remembers it)
+    packet_known: bool = False
+    rsvp: str = "Unknown"
+    connection_ts: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteSession:
+    """A session as SecureVideo reports it; ``participants[0]`` is the host."""
+
+    session_id: int
+    external_session_id: str | None
+    user_id: int
+    schedule_ts: datetime | None
+    schedule_type: str
+    #: the ExternalId of the host user whose list this session was read from
+    host_external_id: str
+    is_recorded: bool = False
+    participants: tuple[RemoteParticipant, ...] = ()
+    billable_ts: datetime | None = None
+    duration_minutes: int | None = None
+    wait_time: int | None = None
+    billable_status_cd: str | None = None
+
+    @property
+    def is_cancelled(self) -> bool:
+        return self.schedule_type == "Cancelled"
+
+    @property
+    def guests(self) -> tuple[RemoteParticipant, ...]:
+        return self.participants[1:]
+
+
+# --- operations: what the planner asks the executor to do -------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CreateSession:
+    appointment_id: str
+    external_session_id: str
+    host_external_id: str
+    schedule_ts: datetime
+    topic: str | None = field(repr=False)
+    is_recorded: bool
+    guests: tuple[Guest, ...]
+
+    kind: ClassVar[str] = "create"
+
+
+@dataclass(frozen=True, slots=True)
+class RescheduleSession:
+    appointment_id: str
+    session_id: int
+    schedule_ts: datetime
+
+    kind: ClassVar[str] = "reschedule"
+
+
+@dataclass(frozen=True, slots=True)
+class CancelSession:
+    appointment_id: str
+    session_id: int
+    #: why: "cancelled" (status), "provider-change", "duplicate"
+    reason: str
+
+    kind: ClassVar[str] = "cancel"
+
+
+@dataclass(frozen=True, slots=True)
+class AddParticipant:
+    appointment_id: str
+    session_id: int
+    guest: Guest
+
+    kind: ClassVar[str] = "add_participant"
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateParticipant:
+    appointment_id: str
+    session_id: int
+    participation_id: int
+    guest: Guest
+    #: names of the changed fields (no values): for logs and ``syncd plan``
+    changed: tuple[str, ...]
+
+    kind: ClassVar[str] = "update_participant"
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveParticipant:
+    appointment_id: str
+    session_id: int
+    participation_id: int
+    external_id: str
+    #: "removed" or "rename" (remove + add)
+    reason: str
+
+    kind: ClassVar[str] = "remove_participant"
+
+
+Operation = (
+    CreateSession
+    | RescheduleSession
+    | CancelSession
+    | AddParticipant
+    | UpdateParticipant
+    | RemoveParticipant
+)
+
+
+def describe(op: Operation) -> dict[str, object]:
+    """A PHI-free description of an operation, for logs, the ledger and ``syncd plan``."""
+    out: dict[str, object] = {"op": op.kind, "appointment_id": op.appointment_id}
+    match op:
+        case CreateSession():
+            out["host"] = op.host_external_id
+            out["schedule_ts"] = op.schedule_ts.isoformat()
+            out["participants"] = [g.external_id for g in op.guests]
+        case RescheduleSession():
+            out["session_id"] = op.session_id
+            out["schedule_ts"] = op.schedule_ts.isoformat()
+        case CancelSession():
+            out["session_id"] = op.session_id
+            out["reason"] = op.reason
+        case AddParticipant():
+            out["session_id"] = op.session_id
+            out["participant_external_id"] = op.guest.external_id
+        case UpdateParticipant():
+            out["session_id"] = op.session_id
+            out["participant_external_id"] = op.guest.external_id
+            out["fields"] = list(op.changed)
+        case RemoveParticipant():
+            out["session_id"] = op.session_id
+            out["participant_external_id"] = op.external_id
+            out["reason"] = op.reason
+    return out
+
+
+# --- fingerprints ------------------------------------------------------------------------------
+
+
+def fingerprint_of(value: object) -> str:
+    """SHA-256 of a canonical JSON rendering.  One-way: the ledger may keep it, PHI stays out."""
+    blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def guest_fingerprint(guest: Guest) -> str:
+    return fingerprint_of(_canonical_guest(guest))
+
+
+def _canonical_guest(g: Guest) -> dict[str, object]:
+    return {
+        "external_id": g.external_id,
+        "full_name": g.full_name,
+        "email": g.email,
+        "sms": g.sms,
+        "tz": g.time_zone_windows_id,
+        "deliver": g.deliver,
+        "packet_id": g.packet_id,
+        "svc_id": g.svc_id,
+        "deposit": None if g.deposit is None else str(g.deposit.normalize()),
+        "sv_user": g.securevideo_user_id,
+    }
+
+
+def _canonical_appointment(a: Appointment) -> dict[str, object]:
+    return {
+        "appointment_id": a.appointment_id,
+        "external_session_id": a.external_session_id,
+        "provider": a.provider_external_id,
+        "presence": a.presence.value,
+        "starts_at": a.starts_at.isoformat(),
+        "topic": a.topic,
+        "is_recorded": a.is_recorded,
+        "guests": sorted(
+            (_canonical_guest(g) for g in a.guests), key=lambda d: str(d["external_id"])
+        ),
+    }
