@@ -1,0 +1,675 @@
+"""syncd's settings: one typed object built from init kwargs, environment, secrets and TOML.
+
+Sources, strongest first: keyword arguments to `load_settings`, ``SYNCD_*`` environment variables,
+files in the secrets directory (``SYNCD_SECRETS_DIR``, default ``/run/secrets``), the TOML file
+(``SYNCD_CONFIG_FILE``, default ``config/syncd.toml`` when it exists), then the defaults below.
+
+Every setting is named after its environment variable in error messages
+(``SYNCD_SYNC__CONCURRENCY``), because that is the one name an operator can grep for in the
+docs, the TOML example and the env file alike.  Messages never carry a secret or a URL: a URL can
+embed a password, so it is never echoed back.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import sys
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+from pydantic_settings import (
+    BaseSettings,
+    NestedSecretsSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from syncd.errors import ConfigError
+
+__all__ = [
+    "CONFIG_FILE_ENV",
+    "CONTRACT_COLUMNS",
+    "DEFAULT_CONFIG_FILE",
+    "DEFAULT_SECRETS_DIR",
+    "ENV_PREFIX",
+    "SECRETS_DIR_ENV",
+    "HealthSettings",
+    "LedgerSettings",
+    "LogSettings",
+    "OutboxSettings",
+    "SecureVideoSettings",
+    "Settings",
+    "SyncSettings",
+    "config_file_path",
+    "load_settings",
+]
+
+ENV_PREFIX = "SYNCD_"
+NESTED_DELIMITER = "__"
+CONFIG_FILE_ENV = "SYNCD_CONFIG_FILE"
+SECRETS_DIR_ENV = "SYNCD_SECRETS_DIR"
+DEFAULT_CONFIG_FILE = Path("config/syncd.toml")
+DEFAULT_SECRETS_DIR = Path("/run/secrets")
+
+#: SYNCD_* variables that choose where settings come from rather than being settings themselves.
+SOURCE_ENV_VARS: frozenset[str] = frozenset({CONFIG_FILE_ENV, SECRETS_DIR_ENV})
+
+#: Column names of the outbox contract; `OutboxSettings.columns` maps each to the EHR's own name.
+CONTRACT_COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "appointment_id",
+    "provider_external_id",
+    "status",
+    "starts_at",
+    "topic",
+    "is_recorded",
+    "participants",
+    "created_at",
+)
+
+# fullmatch, not `$`: `$` also matches before a trailing newline.
+_IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
+_IDENTIFIER_RE = re.compile(_IDENTIFIER)
+_TABLE_RE = re.compile(rf"{_IDENTIFIER}(\.{_IDENTIFIER})?")
+
+# Fields whose input is never echoed in an error: URLs can embed passwords, keys are credentials.
+_UNECHOED_FIELDS = frozenset({"url", "base_url", "api_key", "api_secret"})
+_MASK = "***"
+_NUMBER_RE = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+_ECHO_MAX = 60
+
+
+def _require_identifier(value: str, what: str) -> str:
+    if not _IDENTIFIER_RE.fullmatch(value):
+        raise ValueError(
+            f"{what} must be a plain SQL identifier (letter or underscore first, then letters, "
+            f"digits or underscores, at most 63 characters); got {value!r}"
+        )
+    return value
+
+
+def _check_sqlalchemy_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        make_url(value)
+    except (ArgumentError, ValueError):
+        # The URL is not repeated: it may carry the database password.
+        raise ValueError(
+            "is not a valid SQLAlchemy URL (expected dialect+driver://user:password@host/db)"
+        ) from None
+    return value
+
+
+def _mask_db_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        url = make_url(value)
+    except (ArgumentError, ValueError):
+        return _MASK
+    # Drivers also accept a password as a query parameter, which hide_password does not cover.
+    query = {
+        key: (_MASK if re.search("pass|secret|token|key", key, re.IGNORECASE) else val)
+        for key, val in url.query.items()
+    }
+    return url.set(query=query).render_as_string(hide_password=True)
+
+
+class _Group(BaseModel):
+    # extra="forbid" turns a typo in the TOML file into an error instead of a silently ignored key.
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+
+
+class OutboxSettings(_Group):
+    """Where the EHR publishes appointment changes (the outbox view)."""
+
+    url: str | None = Field(
+        default=None,
+        repr=False,
+        description="SQLAlchemy URL of the EHR database; required by run, once, plan and check.",
+    )
+    table: str = Field(
+        default="appointment_outbox",
+        description="Outbox table or view, optionally schema-qualified (schema.table).",
+    )
+    timezone: str = Field(
+        default="UTC",
+        description="IANA zone of naive timestamps in the outbox, e.g. America/Chicago.",
+    )
+    columns: dict[str, str] = Field(
+        default_factory=lambda: {name: name for name in CONTRACT_COLUMNS},
+        description="Contract column name -> the EHR view's column name; unlisted ones keep "
+        "their contract name.",
+    )
+    session_id_prefix: str = Field(
+        default="",
+        description="Prefix of the ExternalSessionId syncd gives each SecureVideo session.",
+    )
+    reread_window: int = Field(
+        default=1000,
+        ge=0,
+        description="How many event ids behind the cursor each pass re-reads, because ids can "
+        "become visible out of order (concurrent EHR transactions commit out of id order).",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        return _check_sqlalchemy_url(value)
+
+    @field_validator("table")
+    @classmethod
+    def _check_table(cls, value: str) -> str:
+        if not _TABLE_RE.fullmatch(value):
+            raise ValueError(
+                "must be a table name like appointment_outbox or schema.table (letter or "
+                "underscore first, then letters, digits or underscores; no quotes, spaces or "
+                "semicolons)"
+            )
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError("is not a known IANA time zone (e.g. UTC, America/New_York)") from None
+        return value
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _check_columns(cls, value: object) -> object:
+        if not isinstance(value, Mapping):
+            return value  # let pydantic report the type error
+        unknown = sorted(str(key) for key in value if key not in CONTRACT_COLUMNS)
+        if unknown:
+            raise ValueError(
+                f"unknown contract column(s) {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(CONTRACT_COLUMNS)}"
+            )
+        for key, column in value.items():
+            if not isinstance(column, str):
+                raise ValueError(f"column for {key!r} must be a string")
+            _require_identifier(column, f"column for {key!r}")
+        # A partial mapping remaps only what it names; the rest keeps the contract names.
+        return {name: name for name in CONTRACT_COLUMNS} | dict(value)
+
+    @field_validator("session_id_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if len(value) > 32:
+            raise ValueError(f"must be at most 32 characters (got {len(value)})")
+        if any(ch.isspace() or not ch.isprintable() for ch in value):
+            raise ValueError("must be printable characters without whitespace")
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """`timezone` as a tzinfo."""
+        return ZoneInfo(self.timezone)
+
+
+class LedgerSettings(_Group):
+    """syncd's own database: what it created in SecureVideo and how far it has read."""
+
+    data_dir: Path = Field(
+        default=Path("./data"),
+        description="Directory of syncd's local state; the container sets /data.",
+    )
+    url: str = Field(
+        default="",
+        repr=False,
+        description="SQLAlchemy URL of the ledger; empty means sqlite:///<data_dir>/ledger.sqlite3.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if value:
+            _check_sqlalchemy_url(value)
+        return value
+
+    @model_validator(mode="after")
+    def _default_url(self) -> LedgerSettings:
+        if not self.url:
+            # frozen model: set through object.__setattr__ during validation only
+            object.__setattr__(
+                self, "url", f"sqlite:///{(self.data_dir / 'ledger.sqlite3').as_posix()}"
+            )
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in {"localhost", "localhost."}:
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_link_local(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_link_local
+
+
+class SecureVideoSettings(_Group):
+    """The SecureVideo API and syncd's credentials for it."""
+
+    base_url: str = Field(
+        default="https://api.securevideo.com",
+        description="API root; https only (plain http is allowed for loopback test servers).",
+    )
+    api_key: str | None = Field(default=None, repr=False, description="API key (user name).")
+    api_secret: SecretStr | None = Field(default=None, description="API secret (password).")
+    connect_timeout: float = Field(default=5.0, gt=0, description="Seconds to connect.")
+    read_timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for an answer.")
+    rate_limit_per_second: float | None = Field(
+        default=None, gt=0, description="Cap on requests per second; unset means no cap."
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        # No message below repeats the URL: it may contain credentials.
+        try:
+            parts = urlsplit(value.strip())
+            host = parts.hostname
+            parts.port  # noqa: B018 -- raises ValueError on a malformed port
+        except ValueError:
+            raise ValueError("is not a valid URL") from None
+        if "@" in parts.netloc:
+            raise ValueError(
+                "credentials don't belong in the URL; set SYNCD_SECUREVIDEO__API_KEY and "
+                "SYNCD_SECUREVIDEO__API_SECRET instead"
+            )
+        if parts.scheme not in {"https", "http"} or not host:
+            raise ValueError(
+                "must be an https:// URL with a host, e.g. https://api.securevideo.com"
+            )
+        if parts.query or parts.fragment or value.rstrip().endswith(("?", "#")):
+            raise ValueError("must not have a query string or fragment")
+        if _is_link_local(host):
+            # 169.254.169.254 is the cloud metadata service: never a place to send credentials.
+            raise ValueError("must not point at a link-local address")
+        if parts.scheme == "http" and not _is_loopback(host):
+            raise ValueError(
+                "must use https:// (plain http:// is allowed only for localhost/127.0.0.1/::1)"
+            )
+        return value.strip().rstrip("/")
+
+    @field_validator("api_key", "api_secret", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # An empty line in an env file or an empty secret file means "not configured".
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, SecretStr) and not value.get_secret_value().strip():
+            return None
+        return value
+
+
+class SyncSettings(_Group):
+    """How often and how hard syncd works."""
+
+    poll_interval_seconds: int = Field(default=60, ge=1, description="Seconds between passes.")
+    concurrency: int = Field(
+        default=4, ge=1, le=64, description="Appointments worked on at the same time."
+    )
+    max_attempts: int = Field(
+        default=8, ge=1, description="Tries per appointment before it is parked for an operator."
+    )
+    batch_size: int = Field(default=500, ge=1, le=10000, description="Outbox rows read per query.")
+    max_backoff_seconds: float = Field(
+        default=60.0, gt=0, description="Longest wait between retries of one request."
+    )
+    pass_retry_budget_seconds: float = Field(
+        default=120.0,
+        ge=0,
+        description="How long one pass may spend backing off for one appointment before "
+        "leaving it to the next pass.",
+    )
+
+
+def _default_log_format() -> Literal["json", "console"]:
+    stdout = sys.stdout
+    return "console" if stdout is not None and stdout.isatty() else "json"
+
+
+class LogSettings(_Group):
+    """Log output."""
+
+    format: Literal["json", "console"] = Field(
+        default_factory=_default_log_format,
+        description="json (one object per line) or console; default json unless stdout is a TTY.",
+    )
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Lowest level logged."
+    )
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+
+class HealthSettings(_Group):
+    """The /healthz and /metrics HTTP endpoint."""
+
+    enabled: bool = Field(default=False, description="Serve /healthz and /metrics.")
+    host: str = Field(default="127.0.0.1", min_length=1, description="Address to listen on.")
+    port: int = Field(default=8080, ge=1, le=65535, description="Port to listen on.")
+
+
+def config_file_path(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The TOML file settings are read from, or None when there is none.
+
+    ``SYNCD_CONFIG_FILE`` names it (and then it must exist; an empty value means "no file");
+    otherwise ``config/syncd.toml`` under the working directory is used when present.
+    """
+    env = os.environ if environ is None else environ
+    named = env.get(CONFIG_FILE_ENV)
+    if named is None:
+        return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+    if not named.strip():
+        return None
+    path = Path(named).expanduser()
+    if not path.is_file():
+        raise ConfigError(CONFIG_FILE_ENV, f"config file not found: {path}")
+    return path
+
+
+def _secrets_dir(environ: Mapping[str, str]) -> Path | None:
+    named = environ.get(SECRETS_DIR_ENV)
+    if named is None:
+        # Absent by default outside containers: that is normal, so no warning.
+        return DEFAULT_SECRETS_DIR if DEFAULT_SECRETS_DIR.is_dir() else None
+    if not named.strip():
+        return None
+    path = Path(named).expanduser()
+    if not path.is_dir():
+        # Named explicitly, so a missing directory is a deployment mistake (secret not mounted).
+        raise ConfigError(SECRETS_DIR_ENV, f"secrets directory not found: {path}")
+    return path
+
+
+class Settings(BaseSettings):
+    """All of syncd's settings. Build it with `load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=NESTED_DELIMITER,
+        # An empty `SYNCD_X=` line in an env file means "not set", not "set to empty".
+        env_ignore_empty=True,
+        extra="forbid",
+        validate_default=True,
+        frozen=True,
+    )
+
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    securevideo: SecureVideoSettings = Field(default_factory=SecureVideoSettings)
+    sync: SyncSettings = Field(default_factory=SyncSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+
+    _config_file: Path | None = PrivateAttr(default=None)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Every source is returned: the documented TOML recipe returns only the TOML source,
+        # which silently drops the environment.
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        secrets_dir = _secrets_dir(os.environ)
+        if secrets_dir is not None:
+            try:
+                sources.append(
+                    NestedSecretsSettingsSource(
+                        file_secret_settings,
+                        secrets_dir=secrets_dir,
+                        secrets_dir_missing="ok",
+                    )
+                )
+            except (SettingsError, OSError) as exc:
+                raise ConfigError(SECRETS_DIR_ENV, f"{secrets_dir}: {_one_line(exc)}") from None
+        toml_file = config_file_path()
+        if toml_file is not None:
+            try:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(
+                    CONFIG_FILE_ENV, f"{toml_file} is not valid TOML: {_one_line(exc)}"
+                ) from None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(
+                    CONFIG_FILE_ENV, f"{toml_file} cannot be read: {_one_line(exc)}"
+                ) from None
+        return tuple(sources)
+
+    def model_post_init(self, context: Any, /) -> None:
+        try:
+            self._config_file = config_file_path()
+        except ConfigError:
+            self._config_file = None
+
+    def require_outbox_url(self) -> str:
+        """The EHR database URL, or a ConfigError when it is not configured."""
+        if not self.outbox.url:
+            raise ConfigError(
+                "SYNCD_OUTBOX__URL",
+                "is required for this command (the SQLAlchemy URL of the EHR database, "
+                "e.g. postgresql+psycopg://syncd@ehr-db/ehr)",
+            )
+        return self.outbox.url
+
+    def require_credentials(self) -> tuple[str, SecretStr]:
+        """The SecureVideo API key and secret, or a ConfigError naming the missing one."""
+        key, secret = self.securevideo.api_key, self.securevideo.api_secret
+        if key is None:
+            also = " (and so is SYNCD_SECUREVIDEO__API_SECRET)" if secret is None else ""
+            raise ConfigError(
+                "SYNCD_SECUREVIDEO__API_KEY", f"is required to call SecureVideo but not set{also}"
+            )
+        if secret is None:
+            raise ConfigError(
+                "SYNCD_SECUREVIDEO__API_SECRET",
+                "is required to call SecureVideo but not set (use a file in the secrets "
+                "directory or the environment)",
+            )
+        return key, secret
+
+    def describe(self) -> dict[str, object]:
+        """The effective settings, safe to print: secrets as "***", DB passwords hidden."""
+        data: dict[str, Any] = self.model_dump(mode="json")
+        data["outbox"]["url"] = _mask_db_url(self.outbox.url)
+        data["ledger"]["url"] = _mask_db_url(self.ledger.url)
+        data["securevideo"]["api_key"] = _MASK if self.securevideo.api_key else None
+        data["securevideo"]["api_secret"] = _MASK if self.securevideo.api_secret else None
+        data["config_file"] = str(self._config_file) if self._config_file else None
+        return data
+
+
+def known_env_vars() -> frozenset[str]:
+    """Every ``SYNCD_*`` variable name syncd understands (upper case)."""
+    names = set(SOURCE_ENV_VARS)
+    for group, field in Settings.model_fields.items():
+        group_name = f"{ENV_PREFIX}{group.upper()}"
+        # A whole group may be given as one JSON object.
+        names.add(group_name)
+        model = field.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            names.update(
+                f"{group_name}{NESTED_DELIMITER}{name.upper()}" for name in model.model_fields
+            )
+    names.update(
+        f"{ENV_PREFIX}OUTBOX{NESTED_DELIMITER}COLUMNS{NESTED_DELIMITER}{column.upper()}"
+        for column in CONTRACT_COLUMNS
+    )
+    return frozenset(names)
+
+
+def _check_unknown_env(environ: Mapping[str, str]) -> None:
+    # pydantic-settings ignores environment variables it has no field for, so a misspelt
+    # SYNCD_SYNC__CONCURENCY would silently leave the default in force.
+    known = known_env_vars()
+    unknown = sorted(
+        name
+        for name in environ
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known
+    )
+    if unknown:
+        more = f" (also {', '.join(unknown[1:])})" if len(unknown) > 1 else ""
+        raise ConfigError(
+            unknown[0],
+            f"is not a known setting; check the spelling against config/syncd.toml{more}",
+        )
+
+
+def _one_line(value: object) -> str:
+    return " ".join(str(value).split())
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    # Dict-key errors carry a "[key]" marker in loc that has no place in a variable name.
+    parts = [str(part).upper() for part in loc if not str(part).startswith("[")]
+    return ENV_PREFIX + NESTED_DELIMITER.join(parts) if parts else "SYNCD_*"
+
+
+def _problem(error: ErrorDetails) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        return "is not a known setting; check the spelling against config/syncd.toml"
+    if kind in {"value_error", "assertion_error"} and "error" in ctx:
+        return str(ctx["error"])
+    bounds = {
+        "greater_than_equal": ("ge", "must be at least {}"),
+        "greater_than": ("gt", "must be greater than {}"),
+        "less_than_equal": ("le", "must be at most {}"),
+        "less_than": ("lt", "must be less than {}"),
+        "string_too_short": ("min_length", "must be at least {} characters long"),
+        "string_too_long": ("max_length", "must be at most {} characters long"),
+    }
+    if kind in bounds:
+        key, template = bounds[kind]
+        return template.format(ctx.get(key))
+    simple = {
+        "int_parsing": "must be a whole number",
+        "int_type": "must be a whole number",
+        "int_from_float": "must be a whole number",
+        "float_parsing": "must be a number",
+        "float_type": "must be a number",
+        "bool_parsing": "must be true or false",
+        "bool_type": "must be true or false",
+        "string_type": "must be a string",
+        "dict_type": "must be a table (TOML) or a JSON object",
+        "model_type": "must be a table (TOML) or a JSON object",
+        "model_attributes_type": "must be a table (TOML) or a JSON object",
+        "json_invalid": "is not valid JSON",
+    }
+    if kind in simple:
+        return simple[kind]
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')}"
+    return str(error["msg"])
+
+
+def _render_input(error: ErrorDetails, value: object) -> str:
+    last = next((str(p) for p in reversed(error["loc"]) if not str(p).startswith("[")), "")
+    if (
+        error["type"] in {"missing", "extra_forbidden"}
+        or last in _UNECHOED_FIELDS
+        or not isinstance(value, str | int | float | bool)
+    ):
+        return ""
+    # Environment values arrive as strings; "0" reads better than "'0'" for a number.
+    is_number = isinstance(value, str) and _NUMBER_RE.fullmatch(value)
+    shown = str(value) if is_number else repr(value)
+    if len(shown) > _ECHO_MAX:
+        shown = shown[: _ECHO_MAX - 3] + "..."
+    return f" (got {shown})"
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    # Messages are built from errors(include_input=False); inputs are added back only for fields
+    # that cannot hold a secret, through _render_input.
+    safe = exc.errors(include_input=False, include_url=False)
+    raw = exc.errors(include_url=False)
+    rendered = [
+        (_env_name(err["loc"]), _one_line(_problem(err) + _render_input(err, full.get("input"))))
+        for err, full in zip(safe, raw, strict=True)
+    ]
+    (first_name, first_problem), *rest = rendered
+    problem = "; ".join([first_problem, *(f"{name}: {text}" for name, text in rest)])
+    return ConfigError(first_name, problem)
+
+
+def _settings_error(exc: SettingsError) -> ConfigError:
+    match = re.search(r'field "([^"]+)"', str(exc))
+    if match:
+        # The parse failure's cause may quote the value, so only the field is named.
+        name = _env_name((match.group(1),))
+        return ConfigError(
+            name,
+            f"a {name}__* value could not be parsed: mappings such as SYNCD_OUTBOX__COLUMNS must "
+            "be JSON objects (or set one key at a time, e.g. SYNCD_OUTBOX__COLUMNS__STATUS)",
+        )
+    return ConfigError("settings", _one_line(exc))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings from all sources; every problem becomes one ConfigError line.
+
+    ``overrides`` are the strongest source, e.g. ``load_settings(sync={"concurrency": 1})``.
+    """
+    _check_unknown_env(os.environ)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise _config_error(exc) from None
+    except SettingsError as exc:
+        raise _settings_error(exc) from None
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("settings", _one_line(exc)) from None
