@@ -1,0 +1,1 @@
+"""Adapters: the concrete implementations of ``syncd.ports`` (SecureVideo over HTTP, databases)."""

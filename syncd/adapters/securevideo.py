@@ -1,0 +1,640 @@
+"""SecureVideo over HTTP: the one place in syncd that speaks httpx.
+
+``SecureVideoClient`` offers every documented session, participant, user and history endpoint at
+the wire level (``*_raw`` and friends, pydantic models in and out) and, on top of them, the
+``syncd.ports.SessionGateway`` protocol in domain terms.
+
+What callers can rely on:
+
+* Every failure is one of ``syncd.errors``: ``AuthenticationError`` (401/403),
+  ``PermanentError``/``NotFoundError`` (400, 404, 409, 410, 422, or an answer that does not parse),
+  ``TemporaryError`` (429, 503, other statuses, a GET without an answer, a request never sent) and
+  ``AmbiguousError`` (a change was sent and its answer lost, or a 500/502/504 answered it: the
+  server may have applied it before failing).  The client never retries: the engine owns that.
+* Messages name the method and the endpoint *template* (query values elided), the status and
+  SecureVideo's ``Message``; never a full URL, a request body or the credentials.
+* ``Retry-After`` on a 429 or 503 closes a gate shared by every thread using this client: nothing is
+  sent before the moment has passed.  An optional client-side rate limit spaces requests evenly.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from types import TracebackType
+from typing import Any, Final, Self, TypeVar
+
+import httpx  # noqa: TID251
+from pydantic import TypeAdapter, ValidationError
+
+from syncd.adapters.securevideo_wire import (
+    HISTORY,
+    SESSIONS,
+    USERS,
+    ErrorJson,
+    HistoryJson,
+    NewParticipant,
+    NewSession,
+    ParticipantJson,
+    Reschedule,
+    SessionJson,
+    UserJson,
+    describe_validation_error,
+)
+from syncd.domain import CreateSession, Guest, RemoteParticipant, RemoteSession
+from syncd.errors import (
+    AmbiguousError,
+    AuthenticationError,
+    NotFoundError,
+    PermanentError,
+    TemporaryError,
+)
+
+__all__ = [
+    "ResponseHook",
+    "SecureVideoClient",
+    "new_participant",
+    "parse_retry_after",
+    "remote_participant",
+    "remote_session",
+]
+
+T = TypeVar("T")
+
+#: ``on_response(method, endpoint_template, status, duration_s)``; status is None without an answer
+ResponseHook = Callable[[str, str, int | None, float], None]
+
+RSVP_ANSWERS: Final = frozenset({"Unknown", "Confirmed", "Declined"})
+
+_SESSION: Final = TypeAdapter(SessionJson)
+_USER: Final = TypeAdapter(UserJson | list[UserJson])
+
+_MUTATING: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_PERMANENT: Final = frozenset({400, 404, 409, 410, 422})
+# A server that fails with these may have committed the change first (an exception while sending
+# the invitation, a gateway that gave up waiting); 503 and 429 conventionally mean "not processed".
+_MAYBE_APPLIED: Final = frozenset({500, 502, 504})
+# Retry-After is defined for these; on them it closes the shared gate.
+_GATING: Final = frozenset({429, 503})
+_MESSAGE_LIMIT: Final = 300
+
+
+class SecureVideoClient:
+    """A thread-safe SecureVideo API client; implements ``syncd.ports.SessionGateway``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        api_secret: str,
+        *,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+        rate_limit_per_second: float | None = None,
+        max_gate_wait: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        on_response: ResponseHook | None = None,
+    ) -> None:
+        """``max_gate_wait``: a request that would have to wait longer than this for the
+        Retry-After gate or the rate limit is not sent; ``TemporaryError`` says how long is left.
+        It keeps a far-off Retry-After from parking the engine's threads (and its shutdown)."""
+        url = httpx.URL(base_url)
+        if url.userinfo:
+            raise ValueError("base_url must not carry credentials; pass api_key and api_secret")
+        if rate_limit_per_second is not None and not rate_limit_per_second > 0:
+            raise ValueError("rate_limit_per_second must be positive")
+        self._base_url = str(url)
+        self._clock = clock
+        self._on_response = on_response
+        self._gate = _Gate(
+            clock=clock,
+            sleep=sleep,
+            interval=None if rate_limit_per_second is None else 1.0 / rate_limit_per_second,
+            max_wait=max_gate_wait,
+        )
+        self._http = httpx.Client(
+            base_url=url,
+            auth=httpx.BasicAuth(api_key, api_secret),
+            headers={"Accept": "application/json", "User-Agent": "syncd"},
+            timeout=httpx.Timeout(
+                connect=connect_timeout, read=read_timeout, write=read_timeout, pool=read_timeout
+            ),
+            # ~16 engine threads, with room for a probe or the odd slow answer
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
+            trust_env=False,
+            follow_redirects=False,
+            transport=transport,
+        )
+
+    def __repr__(self) -> str:
+        return f"SecureVideoClient(base_url={self._base_url!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- SessionGateway --------------------------------------------------------------------------
+
+    def list_host_sessions(self, host_external_id: str) -> list[RemoteSession]:
+        """Active sessions (cancelled ones included) of the host user with this ExternalId."""
+        return [
+            remote_session(s, host_external_id)
+            for s in self.list_sessions(host_external_id=host_external_id)
+        ]
+
+    def create_session(self, op: CreateSession) -> RemoteSession:
+        if not op.guests:
+            raise PermanentError(
+                f"appointment {op.appointment_id}: a session needs at least one guest"
+            )
+        body = NewSession(
+            schedule_ts=op.schedule_ts,
+            is_recorded=op.is_recorded,
+            external_session_id=op.external_session_id,
+            topic=op.topic,
+            participants=tuple(new_participant(g) for g in op.guests),
+        )
+        created = self.create_session_raw(body, host_external_id=op.host_external_id)
+        return remote_session(created, op.host_external_id)
+
+    def reschedule_session(self, session_id: int, schedule_ts: datetime) -> RemoteSession:
+        return remote_session(self.reschedule(schedule_ts, session_id=session_id))
+
+    def cancel_session(self, session_id: int) -> None:
+        self.cancel(session_id=session_id)
+
+    def add_participant(self, session_id: int, guest: Guest) -> RemoteSession:
+        return remote_session(
+            self.add_participant_raw(new_participant(guest), session_id=session_id)
+        )
+
+    def update_participant(self, participation_id: int, guest: Guest) -> RemoteSession:
+        updated = self.update_participant_raw(
+            new_participant(guest), participation_id=participation_id
+        )
+        return remote_session(updated)
+
+    def remove_participant(self, participation_id: int) -> None:
+        self.remove_participant_raw(participation_id=participation_id)
+
+    def probe(self) -> None:
+        """Check that SecureVideo is reachable and accepts the credentials, changing nothing.
+
+        ``GET /user`` is the cheapest documented read that always needs valid credentials and
+        never depends on a particular host or session existing; its answer is parsed too, so a
+        wrong base URL that answers with something else fails here rather than mid-pass.
+        """
+        self.list_users()
+
+    # --- sessions --------------------------------------------------------------------------------
+
+    def list_sessions(
+        self,
+        *,
+        user_id: int | None = None,
+        host_external_id: str | None = None,
+        participant_email: str | None = None,
+    ) -> list[SessionJson]:
+        """GET /session: the account's active sessions, or one host's (by id or ExternalId)."""
+        _at_most_one(user_id=user_id, host_external_id=host_external_id)
+        if user_id is not None:
+            route = _Route("/session/{userId}", f"/session/{_path_id(user_id)}")
+        elif host_external_id is not None:
+            route = _Route("/session/0", "/session/0", {"externalId": host_external_id})
+        else:
+            route = _Route("/session", "/session")
+        if participant_email is not None:
+            route = route.with_params(participantEmail=participant_email)
+        return self._decode(SESSIONS, self._send("GET", route), "GET", route)
+
+    def create_session_raw(
+        self,
+        body: NewSession,
+        *,
+        user_id: int | None = None,
+        host_external_id: str | None = None,
+    ) -> SessionJson:
+        """POST /session for the host given by user id or ExternalId; SecureVideo answers 201."""
+        route = self._host_route("/session", user_id, host_external_id)
+        response = self._send("POST", route, body.to_wire())
+        return self._decode(_SESSION, response, "POST", route)
+
+    def reschedule(
+        self,
+        schedule_ts: datetime | None,
+        *,
+        session_id: int | None = None,
+        external_session_id: str | None = None,
+    ) -> SessionJson:
+        """PUT /session: move a session (None: to right now).  Participants get a notice."""
+        route = self._session_route("/session", session_id, external_session_id)
+        response = self._send("PUT", route, Reschedule(schedule_ts=schedule_ts).to_wire())
+        return self._decode(_SESSION, response, "PUT", route)
+
+    def cancel(
+        self, *, session_id: int | None = None, external_session_id: str | None = None
+    ) -> None:
+        """DELETE /session: the session stays listed with ScheduleType "Cancelled"."""
+        self._send("DELETE", self._session_route("/session", session_id, external_session_id))
+
+    # --- participants ----------------------------------------------------------------------------
+
+    def add_participant_raw(
+        self,
+        body: NewParticipant,
+        *,
+        session_id: int | None = None,
+        external_session_id: str | None = None,
+    ) -> SessionJson:
+        route = self._session_route("/participant", session_id, external_session_id)
+        response = self._send("POST", route, body.to_wire())
+        return self._decode(_SESSION, response, "POST", route)
+
+    def update_participant_raw(
+        self,
+        body: NewParticipant,
+        *,
+        participation_id: int | None = None,
+        external_session_id: str | None = None,
+        external_id: str | None = None,
+    ) -> SessionJson:
+        route = self._participation_route(participation_id, external_session_id, external_id)
+        response = self._send("PUT", route, body.to_wire(update=True))
+        return self._decode(_SESSION, response, "PUT", route)
+
+    def remove_participant_raw(
+        self,
+        *,
+        participation_id: int | None = None,
+        external_session_id: str | None = None,
+        external_id: str | None = None,
+    ) -> None:
+        route = self._participation_route(participation_id, external_session_id, external_id)
+        self._send("DELETE", route)
+
+    def set_rsvp(self, participation_id: int, rsvp: str) -> None:
+        """PUT /rsvp/{ParticipationId} with Unknown, Confirmed or Declined."""
+        if rsvp not in RSVP_ANSWERS:
+            raise ValueError("rsvp must be Unknown, Confirmed or Declined")
+        route = _Route("/rsvp/{participationId}", f"/rsvp/{_path_id(participation_id)}")
+        self._send("PUT", route, {"RSVP": rsvp})
+
+    # --- users and history -----------------------------------------------------------------------
+
+    def list_users(self) -> list[UserJson]:
+        route = _Route("/user", "/user")
+        return self._decode(USERS, self._send("GET", route), "GET", route)
+
+    def get_user(self, *, user_id: int | None = None, external_id: str | None = None) -> UserJson:
+        route = self._host_route("/user", user_id, external_id)
+        found = self._decode(_USER, self._send("GET", route), "GET", route)
+        if isinstance(found, UserJson):
+            return found
+        # Tolerated: a lookup by ExternalId answered with a list, as the session lookup does.
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise NotFoundError(f"GET {route.template}: no such user", status=200)
+        raise PermanentError(f"GET {route.template}: {len(found)} users match", status=200)
+
+    def history(
+        self,
+        *,
+        month: date | None = None,
+        start: date | None = None,
+        end: date | None = None,
+        host_user_id: int | None = None,
+        participant_email: str | None = None,
+    ) -> list[HistoryJson]:
+        """GET /history: billable sessions by month (any day of it) or by a start/end range."""
+        if month is not None and (start is not None or end is not None):
+            raise ValueError("give either month or start/end: SecureVideo ignores start/end")
+        if host_user_id is None:
+            route = _Route("/history", "/history")
+        else:
+            route = _Route("/history/{hostUserId}", f"/history/{_path_id(host_user_id)}")
+        params: dict[str, str] = {}
+        if month is not None:
+            params["month"] = month.replace(day=1).isoformat()
+        if start is not None:
+            params["startDt"] = start.isoformat()
+        if end is not None:
+            params["endDt"] = end.isoformat()
+        if participant_email is not None:
+            params["participantEmail"] = participant_email
+        route = route.with_params(**params)
+        return self._decode(HISTORY, self._send("GET", route), "GET", route)
+
+    # --- routes ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _host_route(base: str, user_id: int | None, external_id: str | None) -> _Route:
+        _exactly_one(user_id=user_id, external_id=external_id)
+        if user_id is not None:
+            return _Route(base + "/{userId}", f"{base}/{_path_id(user_id)}")
+        assert external_id is not None
+        return _Route(base + "/0", base + "/0", {"externalId": external_id})
+
+    @staticmethod
+    def _session_route(
+        base: str, session_id: int | None, external_session_id: str | None
+    ) -> _Route:
+        _exactly_one(session_id=session_id, external_session_id=external_session_id)
+        if session_id is not None:
+            return _Route(base + "/{sessionId}", f"{base}/{_path_id(session_id)}")
+        assert external_session_id is not None
+        return _Route(base + "/0", base + "/0", {"externalSessionId": external_session_id})
+
+    @staticmethod
+    def _participation_route(
+        participation_id: int | None, external_session_id: str | None, external_id: str | None
+    ) -> _Route:
+        if participation_id is not None:
+            if external_session_id is not None or external_id is not None:
+                raise ValueError("give participation_id or external_session_id + external_id")
+            return _Route(
+                "/participant/{participationId}", f"/participant/{_path_id(participation_id)}"
+            )
+        if external_session_id is None or external_id is None:
+            raise ValueError("give participation_id or external_session_id + external_id")
+        params = {"externalSessionId": external_session_id, "externalId": external_id}
+        return _Route("/participant/0", "/participant/0", params)
+
+    # --- the one way out -------------------------------------------------------------------------
+
+    def _send(
+        self, method: str, route: _Route, body: Mapping[str, Any] | None = None
+    ) -> httpx.Response:
+        where = f"{method} {route.template}"
+        self._gate.wait_turn(where)
+        started = self._clock()
+        try:
+            response = self._http.request(
+                method, route.path, params=dict(route.params) or None, json=body
+            )
+        except httpx.RequestError as exc:
+            self._report(method, route, None, started)
+            # ``from None``: httpx's own text and its request object carry the full URL.
+            raise _transport_failure(method, where, exc) from None
+        self._report(method, route, response.status_code, started)
+        self._raise_for_status(method, where, response)
+        return response
+
+    def _report(self, method: str, route: _Route, status: int | None, started: float) -> None:
+        if self._on_response is not None:
+            self._on_response(method, route.template, status, self._clock() - started)
+
+    def _raise_for_status(self, method: str, where: str, response: httpx.Response) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        if status in (401, 403):
+            raise AuthenticationError(
+                f"SecureVideo rejected the API credentials ({status}) on {where}"
+            )
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if status in _GATING and retry_after is not None:
+            self._gate.hold_off(retry_after)
+        said = _message_of(response)
+        text = f"{where}: SecureVideo answered {status}" + (f": {said}" if said else "")
+        if status == 404 or status == 410:
+            raise NotFoundError(text, status=status)
+        if status in _PERMANENT:
+            raise PermanentError(text, status=status)
+        if method in _MUTATING and status in _MAYBE_APPLIED:
+            raise AmbiguousError(
+                f"{text}; the change may have been applied", retry_after=retry_after
+            )
+        raise TemporaryError(text, retry_after=retry_after)
+
+    @staticmethod
+    def _decode(adapter: TypeAdapter[T], response: httpx.Response, method: str, route: _Route) -> T:
+        try:
+            return adapter.validate_json(response.content)
+        except ValidationError as exc:
+            status = response.status_code
+            problem = describe_validation_error(exc)
+            # No input values, and no chaining: pydantic's own text quotes the offending values.
+            raise PermanentError(
+                f"{method} {route.template}: SecureVideo's answer ({status}) does not parse: "
+                f"{problem}",
+                status=status,
+            ) from None
+
+
+# --- domain mapping ------------------------------------------------------------------------------
+
+
+def new_participant(guest: Guest) -> NewParticipant:
+    """The documented participant body for a guest: a SecureVideo user only by reference."""
+    if guest.is_securevideo_user:
+        return NewParticipant(
+            secure_video_user_id=guest.securevideo_user_id,
+            packet_id=guest.packet_id,
+            svc_id=guest.svc_id,
+            deposit_required=guest.deposit,
+        )
+    return NewParticipant(
+        participant_full_name=guest.full_name,
+        participant_email_address=guest.email,
+        participant_sms_number=guest.sms,
+        participant_default_resolution="high",
+        participant_time_zone_windows_id=guest.time_zone_windows_id,
+        participant_external_id=guest.external_id,
+        should_auto_deliver_code=guest.deliver,
+        packet_id=guest.packet_id,
+        svc_id=guest.svc_id,
+        deposit_required=guest.deposit,
+    )
+
+
+def remote_participant(p: ParticipantJson) -> RemoteParticipant:
+    return RemoteParticipant(
+        participation_id=p.participation_id,
+        external_id=p.participant_external_id or None,
+        full_name=p.participant_full_name or "",
+        email=p.participant_email_address or "",
+        sms=p.participant_sms_number or "",
+        time_zone_windows_id=p.participant_time_zone_windows_id,
+        deliver=p.should_auto_deliver_code or "N",
+        packet_id=p.packet_id,
+        svc_id=p.svc_id,
+        deposit=p.deposit_required,
+        securevideo_user_id=p.secure_video_user_id,
+        packet_known=p.packet_reported,
+        rsvp=p.rsvp or "Unknown",
+        connection_ts=p.connection_ts,
+    )
+
+
+def remote_session(s: SessionJson, host_external_id: str | None = None) -> RemoteSession:
+    """``host_external_id`` defaults to the host participant's ExternalId ("" if it has none):
+    a change's answer does not say which host list the session was read from."""
+    if host_external_id is None:
+        host = s.participants[0].participant_external_id if s.participants else None
+        host_external_id = host or ""
+    return RemoteSession(
+        session_id=s.session_id,
+        external_session_id=s.external_session_id or None,
+        user_id=s.user_id,
+        schedule_ts=s.schedule_ts,
+        schedule_type=s.schedule_type or "",
+        host_external_id=host_external_id,
+        is_recorded=bool(s.is_recorded),
+        participants=tuple(remote_participant(p) for p in s.participants),
+        billable_ts=s.billable_ts,
+        duration_minutes=s.duration_minutes,
+        wait_time=s.wait_time,
+        billable_status_cd=s.billable_status_cd,
+    )
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """A request path with its query, and the template that names it in messages and metrics."""
+
+    base_template: str
+    path: str
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def template(self) -> str:
+        # Query values are elided: they are ids, but participantEmail is a patient's address.
+        query = "&".join(f"{name}=…" for name in self.params)
+        return f"{self.base_template}?{query}" if query else self.base_template
+
+    def with_params(self, **params: str) -> _Route:
+        return _Route(self.base_template, self.path, {**self.params, **params})
+
+
+class _Gate:
+    """When the next request may leave: the Retry-After moment and the rate limit, for all threads.
+
+    Each caller reserves a slot under the lock and sleeps outside it.  If a Retry-After arrives
+    while it sleeps and moves the gate past its slot, it reserves again.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float],
+        sleep: Callable[[float], None],
+        interval: float | None,
+        max_wait: float,
+    ) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self._interval = interval
+        self._max_wait = max_wait
+        self._lock = threading.Lock()
+        self._not_before = -math.inf
+        self._next_slot = -math.inf
+
+    def hold_off(self, seconds: float) -> None:
+        with self._lock:
+            self._not_before = max(self._not_before, self._clock() + seconds)
+
+    def wait_turn(self, where: str) -> None:
+        while True:
+            with self._lock:
+                now = self._clock()
+                at = max(now, self._not_before, self._next_slot)
+                if at - now > self._max_wait:
+                    raise TemporaryError(
+                        f"{where}: not sent: SecureVideo asked to wait {at - now:.1f} s more",
+                        retry_after=at - now,
+                    )
+                if self._interval is not None:
+                    self._next_slot = at + self._interval
+            if at <= now:
+                return
+            self._sleep(at - now)
+            with self._lock:
+                if self._not_before <= at:
+                    return
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds (decimals tolerated) or an
+    HTTP date.  None when absent or unreadable; never negative."""
+    if value is None or not value.strip():
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value.strip())
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _message_of(response: httpx.Response) -> str | None:
+    try:
+        message = ErrorJson.model_validate_json(response.content).message
+    except ValidationError:
+        return None
+    if not message:
+        return None
+    message = " ".join(message.split())
+    if len(message) > _MESSAGE_LIMIT:
+        message = message[: _MESSAGE_LIMIT - 1] + "…"
+    return message
+
+
+def _transport_failure(method: str, where: str, exc: httpx.RequestError) -> TemporaryError:
+    kind = type(exc).__name__
+    # These fail before a byte of the request leaves: nothing can have been applied.
+    never_sent = isinstance(
+        exc,
+        httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout | httpx.UnsupportedProtocol,
+    )
+    if never_sent:
+        return TemporaryError(f"{where}: not sent ({kind})")
+    if method in _MUTATING:
+        return AmbiguousError(f"{where}: answer lost ({kind}); the change may have been applied")
+    return TemporaryError(f"{where}: no answer ({kind})")
+
+
+def _path_id(value: int) -> int:
+    # 0 is SecureVideo's "look it up by external id" marker, so it is never a real id here.
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError("ids in a SecureVideo path are positive integers")
+    return value
+
+
+def _exactly_one(**choices: object) -> None:
+    given = [name for name, value in choices.items() if value is not None]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of {', '.join(choices)}")
+
+
+def _at_most_one(**choices: object) -> None:
+    given = [name for name, value in choices.items() if value is not None]
+    if len(given) > 1:
+        raise ValueError(f"give at most one of {', '.join(choices)}")
