@@ -1,0 +1,957 @@
+"""The ledger: syncd's own small database of progress, on SQLite, PostgreSQL or MariaDB.
+
+It makes every step idempotent: the outbox cursor, which event of each appointment is pending and
+which was applied, the intent → outcome journal of every remote call, and what SecureVideo will not
+tell us later (the session we manage, the packet ids we sent).  It holds ids, states, attempt
+counts, redacted reasons, timestamps and one-way fingerprints — never patient data.
+
+The schema belongs to Alembic (``migrations/``); :func:`migrate` brings a database to the head
+revision.  Every timestamp is naive UTC.  :class:`LedgerRepository` works inside a transaction the
+caller frames (``with sessions.begin() as s: LedgerRepository(s)...``): it never begins or commits.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final, TypeVar, cast
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Connection,
+    CursorResult,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    Result,
+    String,
+    Table,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    make_url,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.sql.expression import ColumnElement
+from sqlalchemy.types import TypeEngine
+
+__all__ = [
+    "APPOINTMENT_STATES",
+    "OPERATION_STATES",
+    "AppointmentRecord",
+    "LedgerRepository",
+    "OperationRecord",
+    "ParticipantRecord",
+    "create_ledger_engine",
+    "current_revision",
+    "downgrade",
+    "head_revision",
+    "is_at_head",
+    "make_sessionmaker",
+    "metadata",
+    "migrate",
+    "script_location",
+]
+
+
+PENDING: Final = "pending"
+SYNCED: Final = "synced"
+PARKED: Final = "parked"
+SKIPPED: Final = "skipped"
+APPOINTMENT_STATES: Final = (PENDING, SYNCED, PARKED, SKIPPED)
+
+INTENT: Final = "intent"
+APPLIED: Final = "applied"
+FAILED: Final = "failed"
+AMBIGUOUS: Final = "ambiguous"
+RESOLVED: Final = "resolved"
+OPERATION_STATES: Final = (INTENT, APPLIED, FAILED, AMBIGUOUS, RESOLVED)
+#: Operations whose remote effect is unknown until the engine re-reads SecureVideo.
+OPEN_OPERATION_STATES: Final = (INTENT, AMBIGUOUS)
+
+#: Width of the free-text ``reason``/``detail`` columns.  Longer texts are cut rather than allowed
+#: to fail the bookkeeping transaction (PostgreSQL and strict MariaDB reject over-long values).
+TEXT_LIMIT: Final = 1000
+
+#: Keeps IN lists well below every backend's bind-parameter limit (SQLite's is the lowest).
+IN_CHUNK: Final = 500
+
+NAMING_CONVENTION: Final[dict[str, str]] = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+#: Without these, MariaDB takes the server's defaults: a MyISAM default would silently drop
+#: transactions, and a latin1 default would reject non-ASCII error messages.
+MYSQL_TABLE_OPTIONS: Final[dict[str, str]] = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
+
+
+def _identifier(length: int) -> TypeEngine[str]:
+    # MariaDB compares strings case-insensitively by default: "A1" and "a1" would be one primary key
+    # and keyset pagination would order differently from the other backends.  Ids are exact.
+    return String(length).with_variant(
+        mysql.VARCHAR(length, collation="utf8mb4_bin"), "mysql", "mariadb"
+    )
+
+
+# MariaDB's DATETIME drops fractions of a second by default, which would make "due at" comparisons
+# and lease expiry coarser there than elsewhere.
+_TIMESTAMP: Final[TypeEngine[datetime]] = DateTime().with_variant(
+    mysql.DATETIME(fsp=6), "mysql", "mariadb"
+)
+# SQLite only autoincrements an INTEGER PRIMARY KEY, not a BIGINT one.
+_BIG_ID: Final[TypeEngine[int]] = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+metadata: Final = Base.metadata
+
+
+def _states_check(states: Sequence[str]) -> CheckConstraint:
+    listed = ", ".join(f"'{s}'" for s in states)
+    return CheckConstraint(f"state IN ({listed})", name="state")
+
+
+class SyncCursorRow(Base):
+    __tablename__ = "sync_cursor"
+    __table_args__ = (CheckConstraint("id = 1", name="singleton"), MYSQL_TABLE_OPTIONS)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_event_id: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    updated_at: Mapped[datetime] = mapped_column(_TIMESTAMP)
+
+
+class AppointmentRow(Base):
+    __tablename__ = "appointment"
+    __table_args__ = (
+        _states_check(APPOINTMENT_STATES),
+        Index("ix_appointment_state_next_attempt_at", "state", "next_attempt_at"),
+        MYSQL_TABLE_OPTIONS,
+    )
+
+    appointment_id: Mapped[str] = mapped_column(_identifier(96), primary_key=True)
+    last_event_id: Mapped[int] = mapped_column(BigInteger)
+    applied_event_id: Mapped[int | None] = mapped_column(BigInteger)
+    desired_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    applied_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    reason: Mapped[str | None] = mapped_column(String(TEXT_LIMIT))
+    next_attempt_at: Mapped[datetime | None] = mapped_column(_TIMESTAMP)
+    session_id: Mapped[int | None] = mapped_column(BigInteger)
+    host_external_id: Mapped[str | None] = mapped_column(_identifier(64))
+    created_at: Mapped[datetime] = mapped_column(_TIMESTAMP)
+    updated_at: Mapped[datetime] = mapped_column(_TIMESTAMP)
+    parked_at: Mapped[datetime | None] = mapped_column(_TIMESTAMP)
+
+
+class OperationRow(Base):
+    __tablename__ = "operation"
+    __table_args__ = (
+        _states_check(OPERATION_STATES),
+        Index("ix_operation_appointment_id", "appointment_id"),
+        Index("ix_operation_state", "state"),
+        MYSQL_TABLE_OPTIONS,
+    )
+
+    id: Mapped[int] = mapped_column(_BIG_ID, primary_key=True, autoincrement=True)
+    appointment_id: Mapped[str] = mapped_column(_identifier(96))
+    event_id: Mapped[int] = mapped_column(BigInteger)
+    op: Mapped[str] = mapped_column(String(32))
+    session_id: Mapped[int | None] = mapped_column(BigInteger)
+    participant_external_id: Mapped[str | None] = mapped_column(_identifier(64))
+    state: Mapped[str] = mapped_column(String(16))
+    attempt: Mapped[int] = mapped_column(Integer)
+    detail: Mapped[str | None] = mapped_column(String(TEXT_LIMIT))
+    started_at: Mapped[datetime | None] = mapped_column(_TIMESTAMP)
+    finished_at: Mapped[datetime | None] = mapped_column(_TIMESTAMP)
+    pid: Mapped[int | None] = mapped_column(Integer)
+
+
+class ParticipantRow(Base):
+    __tablename__ = "participant"
+    __table_args__ = (MYSQL_TABLE_OPTIONS,)
+
+    appointment_id: Mapped[str] = mapped_column(_identifier(96), primary_key=True)
+    external_id: Mapped[str] = mapped_column(_identifier(64), primary_key=True)
+    session_id: Mapped[int] = mapped_column(BigInteger)
+    participation_id: Mapped[int | None] = mapped_column(BigInteger)
+    packet_id: Mapped[int | None] = mapped_column(Integer)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(_TIMESTAMP)
+
+
+class LeaseRow(Base):
+    __tablename__ = "lease"
+    __table_args__ = (MYSQL_TABLE_OPTIONS,)
+
+    name: Mapped[str] = mapped_column(_identifier(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(_identifier(128))
+    expires_at: Mapped[datetime] = mapped_column(_TIMESTAMP)
+    updated_at: Mapped[datetime] = mapped_column(_TIMESTAMP)
+
+
+# The repository speaks Core to the tables, never loads ORM objects: an identity map would keep
+# serving rows that a bulk UPDATE has since changed.
+_cursor_t = cast(Table, SyncCursorRow.__table__)
+_appt_t = cast(Table, AppointmentRow.__table__)
+_op_t = cast(Table, OperationRow.__table__)
+_part_t = cast(Table, ParticipantRow.__table__)
+_lease_t = cast(Table, LeaseRow.__table__)
+
+_CURSOR_ID: Final = 1
+
+
+# --- records -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AppointmentRecord:
+    appointment_id: str
+    #: the newest outbox event seen for this appointment
+    last_event_id: int
+    #: the newest event fully handled (synced or skipped)
+    applied_event_id: int | None
+    desired_fingerprint: str | None
+    applied_fingerprint: str | None
+    #: one of :data:`APPOINTMENT_STATES`
+    state: str
+    attempts: int
+    reason: str | None
+    next_attempt_at: datetime | None
+    #: the live SecureVideo session syncd manages for this appointment, and its host
+    session_id: int | None
+    host_external_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    parked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class OperationRecord:
+    id: int
+    appointment_id: str
+    event_id: int
+    op: str
+    session_id: int | None
+    participant_external_id: str | None
+    #: one of :data:`OPERATION_STATES`
+    state: str
+    attempt: int
+    detail: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    pid: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ParticipantRecord:
+    appointment_id: str
+    external_id: str
+    session_id: int
+    participation_id: int | None
+    #: what syncd last sent: SecureVideo never reports a participant's PacketId
+    packet_id: int | None
+    fingerprint: str
+    updated_at: datetime
+
+
+_R = TypeVar("_R")
+
+
+def _records(cls: type[_R], rows: Result[Any]) -> list[_R]:
+    return [cls(**row._mapping) for row in rows]
+
+
+def _utc(moment: datetime) -> datetime:
+    """Naive UTC, whatever the caller passed: aware values are converted, naive ones trusted."""
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def _clip(value: str | None) -> str | None:
+    return None if value is None else value[:TEXT_LIMIT]
+
+
+def _chunks(items: Collection[str]) -> Iterator[list[str]]:
+    ordered = list(dict.fromkeys(items))
+    for start in range(0, len(ordered), IN_CHUNK):
+        yield ordered[start : start + IN_CHUNK]
+
+
+# --- the repository ------------------------------------------------------------------------------
+
+
+class LedgerRepository:
+    """Ledger reads and writes inside the caller's transaction.
+
+    Methods that change one appointment raise :class:`LookupError` when the ledger does not know it
+    (every appointment enters through :meth:`note_events`).
+    """
+
+    def __init__(self, session: Session) -> None:
+        self._s = session
+
+    def _run(
+        self, statement: Any, params: Sequence[Mapping[str, Any]] | None = None
+    ) -> CursorResult[Any]:
+        # Core DML through the Session always yields a CursorResult; the Session's signature
+        # just doesn't say so.
+        return cast(CursorResult[Any], self._s.execute(statement, params))
+
+    # --- outbox cursor ---------------------------------------------------------------------
+
+    def cursor(self) -> int:
+        value = self._s.execute(
+            select(_cursor_t.c.last_event_id).where(_cursor_t.c.id == _CURSOR_ID)
+        ).scalar_one_or_none()
+        return 0 if value is None else int(value)
+
+    def set_cursor(self, event_id: int, *, now: datetime | None = None) -> None:
+        """Move the cursor forward to ``event_id``; never backwards."""
+        stamp = _utc(now) if now is not None else _utcnow()
+        moved = self._run(
+            update(_cursor_t)
+            .where(_cursor_t.c.id == _CURSOR_ID, _cursor_t.c.last_event_id < event_id)
+            .values(last_event_id=event_id, updated_at=stamp)
+        ).rowcount
+        if moved or self._exists(_cursor_t.c.id == _CURSOR_ID):
+            return
+        # The migration seeds the row; this covers a table emptied by hand.  The UPDATE above
+        # already opened the transaction, which SQLite's driver needs for a correct SAVEPOINT.
+        try:
+            with self._s.begin_nested():
+                self._run(
+                    insert(_cursor_t).values(
+                        id=_CURSOR_ID, last_event_id=event_id, updated_at=stamp
+                    )
+                )
+        except IntegrityError:
+            self.set_cursor(event_id, now=stamp)
+
+    # --- appointments ------------------------------------------------------------------------
+
+    def last_events(self, appointment_ids: Collection[str]) -> dict[str, int]:
+        """The newest event id the ledger has seen for each known appointment."""
+        out: dict[str, int] = {}
+        for chunk in _chunks(appointment_ids):
+            rows = self._s.execute(
+                select(_appt_t.c.appointment_id, _appt_t.c.last_event_id).where(
+                    _appt_t.c.appointment_id.in_(chunk)
+                )
+            )
+            out.update({aid: int(ev) for aid, ev in rows})
+        return out
+
+    def note_events(
+        self,
+        events: Mapping[str, int],
+        fingerprints: Mapping[str, str] | None = None,
+        *,
+        now: datetime,
+    ) -> int:
+        """Record the newest outbox event of each appointment; returns how many now need work.
+
+        A new appointment enters ``pending``.  A known one with an older event becomes ``pending``
+        afresh — attempts, reason and back-off cleared, un-parked — and its desired fingerprint
+        replaced (None when none is given).  Equal or older event ids change nothing.  The count
+        is of appointments inserted or moved to a newer event.
+        """
+        if not events:
+            return 0
+        now = _utc(now)
+        prints = fingerprints or {}
+        known = self.last_events(events.keys())
+        fresh = [
+            {
+                "appointment_id": aid,
+                "last_event_id": ev,
+                "desired_fingerprint": prints.get(aid),
+                "state": PENDING,
+                "attempts": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for aid, ev in events.items()
+            if aid not in known
+        ]
+        newer = [
+            {"b_id": aid, "b_event": ev, "b_print": prints.get(aid)}
+            for aid, ev in events.items()
+            if aid in known and ev > known[aid]
+        ]
+        if fresh:
+            self._run(insert(_appt_t), fresh)
+        if newer:
+            c = _appt_t.c
+            # The event guard in the WHERE keeps this right even if another writer got there first.
+            self._run(
+                update(_appt_t)
+                .where(
+                    c.appointment_id == bindparam("b_id"),
+                    c.last_event_id < bindparam("b_event"),
+                )
+                .values(
+                    last_event_id=bindparam("b_event"),
+                    desired_fingerprint=bindparam("b_print"),
+                    state=PENDING,
+                    attempts=0,
+                    reason=None,
+                    next_attempt_at=None,
+                    parked_at=None,
+                    updated_at=now,
+                ),
+                newer,
+            )
+        return len(fresh) + len(newer)
+
+    def due(
+        self, now: datetime, limit: int, after_appointment_id: str | None = None
+    ) -> list[AppointmentRecord]:
+        """Pending appointments whose back-off has passed, by id, after ``after_appointment_id``."""
+        c = _appt_t.c
+        query = select(_appt_t).where(
+            c.state == PENDING,
+            or_(c.next_attempt_at.is_(None), c.next_attempt_at <= _utc(now)),
+        )
+        if after_appointment_id is not None:
+            query = query.where(c.appointment_id > after_appointment_id)
+        return _records(
+            AppointmentRecord, self._s.execute(query.order_by(c.appointment_id).limit(limit))
+        )
+
+    def get(self, appointment_id: str) -> AppointmentRecord | None:
+        return self.get_many([appointment_id]).get(appointment_id)
+
+    def get_many(self, appointment_ids: Collection[str]) -> dict[str, AppointmentRecord]:
+        out: dict[str, AppointmentRecord] = {}
+        for chunk in _chunks(appointment_ids):
+            rows = self._s.execute(select(_appt_t).where(_appt_t.c.appointment_id.in_(chunk)))
+            out.update({r.appointment_id: r for r in _records(AppointmentRecord, rows)})
+        return out
+
+    def mark_synced(
+        self,
+        appointment_id: str,
+        *,
+        event_id: int,
+        fingerprint: str,
+        session_id: int | None,
+        host_external_id: str | None,
+        now: datetime,
+    ) -> bool:
+        """SecureVideo matches ``event_id``.  False when a newer event keeps it ``pending``."""
+        applied = {
+            "applied_event_id": event_id,
+            "applied_fingerprint": fingerprint,
+            "session_id": session_id,
+            "host_external_id": host_external_id,
+        }
+        return self._settle(appointment_id, event_id, SYNCED, applied, reason=None, now=now)
+
+    def mark_skipped(
+        self, appointment_id: str, *, event_id: int, reason: str, now: datetime
+    ) -> bool:
+        """``event_id`` needs nothing from SecureVideo (fulfilled, no-show, outside its window).
+
+        False when a newer event keeps the appointment ``pending``.
+        """
+        applied = {"applied_event_id": event_id}
+        return self._settle(appointment_id, event_id, SKIPPED, applied, reason=reason, now=now)
+
+    def _settle(
+        self,
+        appointment_id: str,
+        event_id: int,
+        state: str,
+        applied: dict[str, Any],
+        *,
+        reason: str | None,
+        now: datetime,
+    ) -> bool:
+        now = _utc(now)
+        c = _appt_t.c
+        # One atomic guarded UPDATE: a newer event noted meanwhile (by another transaction) must
+        # not be buried under this older event's final state.
+        settled = self._run(
+            update(_appt_t)
+            .where(c.appointment_id == appointment_id, c.last_event_id <= event_id)
+            .values(
+                **applied,
+                state=state,
+                attempts=0,
+                reason=_clip(reason),
+                next_attempt_at=None,
+                parked_at=None,
+                updated_at=now,
+            )
+        ).rowcount
+        if settled:
+            return True
+        # What was done remotely is still true, and the newer event's plan starts from it.
+        recorded = self._run(
+            update(_appt_t)
+            .where(c.appointment_id == appointment_id)
+            .values(**applied, updated_at=now)
+        ).rowcount
+        if not recorded:
+            raise _unknown(appointment_id)
+        return False
+
+    def schedule_retry(
+        self,
+        appointment_id: str,
+        *,
+        attempts: int,
+        next_attempt_at: datetime,
+        reason: str,
+        now: datetime,
+        event_id: int | None = None,
+    ) -> bool:
+        """Leave the appointment ``pending`` until ``next_attempt_at``.
+
+        With ``event_id``, a newer event noted meanwhile wins: its fresh attempt count and
+        immediate due time are kept and this returns False.
+        """
+        return self._guarded(
+            appointment_id,
+            event_id,
+            state=PENDING,
+            attempts=attempts,
+            next_attempt_at=_utc(next_attempt_at),
+            reason=_clip(reason),
+            updated_at=_utc(now),
+        )
+
+    def park(
+        self,
+        appointment_id: str,
+        *,
+        reason: str,
+        attempts: int | None = None,
+        now: datetime,
+        event_id: int | None = None,
+    ) -> bool:
+        """Stop trying until a newer event arrives or an operator un-parks it.
+
+        With ``event_id``, a newer event noted meanwhile wins: it stays ``pending`` and this
+        returns False.
+        """
+        now = _utc(now)
+        values: dict[str, Any] = {
+            "state": PARKED,
+            "reason": _clip(reason),
+            "next_attempt_at": None,
+            "parked_at": now,
+            "updated_at": now,
+        }
+        if attempts is not None:
+            values["attempts"] = attempts
+        return self._guarded(appointment_id, event_id, **values)
+
+    def _guarded(self, appointment_id: str, event_id: int | None, **values: Any) -> bool:
+        c = _appt_t.c
+        query = update(_appt_t).where(c.appointment_id == appointment_id)
+        if event_id is not None:
+            query = query.where(c.last_event_id <= event_id)
+        if self._run(query.values(**values)).rowcount:
+            return True
+        if not self._exists(c.appointment_id == appointment_id):
+            raise _unknown(appointment_id)
+        return False
+
+    def unpark(self, appointment_id: str, now: datetime) -> bool:
+        """Make a parked appointment ``pending`` again, attempts from zero.  False if not parked."""
+        return bool(self._unpark(_appt_t.c.appointment_id == appointment_id, now))
+
+    def unpark_all(self, now: datetime) -> int:
+        return self._unpark(None, now)
+
+    def _unpark(self, which: ColumnElement[bool] | None, now: datetime) -> int:
+        query = update(_appt_t).where(_appt_t.c.state == PARKED)
+        if which is not None:
+            query = query.where(which)
+        return self._run(
+            query.values(
+                state=PENDING,
+                attempts=0,
+                reason=None,
+                next_attempt_at=None,
+                parked_at=None,
+                updated_at=_utc(now),
+            )
+        ).rowcount
+
+    def set_session(
+        self,
+        appointment_id: str,
+        *,
+        session_id: int | None,
+        host_external_id: str | None,
+        now: datetime,
+    ) -> None:
+        """Record the session syncd manages, as soon as a create or adopt succeeded."""
+        changed = self._run(
+            update(_appt_t)
+            .where(_appt_t.c.appointment_id == appointment_id)
+            .values(session_id=session_id, host_external_id=host_external_id, updated_at=_utc(now))
+        ).rowcount
+        if not changed:
+            raise _unknown(appointment_id)
+
+    # --- the operation journal ------------------------------------------------------------
+
+    def record_intent(
+        self,
+        *,
+        appointment_id: str,
+        event_id: int,
+        op: str,
+        session_id: int | None,
+        participant_external_id: str | None,
+        attempt: int,
+        now: datetime,
+        pid: int | None,
+    ) -> int:
+        """Journal a remote call before it is sent; returns the operation id."""
+        result = self._run(
+            insert(_op_t).values(
+                appointment_id=appointment_id,
+                event_id=event_id,
+                op=op,
+                session_id=session_id,
+                participant_external_id=participant_external_id,
+                state=INTENT,
+                attempt=attempt,
+                started_at=_utc(now),
+                pid=pid,
+            )
+        )
+        key = result.inserted_primary_key
+        assert key is not None  # a single-row INSERT always reports its key
+        return int(key[0])
+
+    def record_outcome(
+        self,
+        op_id: int,
+        *,
+        state: str,
+        detail: str | None,
+        session_id: int | None = None,
+        now: datetime,
+    ) -> None:
+        """Close an intent: ``applied``, ``failed``, ``ambiguous`` or ``resolved``.
+
+        ``session_id`` fills in the session a create produced; None keeps what the intent said.
+        """
+        if state not in OPERATION_STATES or state == INTENT:
+            raise ValueError(f"not an operation outcome: {state!r}")
+        values: dict[str, Any] = {"state": state, "detail": _clip(detail), "finished_at": _utc(now)}
+        if session_id is not None:
+            values["session_id"] = session_id
+        if not self._run(update(_op_t).where(_op_t.c.id == op_id).values(**values)).rowcount:
+            raise LookupError(f"operation {op_id} is not in the ledger")
+
+    def open_intents(self) -> list[OperationRecord]:
+        """Calls that may or may not have reached SecureVideo (``intent`` or ``ambiguous``)."""
+        query = select(_op_t).where(_op_t.c.state.in_(OPEN_OPERATION_STATES)).order_by(_op_t.c.id)
+        return _records(OperationRecord, self._s.execute(query))
+
+    def operations(self, appointment_id: str) -> list[OperationRecord]:
+        """The journal of one appointment, oldest first."""
+        query = select(_op_t).where(_op_t.c.appointment_id == appointment_id).order_by(_op_t.c.id)
+        return _records(OperationRecord, self._s.execute(query))
+
+    def resolve_open(self, appointment_id: str, now: datetime) -> int:
+        """Close an appointment's open calls once its remote state was re-read and re-planned."""
+        return self._run(
+            update(_op_t)
+            .where(
+                _op_t.c.appointment_id == appointment_id,
+                _op_t.c.state.in_(OPEN_OPERATION_STATES),
+            )
+            .values(state=RESOLVED, finished_at=_utc(now))
+        ).rowcount
+
+    # --- participants ---------------------------------------------------------------------
+
+    def participants(
+        self, appointment_ids: Collection[str]
+    ) -> dict[str, dict[str, ParticipantRecord]]:
+        """Per appointment asked for (possibly empty), its participants by external id."""
+        out: dict[str, dict[str, ParticipantRecord]] = {aid: {} for aid in appointment_ids}
+        for chunk in _chunks(appointment_ids):
+            rows = self._s.execute(select(_part_t).where(_part_t.c.appointment_id.in_(chunk)))
+            for record in _records(ParticipantRecord, rows):
+                out[record.appointment_id][record.external_id] = record
+        return out
+
+    def upsert_participant(
+        self,
+        appointment_id: str,
+        external_id: str,
+        *,
+        session_id: int,
+        participation_id: int | None,
+        packet_id: int | None,
+        fingerprint: str,
+        now: datetime,
+    ) -> None:
+        values = {
+            "session_id": session_id,
+            "participation_id": participation_id,
+            "packet_id": packet_id,
+            "fingerprint": fingerprint,
+            "updated_at": _utc(now),
+        }
+        c = _part_t.c
+        # Portable UPDATE-then-INSERT: one appointment is only ever worked on by one worker.
+        changed = self._run(
+            update(_part_t)
+            .where(c.appointment_id == appointment_id, c.external_id == external_id)
+            .values(**values)
+        ).rowcount
+        if not changed:
+            self._run(
+                insert(_part_t).values(
+                    appointment_id=appointment_id, external_id=external_id, **values
+                )
+            )
+
+    def delete_participant(self, appointment_id: str, external_id: str) -> None:
+        self._run(
+            delete(_part_t).where(
+                _part_t.c.appointment_id == appointment_id, _part_t.c.external_id == external_id
+            )
+        )
+
+    def delete_participants_of(self, appointment_id: str) -> None:
+        self._run(delete(_part_t).where(_part_t.c.appointment_id == appointment_id))
+
+    # --- reporting ------------------------------------------------------------------------
+
+    def counts_by_state(self) -> dict[str, int]:
+        """Appointments per state; every state is present, zeros included."""
+        counts = dict.fromkeys(APPOINTMENT_STATES, 0)
+        rows = self._s.execute(select(_appt_t.c.state, func.count()).group_by(_appt_t.c.state))
+        counts.update({state: int(n) for state, n in rows})
+        return counts
+
+    def parked(self, limit: int = 100) -> list[AppointmentRecord]:
+        """Parked appointments, longest parked first."""
+        c = _appt_t.c
+        query = (
+            select(_appt_t)
+            .where(c.state == PARKED)
+            .order_by(c.parked_at, c.appointment_id)
+            .limit(limit)
+        )
+        return _records(AppointmentRecord, self._s.execute(query))
+
+    def pending_count(self) -> int:
+        """Appointments waiting for work, back-off or not."""
+        query = select(func.count()).select_from(_appt_t).where(_appt_t.c.state == PENDING)
+        return int(self._s.execute(query).scalar_one())
+
+    # --- leases ---------------------------------------------------------------------------
+
+    def try_acquire_lease(self, name: str, holder: str, ttl_seconds: float, now: datetime) -> bool:
+        """Take or renew the lease ``name`` for ``ttl_seconds``.  False while another holds it."""
+        now = _utc(now)
+        values = {"holder": holder, "expires_at": now + timedelta(seconds=ttl_seconds)}
+        c = _lease_t.c
+        # The WHERE is evaluated on the latest committed row (PostgreSQL re-checks after waiting
+        # for a concurrent taker; InnoDB reads current rows for UPDATE): only one taker wins.
+        taken = self._run(
+            update(_lease_t)
+            .where(c.name == name, or_(c.holder == holder, c.expires_at < now))
+            .values(**values, updated_at=now)
+        ).rowcount
+        if taken:
+            return True
+        if self._exists(c.name == name):
+            return False
+        # A savepoint, because on PostgreSQL a failed INSERT would abort the caller's transaction.
+        # The UPDATE above already opened the transaction, as SQLite's driver needs for SAVEPOINT.
+        try:
+            with self._s.begin_nested():
+                self._run(insert(_lease_t).values(name=name, **values, updated_at=now))
+        except IntegrityError:
+            return False  # another process created it first
+        return True
+
+    def release_lease(self, name: str, holder: str) -> bool:
+        """Give the lease up if ``holder`` has it.  Returns whether it did."""
+        c = _lease_t.c
+        return bool(self._run(delete(_lease_t).where(c.name == name, c.holder == holder)).rowcount)
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _exists(self, condition: ColumnElement[bool]) -> bool:
+        return self._s.execute(select(select(1).where(condition).exists())).scalar_one() is True
+
+
+def _unknown(appointment_id: str) -> LookupError:
+    return LookupError(f"appointment {appointment_id!r} is not in the ledger")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+# --- engine and sessions ---------------------------------------------------------------------
+
+
+def create_ledger_engine(url: str) -> Engine:
+    """An engine for the ledger database at ``url`` (SQLite, PostgreSQL or MariaDB).
+
+    Bound values stay out of logs and error messages; pooled connections are checked and renewed
+    for a long-running daemon.  A SQLite file's directory is created; SQLite runs in WAL mode with
+    a generous busy timeout, so the worker threads and a CLI can share it.
+    """
+    parsed = make_url(url)
+    sqlite = parsed.get_backend_name() == "sqlite"
+    connect_args: dict[str, Any] = {}
+    if sqlite:
+        connect_args["check_same_thread"] = False
+        database = parsed.database or ""
+        in_memory = database in ("", ":memory:") or parsed.query.get("mode") == "memory"
+        if not in_memory and not database.startswith("file:"):
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        parsed,
+        hide_parameters=True,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args=connect_args,
+    )
+    if sqlite:
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    # Records are copied out of rows anyway; expiring on commit would only cost reloads.
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+# --- migrations --------------------------------------------------------------------------------
+
+
+def script_location() -> Path:
+    """Alembic's script directory: package ``syncd.migrations`` if installed, else the repo's."""
+    try:
+        spec = importlib.util.find_spec("syncd.migrations")
+    except ModuleNotFoundError:
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(__file__).resolve().parents[2] / "migrations"
+
+
+def _alembic_config(connection: Connection | None = None) -> Config:
+    # No ini file, so Alembic never calls logging.config.fileConfig (which would disable syncd's
+    # loggers).  The connection travels in attributes: no URL, so no "%" interpolation trap.
+    config = Config()
+    config.set_main_option("script_location", str(script_location()).replace("%", "%%"))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+#: Arbitrary but fixed: the PostgreSQL advisory lock and MariaDB named lock taken while migrating.
+_MIGRATION_LOCK_KEY: Final = 0x5359_4E43_4400
+_MIGRATION_LOCK_NAME: Final = "syncd.ledger.migrate"
+
+
+@contextmanager
+def _migration_transaction(engine: Engine) -> Iterator[Connection]:
+    """One connection, serialised against other migrators, atomic where the backend allows."""
+    with engine.begin() as conn:
+        backend = conn.dialect.name
+        if backend == "sqlite":
+            # sqlite3's legacy mode runs DDL outside any transaction: an explicit BEGIN makes the
+            # migration all-or-nothing, and IMMEDIATE takes the write lock up front.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            yield conn
+        elif backend == "postgresql":
+            # Replicas racing "upgrade head" is a known Alembic failure; this waits its turn.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+            yield conn
+        elif backend in ("mysql", "mariadb"):
+            # MySQL DDL commits implicitly, so a session-level named lock instead of a transaction.
+            got = conn.execute(text("SELECT GET_LOCK(:n, 600)"), {"n": _MIGRATION_LOCK_NAME})
+            if got.scalar() != 1:
+                raise RuntimeError("another process has been migrating the ledger for 10 minutes")
+            try:
+                yield conn
+            finally:
+                conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": _MIGRATION_LOCK_NAME})
+        else:
+            yield conn
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Upgrade the ledger schema to ``revision``."""
+    with _migration_transaction(engine) as conn:
+        command.upgrade(_alembic_config(conn), revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Downgrade the ledger schema to ``revision`` (``"base"`` drops every ledger table)."""
+    with _migration_transaction(engine) as conn:
+        command.downgrade(_alembic_config(conn), revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at, or None for a database Alembic never touched."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    if head is None:
+        raise RuntimeError(f"no Alembic revisions found in {script_location()}")
+    return head
+
+
+def is_at_head(engine: Engine) -> bool:
+    return current_revision(engine) == head_revision()

@@ -1,0 +1,779 @@
+"""The ledger on SQLite, PostgreSQL and MariaDB: migrations, schema and every repository method."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, delete, event, insert, inspect, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from syncd.adapters.ledger import (
+    TEXT_LIMIT,
+    AppointmentRecord,
+    LedgerRepository,
+    OperationRecord,
+    ParticipantRecord,
+    create_ledger_engine,
+    current_revision,
+    downgrade,
+    head_revision,
+    is_at_head,
+    make_sessionmaker,
+    metadata,
+    migrate,
+    script_location,
+)
+
+T0 = datetime(2025, 3, 1, 12, 0, 0)
+T1 = T0 + timedelta(minutes=1)
+T2 = T0 + timedelta(minutes=2)
+FP = "f" * 64
+
+#: Every column the ledger has.  Adding one means deciding, here, that it carries no patient data.
+EXPECTED_COLUMNS = {
+    "sync_cursor": {"id", "last_event_id", "updated_at"},
+    "appointment": {
+        "appointment_id",
+        "last_event_id",
+        "applied_event_id",
+        "desired_fingerprint",
+        "applied_fingerprint",
+        "state",
+        "attempts",
+        "reason",
+        "next_attempt_at",
+        "session_id",
+        "host_external_id",
+        "created_at",
+        "updated_at",
+        "parked_at",
+    },
+    "operation": {
+        "id",
+        "appointment_id",
+        "event_id",
+        "op",
+        "session_id",
+        "participant_external_id",
+        "state",
+        "attempt",
+        "detail",
+        "started_at",
+        "finished_at",
+        "pid",
+    },
+    "participant": {
+        "appointment_id",
+        "external_id",
+        "session_id",
+        "participation_id",
+        "packet_id",
+        "fingerprint",
+        "updated_at",
+    },
+    "lease": {"name", "holder", "expires_at", "updated_at"},
+}
+PHI_HINTS = ("first_name", "last_name", "full_name", "email", "phone", "sms", "topic", "birth")
+
+
+@contextmanager
+def tx(sessions: sessionmaker[Session]) -> Iterator[LedgerRepository]:
+    with sessions.begin() as session:
+        yield LedgerRepository(session)
+
+
+def ids(records: list[AppointmentRecord]) -> list[str]:
+    return [r.appointment_id for r in records]
+
+
+def record(sessions: sessionmaker[Session], appointment_id: str) -> AppointmentRecord:
+    with tx(sessions) as repo:
+        found = repo.get(appointment_id)
+    assert found is not None
+    return found
+
+
+# --- migrations ----------------------------------------------------------------------------------
+
+
+def test_migrate_empty_to_head_to_base_and_back(fresh_ledger_url: str) -> None:
+    engine = create_ledger_engine(fresh_ledger_url)
+    try:
+        assert current_revision(engine) is None
+        assert not is_at_head(engine)
+
+        migrate(engine)
+        assert current_revision(engine) == head_revision() == "0001_initial"
+        assert is_at_head(engine)
+        assert set(EXPECTED_COLUMNS) <= set(inspect(engine).get_table_names())
+        migrate(engine)  # already there: nothing to do
+        assert is_at_head(engine)
+
+        downgrade(engine, "base")
+        assert current_revision(engine) is None
+        assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+
+        migrate(engine)
+        assert is_at_head(engine)
+        with tx(make_sessionmaker(engine)) as repo:
+            assert repo.cursor() == 0
+    finally:
+        engine.dispose()
+
+
+def test_migrate_leaves_logging_alone(fresh_ledger_url: str) -> None:
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    logger = logging.getLogger("syncd.test_ledger")
+    handler = Keep(level=logging.INFO)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    root_handlers = list(logging.getLogger().handlers)
+    engine = create_ledger_engine(fresh_ledger_url)
+    try:
+        migrate(engine)
+        downgrade(engine, "base")
+        migrate(engine)
+        assert not logger.disabled
+        assert not logging.getLogger("syncd").disabled
+        assert handler in logger.handlers
+        assert logging.getLogger().handlers == root_handlers
+        logger.info("still here")
+        assert seen == ["still here"]
+    finally:
+        engine.dispose()
+        logger.removeHandler(handler)
+
+
+def test_script_location_and_head() -> None:
+    assert (script_location() / "env.py").is_file()
+    assert head_revision() == "0001_initial"
+
+
+# --- schema --------------------------------------------------------------------------------------
+
+
+def test_columns_are_exactly_the_phi_free_ones(ledger_engine: Engine) -> None:
+    inspector = inspect(ledger_engine)
+    in_database = {t: {c["name"] for c in inspector.get_columns(t)} for t in EXPECTED_COLUMNS}
+    assert in_database == EXPECTED_COLUMNS
+    assert {t.name: set(t.columns.keys()) for t in metadata.sorted_tables} == EXPECTED_COLUMNS
+    columns = {c for cols in EXPECTED_COLUMNS.values() for c in cols}
+    assert not [c for c in columns if any(hint in c for hint in PHI_HINTS)]
+
+
+def test_models_match_the_migration(ledger_engine: Engine) -> None:
+    with ledger_engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, metadata) == []
+
+
+def test_indexes_and_checks_are_named(ledger_engine: Engine) -> None:
+    inspector = inspect(ledger_engine)
+    assert {"ix_appointment_state_next_attempt_at"} <= {
+        i["name"] for i in inspector.get_indexes("appointment")
+    }
+    assert {"ix_operation_appointment_id", "ix_operation_state"} <= {
+        i["name"] for i in inspector.get_indexes("operation")
+    }
+    checks = {c["name"] for c in inspector.get_check_constraints("appointment")}
+    assert "ck_appointment_state" in checks
+
+
+def test_states_are_checked_by_the_database(ledger_sessions: sessionmaker[Session]) -> None:
+    appointment = metadata.tables["appointment"]
+    # MariaDB reports a failed CHECK as an OperationalError, the others as an IntegrityError.
+    with pytest.raises(DBAPIError), ledger_sessions.begin() as session:
+        LedgerRepository(session).note_events({"a": 1}, now=T0)
+        session.execute(appointment.update().values(state="bogus"))
+
+
+def test_ids_are_case_sensitive(ledger_sessions: sessionmaker[Session]) -> None:
+    with tx(ledger_sessions) as repo:
+        assert repo.note_events({"Ab-1": 1, "ab-1": 2}, now=T0) == 2
+        assert repo.last_events(["Ab-1", "ab-1", "AB-1"]) == {"Ab-1": 1, "ab-1": 2}
+
+
+# --- cursor --------------------------------------------------------------------------------------
+
+
+def test_cursor_only_moves_forward(ledger_sessions: sessionmaker[Session]) -> None:
+    with tx(ledger_sessions) as repo:
+        assert repo.cursor() == 0
+        repo.set_cursor(10)
+    with tx(ledger_sessions) as repo:
+        assert repo.cursor() == 10
+        repo.set_cursor(5)
+        assert repo.cursor() == 10
+        repo.set_cursor(11)
+    with tx(ledger_sessions) as repo:
+        assert repo.cursor() == 11
+
+
+def test_cursor_row_comes_back_when_missing(ledger_sessions: sessionmaker[Session]) -> None:
+    with ledger_sessions.begin() as session:
+        session.execute(delete(metadata.tables["sync_cursor"]))
+    with tx(ledger_sessions) as repo:
+        assert repo.cursor() == 0
+        repo.set_cursor(7)
+    with tx(ledger_sessions) as repo:
+        assert repo.cursor() == 7
+
+
+# --- noting events -------------------------------------------------------------------------------
+
+
+def test_note_events_inserts_pending(ledger_sessions: sessionmaker[Session]) -> None:
+    with tx(ledger_sessions) as repo:
+        assert repo.note_events({"a1": 5, "a2": 7}, {"a1": FP}, now=T0) == 2
+        assert repo.get("a1") == AppointmentRecord(
+            appointment_id="a1",
+            last_event_id=5,
+            applied_event_id=None,
+            desired_fingerprint=FP,
+            applied_fingerprint=None,
+            state="pending",
+            attempts=0,
+            reason=None,
+            next_attempt_at=None,
+            session_id=None,
+            host_external_id=None,
+            created_at=T0,
+            updated_at=T0,
+            parked_at=None,
+        )
+        a2 = repo.get("a2")
+        assert a2 is not None and a2.desired_fingerprint is None
+        assert repo.get("nope") is None
+        assert repo.last_events(["a1", "a2", "nope"]) == {"a1": 5, "a2": 7}
+        assert repo.note_events({}, now=T0) == 0
+
+
+def test_note_events_ignores_old_rows_and_resets_on_newer(
+    ledger_sessions: sessionmaker[Session],
+) -> None:
+    later = T0 + timedelta(hours=1)
+    with tx(ledger_sessions) as repo:
+        repo.note_events({"a": 5}, {"a": FP}, now=T0)
+        repo.schedule_retry("a", attempts=3, next_attempt_at=later, reason="503", now=T0)
+    with tx(ledger_sessions) as repo:
+        assert repo.note_events({"a": 5}, now=T1) == 0
+        assert repo.note_events({"a": 4}, {"a": "0" * 64}, now=T1) == 0
+    before = record(ledger_sessions, "a")
+    assert (before.attempts, before.reason, before.next_attempt_at) == (3, "503", later)
+    assert (before.desired_fingerprint, before.updated_at) == (FP, T0)
+
+    with tx(ledger_sessions) as repo:
+        assert repo.note_events({"a": 6}, {"a": "e" * 64}, now=T1) == 1
+    after = record(ledger_sessions, "a")
+    assert after.last_event_id == 6
+    assert (after.state, after.attempts, after.reason, after.next_attempt_at) == (
+        "pending",
+        0,
+        None,
+        None,
+    )
+    assert (after.desired_fingerprint, after.created_at, after.updated_at) == ("e" * 64, T0, T1)
+
+
+def test_newer_event_unparks(ledger_sessions: sessionmaker[Session]) -> None:
+    with tx(ledger_sessions) as repo:
+        repo.note_events({"a": 1}, now=T0)
+        repo.park("a", reason="SecureVideo refused create: 400", attempts=8, now=T0)
+    with tx(ledger_sessions) as repo:
+        assert repo.note_events({"a": 1}, now=T1) == 0
+    assert record(ledger_sessions, "a").state == "parked"
+    with tx(ledger_sessions) as repo:
+        assert repo.note_events({"a": 2}, now=T1) == 1
+    fresh = record(ledger_sessions, "a")
+    assert (fresh.state, fresh.parked_at, fresh.attempts, fresh.reason) == (
+        "pending",
+        None,
+        0,
+        None,
+    )
+
+
+def test_note_events_in_batches_without_per_row_selects(
+    ledger_sessions: sessionmaker[Session], ledger_engine: Engine
+) -> None:
+    appointment_ids = [f"appt-{i:05d}" for i in range(1200)]
+    with tx(ledger_sessions) as repo:
+        assert repo.note_events(dict.fromkeys(appointment_ids, 10), now=T0) == 1200
+
+    newest = {a: (11 if i % 2 == 0 else 10) for i, a in enumerate(appointment_ids)}
+    selects: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            selects.append(statement)
+
+    event.listen(ledger_engine, "before_cursor_execute", count)
+    try:
+        with tx(ledger_sessions) as repo:
+            assert repo.note_events(newest, now=T1) == 600
+    finally:
+        event.remove(ledger_engine, "before_cursor_execute", count)
+    assert len(selects) == 3  # one per chunk of 500 ids
+
+    with tx(ledger_sessions) as repo:
+        assert repo.last_events(appointment_ids) == newest
+        assert len(repo.get_many(appointment_ids)) == 1200
+        assert repo.pending_count() == 1200
+
+
+def test_aware_timestamps_are_stored_as_naive_utc(ledger_sessions: sessionmaker[Session]) -> None:
+    plus_one = timezone(timedelta(hours=1))
+    with tx(ledger_sessions) as repo:
+        repo.note_events({"a": 1}, now=datetime(2025, 3, 1, 13, 0, tzinfo=plus_one))
+        repo.schedule_retry(
+            "a",
+            attempts=1,
+            next_attempt_at=T1.replace(tzinfo=UTC),
+            reason="503",
+            now=T0.replace(tzinfo=UTC),
+        )
+        assert ids(repo.due(T1.replace(tzinfo=UTC), 10)) == ["a"]
+    stored = record(ledger_sessions, "a")
+    assert (stored.created_at, stored.next_attempt_at) == (T0, T1)
+    assert stored.created_at.tzinfo is None
+
+
+# --- due -----------------------------------------------------------------------------------------
+
+
+def test_due_orders_pages_and_waits_for_back_off(ledger_sessions: sessionmaker[Session]) -> None:
+    with tx(ledger_sessions) as repo:
+        repo.note_events(dict.fromkeys(["e", "d", "c", "b", "a"], 1), now=T0)
+        repo.schedule_retry(
+            "b", attempts=1, next_attempt_at=T0 + timedelta(minutes=10), reason="r", now=T0
+        )
+        repo.schedule_retry(
+            "c", attempts=1, next_attempt_at=T0 - timedelta(seconds=1), reason="r", now=T0
+        )
+        repo.mark_synced(
+            "d", event_id=1, fingerprint=FP, session_id=None, host_external_id=None, now=T0
+        )
+        repo.park("e", reason="r", now=T0)
+    with tx(ledger_sessions) as repo:
+        assert ids(repo.due(T0, 10)) == ["a", "c"]
+        assert ids(repo.due(T0 + timedelta(minutes=10), 10)) == ["a", "b", "c"]
+        later = T0 + timedelta(hours=1)
+        assert ids(repo.due(later, 2)) == ["a", "b"]
+        assert ids(repo.due(later, 2, "b")) == ["c"]
+        assert repo.due(later, 2, "c") == []
+        # Sub-second back-off is honoured on every backend (MariaDB keeps microseconds too).
+        repo.schedule_retry(
+            "a", attempts=1, next_attempt_at=T0 + timedelta(microseconds=500), reason="r", now=T0
+        )
+        assert ids(repo.due(T0, 10)) == ["c"]
+        assert ids(repo.due(T0 + timedelta(microseconds=500), 10)) == ["a", "c"]
+
+
+# --- settling ------------------------------------------------------------------------------------
+
+
+def test_mark_synced(ledger_sessions: sessionmaker[Session]) -> None:
+    with tx(ledger_sessions) as repo:
+        repo.note_events({"a": 3}, {"a": FP}, now=T0)
+        repo.schedule_retry("a", attempts=2, next_attempt_at=T1, reason="503", now=T0)
+        assert repo.mark_synced(
+            "a", event_id=3, fingerprint=FP, session_id=77, host_external_id="dr-1", now=T1
+        )
+    synced = record(ledger_sessions, "a")
+    assert synced.state == "synced"
+    assert (synced.applied_event_id, synced.applied_fingerprint) == (3, FP)
+    assert (synced.session_id, synced.host_external_id) == (77, "dr-1")
+    assert (synced.attempts, synced.reason, synced.next_attempt_at) == (0, None, None)
+    assert synced.updated_at == T1
+    with tx(ledger_sessions) as repo:
+        assert repo.due(T2, 10) == []
+
+
+def test_mark_synced_keeps_pending_when_a_newer_event_arrived(
+    ledger_sessions: sessionmaker[Session],
+) -> None:
+    with tx(ledger_sessions) as repo:
+        repo.note_events({"a": 3}, now=T0)
+        repo.note_events({"a": 4}, now=T1)  # arrived while event 3 was being applied
+        assert not repo.mark_synced(
+            "a", event_id=3, fingerprint=FP, session_id=77, host_external_id="dr-1", now=T2
+        )
+    kept = record(ledger_sessions, "a")
+    assert (kept.state, kept.last_event_id) == ("pending", 4)
+    assert (kept.applied_event_id, kept.applied_fingerprint, kept.session_id) == (3, FP, 77)
+    with tx(ledger_sessions) as repo:
+        assert ids(repo.due(T2, 10)) == ["a"]
+
+
+def test_mark_skipped(ledger_sessions: sessionmaker[Session]) -> None:
+    with tx(ledger_sessions) as repo:
+        repo.note_events({"a": 2, "b": 1}, now=T0)
+        assert repo.mark_skipped("a", event_id=2, reason="status fulfilled", now=T1)
+        repo.note_events({"b": 2}, now=T1)
+        assert not repo.mark_skipped("b", event_id=1, reason="status noshow", now=T1)
+    skipped = record(ledger_sessions, "a")
+    assert (skipped.state, skipped.applied_event_id, skipped.reason) == (
+        "skipped",
+        2,
+        "status fulfilled",
+    )
+    kept = record(ledger_sessions, "b")
+    assert (kept.state, kept.applied_event_id, kept.reason) == ("pending", 1, None)
+    with tx(ledger_sessions) as repo:
+        assert ids(repo.due(T2, 10)) == ["b"]
+        assert repo.note_events({"a": 3}, now=T2) == 1
+        assert ids(repo.due(T2, 10)) == ["a", "b"]
+
+
+def test_schedule_retry_and_its_guard(ledger_sessions: sessionmaker[Session]) -> None:
+    later = T0 + timedelta(hours=1)
+    with tx(ledger_sessions) as repo:
+        repo.note_events({"a": 1}, now=T0)
+        assert repo.schedule_retry("a", attempts=1, next_attempt_at=later, reason="503", now=T0)
+        got = repo.get("a")
+        assert got is not None
+        assert (got.state, got.attempts, got.next_attempt_at, got.reason) == (
+            "pending",
+            1,
+            later,
+            "503",
+        )
+        repo.note_events({"a": 2}, now=T1)
+        # The failure belonged to event 1: event 2 keeps its fresh start.
+        assert not repo.schedule_retry(
+            "a", attempts=2, next_attempt_at=later, reason="503", now=T1, event_id=1
+        )
+        got = repo.get("a")
+        assert got is not None and (got.attempts, got.next_attempt_at) == (0, None)
+        assert repo.schedule_retry(
+            "a", attempts=1, next_attempt_at=later, reason="429", now=T1, event_id=2
+        )
+        got = repo.get("a")
+        assert got is not None and (got.attempts, got.reason) == (1, "429")
+
+
+def test_long_reasons_are_cut(ledger_sessions: sessionmaker[Session]) -> None:
+    with tx(ledger_sessions) as repo:
+        repo.note_events({"a": 1}, now=T0)
+        repo.schedule_retry("a", attempts=1, next_attempt_at=T1, reason="x" * 5000, now=T0)
+    assert record(ledger_sessions, "a").reason == "x" * TEXT_LIMIT
+
+
+def test_park_unpark_and_reporting(ledger_sessions: sessionmaker[Session]) -> None:
+    with tx(ledger_sessions) as repo:
+        repo.note_events({"a": 1, "b": 1, "c": 1, "d": 1}, now=T0)
+        assert repo.park("b", reason="bad row", now=T1)
+        assert repo.park("a", reason="gave up", attempts=8, now=T0)
+        repo.mark_skipped("d", event_id=1, reason="status fulfilled", now=T0)
+    with tx(ledger_sessions) as repo:
+        assert ids(repo.parked()) == ["a", "b"]  # longest parked first
+        assert ids(repo.parked(limit=1)) == ["a"]
+        a = repo.parked()[0]
+        assert (a.state, a.reason, a.attempts, a.parked_at) == ("parked", "gave up", 8, T0)
+        assert repo.counts_by_state() == {"pending": 1, "synced": 0, "parked": 2, "skipped": 1}
+        assert repo.pending_count() == 1
+        assert ids(repo.due(T2, 10)) == ["c"]
+
+        assert repo.unpark("a", T2)
+        assert not repo.unpark("a", T2)
+        assert not repo.unpark("c", T2)  # pending, not parked
+        back = repo.get("a")
+        assert back is not None
+        assert (back.state, back.attempts, back.reason, back.parked_at, back.updated_at) == (
+            "pending",
+            0,
+            None,
+            None,
+            T2,
+        )
+        assert repo.unpark_all(T2) == 1
+        assert repo.counts_by_state()["parked"] == 0
+        assert ids(repo.due(T2, 10)) == ["a", "b", "c"]
+
+
+def test_park_guard(ledger_sessions: sessionmaker[Session]) -> None:
+    with tx(ledger_sessions) as repo:
+        repo.note_events({"a": 1}, now=T0)
+        repo.note_events({"a": 2}, now=T1)
+        assert not repo.park("a", reason="bad row", now=T1, event_id=1)
+        assert repo.get("a") is not None and repo.counts_by_state()["parked"] == 0
+        assert repo.park("a", reason="bad row", now=T1, event_id=2)
+        assert repo.counts_by_state()["parked"] == 1
+
+
+def test_set_session(ledger_sessions: sessionmaker[Session]) -> None:
+    with tx(ledger_sessions) as repo:
+        repo.note_events({"a": 1}, now=T0)
+        repo.set_session("a", session_id=9001, host_external_id="dr-1", now=T1)
+        got = repo.get("a")
+        assert got is not None
+        assert (got.session_id, got.host_external_id, got.state) == (9001, "dr-1", "pending")
+        repo.set_session("a", session_id=None, host_external_id=None, now=T2)
+        got = repo.get("a")
+        assert got is not None and (got.session_id, got.host_external_id) == (None, None)
+
+
+def test_unknown_appointments_raise(ledger_sessions: sessionmaker[Session]) -> None:
+    with tx(ledger_sessions) as repo:
+        with pytest.raises(LookupError):
+            repo.mark_synced(
+                "nope", event_id=1, fingerprint=FP, session_id=None, host_external_id=None, now=T0
+            )
+        with pytest.raises(LookupError):
+            repo.mark_skipped("nope", event_id=1, reason="r", now=T0)
+        with pytest.raises(LookupError):
+            repo.schedule_retry("nope", attempts=1, next_attempt_at=T0, reason="r", now=T0)
+        with pytest.raises(LookupError):
+            repo.park("nope", reason="r", now=T0)
+        with pytest.raises(LookupError):
+            repo.set_session("nope", session_id=1, host_external_id="h", now=T0)
+        with pytest.raises(LookupError):
+            repo.record_outcome(123456, state="applied", detail=None, now=T0)
+        assert repo.get_many(["nope"]) == {}
+
+
+def test_repository_never_commits(ledger_sessions: sessionmaker[Session]) -> None:
+    with ledger_sessions() as session:
+        repo = LedgerRepository(session)
+        repo.note_events({"a": 1}, now=T0)
+        repo.set_cursor(9)
+        repo.try_acquire_lease("leader", "me", 30, T0)
+        session.rollback()
+    with tx(ledger_sessions) as repo:
+        assert repo.get("a") is None
+        assert repo.cursor() == 0
+        assert repo.try_acquire_lease("leader", "someone-else", 30, T0)
+
+
+# --- the operation journal -----------------------------------------------------------------------
+
+
+def test_operation_journal(ledger_sessions: sessionmaker[Session]) -> None:
+    with tx(ledger_sessions) as repo:
+        first = repo.record_intent(
+            appointment_id="a",
+            event_id=3,
+            op="create",
+            session_id=None,
+            participant_external_id=None,
+            attempt=1,
+            now=T0,
+            pid=4242,
+        )
+        second = repo.record_intent(
+            appointment_id="a",
+            event_id=3,
+            op="add_participant",
+            session_id=77,
+            participant_external_id="pt-1",
+            attempt=1,
+            now=T0,
+            pid=4242,
+        )
+        third = repo.record_intent(
+            appointment_id="b",
+            event_id=4,
+            op="cancel",
+            session_id=78,
+            participant_external_id=None,
+            attempt=2,
+            now=T0,
+            pid=None,
+        )
+    assert first < second < third
+    with tx(ledger_sessions) as repo:
+        assert [o.id for o in repo.open_intents()] == [first, second, third]
+        assert repo.open_intents()[0] == OperationRecord(
+            id=first,
+            appointment_id="a",
+            event_id=3,
+            op="create",
+            session_id=None,
+            participant_external_id=None,
+            state="intent",
+            attempt=1,
+            detail=None,
+            started_at=T0,
+            finished_at=None,
+            pid=4242,
+        )
+        repo.record_outcome(first, state="applied", detail=None, session_id=77, now=T1)
+        repo.record_outcome(second, state="ambiguous", detail="read timed out", now=T1)
+        assert [o.id for o in repo.open_intents()] == [second, third]
+        created = repo.operations("a")[0]
+        assert (created.state, created.session_id, created.finished_at) == ("applied", 77, T1)
+        unsure = repo.operations("a")[1]
+        assert (unsure.state, unsure.detail, unsure.session_id) == (
+            "ambiguous",
+            "read timed out",
+            77,
+        )
+
+        assert repo.resolve_open("a", T2) == 1
+        assert [o.id for o in repo.open_intents()] == [third]
+        resolved = repo.operations("a")[1]
+        assert (resolved.state, resolved.finished_at) == ("resolved", T2)
+        assert repo.resolve_open("a", T2) == 0
+
+        for bad in ("intent", "bogus"):
+            with pytest.raises(ValueError):
+                repo.record_outcome(third, state=bad, detail=None, now=T2)
+        repo.record_outcome(third, state="failed", detail="y" * 3000, now=T2)
+        assert repo.operations("b")[0].detail == "y" * TEXT_LIMIT
+        assert repo.open_intents() == []
+
+
+# --- participants --------------------------------------------------------------------------------
+
+
+def test_participants(ledger_sessions: sessionmaker[Session]) -> None:
+    with tx(ledger_sessions) as repo:
+        for external_id in ("pt-1", "pt-2"):
+            repo.upsert_participant(
+                "a",
+                external_id,
+                session_id=77,
+                participation_id=None,
+                packet_id=12,
+                fingerprint=FP,
+                now=T0,
+            )
+        repo.upsert_participant(
+            "a",
+            "pt-1",
+            session_id=77,
+            participation_id=501,
+            packet_id=None,
+            fingerprint="e" * 64,
+            now=T1,
+        )
+    with tx(ledger_sessions) as repo:
+        known = repo.participants(["a", "b"])
+        assert known == {
+            "a": {
+                "pt-1": ParticipantRecord("a", "pt-1", 77, 501, None, "e" * 64, T1),
+                "pt-2": ParticipantRecord("a", "pt-2", 77, None, 12, FP, T0),
+            },
+            "b": {},
+        }
+        repo.delete_participant("a", "pt-2")
+        assert set(repo.participants(["a"])["a"]) == {"pt-1"}
+        repo.delete_participants_of("a")
+        assert repo.participants(["a"]) == {"a": {}}
+
+
+# --- leases --------------------------------------------------------------------------------------
+
+
+def test_lease_acquire_renew_expire_release(ledger_sessions: sessionmaker[Session]) -> None:
+    def at(seconds: int) -> datetime:
+        return T0 + timedelta(seconds=seconds)
+
+    with tx(ledger_sessions) as repo:
+        assert repo.try_acquire_lease("leader", "host-a", 30, at(0))
+    with tx(ledger_sessions) as repo:
+        assert not repo.try_acquire_lease("leader", "host-b", 30, at(10))
+    with tx(ledger_sessions) as repo:
+        assert repo.try_acquire_lease("leader", "host-a", 30, at(20))  # renewed until 50
+    with tx(ledger_sessions) as repo:
+        assert not repo.try_acquire_lease("leader", "host-b", 30, at(45))
+    with tx(ledger_sessions) as repo:
+        assert repo.try_acquire_lease("leader", "host-b", 30, at(51))  # expired: taken over
+    with tx(ledger_sessions) as repo:
+        assert not repo.release_lease("leader", "host-a")
+        assert not repo.try_acquire_lease("leader", "host-a", 30, at(52))
+        assert repo.try_acquire_lease("other", "host-a", 30, at(52))  # leases are independent
+    with tx(ledger_sessions) as repo:
+        assert repo.release_lease("leader", "host-b")
+    with tx(ledger_sessions) as repo:
+        assert repo.try_acquire_lease("leader", "host-a", 30, at(53))
+    with ledger_sessions.begin() as session:
+        lease = metadata.tables["lease"]
+        rows = session.execute(select(lease.c.holder, lease.c.expires_at).order_by(lease.c.name))
+        assert [tuple(r) for r in rows] == [("host-a", at(83)), ("host-a", at(82))]
+
+
+def test_lease_race_has_one_winner(ledger_sessions: sessionmaker[Session]) -> None:
+    outcome: dict[str, object] = {}
+
+    def contender() -> None:
+        try:
+            with tx(ledger_sessions) as repo:
+                outcome["won"] = repo.try_acquire_lease("leader", "two", 30, T0)
+                # A lost INSERT race must not have poisoned the transaction (PostgreSQL).
+                outcome["cursor"] = repo.cursor()
+        except Exception as exc:
+            outcome["error"] = repr(exc)
+
+    with ledger_sessions() as first:
+        first.begin()
+        assert LedgerRepository(first).try_acquire_lease("leader", "one", 30, T0)
+        thread = threading.Thread(target=contender)
+        thread.start()
+        time.sleep(0.3)  # let the contender reach the lease row and wait on it
+        first.commit()
+    thread.join(timeout=30)
+    assert outcome == {"won": False, "cursor": 0}
+
+
+# --- engine --------------------------------------------------------------------------------------
+
+
+def test_sqlite_engine_settings(tmp_path: Path) -> None:
+    path = tmp_path / "not" / "yet" / "ledger.db"
+    engine = create_ledger_engine(f"sqlite:///{path}")
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert path.parent.is_dir()
+        assert engine.hide_parameters
+        assert engine.pool._pre_ping
+        assert engine.pool._recycle == 1800
+
+        # The worker threads share pooled connections made elsewhere.
+        seen: list[object] = []
+
+        def other_thread() -> None:
+            with engine.connect() as conn:
+                seen.append(conn.execute(text("SELECT 1")).scalar())
+
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join(timeout=10)
+        assert seen == [1]
+    finally:
+        engine.dispose()
+
+
+def test_errors_hide_bound_values(tmp_path: Path) -> None:
+    engine = create_ledger_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    try:
+        migrate(engine)
+        with pytest.raises(IntegrityError) as caught, make_sessionmaker(engine).begin() as s:
+            s.execute(
+                insert(metadata.tables["appointment"]).values(
+                    appointment_id="Jane Doe", last_event_id=1, state=None
+                )
+            )
+        assert "Jane Doe" not in str(caught.value)
+        assert "hide_parameters" in str(caught.value)
+    finally:
+        engine.dispose()
