@@ -1,0 +1,258 @@
+"""The EHR's appointment outbox, read through SQLAlchemy Core.  The only module that touches it.
+
+The outbox is somebody else's database: syncd only ever SELECTs from it.  Table and column names
+are configurable (the EHR's view may call ``event_id`` something else), so they are validated
+against a plain identifier pattern and handed to ``sqlalchemy.table()``/``column()``, which quote
+them for the dialect; no name is ever formatted into SQL text.
+
+Values come back as the driver returns them, keyed by the *contract's* column names, and every
+column is declared without a SQL type: a type would attach SQLAlchemy's result processors, and the
+SQLite ``DateTime`` processor raises on one malformed timestamp for the whole result.  Parsing and
+validation happen per row in ``syncd.rows``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from decimal import Decimal
+from typing import Any, NoReturn
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+
+from syncd.errors import ConfigError
+from syncd.ports import OutboxRef, OutboxRow
+
+__all__ = [
+    "CONTRACT_COLUMNS",
+    "DEFAULT_TABLE",
+    "IN_LIST_CHUNK",
+    "OutboxReader",
+    "create_outbox_engine",
+    "outbox_table_ddl",
+]
+
+DEFAULT_TABLE = "appointment_outbox"
+#: the outbox contract's columns, in the contract's order
+CONTRACT_COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "appointment_id",
+    "provider_external_id",
+    "status",
+    "starts_at",
+    "topic",
+    "is_recorded",
+    "participants",
+    "created_at",
+)
+#: the most ids in one ``IN (...)`` list: far below every driver's bound-parameter limit
+#: (SQL Server 2100, SQLite 32766, older SQLite 999 is the tightest at 999)
+IN_LIST_CHUNK = 500
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]{1,19}")
+
+
+class OutboxReader:
+    """``OutboxSource`` over a SQLAlchemy engine.  Read-only; one SELECT per call.
+
+    Database failures propagate as SQLAlchemy's own exceptions: the daemon classifies those as a
+    database outage (``syncd.adapters.dberrors``) and retries on the next tick.  The engine should
+    come from ``create_outbox_engine`` so bound values stay out of their text.
+    """
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        table: str = DEFAULT_TABLE,
+        columns: Mapping[str, str] | None = None,
+    ) -> None:
+        schema, name = _split_table_name(table)
+        self._engine = engine
+        self._display_name = table
+        self._actual: dict[str, str] = {c: c for c in CONTRACT_COLUMNS}
+        for contract_name, actual_name in (columns or {}).items():
+            if contract_name not in CONTRACT_COLUMNS:
+                raise ValueError(f"unknown outbox contract column {contract_name!r}")
+            _require_identifier(actual_name, f"column for {contract_name}")
+            self._actual[contract_name] = actual_name
+        self._schema = schema
+        self._table_name = name
+        # One ColumnClause per distinct actual column: two contract names may share one.
+        distinct = dict.fromkeys(self._actual.values())
+        self._table = sa.table(name, *(sa.column(a) for a in distinct), schema=schema)
+        self._col = {c: self._table.c[a] for c, a in self._actual.items()}
+
+    # --- OutboxSource -------------------------------------------------------------------------
+
+    def refs_after(self, event_id: int, limit: int) -> list[OutboxRef]:
+        event_col = self._col["event_id"]
+        stmt = (
+            sa.select(event_col.label("event_id"), self._col["appointment_id"].label("aid"))
+            .where(event_col > event_id)
+            .order_by(event_col)
+            .limit(limit)
+        )
+        return [
+            OutboxRef(
+                event_id=self._event_id(row.event_id),
+                appointment_id=None if row.aid is None else str(row.aid),
+            )
+            for row in self._fetch(stmt)
+        ]
+
+    def rows(self, event_ids: Sequence[int]) -> list[OutboxRow]:
+        wanted = sorted(set(event_ids))
+        selected = [col.label(contract) for contract, col in self._col.items()]
+        event_col = self._col["event_id"]
+        out: list[OutboxRow] = []
+        for chunk in _chunks(wanted, IN_LIST_CHUNK):
+            stmt = sa.select(*selected).where(event_col.in_(chunk)).order_by(event_col)
+            for row in self._fetch(stmt):
+                values = dict(row._mapping)
+                out.append(OutboxRow(event_id=self._event_id(values["event_id"]), values=values))
+        return out
+
+    # --- for the engine's lag metric and ``syncd check`` --------------------------------------
+
+    def max_event_id(self) -> int | None:
+        rows = self._fetch(sa.select(sa.func.max(self._col["event_id"])))
+        value = rows[0][0] if rows else None
+        return None if value is None else self._event_id(value)
+
+    def check_shape(self) -> list[str]:
+        """What is wrong with the outbox as configured, in words for an operator; [] if nothing."""
+        try:
+            inspector = sa.inspect(self._engine)
+            try:
+                found = inspector.get_columns(self._table_name, schema=self._schema)
+            except sa_exc.NoSuchTableError:
+                return [f"outbox table or view {self._display_name!r} does not exist"]
+        except sa_exc.SQLAlchemyError as exc:
+            return [f"cannot inspect the outbox database: {_describe(exc)}"]
+        # Case-insensitive on purpose: SQLite, MySQL and SQL Server fold unquoted names; where
+        # case does matter (PostgreSQL), the probe below catches the mismatch.
+        present = {str(c["name"]).casefold() for c in found}
+        problems = [
+            f"outbox column {contract!r} (configured as {actual!r}) is missing"
+            if contract != actual
+            else f"outbox column {contract!r} is missing"
+            for contract, actual in self._actual.items()
+            if actual.casefold() not in present
+        ]
+        if problems:
+            return problems
+        probe = sa.select(*[c.label(n) for n, c in self._col.items()]).where(sa.false()).limit(1)
+        try:
+            self._fetch(probe)
+        except sa_exc.SQLAlchemyError as exc:
+            return [f"cannot read the outbox: {_describe(exc)}"]
+        return []
+
+    def dispose(self) -> None:
+        """Close the engine's pooled connections (at shutdown, or after a one-off check)."""
+        self._engine.dispose()
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _fetch(self, stmt: sa.Select[Any]) -> list[sa.Row[Any]]:
+        # connect() without commit: the transaction SQLAlchemy begins is rolled back on close, so
+        # nothing this reader does can ever write.
+        with self._engine.connect() as conn:
+            return list(conn.execute(stmt))
+
+    def _event_id(self, value: object) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        # Oracle NUMBER and some views' casts hand integers over as Decimal or text.
+        if isinstance(value, Decimal) and value.is_finite() and abs(value) < 2**63:
+            integral = value.to_integral_value()
+            return int(integral) if integral == value else self._not_integers()
+        if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value.strip()):
+            return int(value)
+        return self._not_integers()
+
+    def _not_integers(self) -> NoReturn:
+        raise ConfigError(
+            "outbox.columns.event_id",
+            f"column {self._actual['event_id']!r} of the outbox does not hold integers",
+        )
+
+
+def create_outbox_engine(url: str) -> sa.Engine:
+    """An engine for the EHR's database, tuned for a long-lived poller."""
+    return sa.create_engine(
+        url,
+        # Bound values (ids today, maybe more tomorrow) stay out of logs and error text.
+        hide_parameters=True,
+        # EHR databases sit behind firewalls and failovers that drop idle connections silently.
+        pool_pre_ping=True,
+        pool_recycle=1800,
+    )
+
+
+def outbox_table_ddl(metadata: sa.MetaData, name: str = DEFAULT_TABLE) -> sa.Table:
+    """The contract as a table, for tests, the demo and benchmarks (the EHR owns the real one)."""
+    schema, table_name = _split_table_name(name)
+    return sa.Table(
+        table_name,
+        metadata,
+        sa.Column(
+            "event_id",
+            # INTEGER exactly on SQLite, so the column aliases the rowid.
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
+        sa.Column("appointment_id", sa.String(64), nullable=False, index=True),
+        sa.Column("provider_external_id", sa.String(64)),
+        sa.Column("status", sa.String(32)),
+        sa.Column("starts_at", sa.DateTime()),
+        sa.Column("topic", sa.String(500), nullable=True),
+        sa.Column("is_recorded", sa.Boolean(), nullable=True),
+        sa.Column("participants", sa.Text()),
+        sa.Column(
+            "created_at", sa.DateTime(), nullable=False, server_default=sa.func.current_timestamp()
+        ),
+        schema=schema,
+        # Without AUTOINCREMENT SQLite reuses the id of a deleted newest row, and a reused id at
+        # or below syncd's cursor would never be read.
+        sqlite_autoincrement=True,
+    )
+
+
+def _split_table_name(table: str) -> tuple[str | None, str]:
+    if not isinstance(table, str):
+        raise ValueError("outbox table name must be a string")
+    parts = table.split(".")
+    if len(parts) > 2:
+        raise ValueError("outbox table name must be 'table' or 'schema.table'")
+    for part in parts:
+        _require_identifier(part, "outbox table name")
+    if len(parts) == 2:
+        return parts[0], parts[1]
+    return None, parts[0]
+
+
+def _require_identifier(value: object, what: str) -> None:
+    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
+        # The value is not echoed: a misconfiguration could have pasted anything here.
+        raise ValueError(
+            f"{what} must be a letter or underscore followed by up to 62 letters, digits or "
+            "underscores"
+        )
+
+
+def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _describe(exc: sa_exc.SQLAlchemyError) -> str:
+    # For ``syncd check`` only, where the statements carry no row data (a WHERE false probe, the
+    # catalogue): the driver's first line names the missing column or the refused login.
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    first = lines[0][:200] if lines else ""
+    return f"{type(orig).__name__}: {first}" if first else type(orig).__name__
