@@ -13,6 +13,7 @@ reason (a frame's locals can hold a patient's row).
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Mapping
 from typing import Any, Literal, TextIO, cast
@@ -75,6 +76,7 @@ SAFE_KEYS: frozenset[str] = frozenset(
         "event_id",
         "cursor",
         "rows",
+        "reads",
         "batch",
         "done",
         "total",
@@ -125,9 +127,29 @@ _QUIET_LOGGERS: Mapping[str, int] = {
 _HANDLER_NAME = "syncd"
 
 
-def _mask(value: Any) -> Any:
+#: Keys whose value is a tally: a mapping of short lowercase labels ("synced", "create:applied")
+#: to whole numbers.  A label of that shape with a number cannot carry a patient's data.
+TALLY_KEYS: frozenset[str] = frozenset({"counts", "ops"})
+_TALLY_LABEL = re.compile(r"[a-z][a-z_:-]{0,39}")
+
+
+def _is_tally_entry(key: object, item: object) -> bool:
+    return (
+        isinstance(key, str)
+        and _TALLY_LABEL.fullmatch(key) is not None
+        and isinstance(item, int)
+        and not isinstance(item, bool)
+    )
+
+
+def _mask(value: Any, *, tally: bool = False) -> Any:
     if isinstance(value, Mapping):
-        return {key: (_mask(item) if key in SAFE_KEYS else MASKED) for key, item in value.items()}
+        if tally:
+            return {k: (v if _is_tally_entry(k, v) else MASKED) for k, v in value.items()}
+        return {
+            key: (_mask(item, tally=key in TALLY_KEYS) if key in SAFE_KEYS else MASKED)
+            for key, item in value.items()
+        }
     if isinstance(value, list | tuple | set | frozenset):
         return [_mask(item) for item in value]
     return value
@@ -142,7 +164,7 @@ def mask_unsafe_fields(_logger: WrappedLogger, _method: str, event_dict: EventDi
     for key, value in event_dict.items():
         if key.startswith("_") or key in _OPAQUE_KEYS:
             continue
-        event_dict[key] = _mask(value) if key in SAFE_KEYS else MASKED
+        event_dict[key] = _mask(value, tally=key in TALLY_KEYS) if key in SAFE_KEYS else MASKED
     return event_dict
 
 

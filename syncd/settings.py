@@ -348,6 +348,9 @@ class SyncSettings(_Group):
         default=8, ge=1, description="Tries per appointment before it is parked for an operator."
     )
     batch_size: int = Field(default=500, ge=1, le=10000, description="Outbox rows read per query.")
+    base_backoff_seconds: float = Field(
+        default=0.5, gt=0, description="First wait before retrying a request; doubles each try."
+    )
     max_backoff_seconds: float = Field(
         default=60.0, gt=0, description="Longest wait between retries of one request."
     )

@@ -217,3 +217,16 @@ def test_reconfigure_replaces_the_handler() -> None:
 def test_unknown_level_refused() -> None:
     with pytest.raises(ValueError, match="level"):
         configure_logging("json", "LOUD", stream=io.StringIO())
+
+
+def test_tallies_keep_their_counts_but_not_text() -> None:
+    out = io.StringIO()
+    configure_logging("json", "INFO", stream=out)
+    structlog.get_logger("t").info(
+        "pass_finished",
+        counts={"synced": 3, "Zelda Canary": 1, "parked": "Zelda Canary"},
+        ops={"create:applied": 2},
+    )
+    line = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert line["counts"] == {"synced": 3, "Zelda Canary": MASKED, "parked": MASKED}
+    assert line["ops"] == {"create:applied": 2}

@@ -775,6 +775,12 @@ class LedgerRepository:
         )
         return _records(AppointmentRecord, self._s.execute(query))
 
+    def oldest_pending_since(self) -> datetime | None:
+        """When the longest-waiting pending appointment last got a newer row (naive UTC)."""
+        query = select(func.min(_appt_t.c.updated_at)).where(_appt_t.c.state == PENDING)
+        value: datetime | None = self._s.execute(query).scalar_one()
+        return value
+
     def pending_count(self) -> int:
         """Appointments waiting for work, back-off or not."""
         query = select(func.count()).select_from(_appt_t).where(_appt_t.c.state == PENDING)
@@ -870,6 +876,27 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     # Records are copied out of rows anyway; expiring on commit would only cost reloads.
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+class Ledger:
+    """The ledger database.  ``with ledger.begin() as repo:`` is one transaction, framed by the
+    caller: it commits when the block ends and rolls back if it raises."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = make_sessionmaker(engine)
+
+    @contextmanager
+    def begin(self) -> Iterator[LedgerRepository]:
+        with self._sessions.begin() as session:
+            yield LedgerRepository(session)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def dispose(self) -> None:
+        self.engine.dispose()
 
 
 # --- migrations --------------------------------------------------------------------------------

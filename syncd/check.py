@@ -1,0 +1,95 @@
+"""``syncd check``: a checklist an operator can act on. Stops at the first failure, naming a fix."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from syncd.adapters.dberrors import describe_database_error
+from syncd.adapters.ledger import create_ledger_engine, current_revision, head_revision
+from syncd.adapters.outbox import OutboxReader, create_outbox_engine
+from syncd.adapters.securevideo import SecureVideoClient
+from syncd.errors import AuthenticationError, ConfigError, SyncdError
+from syncd.settings import Settings
+
+Check = Callable[[Settings], str]
+
+
+def _settings(settings: Settings) -> str:
+    settings.require_outbox_url()
+    settings.require_credentials()
+    return f"settings (config file: {settings.describe()['config_file'] or 'none'})"
+
+
+def _outbox(settings: Settings) -> str:
+    reader = OutboxReader(
+        create_outbox_engine(settings.require_outbox_url()),
+        table=settings.outbox.table,
+        columns=settings.outbox.columns,
+    )
+    try:
+        problems = reader.check_shape()
+    finally:
+        reader.dispose()
+    if problems:
+        raise SyncdError(
+            "; ".join(problems)
+            + " — fix the outbox view or map the columns with SYNCD_OUTBOX__COLUMNS__<NAME>"
+        )
+    return f"outbox {settings.outbox.table} readable, columns as the contract says"
+
+
+def _ledger(settings: Settings) -> str:
+    engine = create_ledger_engine(settings.ledger.url)
+    try:
+        current, head = current_revision(engine), head_revision()
+    finally:
+        engine.dispose()
+    if current != head:
+        if engine.dialect.name == "sqlite":
+            return f"ledger at {current or 'empty'}; SQLite is migrated to {head} on start"
+        raise SyncdError(f"ledger at {current or 'empty'}, needs {head} — run `syncd migrate`")
+    return f"ledger at head ({head})"
+
+
+def _credentials(settings: Settings) -> str:
+    key, secret = settings.require_credentials()
+    sv = settings.securevideo
+    with SecureVideoClient(
+        sv.base_url,
+        key,
+        secret.get_secret_value(),
+        connect_timeout=sv.connect_timeout,
+        read_timeout=sv.read_timeout,
+    ) as client:
+        try:
+            client.probe()
+        except AuthenticationError as exc:
+            raise SyncdError(
+                f"{exc} — check SYNCD_SECUREVIDEO__API_KEY and SYNCD_SECUREVIDEO__API_SECRET"
+            ) from None
+    return f"SecureVideo accepted the credentials ({sv.base_url})"
+
+
+CHECKS: tuple[tuple[str, Check], ...] = (
+    ("settings", _settings),
+    ("outbox", _outbox),
+    ("ledger", _ledger),
+    ("credentials", _credentials),
+)
+
+
+def run_checks(settings: Settings, *, out: Callable[[str], None] = print) -> int:
+    for name, check in CHECKS:
+        try:
+            detail = check(settings)
+        except (ConfigError, SyncdError) as exc:
+            out(f"[FAIL] {name}: {exc}")
+            return 1
+        except Exception as exc:
+            described = describe_database_error(exc)
+            if described is None:
+                raise
+            out(f"[FAIL] {name}: {described} — check the URL, the server and the network")
+            return 1
+        out(f"[ ok ] {detail}")
+    return 0

@@ -1,0 +1,898 @@
+"""One sync pass: ingest the outbox into the ledger, then plan and apply every due appointment.
+
+The imperative shell around the pure planner.  The protocol for every mutating call is
+intent → call → outcome: the intent is committed to the ledger before the request leaves, the
+outcome after a definite answer.  An intent without an outcome (a crash, a lost answer) is resolved
+by reading SecureVideo again and planning from what it shows — never by sending the POST again
+blindly.  The ledger holds only ids, states and hashes: the appointment itself is always re-read
+from the outbox, so nothing of a patient is ever copied out of the EHR.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Protocol, TypeVar
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from syncd.adapters.ledger import AppointmentRecord, LedgerRepository, ParticipantRecord
+from syncd.domain import (
+    AddParticipant,
+    Appointment,
+    CancelSession,
+    CreateSession,
+    Guest,
+    Operation,
+    Presence,
+    RemoteSession,
+    RemoveParticipant,
+    RescheduleSession,
+    UpdateParticipant,
+    describe,
+    guest_fingerprint,
+)
+from syncd.errors import (
+    AmbiguousError,
+    AuthenticationError,
+    InvalidRowError,
+    NotFoundError,
+    PermanentError,
+    TemporaryError,
+)
+from syncd.planner import is_outside_active_window, plan
+from syncd.ports import OutboxSource, SessionGateway
+from syncd.redact import redact
+from syncd.rows import parse_row
+
+log = structlog.get_logger("syncd.engine")
+
+T = TypeVar("T")
+R = TypeVar("R")
+Work = tuple[AppointmentRecord, Appointment]
+
+#: After this many plan → apply rounds without converging, something disagrees with the planner
+#: (an API that silently ignores a field, say): park rather than loop and spam the patient.
+MAX_ROUNDS = 3
+
+
+class Ledger(Protocol):
+    """Ledger transactions; the caller frames each one: ``with ledger.begin() as repo``."""
+
+    def begin(self) -> AbstractContextManager[LedgerRepository]: ...
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """Naive UTC, like every timestamp SecureVideo and the ledger use."""
+        ...
+
+    def monotonic(self) -> float: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC).replace(tzinfo=None)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    concurrency: int = 4
+    max_attempts: int = 8
+    batch_size: int = 500
+    reread_window: int = 1000
+    base_backoff_seconds: float = 0.5
+    max_backoff_seconds: float = 60.0
+    pass_retry_budget_seconds: float = 120.0
+    zone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
+    session_id_prefix: str = ""
+    #: Off only for the crash sweep's control run, to prove that test can see duplicates.
+    look_before_create: bool = True
+
+
+class Outcome(StrEnum):
+    SYNCED = "synced"  # operations applied, SecureVideo now matches
+    UNCHANGED = "unchanged"  # nothing to do
+    SKIPPED = "skipped"  # fulfilled/noshow, or outside SecureVideo's active window
+    RETRY = "retry"  # temporary failure: left pending for a later pass
+    PARKED = "parked"  # permanent failure or attempts exhausted: waits for a newer row or retry
+    INTERRUPTED = "interrupted"  # shutdown asked for: left pending, every outcome committed
+
+
+@dataclass(slots=True)
+class PassReport:
+    pass_id: str
+    ingested: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    operations: Counter[str] = field(default_factory=Counter)
+    reads: int = 0
+    lag_seconds: float | None = None
+    auth_error: str | None = None
+    interrupted: bool = False
+    duration_ms: int = 0
+
+    @property
+    def clean(self) -> bool:
+        """Everything due was applied (``syncd once`` exits 0)."""
+        bad = self.outcomes[Outcome.PARKED] + self.outcomes[Outcome.RETRY]
+        return bad == 0 and self.auth_error is None and not self.interrupted
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """What ``syncd plan`` shows for one appointment."""
+
+    appointment_id: str
+    operations: tuple[dict[str, object], ...] = ()
+    problem: str | None = None
+
+
+class _HostSessions:
+    """Per-pass cache of ``GET /session/0?externalId=host``: one read per host per pass."""
+
+    def __init__(self, gateway: SessionGateway, report: PassReport) -> None:
+        self._gateway = gateway
+        self._report = report
+        self._lock = threading.Lock()
+        self._by_host: dict[str, dict[str, list[RemoteSession]] | Exception] = {}
+
+    def missing(self, hosts: set[str]) -> list[str]:
+        with self._lock:
+            return sorted(h for h in hosts if h not in self._by_host)
+
+    def read(self, host: str) -> None:
+        try:
+            sessions = self._gateway.list_host_sessions(host)
+        except (TemporaryError, PermanentError, AuthenticationError) as exc:
+            result: dict[str, list[RemoteSession]] | Exception = exc
+        else:
+            index: dict[str, list[RemoteSession]] = {}
+            for s in sessions:
+                if s.external_session_id:
+                    index.setdefault(s.external_session_id, []).append(
+                        replace(s, host_external_id=host)
+                    )
+            result = index
+        with self._lock:
+            self._report.reads += 1
+            self._by_host[host] = result
+
+    def sessions(self, hosts: Sequence[str], external_session_id: str) -> list[RemoteSession]:
+        """This appointment's sessions on these hosts; raises what a failed host read raised."""
+        out: list[RemoteSession] = []
+        with self._lock:
+            for host in hosts:
+                entry = self._by_host[host]
+                if isinstance(entry, Exception):
+                    raise entry
+                out += entry.get(external_session_id, [])
+        return out
+
+
+class SyncEngine:
+    def __init__(
+        self,
+        *,
+        outbox: OutboxSource,
+        ledger: Ledger,
+        gateway: SessionGateway,
+        options: EngineOptions,
+        clock: Clock | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.ledger = ledger
+        self.gateway = gateway
+        self.options = options
+        self.clock = clock or SystemClock()
+        self.stop = stop or threading.Event()
+        self._pool = ThreadPoolExecutor(
+            max_workers=options.concurrency, thread_name_prefix="syncd-apply"
+        )
+        self._auth_failed = threading.Event()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    # --- the pass ---------------------------------------------------------------------------
+
+    def run_pass(self) -> PassReport:
+        report = PassReport(pass_id=uuid.uuid4().hex[:12])
+        started = self.clock.monotonic()
+        self._auth_failed.clear()
+        with structlog.contextvars.bound_contextvars(pass_id=report.pass_id):
+            report.ingested = self._ingest()
+            hosts = _HostSessions(self.gateway, report)
+            for batch in self._due_batches():
+                if self.stop.is_set() or self._auth_failed.is_set():
+                    report.interrupted = self.stop.is_set()
+                    break
+                self._apply_batch(batch, hosts, report)
+            if self.stop.is_set():
+                report.interrupted = True
+            report.duration_ms = int((self.clock.monotonic() - started) * 1000)
+            if report.ingested or sum(report.outcomes.values()) or report.auth_error:
+                log.info(
+                    "pass_finished",
+                    counts=dict(report.outcomes),
+                    ops=dict(report.operations),
+                    rows=report.ingested,
+                    reads=report.reads,
+                    lag_seconds=report.lag_seconds,
+                    duration_ms=report.duration_ms,
+                    error=report.auth_error,
+                )
+        return report
+
+    def _ingest(self) -> int:
+        """Record in the ledger which appointments have newer outbox rows.  Returns their count.
+
+        Ids can become visible out of order (concurrent EHR transactions commit late), so reading
+        starts a window behind the cursor; the ledger's per-appointment event id deduplicates.
+        """
+        opts = self.options
+        with self.ledger.begin() as repo:
+            cursor = repo.cursor()
+        position = max(0, cursor - opts.reread_window)
+        became_pending = 0
+        while True:
+            refs = self.outbox.refs_after(position, opts.batch_size)
+            if not refs:
+                return became_pending
+            newest: dict[str, int] = {}
+            for ref in refs:
+                key = ref.appointment_id or f"event:{ref.event_id}"
+                newest[key] = max(ref.event_id, newest.get(key, 0))
+            with self.ledger.begin() as repo:
+                known = repo.last_events(newest.keys())
+                newer = {a: e for a, e in newest.items() if e > known.get(a, -1)}
+                if newer:
+                    became_pending += repo.note_events(newer, now=self.clock.now())
+                repo.set_cursor(refs[-1].event_id)
+            position = refs[-1].event_id
+            if len(refs) < opts.batch_size:
+                return became_pending
+
+    def _due_batches(self) -> Iterator[list[AppointmentRecord]]:
+        after: str | None = None
+        while True:
+            with self.ledger.begin() as repo:
+                batch = repo.due(self.clock.now(), self.options.batch_size, after)
+            if not batch:
+                return
+            yield batch
+            after = batch[-1].appointment_id
+
+    def _apply_batch(
+        self, batch: list[AppointmentRecord], hosts: _HostSessions, report: PassReport
+    ) -> None:
+        work = self._load(batch, report)
+        if not work:
+            return
+        needed = {
+            h
+            for record, appt in work
+            if appt.presence is not Presence.LEAVE_ALONE
+            for h in _hosts_of(appt, record.host_external_id)
+        }
+        self._in_pool(hosts.read, hosts.missing(needed))
+        with self.ledger.begin() as repo:
+            known = repo.participants([appt.appointment_id for _, appt in work])
+
+        def sync(item: Work) -> Outcome:
+            record, appt = item
+            return self._sync_one(record, appt, known.get(appt.appointment_id, {}), hosts, report)
+
+        report.outcomes.update(o.value for o in self._in_pool(sync, work))
+
+    def _in_pool(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        futures: list[Future[R]] = [
+            self._pool.submit(contextvars.copy_context().run, fn, item) for item in items
+        ]
+        return [f.result() for f in futures]
+
+    def _load(self, batch: list[AppointmentRecord], report: PassReport) -> list[Work]:
+        """Fetch and parse the latest outbox row of each due appointment; park the bad ones."""
+        rows = {r.event_id: r for r in self.outbox.rows([rec.last_event_id for rec in batch])}
+        now = self.clock.now()
+        work: list[Work] = []
+        for record in batch:
+            row = rows.get(record.last_event_id)
+            if row is None:
+                reason = (
+                    f"appointment {record.appointment_id}: outbox row for event "
+                    f"{record.last_event_id} is no longer there"
+                )
+                self._park(record, reason, field_name="event_id")
+                report.outcomes[Outcome.PARKED.value] += 1
+                continue
+            try:
+                appt = parse_row(
+                    row.values,
+                    zone=self.options.zone,
+                    session_id_prefix=self.options.session_id_prefix,
+                )
+            except InvalidRowError as err:
+                self._park(record, str(err), field_name=err.field)
+                report.outcomes[Outcome.PARKED.value] += 1
+                continue
+            if appt.appointment_id != record.appointment_id:
+                # The row is keyed differently from how it was ingested (null id at ingest).
+                self._park(
+                    record,
+                    f"appointment {record.appointment_id}: field 'appointment_id': changed",
+                    field_name="appointment_id",
+                )
+                report.outcomes[Outcome.PARKED.value] += 1
+                continue
+            created = _created_at(row.values.get("created_at"), self.options.zone)
+            if created is not None:
+                lag = (now - created).total_seconds()
+                report.lag_seconds = max(lag, report.lag_seconds or 0.0)
+            work.append((record, appt))
+        return work
+
+    # --- one appointment --------------------------------------------------------------------
+
+    def _sync_one(
+        self,
+        record: AppointmentRecord,
+        appt: Appointment,
+        known: dict[str, ParticipantRecord],
+        hosts: _HostSessions,
+        report: PassReport,
+    ) -> Outcome:
+        opts = self.options
+        aid = appt.appointment_id
+        attempts = record.attempts
+        deadline = self.clock.monotonic() + opts.pass_retry_budget_seconds
+        fresh_read = False
+        managed = record.session_id
+        host_list = _hosts_of(appt, record.host_external_id)
+
+        if appt.presence is Presence.LEAVE_ALONE:
+            return self._skip(appt, "status leaves SecureVideo alone")
+
+        rounds = 0
+        while True:
+            if self.stop.is_set() or self._auth_failed.is_set():
+                return Outcome.INTERRUPTED
+            try:
+                if fresh_read:
+                    observed = self._read_fresh(host_list, appt.external_session_id, report)
+                else:
+                    observed = hosts.sessions(host_list, appt.external_session_id)
+            except AuthenticationError as exc:
+                return self._auth(exc, report)
+            except NotFoundError as exc:
+                return self._park_appt(
+                    appt,
+                    f"appointment {aid}: field 'provider_external_id': SecureVideo does not "
+                    f"know this host ({exc.message})",
+                    field_name="provider_external_id",
+                )
+            except PermanentError as exc:
+                return self._park_appt(appt, f"appointment {aid}: {exc.message}")
+            except TemporaryError as exc:
+                attempts += 1
+                outcome = self._back_off(appt, attempts, exc, deadline)
+                if outcome is not None:
+                    return outcome
+                fresh_read = True
+                continue
+
+            if not opts.look_before_create and managed is None:
+                observed = []  # the control run: trust the ledger alone
+            observed = _with_known_packets(observed, known)
+            now = self.clock.now()
+            if (
+                appt.presence is Presence.LIVE
+                and is_outside_active_window(appt, now)
+                and all(s.is_cancelled for s in observed)
+            ):
+                return self._skip(appt, "starts before SecureVideo's active window")
+            ops = plan(appt, observed, now=now, managed_session_id=managed)
+            if not ops:
+                return self._converged(appt, observed, applied=rounds > 0)
+            rounds += 1
+            if rounds > MAX_ROUNDS:
+                fields = sorted({op.kind for op in ops})
+                return self._park_appt(
+                    appt,
+                    f"appointment {aid}: does not converge after {MAX_ROUNDS} rounds "
+                    f"({', '.join(fields)})",
+                )
+
+            view = list(observed)
+            for op in ops:
+                if self.stop.is_set():
+                    return Outcome.INTERRUPTED
+                try:
+                    result = self._apply(op, appt, attempts + 1, report)
+                except AuthenticationError as exc:
+                    return self._auth(exc, report)
+                except PermanentError as exc:
+                    msg = redact(exc.message, appt)
+                    return self._park_appt(
+                        appt, f"appointment {aid}: SecureVideo refused {op.kind}: {msg}"
+                    )
+                except TemporaryError as exc:
+                    attempts += 1
+                    outcome = self._back_off(appt, attempts, exc, deadline)
+                    if outcome is not None:
+                        return outcome
+                    # Whatever we knew may be stale now (an ambiguous call may have applied):
+                    # look again before planning again.
+                    fresh_read = True
+                    break
+                view = _after(view, op, result)
+                if isinstance(op, CreateSession) and result is not None:
+                    managed = result.session_id
+            else:
+                observed = view
+                # The answers carry the new state: plan against them to confirm convergence.
+                ops = plan(appt, view, now=self.clock.now(), managed_session_id=managed)
+                if not ops:
+                    return self._converged(appt, view, applied=True)
+                fresh_read = True
+
+    def _apply(
+        self, op: Operation, appt: Appointment, attempt: int, report: PassReport
+    ) -> RemoteSession | None:
+        """intent → call → outcome for one operation."""
+        desc = describe(op)
+        session_id = None if isinstance(op, CreateSession) else getattr(op, "session_id", None)
+        participant = desc.get("participant_external_id")
+        with self.ledger.begin() as repo:
+            op_id = repo.record_intent(
+                appointment_id=appt.appointment_id,
+                event_id=appt.event_id,
+                op=op.kind,
+                session_id=session_id,
+                participant_external_id=str(participant) if participant else None,
+                attempt=attempt,
+                now=self.clock.now(),
+                pid=os.getpid(),
+            )
+        started = self.clock.monotonic()
+        outcome = "applied"
+        detail: str | None = None
+        try:
+            result = self._call(op)
+        except AmbiguousError as exc:
+            outcome, detail = "ambiguous", redact(exc.message, appt)
+            raise
+        except (TemporaryError, PermanentError, AuthenticationError) as exc:
+            outcome, detail = "failed", redact(str(exc), appt)
+            raise
+        finally:
+            duration_ms = int((self.clock.monotonic() - started) * 1000)
+            report.operations[f"{op.kind}:{outcome}"] += 1
+            if outcome != "applied":
+                with self.ledger.begin() as repo:
+                    repo.record_outcome(op_id, state=outcome, detail=detail, now=self.clock.now())
+                log.warning(
+                    "operation",
+                    appointment_id=appt.appointment_id,
+                    op=op.kind,
+                    session_id=session_id,
+                    outcome=outcome,
+                    attempt=attempt,
+                    duration_ms=duration_ms,
+                    reason=detail,
+                )
+        new_session_id = result.session_id if result is not None else session_id
+        with self.ledger.begin() as repo:
+            repo.record_outcome(
+                op_id, state="applied", detail=None, session_id=new_session_id, now=self.clock.now()
+            )
+            self._record_effects(repo, op, appt, result)
+        log.info(
+            "operation",
+            appointment_id=appt.appointment_id,
+            op=op.kind,
+            session_id=new_session_id,
+            outcome="applied",
+            attempt=attempt,
+            duration_ms=duration_ms,
+        )
+        return result
+
+    def _call(self, op: Operation) -> RemoteSession | None:
+        gw = self.gateway
+        match op:
+            case CreateSession():
+                return gw.create_session(op)
+            case RescheduleSession():
+                return gw.reschedule_session(op.session_id, op.schedule_ts)
+            case CancelSession():
+                gw.cancel_session(op.session_id)
+                return None
+            case AddParticipant():
+                return gw.add_participant(op.session_id, op.guest)
+            case UpdateParticipant():
+                return gw.update_participant(op.participation_id, op.guest)
+            case RemoveParticipant():
+                gw.remove_participant(op.participation_id)
+                return None
+
+    def _record_effects(
+        self,
+        repo: LedgerRepository,
+        op: Operation,
+        appt: Appointment,
+        result: RemoteSession | None,
+    ) -> None:
+        """Keep in the ledger what SecureVideo won't tell us later: the session and packet ids."""
+        now = self.clock.now()
+        aid = appt.appointment_id
+        match op:
+            case CreateSession() if result is not None:
+                repo.set_session(
+                    aid, session_id=result.session_id, host_external_id=op.host_external_id, now=now
+                )
+                repo.delete_participants_of(aid)
+                for guest in op.guests:
+                    self._remember(
+                        repo,
+                        aid,
+                        result,
+                        guest.external_id,
+                        guest.packet_id,
+                        guest_fingerprint(guest),
+                    )
+            case AddParticipant() | UpdateParticipant() if result is not None:
+                self._remember(
+                    repo,
+                    aid,
+                    result,
+                    op.guest.external_id,
+                    op.guest.packet_id,
+                    guest_fingerprint(op.guest),
+                )
+            case RemoveParticipant():
+                repo.delete_participant(aid, op.external_id)
+            case CancelSession():
+                with_session = repo.get(aid)
+                if with_session is not None and with_session.session_id == op.session_id:
+                    repo.set_session(aid, session_id=None, host_external_id=None, now=now)
+                    repo.delete_participants_of(aid)
+            case _:
+                pass
+
+    def _remember(
+        self,
+        repo: LedgerRepository,
+        aid: str,
+        session: RemoteSession,
+        external_id: str,
+        packet_id: int | None,
+        fingerprint: str,
+    ) -> None:
+        pid = next(
+            (p.participation_id for p in session.guests if p.external_id == external_id),
+            None,
+        )
+        repo.upsert_participant(
+            aid,
+            external_id,
+            session_id=session.session_id,
+            participation_id=pid,
+            packet_id=packet_id,
+            fingerprint=fingerprint,
+            now=self.clock.now(),
+        )
+
+    def _read_fresh(
+        self, hosts: Sequence[str], external_session_id: str, report: PassReport
+    ) -> list[RemoteSession]:
+        out: list[RemoteSession] = []
+        for host in hosts:
+            report.reads += 1
+            out += [
+                replace(s, host_external_id=host)
+                for s in self.gateway.list_host_sessions(host)
+                if s.external_session_id == external_session_id
+            ]
+        return out
+
+    # --- outcomes ---------------------------------------------------------------------------
+
+    def _back_off(
+        self, appt: Appointment, attempts: int, exc: TemporaryError, deadline: float
+    ) -> Outcome | None:
+        """Wait and return None to try again in this pass, or an outcome to stop here."""
+        opts = self.options
+        reason = f"appointment {appt.appointment_id}: {redact(exc.message, appt)}"
+        if attempts >= opts.max_attempts:
+            return self._park_appt(
+                appt, f"{reason} (gave up after {attempts} attempts)", attempts=attempts
+            )
+        delay = backoff(
+            attempts,
+            base=opts.base_backoff_seconds,
+            cap=opts.max_backoff_seconds,
+            retry_after=exc.retry_after,
+        )
+        if self.clock.monotonic() + delay > deadline or self.stop.is_set():
+            with self.ledger.begin() as repo:
+                repo.schedule_retry(
+                    appt.appointment_id,
+                    attempts=attempts,
+                    next_attempt_at=self.clock.now() + timedelta(seconds=delay),
+                    reason=reason,
+                    now=self.clock.now(),
+                )
+            log.warning(
+                "appointment_deferred",
+                appointment_id=appt.appointment_id,
+                attempts=attempts,
+                reason=reason,
+                delay_seconds=round(delay, 3),
+            )
+            return Outcome.RETRY
+        # stop.wait, not sleep: a shutdown request ends the wait at once.
+        if self.stop.wait(delay):
+            with self.ledger.begin() as repo:
+                repo.schedule_retry(
+                    appt.appointment_id,
+                    attempts=attempts,
+                    next_attempt_at=self.clock.now(),
+                    reason=reason,
+                    now=self.clock.now(),
+                )
+            return Outcome.INTERRUPTED
+        return None
+
+    def _converged(
+        self, appt: Appointment, observed: Sequence[RemoteSession], *, applied: bool
+    ) -> Outcome:
+        live = [
+            s
+            for s in observed
+            if not s.is_cancelled and s.host_external_id == appt.provider_external_id
+        ]
+        session = live[0] if live and appt.presence is Presence.LIVE else None
+        with self.ledger.begin() as repo:
+            repo.mark_synced(
+                appt.appointment_id,
+                event_id=appt.event_id,
+                fingerprint=appt.fingerprint(),
+                session_id=session.session_id if session else None,
+                host_external_id=session.host_external_id if session else None,
+                now=self.clock.now(),
+            )
+            repo.resolve_open(appt.appointment_id, self.clock.now())
+        return Outcome.SYNCED if applied else Outcome.UNCHANGED
+
+    def _skip(self, appt: Appointment, reason: str) -> Outcome:
+        with self.ledger.begin() as repo:
+            repo.mark_skipped(
+                appt.appointment_id, event_id=appt.event_id, reason=reason, now=self.clock.now()
+            )
+        log.info("appointment_skipped", appointment_id=appt.appointment_id, reason=reason)
+        return Outcome.SKIPPED
+
+    def _park_appt(
+        self,
+        appt: Appointment,
+        reason: str,
+        *,
+        field_name: str | None = None,
+        attempts: int | None = None,
+    ) -> Outcome:
+        with self.ledger.begin() as repo:
+            repo.park(appt.appointment_id, reason=reason, attempts=attempts, now=self.clock.now())
+        log.warning(
+            "appointment_parked",
+            appointment_id=appt.appointment_id,
+            reason=reason,
+            field=field_name,
+        )
+        return Outcome.PARKED
+
+    def _park(self, record: AppointmentRecord, reason: str, *, field_name: str) -> None:
+        with self.ledger.begin() as repo:
+            repo.park(record.appointment_id, reason=reason, now=self.clock.now())
+        log.warning(
+            "appointment_parked",
+            appointment_id=record.appointment_id,
+            reason=reason,
+            field=field_name,
+            event_id=record.last_event_id,
+        )
+
+    def _auth(self, exc: AuthenticationError, report: PassReport) -> Outcome:
+        if not self._auth_failed.is_set():
+            self._auth_failed.set()
+            report.auth_error = str(exc)
+            log.error("credentials_rejected", error=str(exc))
+        return Outcome.INTERRUPTED
+
+    # --- dry run ----------------------------------------------------------------------------
+
+    def preview(self) -> list[Preview]:
+        """What a pass would do, without a mutating call or a ledger write (``syncd plan``)."""
+        opts = self.options
+        with self.ledger.begin() as repo:
+            cursor = repo.cursor()
+        position = max(0, cursor - opts.reread_window)
+        wanted: dict[str, int] = {}
+        while True:
+            refs = self.outbox.refs_after(position, opts.batch_size)
+            for ref in refs:
+                key = ref.appointment_id or f"event:{ref.event_id}"
+                wanted[key] = max(ref.event_id, wanted.get(key, 0))
+            if len(refs) < opts.batch_size:
+                break
+            position = refs[-1].event_id
+        previews: list[Preview] = []
+        report = PassReport(pass_id="dry-run")  # noqa: S106 - an id, not a password
+        hosts = _HostSessions(self.gateway, report)
+        with self.ledger.begin() as repo:
+            records = repo.get_many(list(wanted))
+            newer = {
+                a: e for a, e in wanted.items() if a not in records or e > records[a].last_event_id
+            }
+            due = {r.appointment_id: r.last_event_id for r in repo.due(self.clock.now(), 100_000)}
+            participants = repo.participants(list(newer | due))
+        todo = {**due, **newer}
+        rows = {r.event_id: r for r in self.outbox.rows(list(todo.values()))}
+        parsed: list[tuple[Appointment, AppointmentRecord | None]] = []
+        for aid, event_id in sorted(todo.items()):
+            row = rows.get(event_id)
+            if row is None:
+                previews.append(Preview(aid, problem=f"outbox row for event {event_id} is gone"))
+                continue
+            try:
+                appt = parse_row(
+                    row.values, zone=opts.zone, session_id_prefix=opts.session_id_prefix
+                )
+            except InvalidRowError as err:
+                previews.append(Preview(aid, problem=str(err)))
+                continue
+            parsed.append((appt, records.get(aid)))
+        needed = {h for a, r in parsed for h in _hosts_of(a, r.host_external_id if r else None)}
+        self._in_pool(hosts.read, hosts.missing(needed))
+        for appt, record in parsed:
+            host_list = _hosts_of(appt, record.host_external_id if record else None)
+            try:
+                observed = hosts.sessions(host_list, appt.external_session_id)
+            except (TemporaryError, PermanentError, AuthenticationError) as exc:
+                previews.append(Preview(appt.appointment_id, problem=redact(str(exc), appt)))
+                continue
+            observed = _with_known_packets(observed, participants.get(appt.appointment_id, {}))
+            ops = plan(
+                appt,
+                observed,
+                now=self.clock.now(),
+                managed_session_id=record.session_id if record else None,
+            )
+            previews.append(Preview(appt.appointment_id, tuple(describe(op) for op in ops)))
+        return previews
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def backoff(attempt: int, *, base: float, cap: float, retry_after: float | None) -> float:
+    """Full-jitter exponential backoff; SecureVideo's ``Retry-After`` wins when it asks for more."""
+    if retry_after is not None:
+        # A little spread so that many waiting appointments don't return in the same instant.
+        return max(0.0, retry_after) + random.uniform(0, base / 10)
+    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
+
+
+def _hosts_of(appt: Appointment, recorded_host: str | None) -> list[str]:
+    """The hosts whose lists can hold this appointment's session: today's, and the one before."""
+    hosts = [appt.provider_external_id]
+    if recorded_host and recorded_host != appt.provider_external_id:
+        hosts.append(recorded_host)
+    return hosts
+
+
+def _with_known_packets(
+    observed: list[RemoteSession], known: dict[str, ParticipantRecord]
+) -> list[RemoteSession]:
+    """Fill in the PacketIds SecureVideo does not report, from what syncd last sent."""
+    if not known:
+        return observed
+    out = []
+    for s in observed:
+        participants = tuple(
+            replace(p, packet_id=k.packet_id, packet_known=True)
+            if p.external_id
+            and (k := known.get(p.external_id)) is not None
+            and k.participation_id == p.participation_id
+            and not p.packet_known
+            else p
+            for p in s.participants
+        )
+        out.append(replace(s, participants=participants))
+    return out
+
+
+def _after(
+    view: list[RemoteSession], op: Operation, result: RemoteSession | None
+) -> list[RemoteSession]:
+    """The observed sessions as they stand after ``op`` succeeded."""
+    sid = None if isinstance(op, CreateSession) else getattr(op, "session_id", None)
+    if isinstance(op, CreateSession):
+        host = op.host_external_id
+    else:
+        host = next((s.host_external_id for s in view if s.session_id == sid), "")
+    out = list(view)
+    if result is not None:
+        result = replace(result, host_external_id=host)
+        if isinstance(op, AddParticipant | UpdateParticipant):
+            result = replace(
+                result,
+                participants=tuple(
+                    replace(p, packet_id=op.guest.packet_id, packet_known=True)
+                    if p.external_id == op.guest.external_id
+                    else p
+                    for p in result.participants
+                ),
+            )
+        if isinstance(op, CreateSession):
+            result = replace(
+                result,
+                participants=(
+                    result.participants[0],
+                    *(
+                        replace(p, packet_id=g.packet_id, packet_known=True)
+                        if (g := _guest_by_id(op, p.external_id)) is not None
+                        else p
+                        for p in result.guests
+                    ),
+                ),
+            )
+        out = [s for s in out if s.session_id != result.session_id] + [result]
+    elif isinstance(op, CancelSession):
+        out = [replace(s, schedule_type="Cancelled") if s.session_id == sid else s for s in out]
+    elif isinstance(op, RemoveParticipant):
+        out = [
+            replace(
+                s,
+                participants=tuple(
+                    p for p in s.participants if p.participation_id != op.participation_id
+                ),
+            )
+            if s.session_id == sid
+            else s
+            for s in out
+        ]
+    return out
+
+
+def _guest_by_id(op: CreateSession, external_id: str | None) -> Guest | None:
+    return next((g for g in op.guests if g.external_id == external_id), None)
+
+
+def _created_at(value: object, zone: ZoneInfo) -> datetime | None:
+    """The outbox row's ``created_at`` as naive UTC, or None when absent or unreadable."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            return None
+    if not isinstance(value, datetime):
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=zone)
+    return value.astimezone(UTC).replace(tzinfo=None)

@@ -1,0 +1,30 @@
+"""Keep an appointment's patient data out of text that syncd stores or logs.
+
+SecureVideo's error messages are free text and may quote what we sent (a name, an address).  Before
+such a message becomes a parking reason or a log field, every PHI value of the appointment it
+concerns is replaced, and e-mail- and phone-shaped runs are masked as a second line of defence.
+"""
+
+from __future__ import annotations
+
+import re
+
+from syncd.domain import Appointment
+
+_EMAIL = re.compile(r"[^\s@\"'<>(),;:]+@[^\s@\"'<>(),;:]+\.[A-Za-z]{2,}")
+_PHONE = re.compile(r"\+?\d[\d\s().-]{6,}\d")
+MAX_REASON = 500
+
+
+def redact(text: str, appointment: Appointment | None = None) -> str:
+    if appointment is not None:
+        secrets = {appointment.topic or ""}
+        for g in appointment.guests:
+            secrets |= {g.full_name, g.email, g.sms}
+        # Longest first, so a full name is replaced before a part of it could be.
+        for value in sorted((s for s in secrets if len(s) >= 2), key=len, reverse=True):
+            text = re.sub(re.escape(value), "[redacted]", text, flags=re.IGNORECASE)
+    text = _EMAIL.sub("[redacted]", text)
+    text = _PHONE.sub("[redacted]", text)
+    text = "".join(ch if ch.isprintable() else " " for ch in text)
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"

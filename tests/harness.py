@@ -1,0 +1,155 @@
+"""The end-to-end world of the tests: the real emulator, a real SQLite EHR, the real engine.
+
+Nothing here replaces a part of syncd: the settings are loaded, the App is built by the composition
+root, and every request crosses a loopback socket to the emulator.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from syncd.adapters.outbox import create_outbox_engine
+from syncd.adapters.sample_ehr import SampleEhr
+from syncd.app import App, build_app
+from syncd.emulator import Emulator
+from syncd.emulator.state import SessionRecord
+from syncd.engine import PassReport
+from syncd.settings import Settings, load_settings
+
+ZONE = "America/New_York"
+
+
+def guest(n: int, **overrides: Any) -> dict[str, Any]:
+    """A canary patient: unique values that a PHI check can search for."""
+    base: dict[str, Any] = {
+        "external_id": f"pat-{n}",
+        "full_name": f"Zelda Canary{n}",
+        "email": f"canary{n}@phi.example",
+        "sms": f"1555777{n:04d}",
+        "time_zone": ZONE,
+        "deliver": "E",
+    }
+    return base | overrides
+
+
+def row(
+    appointment_id: str,
+    *,
+    starts: datetime,
+    provider: str = "prov-001",
+    status: str = "booked",
+    guests: Sequence[dict[str, Any]] = (),
+    topic: str | None = "Canary topic",
+    participants: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "appointment_id": appointment_id,
+        "provider_external_id": provider,
+        "status": status,
+        "starts_at": starts,
+        "topic": topic,
+        "is_recorded": False,
+        "participants": participants if participants is not None else json.dumps(list(guests)),
+    }
+
+
+@dataclass
+class World:
+    emulator: Emulator
+    ehr: SampleEhr
+    settings: Settings
+    tmp: Path
+    apps: list[App] = field(default_factory=list)
+
+    def app(self, **overrides: Any) -> App:
+        settings = self.settings
+        if overrides:
+            settings = load_settings(**(_as_overrides(self.settings) | overrides))
+        app = build_app(settings)
+        self.apps.append(app)
+        return app
+
+    def run_pass(self) -> PassReport:
+        if not self.apps:
+            self.app()
+        return self.apps[-1].engine.run_pass()
+
+    def write(self, *rows: dict[str, Any]) -> list[int]:
+        return self.ehr.append(rows)
+
+    def live(self, external_session_id: str) -> list[SessionRecord]:
+        return [
+            s
+            for s in self.emulator.state.sessions()
+            if s.external_session_id == external_session_id and s.schedule_type != "Cancelled"
+        ]
+
+    def mutating_calls(self) -> int:
+        return len(self.emulator.mutating_calls())
+
+    def env(self) -> dict[str, str]:
+        """The same configuration as environment variables, for the CLI and subprocesses."""
+        return {
+            "SYNCD_OUTBOX__URL": str(self.settings.outbox.url),
+            "SYNCD_OUTBOX__TIMEZONE": ZONE,
+            "SYNCD_LEDGER__URL": self.settings.ledger.url,
+            "SYNCD_SECUREVIDEO__BASE_URL": self.emulator.base_url,
+            "SYNCD_SECUREVIDEO__API_KEY": "demo",
+            "SYNCD_SECUREVIDEO__API_SECRET": "demo",
+            "SYNCD_SECRETS_DIR": str(self.tmp),
+            "SYNCD_CONFIG_FILE": "",
+            "SYNCD_LOG__FORMAT": "json",
+        }
+
+    def close(self) -> None:
+        for app in self.apps:
+            app.close()
+        self.ehr.dispose()
+
+
+def _as_overrides(settings: Settings) -> dict[str, Any]:
+    return {
+        "outbox": {"url": settings.outbox.url, "timezone": settings.outbox.timezone},
+        "ledger": {"url": settings.ledger.url},
+        "securevideo": {
+            "base_url": settings.securevideo.base_url,
+            "api_key": "demo",
+            "api_secret": "demo",
+            "read_timeout": settings.securevideo.read_timeout,
+        },
+        "sync": settings.sync.model_dump(),
+    }
+
+
+@contextmanager
+def world(tmp: Path, **sync: Any) -> Iterator[World]:
+    with Emulator().start() as emulator:
+        ehr_url = f"sqlite:///{(tmp / 'ehr.sqlite3').as_posix()}"
+        ehr = SampleEhr(create_outbox_engine(ehr_url), zone=ZONE)
+        settings = load_settings(
+            outbox={"url": ehr_url, "timezone": ZONE},
+            ledger={"url": f"sqlite:///{(tmp / 'ledger.sqlite3').as_posix()}"},
+            securevideo={
+                "base_url": emulator.base_url,
+                "api_key": "demo",
+                "api_secret": "demo",
+                "read_timeout": 2.0,
+            },
+            sync={
+                "base_backoff_seconds": 0.01,
+                "max_backoff_seconds": 0.05,
+                "pass_retry_budget_seconds": 5.0,
+            }
+            | sync,
+        )
+        w = World(emulator=emulator, ehr=ehr, settings=settings, tmp=tmp)
+        try:
+            yield w
+        finally:
+            w.close()
