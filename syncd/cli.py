@@ -11,7 +11,6 @@ import json
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import structlog
 
@@ -49,9 +48,16 @@ def _fail(line: str) -> int:
     return EXIT_CANNOT_RUN
 
 
-def _settings(**overrides: Any) -> Settings:
-    settings = load_settings(**overrides)
-    configure_logging(settings.log.format, settings.log.level)
+def _settings(*, report: bool = False) -> Settings:
+    """Settings, and logging configured from them.
+
+    Commands whose stdout is a report (plan, status, check...) log to stderr, so that their output
+    stays parseable; the daemon and ``once`` log JSON lines to stdout, as containers expect.
+    """
+    settings = load_settings()
+    configure_logging(
+        settings.log.format, settings.log.level, stream=sys.stderr if report else None
+    )
     return settings
 
 
@@ -84,7 +90,7 @@ def cmd_once(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from syncd.app import build_app
 
-    settings = _settings()
+    settings = _settings(report=True)
     with build_app(settings) as app:
         previews = app.engine.preview()
     pending = False
@@ -115,7 +121,7 @@ def _plain(value: object) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     from syncd.status import collect_status, render_status
 
-    settings = _settings()
+    settings = _settings(report=True)
     status = collect_status(settings)
     if args.json:
         print(json.dumps(status, indent=2, default=str))
@@ -127,7 +133,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_retry(args: argparse.Namespace) -> int:
     from syncd.app import open_ledger
 
-    settings = _settings()
+    settings = _settings(report=True)
     ledger = open_ledger(settings)
     try:
         from datetime import UTC, datetime
@@ -152,7 +158,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 def cmd_migrate(args: argparse.Namespace) -> int:
     from syncd.adapters.ledger import create_ledger_engine, current_revision, migrate
 
-    settings = _settings()
+    settings = _settings(report=True)
     engine = create_ledger_engine(settings.ledger.url)
     try:
         before = current_revision(engine)
@@ -168,7 +174,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from syncd.check import run_checks
 
     try:
-        settings = _settings()
+        settings = _settings(report=True)
     except ConfigError as exc:
         print(f"[FAIL] settings: {exc}")
         return EXIT_SOME_FAILED

@@ -188,3 +188,25 @@ def ledger_sessions(ledger_engine: Engine) -> sessionmaker[Session]:
                     insert(table).values(id=1, last_event_id=0, updated_at=datetime(2000, 1, 1))
                 )
     return make_sessionmaker(ledger_engine)
+
+
+# =================================================================================================
+# Long runs
+#
+# Chaos and soak tests have a fast form that runs in the normal suite and a long form (more
+# cycles) that runs with ``pytest --long``; ``long_run(fast, long)`` picks the figure.
+# =================================================================================================
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        default=False,
+        help="run the long forms of the chaos tests (figures recorded in docs/reliability.md)",
+    )
+
+
+@pytest.fixture
+def long_run(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--long"))

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from conftest import database_or_skip
+
+from syncd.adapters.ledger import create_ledger_engine, migrate
 from syncd.adapters.outbox import create_outbox_engine
 from syncd.adapters.sample_ehr import SampleEhr
 from syncd.app import App, build_app
@@ -102,10 +105,15 @@ class World:
             "SYNCD_SECUREVIDEO__BASE_URL": self.emulator.base_url,
             "SYNCD_SECUREVIDEO__API_KEY": "demo",
             "SYNCD_SECUREVIDEO__API_SECRET": "demo",
-            "SYNCD_SECRETS_DIR": str(self.tmp),
+            "SYNCD_SECRETS_DIR": str(self._secrets_dir()),
             "SYNCD_CONFIG_FILE": "",
             "SYNCD_LOG__FORMAT": "json",
         }
+
+    def _secrets_dir(self) -> Path:
+        path = self.tmp / "secrets"
+        path.mkdir(exist_ok=True)
+        return path
 
     def close(self) -> None:
         for app in self.apps:
@@ -128,13 +136,26 @@ def _as_overrides(settings: Settings) -> dict[str, Any]:
 
 
 @contextmanager
-def world(tmp: Path, **sync: Any) -> Iterator[World]:
-    with Emulator().start() as emulator:
-        ehr_url = f"sqlite:///{(tmp / 'ehr.sqlite3').as_posix()}"
+def world(
+    tmp: Path, *, ehr_backend: str = "sqlite", ledger_backend: str = "sqlite", **sync: Any
+) -> Iterator[World]:
+    """The world on SQLite files in ``tmp``, or with the EHR outbox and/or the ledger in a scratch
+    PostgreSQL or MariaDB database (``conftest.DB_KINDS``): skipped when that server is absent."""
+    with ExitStack() as stack:
+        ehr_url = stack.enter_context(database_or_skip(ehr_backend, tmp))
+        ledger_url = stack.enter_context(database_or_skip(ledger_backend, tmp))
+        if ledger_backend != "sqlite":
+            # syncd migrates only a SQLite ledger on start; elsewhere that is `syncd migrate`.
+            ledger_engine = create_ledger_engine(ledger_url)
+            try:
+                migrate(ledger_engine)
+            finally:
+                ledger_engine.dispose()
+        emulator = stack.enter_context(Emulator().start())
         ehr = SampleEhr(create_outbox_engine(ehr_url), zone=ZONE)
         settings = load_settings(
             outbox={"url": ehr_url, "timezone": ZONE},
-            ledger={"url": f"sqlite:///{(tmp / 'ledger.sqlite3').as_posix()}"},
+            ledger={"url": ledger_url},
             securevideo={
                 "base_url": emulator.base_url,
                 "api_key": "demo",
