@@ -12,7 +12,7 @@ from typing import Self
 from syncd.adapters.ledger import Ledger, create_ledger_engine, current_revision, head_revision
 from syncd.adapters.ledger import migrate as migrate_ledger
 from syncd.adapters.outbox import OutboxReader, create_outbox_engine
-from syncd.adapters.securevideo import SecureVideoClient
+from syncd.adapters.securevideo import ResponseHook, SecureVideoClient
 from syncd.engine import EngineOptions, SyncEngine
 from syncd.errors import SyncdError
 from syncd.settings import Settings
@@ -86,7 +86,9 @@ def build_app(
     *,
     stop: threading.Event | None = None,
     look_before_create: bool = True,
+    on_response: ResponseHook | None = None,
 ) -> App:
+    """``on_response`` sees every SecureVideo response (the metrics' latency histogram)."""
     outbox_url = settings.require_outbox_url()
     key, secret = settings.require_credentials()
     stop = stop or threading.Event()
@@ -99,6 +101,7 @@ def build_app(
         connect_timeout=sv.connect_timeout,
         read_timeout=sv.read_timeout,
         rate_limit_per_second=sv.rate_limit_per_second,
+        on_response=on_response,
     )
     outbox = OutboxReader(
         create_outbox_engine(outbox_url),

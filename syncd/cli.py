@@ -16,7 +16,7 @@ import structlog
 
 from syncd import __version__
 from syncd.errors import AuthenticationError, ConfigError, SyncdError
-from syncd.log import configure_logging
+from syncd.log import STDERR, configure_logging
 from syncd.settings import Settings, load_settings
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_CANNOT_RUN = 0, 1, 2
@@ -56,7 +56,7 @@ def _settings(*, report: bool = False) -> Settings:
     """
     settings = load_settings()
     configure_logging(
-        settings.log.format, settings.log.level, stream=sys.stderr if report else None
+        settings.log.format, settings.log.level, stream=STDERR if report else None
     )
     return settings
 
@@ -67,21 +67,111 @@ def _settings(*, report: bool = False) -> Settings:
 def cmd_run(args: argparse.Namespace) -> int:
     from syncd.adapters.dberrors import classify
     from syncd.app import build_app
-    from syncd.daemon import PassRunner, run_daemon
+    from syncd.daemon import PassRunner, install_stop_handlers, open_when_available, run_daemon
+    from syncd.health import Monitor, maybe_serve_health
+    from syncd.lease import LeaderLease
 
     settings = _settings()
     stop = threading.Event()
-    with build_app(settings, stop=stop) as app:
-        runner = PassRunner(app.engine, classify=classify)
-        return run_daemon(runner, interval_seconds=settings.sync.poll_interval_seconds, stop=stop)
+    install_stop_handlers(stop)
+    interval = settings.sync.poll_interval_seconds
+    monitor = Monitor(settings)
+    # A ledger that is down at start is waited for (logged as degraded), not a crash loop.
+    app = open_when_available(
+        lambda: build_app(settings, stop=stop, on_response=monitor.observe_response),
+        classify=classify,
+        stop=stop,
+        retry_seconds=interval,
+    )
+    if app is None:
+        return EXIT_OK
+    with app:
+        lease = None
+        if not args.unsafe_no_lease:
+            lease = LeaderLease(app.ledger, ttl_seconds=settings.sync.lease_seconds)
+        runner = PassRunner(
+            app.engine,
+            classify=classify,
+            lease=lease,
+            on_report=monitor.observe_report,
+            on_failure=monitor.observe_failure,
+        )
+        from syncd.outcomes import OutcomeCollector, OutcomeJob
+
+        outcomes = OutcomeJob(
+            OutcomeCollector(ledger=app.ledger, gateway=app.gateway, stop=stop),
+            classify=classify,
+            # A standby instance leaves the collecting to the lease holder, as it does the passes.
+            should_run=lambda: not runner.standby,
+        )
+        with maybe_serve_health(settings, app, runner, monitor):
+            return run_daemon(
+                runner,
+                interval_seconds=interval,
+                stop=stop,
+                outcomes=outcomes,
+                outcomes_interval_seconds=settings.sync.outcomes_interval_seconds,
+            )
+
+
+def cmd_outcomes(args: argparse.Namespace) -> int:
+    from syncd.app import build_app
+    from syncd.outcomes import OutcomeCollector
+
+    settings = _settings(report=True)
+    with build_app(settings) as app:
+        report = OutcomeCollector(ledger=app.ledger, gateway=app.gateway).collect()
+    print(
+        f"outcomes: {report.targets} managed session(s) not final; read {report.hosts_read} "
+        f"host(s) ({report.host_failures} failed) and history {report.history_reads} time(s); "
+        f"{report.sessions_changed} session(s) and {report.participants_changed} participant(s) "
+        f"changed, {report.finalized} final"
+        + ("; history could not be read" if report.history_failed else "")
+    )
+    return EXIT_OK if report.clean else EXIT_SOME_FAILED
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from syncd.history import PeriodError, parse_period, render, run_history, skipped_lines
+
+    try:
+        period = parse_period(args.month, args.start, args.end)
+    except PeriodError as exc:
+        return _fail(f"history: {exc}")
+    from syncd.app import build_app
+
+    settings = _settings(report=True)
+    with build_app(settings) as app:
+        now = datetime.now(UTC).replace(tzinfo=None)
+        report = run_history(app.ledger, app.gateway, period, now=now)
+    sys.stdout.write(render(report, args.format))
+    for line in skipped_lines(report):
+        print(f"syncd: {line}", file=sys.stderr)
+    return EXIT_SOME_FAILED if report.skipped else EXIT_OK
 
 
 def cmd_once(args: argparse.Namespace) -> int:
     from syncd.app import build_app
+    from syncd.lease import LeaderLease
 
     settings = _settings()
     with build_app(settings, look_before_create=not args.unsafe_skip_look_before_create) as app:
-        report = app.engine.run_pass()
+        lease = LeaderLease(app.ledger, ttl_seconds=settings.sync.lease_seconds)
+        if not lease.acquire():
+            # Not a failure to fix (exit 2): the running instance does this work.
+            print(
+                "syncd: another syncd instance holds the leader lease on this ledger; "
+                "nothing was done",
+                file=sys.stderr,
+            )
+            return EXIT_SOME_FAILED
+        try:
+            with lease.heartbeat():
+                report = app.engine.run_pass(may_act=lease.may_act)
+        finally:
+            lease.release()
     if report.auth_error is not None:
         return _fail(report.auth_error)
     return EXIT_OK if report.clean else EXIT_SOME_FAILED
@@ -181,6 +271,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     return run_checks(settings)
 
 
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    from syncd.health import heartbeat_path, read_heartbeat
+
+    settings = _settings(report=True)
+    healthy, line = read_heartbeat(heartbeat_path(settings))
+    print(line)
+    return EXIT_OK if healthy else EXIT_SOME_FAILED
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from syncd.demo import run_demo
 
@@ -213,7 +312,9 @@ def _parser() -> argparse.ArgumentParser:
         cmd.set_defaults(func=func)
         return cmd
 
-    add("run", cmd_run, "Run as a daemon: a pass every SYNCD_SYNC__POLL_INTERVAL_SECONDS.")
+    run = add("run", cmd_run, "Run as a daemon: a pass every SYNCD_SYNC__POLL_INTERVAL_SECONDS.")
+    # Only for the two-instance test's control run: proves that test can see duplicates.
+    run.add_argument("--unsafe-no-lease", action="store_true", help=argparse.SUPPRESS)
     once = add(
         "once", cmd_once, "Run one pass and exit (0 all applied, 1 some parked, 2 cannot run)."
     )
@@ -230,9 +331,27 @@ def _parser() -> argparse.ArgumentParser:
     retry = add("retry", cmd_retry, "Un-park appointments so the next pass tries them again.")
     retry.add_argument("appointment_id", nargs="?", help="The EHR appointment id.")
     retry.add_argument("--all-parked", action="store_true", help="Every parked appointment.")
+    add("outcomes", cmd_outcomes, "Collect visit outcomes from SecureVideo once (see run).")
+    history = add(
+        "history",
+        cmd_history,
+        "Billing reconciliation: SecureVideo's history for a month or date range (UTC), "
+        "joined to appointments; no patient data.",
+    )
+    history.add_argument("--month", metavar="YYYY-MM", help="A calendar month (UTC).")
+    history.add_argument("--start", metavar="YYYY-MM-DD", help="First day (UTC), with --end.")
+    history.add_argument("--end", metavar="YYYY-MM-DD", help="Last day (UTC), included.")
+    history.add_argument(
+        "--format", choices=("table", "csv", "json"), default="table", help="Default: table."
+    )
     migrate = add("migrate", cmd_migrate, "Bring the ledger schema to the current revision.")
     migrate.add_argument("--revision", default="head", help=argparse.SUPPRESS)
     add("check", cmd_check, "Check settings, outbox, ledger and credentials; name the fix.")
+    add(
+        "healthcheck",
+        cmd_healthcheck,
+        "Exit 0 if the running daemon's heartbeat (in the data dir) is fresh and healthy.",
+    )
     demo = add("demo", cmd_demo, "Run the whole flow on a sample SQLite EHR and the emulator.")
     demo.add_argument("--dir", default="data/demo", help="Where the demo keeps its files.")
     emu = add(

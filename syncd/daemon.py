@@ -8,19 +8,24 @@ call in flight finishes and its outcome is committed before the process exits.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import FrameType
+from typing import TypeVar
 
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from syncd.engine import PassReport, SyncEngine
+from syncd.lease import LeaderLease
 
 log = structlog.get_logger("syncd.daemon")
+
+T = TypeVar("T")
 
 #: A database or network outage is logged at most this often, not once per pass.
 DEGRADED_LOG_INTERVAL = 60.0
@@ -40,11 +45,21 @@ class PassRunner:
         classify: Callable[[BaseException], str | None],
         on_report: Callable[[PassReport], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        lease: LeaderLease | None = None,
+        on_failure: Callable[[str], None] | None = None,
     ) -> None:
         self.engine = engine
         self.classify = classify
         self.on_report = on_report
+        #: called with the component ("database", "securevideo", "unexpected") of a failed pass
+        self.on_failure = on_failure
+        #: ``clock()`` when the scheduler last ran this runner (a standby's sign of life)
+        self.last_tick_at: float | None = None
         self.clock = clock
+        #: None only where one instance is guaranteed (tests, the control run)
+        self.lease = lease
+        self.standby = False
+        self._last_standby_log = -DEGRADED_LOG_INTERVAL
         self.last_report: PassReport | None = None
         self.last_success_at: datetime | None = None
         self.degraded: str | None = None
@@ -53,11 +68,24 @@ class PassRunner:
 
     def __call__(self) -> None:
         structlog.contextvars.clear_contextvars()
+        self.last_tick_at = self.clock()
         try:
-            report = self.engine.run_pass()
+            if self.lease is None:
+                report = self.engine.run_pass()
+            elif not self.lease.acquire():
+                self._standby()
+                return
+            else:
+                if self.standby:
+                    log.info("leader", pid=os.getpid())
+                    self.standby = False
+                with self.lease.heartbeat():
+                    report = self.engine.run_pass(may_act=self.lease.may_act)
         except Exception as exc:  # noqa: BLE001 - a daemon outlives any one failed pass
             component = self.classify(exc) or "unexpected"
             self._degrade(component, exc)
+            if self.on_failure is not None:
+                self.on_failure(component)
             return
         self.last_report = report
         if report.auth_error is None:
@@ -67,6 +95,14 @@ class PassRunner:
             self.last_success_at = datetime.now(UTC)
         if self.on_report is not None:
             self.on_report(report)
+
+    def _standby(self) -> None:
+        """Another instance holds the lease: skip the pass, saying so at a bounded rate."""
+        self.standby = True
+        now = self.clock()
+        if now - self._last_standby_log >= DEGRADED_LOG_INTERVAL:
+            self._last_standby_log = now
+            log.info("standby", pid=os.getpid())
 
     def _degrade(self, component: str, exc: BaseException) -> None:
         self.degraded = component
@@ -94,7 +130,11 @@ def run_daemon(
     interval_seconds: float,
     stop: threading.Event,
     install_signal_handlers: bool = True,
+    outcomes: Callable[[], None] | None = None,
+    outcomes_interval_seconds: float = 0,
 ) -> int:
+    """``outcomes``, when given with a positive interval, runs as a second job (visit outcomes,
+    ``syncd.outcomes``): apart from the pass, so a pass with nothing to do still makes no call."""
     if install_signal_handlers:
         _install(stop)
     scheduler = BackgroundScheduler(timezone=UTC)
@@ -109,6 +149,17 @@ def run_daemon(
         misfire_grace_time=max(1, int(interval_seconds)),
         next_run_time=datetime.now(UTC),
     )
+    if outcomes is not None and outcomes_interval_seconds > 0:
+        scheduler.add_job(
+            outcomes,
+            "interval",
+            seconds=outcomes_interval_seconds,
+            id="visit-outcomes",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=max(1, int(outcomes_interval_seconds)),
+            next_run_time=datetime.now(UTC),
+        )
     log.info("daemon_started", interval_seconds=interval_seconds)
     scheduler.start()
     try:
@@ -117,8 +168,57 @@ def run_daemon(
     finally:
         log.info("daemon_stopping")
         scheduler.shutdown(wait=True)
+        if runner.lease is not None:
+            # The pass has ended: a standby may take over now rather than after the TTL.
+            runner.lease.release()
         log.info("daemon_stopped")
     return 0
+
+
+def open_when_available(
+    build: Callable[[], T],
+    *,
+    classify: Callable[[BaseException], str | None],
+    stop: threading.Event,
+    retry_seconds: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> T | None:
+    """``build()``, retried while a database it needs is down; None if stopped while waiting.
+
+    The daemon waits for its ledger rather than exiting: at boot the database often comes up after
+    syncd, and a supervisor restarting a service that fails at once gives up after a few tries
+    (systemd's StartLimitBurst), leaving syncd down after the database is back.  Anything that is
+    not an outage (a schema behind, a bad setting) still raises at once.
+    """
+    last_log, suppressed = -DEGRADED_LOG_INTERVAL, 0
+    while True:
+        try:
+            return build()
+        except Exception as exc:
+            component = classify(exc)
+            if component != "database":
+                raise
+            now = clock()
+            if now - last_log >= DEGRADED_LOG_INTERVAL:
+                last_log = now
+                log.warning(
+                    "degraded",
+                    component=component,
+                    state="starting",
+                    error=_first_line(exc),
+                    error_type=type(exc).__name__,
+                    errors=suppressed,
+                )
+                suppressed = 0
+            else:
+                suppressed += 1
+        if stop.wait(retry_seconds):
+            return None
+
+
+def install_stop_handlers(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT set ``stop``; nothing else happens in a signal handler."""
+    _install(stop)
 
 
 def _install(stop: threading.Event) -> None:

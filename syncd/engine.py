@@ -18,8 +18,8 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from syncd.adapters.ledger import AppointmentRecord, LedgerRepository, ParticipantRecord
+from syncd.crashpoints import crashpoint
 from syncd.domain import (
     AddParticipant,
     Appointment,
@@ -53,9 +54,9 @@ from syncd.errors import (
     TemporaryError,
 )
 from syncd.planner import is_outside_active_window, plan
-from syncd.ports import OutboxSource, SessionGateway
+from syncd.ports import OutboxRef, OutboxSource, SessionGateway
 from syncd.redact import redact
-from syncd.rows import parse_row
+from syncd.rows import MAX_ID_LENGTH, parse_row
 
 log = structlog.get_logger("syncd.engine")
 
@@ -103,6 +104,8 @@ class EngineOptions:
     session_id_prefix: str = ""
     #: Off only for the crash sweep's control run, to prove that test can see duplicates.
     look_before_create: bool = True
+    #: A pass that drains a backlog logs ``backlog_progress`` at most this often.
+    progress_log_interval_seconds: float = 10.0
 
 
 class Outcome(StrEnum):
@@ -131,6 +134,25 @@ class PassReport:
         """Everything due was applied (``syncd once`` exits 0)."""
         bad = self.outcomes[Outcome.PARKED] + self.outcomes[Outcome.RETRY]
         return bad == 0 and self.auth_error is None and not self.interrupted
+
+
+@dataclass(slots=True)
+class PassProgress:
+    """How far a pass has come.  Times are the engine clock's monotonic seconds.
+
+    ``total`` is the number of pending appointments when the apply phase began (those waiting out
+    a back-off included), so ``done`` may stop short of it; None until something is due.
+    """
+
+    pass_id: str
+    started_at: float
+    #: when the last appointment was finished (or the pass started)
+    updated_at: float
+    total: int | None = None
+    done: int = 0
+    apply_started_at: float | None = None
+    logged_at: float = 0.0
+    finished: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,25 +227,46 @@ class SyncEngine:
             max_workers=options.concurrency, thread_name_prefix="syncd-apply"
         )
         self._auth_failed = threading.Event()
+        #: the ledger's cursor as this process last read or wrote it (it only moves forward)
+        self._cursor: int | None = None
+        #: appointment id → newest event id this process knows the ledger has noted
+        self._seen: dict[str, int] = {}
+        self._may_act: Callable[[], bool] = _always
+        #: the running (or last) pass's progress; read by the health endpoint from another thread
+        self.progress: PassProgress | None = None
+        self._progress_lock = threading.Lock()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
+    def _halted(self) -> bool:
+        """Shutdown asked for, or this process may no longer act (its leader lease lapsed)."""
+        return self.stop.is_set() or not self._may_act()
+
     # --- the pass ---------------------------------------------------------------------------
 
-    def run_pass(self) -> PassReport:
+    def run_pass(self, *, may_act: Callable[[], bool] | None = None) -> PassReport:
+        """One pass.  ``may_act`` is asked before every mutating call (the daemon's leader lease):
+        once it says no, the pass stops as if interrupted, leaving the rest to the lease holder."""
         report = PassReport(pass_id=uuid.uuid4().hex[:12])
         started = self.clock.monotonic()
         self._auth_failed.clear()
-        with structlog.contextvars.bound_contextvars(pass_id=report.pass_id):
+        self._may_act = may_act or _always
+        with (
+            structlog.contextvars.bound_contextvars(pass_id=report.pass_id),
+            self._tracking(report) as progress,
+        ):
             report.ingested = self._ingest()
             hosts = _HostSessions(self.gateway, report)
             for batch in self._due_batches():
-                if self.stop.is_set() or self._auth_failed.is_set():
-                    report.interrupted = self.stop.is_set()
+                if self._halted() or self._auth_failed.is_set():
+                    report.interrupted = self._halted()
                     break
+                if progress.total is None:
+                    # One count per pass, and only when something is due: idle passes stay free.
+                    self._begin_apply(progress)
                 self._apply_batch(batch, hosts, report)
-            if self.stop.is_set():
+            if self._halted():
                 report.interrupted = True
             report.duration_ms = int((self.clock.monotonic() - started) * 1000)
             if report.ingested or sum(report.outcomes.values()) or report.auth_error:
@@ -244,29 +287,45 @@ class SyncEngine:
 
         Ids can become visible out of order (concurrent EHR transactions commit late), so reading
         starts a window behind the cursor; the ledger's per-appointment event id deduplicates.
+        What this process has already committed is remembered, so an idle pass re-reads the
+        window without asking the ledger about rows it has seen.
         """
         opts = self.options
-        with self.ledger.begin() as repo:
-            cursor = repo.cursor()
-        position = max(0, cursor - opts.reread_window)
+        if self._cursor is None:
+            with self.ledger.begin() as repo:
+                self._cursor = repo.cursor()
+        position = max(0, self._cursor - opts.reread_window)
         became_pending = 0
         while True:
             refs = self.outbox.refs_after(position, opts.batch_size)
             if not refs:
-                return became_pending
+                break
             newest: dict[str, int] = {}
             for ref in refs:
-                key = ref.appointment_id or f"event:{ref.event_id}"
+                key = _ledger_key(ref)
                 newest[key] = max(ref.event_id, newest.get(key, 0))
-            with self.ledger.begin() as repo:
-                known = repo.last_events(newest.keys())
-                newer = {a: e for a, e in newest.items() if e > known.get(a, -1)}
-                if newer:
-                    became_pending += repo.note_events(newer, now=self.clock.now())
-                repo.set_cursor(refs[-1].event_id)
-            position = refs[-1].event_id
+            unseen = {a: e for a, e in newest.items() if e > self._seen.get(a, -1)}
+            top = refs[-1].event_id
+            if unseen or top > self._cursor:
+                with self.ledger.begin() as repo:
+                    known = repo.last_events(unseen.keys()) if unseen else {}
+                    newer = {a: e for a, e in unseen.items() if e > known.get(a, -1)}
+                    if newer:
+                        became_pending += repo.note_events(newer, now=self.clock.now())
+                    if top > self._cursor:
+                        repo.set_cursor(top)
+                # Only after the commit: what is remembered must be in the ledger.
+                for a, e in unseen.items():
+                    self._seen[a] = max(e, known.get(a, -1))
+                self._cursor = max(self._cursor, top)
+            position = top
             if len(refs) < opts.batch_size:
-                return became_pending
+                break
+        # Rows at or below this can never be re-read: forget them, keeping memory bounded.
+        floor = self._cursor - opts.reread_window
+        if len(self._seen) > opts.reread_window:
+            self._seen = {a: e for a, e in self._seen.items() if e > floor}
+        return became_pending
 
     def _due_batches(self) -> Iterator[list[AppointmentRecord]]:
         after: str | None = None
@@ -282,6 +341,7 @@ class SyncEngine:
         self, batch: list[AppointmentRecord], hosts: _HostSessions, report: PassReport
     ) -> None:
         work = self._load(batch, report)
+        self._advance(len(batch) - len(work))  # the rows parked by _load are done too
         if not work:
             return
         needed = {
@@ -296,14 +356,63 @@ class SyncEngine:
 
         def sync(item: Work) -> Outcome:
             record, appt = item
-            return self._sync_one(record, appt, known.get(appt.appointment_id, {}), hosts, report)
+            try:
+                return self._sync_one(
+                    record, appt, known.get(appt.appointment_id, {}), hosts, report
+                )
+            finally:
+                self._advance(1)
 
         report.outcomes.update(o.value for o in self._in_pool(sync, work))
+
+    @contextmanager
+    def _tracking(self, report: PassReport) -> Iterator[PassProgress]:
+        now = self.clock.monotonic()
+        progress = PassProgress(report.pass_id, started_at=now, updated_at=now, logged_at=now)
+        self.progress = progress
+        try:
+            yield progress
+        finally:
+            progress.finished = True
+
+    def _begin_apply(self, progress: PassProgress) -> None:
+        with self.ledger.begin() as repo:
+            total = repo.pending_count()
+        with self._progress_lock:
+            progress.total = total
+            progress.apply_started_at = self.clock.monotonic()
+
+    def _advance(self, count: int) -> None:
+        """Count finished appointments; log ``backlog_progress`` at a bounded rate."""
+        progress = self.progress
+        if progress is None or count <= 0:
+            return
+        now = self.clock.monotonic()
+        with self._progress_lock:
+            progress.done += count
+            progress.updated_at = now
+            if now - progress.logged_at < self.options.progress_log_interval_seconds:
+                return
+            progress.logged_at = now
+            done, total = progress.done, progress.total
+            elapsed = now - (progress.apply_started_at or progress.started_at)
+        rate = done / elapsed if elapsed > 0 else None
+        left = None if total is None else max(0, total - done)
+        log.info(
+            "backlog_progress",
+            done=done,
+            total=total,
+            rate_per_second=None if rate is None else round(rate, 2),
+            eta_seconds=None if not rate or left is None else round(left / rate),
+        )
 
     def _in_pool(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         futures: list[Future[R]] = [
             self._pool.submit(contextvars.copy_context().run, fn, item) for item in items
         ]
+        # Every worker finishes before a failure (a database outage) leaves the pass: a worker
+        # still running after the pass ended could race the next pass on the same appointment.
+        wait(futures)
         return [f.result() for f in futures]
 
     def _load(self, batch: list[AppointmentRecord], report: PassReport) -> list[Work]:
@@ -359,7 +468,10 @@ class SyncEngine:
     ) -> Outcome:
         opts = self.options
         aid = appt.appointment_id
-        attempts = record.attempts
+        # Failures in a row of each step, reading SecureVideo and calling it: max_attempts bounds
+        # each, and a success of that step starts its count again.  One count of every failure of
+        # the appointment parked one in 200 operations under a 30% 503 storm (overload scenario).
+        read_failures = call_failures = record.attempts
         deadline = self.clock.monotonic() + opts.pass_retry_budget_seconds
         fresh_read = False
         managed = record.session_id
@@ -369,8 +481,10 @@ class SyncEngine:
             return self._skip(appt, "status leaves SecureVideo alone")
 
         rounds = 0
+        progressed: set[Operation] = set()
+        acted = False  # a call was made: the outcome is "synced", not "unchanged"
         while True:
-            if self.stop.is_set() or self._auth_failed.is_set():
+            if self._halted() or self._auth_failed.is_set():
                 return Outcome.INTERRUPTED
             try:
                 if fresh_read:
@@ -389,12 +503,13 @@ class SyncEngine:
             except PermanentError as exc:
                 return self._park_appt(appt, f"appointment {aid}: {exc.message}")
             except TemporaryError as exc:
-                attempts += 1
-                outcome = self._back_off(appt, attempts, exc, deadline)
+                read_failures += _failed_attempt(exc)
+                outcome = self._back_off(appt, max(read_failures, call_failures), exc, deadline)
                 if outcome is not None:
                     return outcome
                 fresh_read = True
                 continue
+            read_failures = 0
 
             if not opts.look_before_create and managed is None:
                 observed = []  # the control run: trust the ledger alone
@@ -408,8 +523,9 @@ class SyncEngine:
                 return self._skip(appt, "starts before SecureVideo's active window")
             ops = plan(appt, observed, now=now, managed_session_id=managed)
             if not ops:
-                return self._converged(appt, observed, applied=rounds > 0)
+                return self._converged(appt, observed, applied=acted)
             rounds += 1
+            acted = True
             if rounds > MAX_ROUNDS:
                 fields = sorted({op.kind for op in ops})
                 return self._park_appt(
@@ -420,10 +536,10 @@ class SyncEngine:
 
             view = list(observed)
             for op in ops:
-                if self.stop.is_set():
+                if self._halted():
                     return Outcome.INTERRUPTED
                 try:
-                    result = self._apply(op, appt, attempts + 1, report)
+                    result = self._apply(op, appt, call_failures + 1, report)
                 except AuthenticationError as exc:
                     return self._auth(exc, report)
                 except PermanentError as exc:
@@ -432,15 +548,24 @@ class SyncEngine:
                         appt, f"appointment {aid}: SecureVideo refused {op.kind}: {msg}"
                     )
                 except TemporaryError as exc:
-                    attempts += 1
-                    outcome = self._back_off(appt, attempts, exc, deadline)
+                    call_failures += _failed_attempt(exc)
+                    outcome = self._back_off(appt, call_failures, exc, deadline)
                     if outcome is not None:
                         return outcome
                     # Whatever we knew may be stale now (an ambiguous call may have applied):
                     # look again before planning again.
                     fresh_read = True
+                    # A round cut short by a failed call says nothing about convergence;
+                    # max_attempts bounds those.  Counted, three 503s on one create parked it as
+                    # "does not converge" (found by the overload scenario).
+                    rounds -= 1
                     break
                 view = _after(view, op, result)
+                if op not in progressed:
+                    # Progress.  An op applied a second time is not (an API ignoring it): that
+                    # loop stays bounded by max_attempts.
+                    progressed.add(op)
+                    call_failures = 0
                 if isinstance(op, CreateSession) and result is not None:
                     managed = result.session_id
             else:
@@ -469,9 +594,21 @@ class SyncEngine:
                 now=self.clock.now(),
                 pid=os.getpid(),
             )
+            if isinstance(op, CreateSession):
+                # With the intent, not the outcome: a crash after SecureVideo created the session
+                # must not leave it under a host the ledger never heard of, where no later pass
+                # looks once the provider changes again (found by the crash sweep).  Every other
+                # live session was cancelled, and that committed, before a create is planned.
+                repo.set_session(
+                    appt.appointment_id,
+                    session_id=None,
+                    host_external_id=op.host_external_id,
+                    now=self.clock.now(),
+                )
         started = self.clock.monotonic()
         outcome = "applied"
         detail: str | None = None
+        crashpoint("before_call")
         try:
             result = self._call(op)
         except AmbiguousError as exc:
@@ -496,12 +633,14 @@ class SyncEngine:
                     duration_ms=duration_ms,
                     reason=detail,
                 )
+        crashpoint("after_call")
         new_session_id = result.session_id if result is not None else session_id
         with self.ledger.begin() as repo:
             repo.record_outcome(
                 op_id, state="applied", detail=None, session_id=new_session_id, now=self.clock.now()
             )
             self._record_effects(repo, op, appt, result)
+        crashpoint("after_commit")
         log.info(
             "operation",
             appointment_id=appt.appointment_id,
@@ -637,6 +776,7 @@ class SyncEngine:
                     next_attempt_at=self.clock.now() + timedelta(seconds=delay),
                     reason=reason,
                     now=self.clock.now(),
+                    event_id=appt.event_id,
                 )
             log.warning(
                 "appointment_deferred",
@@ -646,15 +786,19 @@ class SyncEngine:
                 delay_seconds=round(delay, 3),
             )
             return Outcome.RETRY
+        # The wait outlives a shutdown: the next start must not send before SecureVideo's
+        # Retry-After has passed (it did, right away, before the graceful-stop scenario).
+        until = self.clock.now() + timedelta(seconds=delay)
         # stop.wait, not sleep: a shutdown request ends the wait at once.
         if self.stop.wait(delay):
             with self.ledger.begin() as repo:
                 repo.schedule_retry(
                     appt.appointment_id,
                     attempts=attempts,
-                    next_attempt_at=self.clock.now(),
+                    next_attempt_at=until,
                     reason=reason,
                     now=self.clock.now(),
+                    event_id=appt.event_id,
                 )
             return Outcome.INTERRUPTED
         return None
@@ -676,6 +820,8 @@ class SyncEngine:
                 session_id=session.session_id if session else None,
                 host_external_id=session.host_external_id if session else None,
                 now=self.clock.now(),
+                # what the outcome collector and the billing report select by
+                schedule_ts=session.schedule_ts if session else None,
             )
             repo.resolve_open(appt.appointment_id, self.clock.now())
         return Outcome.SYNCED if applied else Outcome.UNCHANGED
@@ -697,7 +843,13 @@ class SyncEngine:
         attempts: int | None = None,
     ) -> Outcome:
         with self.ledger.begin() as repo:
-            repo.park(appt.appointment_id, reason=reason, attempts=attempts, now=self.clock.now())
+            repo.park(
+                appt.appointment_id,
+                reason=reason,
+                attempts=attempts,
+                now=self.clock.now(),
+                event_id=appt.event_id,
+            )
         log.warning(
             "appointment_parked",
             appointment_id=appt.appointment_id,
@@ -708,7 +860,12 @@ class SyncEngine:
 
     def _park(self, record: AppointmentRecord, reason: str, *, field_name: str) -> None:
         with self.ledger.begin() as repo:
-            repo.park(record.appointment_id, reason=reason, now=self.clock.now())
+            repo.park(
+                record.appointment_id,
+                reason=reason,
+                now=self.clock.now(),
+                event_id=record.last_event_id,
+            )
         log.warning(
             "appointment_parked",
             appointment_id=record.appointment_id,
@@ -736,7 +893,7 @@ class SyncEngine:
         while True:
             refs = self.outbox.refs_after(position, opts.batch_size)
             for ref in refs:
-                key = ref.appointment_id or f"event:{ref.event_id}"
+                key = _ledger_key(ref)
                 wanted[key] = max(ref.event_id, wanted.get(key, 0))
             if len(refs) < opts.batch_size:
                 break
@@ -788,6 +945,31 @@ class SyncEngine:
 
 
 # --- helpers --------------------------------------------------------------------------------
+
+
+def _always() -> bool:
+    return True
+
+
+def _ledger_key(ref: OutboxRef) -> str:
+    """The ledger's key for an outbox row: its appointment id, or ``event:<id>`` when that id is
+    one the row parser refuses anyway (missing, empty, over 64 characters, unprintable, padded).
+
+    Such an id must never reach the ledger: PostgreSQL refuses a NUL byte and an over-long value,
+    and one refused INSERT would stop every pass at ingest.  Keyed by its event, the row is parked
+    alone (with the parser's reason) and the rest of the outbox flows.
+    """
+    aid = ref.appointment_id
+    if not aid or len(aid) > MAX_ID_LENGTH or not aid.isprintable() or aid != aid.strip():
+        return f"event:{ref.event_id}"
+    return aid
+
+
+def _failed_attempt(exc: TemporaryError) -> int:
+    """1 for a failed attempt; 0 when SecureVideo only asked syncd to wait (``Retry-After`` on a
+    429 or 503, or a request held back for one): that is pacing, not this appointment failing,
+    and a sustained throttle must delay the backlog, not park it."""
+    return 0 if exc.retry_after is not None and exc.retry_after > 0 else 1
 
 
 def backoff(attempt: int, *, base: float, cap: float, retry_after: float | None) -> float:

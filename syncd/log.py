@@ -81,6 +81,7 @@ SAFE_KEYS: frozenset[str] = frozenset(
         "done",
         "total",
         "rate_per_second",
+        "eta_seconds",
         "exc_info",
         "exception",
         "error",
@@ -122,6 +123,8 @@ _QUIET_LOGGERS: Mapping[str, int] = {
     "httpx": logging.WARNING,
     "httpcore": logging.WARNING,
     "sqlalchemy.engine": logging.WARNING,
+    # "Running job ..." / "Job ... executed successfully" twice a tick: the pass logs its own.
+    "apscheduler.executors": logging.WARNING,
 }
 
 _HANDLER_NAME = "syncd"
@@ -195,20 +198,50 @@ def _renderer(fmt: Literal["json", "console"], stream: TextIO) -> list[Processor
     ]
 
 
+class _CurrentStream:
+    """Writes to whatever ``sys.stdout`` (or ``sys.stderr``) is at the moment of writing.
+
+    Holding the object that was current at configuration time breaks when it is later replaced
+    and closed (a test runner's capture, a daemonising wrapper): logging would write into a closed
+    file.  Looking it up on every write costs an attribute read.
+    """
+
+    def __init__(self, name: Literal["stdout", "stderr"]) -> None:
+        self._name = name
+
+    def _target(self) -> TextIO:
+        stream: TextIO = getattr(sys, self._name)
+        return stream
+
+    def write(self, text: str) -> int:
+        return self._target().write(text)
+
+    def flush(self) -> None:
+        self._target().flush()
+
+    def isatty(self) -> bool:
+        return self._target().isatty()
+
+
+STDOUT: TextIO = _CurrentStream("stdout")  # type: ignore[assignment]
+STDERR: TextIO = _CurrentStream("stderr")  # type: ignore[assignment]
+
+
 def configure_logging(
     fmt: Literal["json", "console"], level: str, stream: TextIO | None = None
 ) -> None:
     """Route structlog and stdlib logging through one pipeline writing to ``stream``.
 
-    ``stream`` defaults to the current ``sys.stdout``.  Safe to call again: the previous syncd
-    handler is replaced, other handlers on the root logger (e.g. pytest's) are left alone.
+    ``stream`` defaults to ``sys.stdout`` as it is at each write (see `STDOUT`).  Safe to call
+    again: the previous syncd handler is replaced, other handlers on the root logger (e.g.
+    pytest's) are left alone.
     """
     numeric_level = logging.getLevelName(level.upper())
     if not isinstance(numeric_level, int):
         raise ValueError(f"unknown log level {level!r}")
     if fmt not in ("json", "console"):
         raise ValueError(f"unknown log format {fmt!r}")
-    output = stream if stream is not None else sys.stdout
+    output = stream if stream is not None else STDOUT
 
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[

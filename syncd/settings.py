@@ -360,6 +360,18 @@ class SyncSettings(_Group):
         description="How long one pass may spend backing off for one appointment before "
         "leaving it to the next pass.",
     )
+    outcomes_interval_seconds: int = Field(
+        default=300,
+        ge=0,
+        description="Seconds between collections of visit outcomes (RSVPs, connections, "
+        "billing) from SecureVideo; 0 turns the collector off.",
+    )
+    lease_seconds: float = Field(
+        default=30.0,
+        ge=1,
+        description="Leader lease time to live: of several syncd instances on one ledger only "
+        "the lease holder applies changes; another takes over this long after the holder died.",
+    )
 
 
 def _default_log_format() -> Literal["json", "console"]:

@@ -210,3 +210,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 def long_run(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--long"))
+
+
+# =================================================================================================
+# Long-run time limits
+#
+# pyproject's per-test timeout (300 s) suits the normal suite; the long forms (tests that take the
+# ``long_run`` fixture, run with ``--long``) are given an hour instead.
+# =================================================================================================
+
+LONG_RUN_TIMEOUT_SECONDS = 3600
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("--long"):
+        return
+    for item in items:
+        if "long_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.timeout(LONG_RUN_TIMEOUT_SECONDS))

@@ -209,3 +209,15 @@ def test_run_passes_until_sigterm_then_exits_0(w: World) -> None:
     assert events.index("daemon_stopping") < events.index("daemon_stopped") == len(events) - 1
     assert "pass_finished" in events
     assert "Traceback" not in err
+
+
+def test_a_database_error_at_start_quotes_no_value() -> None:
+    from sqlalchemy.exc import DataError
+
+    from syncd.adapters.dberrors import describe_database_error
+
+    driver = Exception('invalid input syntax for type timestamp: "Zelda Canary"\nLINE 1: ...')
+    line = describe_database_error(DataError("SELECT 1", {}, driver))
+    assert line is not None
+    assert line.startswith("database unavailable: invalid input syntax for type timestamp")
+    assert "Zelda" not in line

@@ -58,6 +58,7 @@ EXPECTED_COLUMNS = {
         "created_at",
         "updated_at",
         "parked_at",
+        "schedule_ts",
     },
     "operation": {
         "id",
@@ -83,6 +84,28 @@ EXPECTED_COLUMNS = {
         "updated_at",
     },
     "lease": {"name", "holder", "expires_at", "updated_at"},
+    "session_outcome": {
+        "appointment_id",
+        "session_id",
+        "host_external_id",
+        "schedule_ts",
+        "schedule_type",
+        "billable_ts",
+        "duration_minutes",
+        "wait_time",
+        "billable_status_cd",
+        "final_at",
+        "changed_at",
+    },
+    "participant_outcome": {
+        "appointment_id",
+        "participant_external_id",
+        "session_id",
+        "participation_id",
+        "rsvp",
+        "connection_ts",
+        "changed_at",
+    },
 }
 PHI_HINTS = ("first_name", "last_name", "full_name", "email", "phone", "sms", "topic", "birth")
 
@@ -114,7 +137,7 @@ def test_migrate_empty_to_head_to_base_and_back(fresh_ledger_url: str) -> None:
         assert not is_at_head(engine)
 
         migrate(engine)
-        assert current_revision(engine) == head_revision() == "0001_initial"
+        assert current_revision(engine) == head_revision() == "0002_visit_outcomes"
         assert is_at_head(engine)
         assert set(EXPECTED_COLUMNS) <= set(inspect(engine).get_table_names())
         migrate(engine)  # already there: nothing to do
@@ -162,7 +185,7 @@ def test_migrate_leaves_logging_alone(fresh_ledger_url: str) -> None:
 
 def test_script_location_and_head() -> None:
     assert (script_location() / "env.py").is_file()
-    assert head_revision() == "0001_initial"
+    assert head_revision() == "0002_visit_outcomes"
 
 
 # --- schema --------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from harness import World, guest, row, world
 
+from syncd.app import App
 from syncd.emulator.state import ParticipantRecord as EmuParticipant
 
 T = datetime(2027, 2, 10, 9, 0)  # naive, America/New_York (EST, UTC-5)
@@ -297,3 +298,34 @@ def test_control_without_look_before_create_the_lost_answer_duplicates(w: World)
     w.write(row("A1", starts=T, guests=[guest(1)]))
     app.engine.run_pass()
     assert len(w.live("A1")) == 2
+
+
+def test_an_idle_pass_makes_no_api_call_and_at_most_three_sql_statements(w: World) -> None:
+    from sqlalchemy import event
+
+    statements: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(" ".join(statement.split()[:4]))
+
+    def watch(app: App) -> None:
+        for engine in (app.ledger.engine, app.outbox.engine):
+            event.listen(engine, "before_cursor_execute", count)
+
+    empty = w.app()  # a fresh process, an empty outbox: cursor, outbox window, due list
+    watch(empty)
+    empty.engine.run_pass()
+    assert len(statements) == 3, statements
+
+    w.write(row("A1", starts=T, guests=[guest(1)]), row("A2", starts=T, guests=[guest(2)]))
+    app = w.app()
+    app.engine.run_pass()
+    watch(app)
+    w.emulator.calls_clear()
+    for _ in range(3):
+        statements.clear()
+        report = app.engine.run_pass()
+        assert sum(report.outcomes.values()) == 0
+        # the outbox window (rows already seen) and the due list; nothing else
+        assert len(statements) == 2, statements
+    assert w.emulator.calls == []

@@ -38,6 +38,7 @@ from sqlalchemy import (
     String,
     Table,
     bindparam,
+    case,
     create_engine,
     delete,
     event,
@@ -59,9 +60,13 @@ __all__ = [
     "APPOINTMENT_STATES",
     "OPERATION_STATES",
     "AppointmentRecord",
+    "BookedAppointment",
     "LedgerRepository",
     "OperationRecord",
+    "OutcomeTarget",
+    "ParticipantOutcomeRecord",
     "ParticipantRecord",
+    "SessionOutcomeRecord",
     "create_ledger_engine",
     "current_revision",
     "downgrade",
@@ -169,6 +174,8 @@ class AppointmentRow(Base):
     created_at: Mapped[datetime] = mapped_column(_TIMESTAMP)
     updated_at: Mapped[datetime] = mapped_column(_TIMESTAMP)
     parked_at: Mapped[datetime | None] = mapped_column(_TIMESTAMP)
+    #: the managed session's time (UTC), as SecureVideo last showed it: what outcomes select by
+    schedule_ts: Mapped[datetime | None] = mapped_column(_TIMESTAMP, index=True)
 
 
 class OperationRow(Base):
@@ -217,6 +224,40 @@ class LeaseRow(Base):
     updated_at: Mapped[datetime] = mapped_column(_TIMESTAMP)
 
 
+class SessionOutcomeRow(Base):
+    """What SecureVideo reports about an appointment's managed session (billing values)."""
+
+    __tablename__ = "session_outcome"
+    __table_args__ = (MYSQL_TABLE_OPTIONS,)
+
+    appointment_id: Mapped[str] = mapped_column(_identifier(96), primary_key=True)
+    session_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    host_external_id: Mapped[str | None] = mapped_column(_identifier(64))
+    schedule_ts: Mapped[datetime | None] = mapped_column(_TIMESTAMP)
+    schedule_type: Mapped[str | None] = mapped_column(String(16))
+    billable_ts: Mapped[datetime | None] = mapped_column(_TIMESTAMP)
+    duration_minutes: Mapped[int | None] = mapped_column(Integer)
+    wait_time: Mapped[int | None] = mapped_column(Integer)
+    billable_status_cd: Mapped[str | None] = mapped_column(String(16))
+    final_at: Mapped[datetime | None] = mapped_column(_TIMESTAMP)
+    changed_at: Mapped[datetime] = mapped_column(_TIMESTAMP)
+
+
+class ParticipantOutcomeRow(Base):
+    """What SecureVideo reports about one managed participant of an appointment's session."""
+
+    __tablename__ = "participant_outcome"
+    __table_args__ = (MYSQL_TABLE_OPTIONS,)
+
+    appointment_id: Mapped[str] = mapped_column(_identifier(96), primary_key=True)
+    participant_external_id: Mapped[str] = mapped_column(_identifier(64), primary_key=True)
+    session_id: Mapped[int] = mapped_column(BigInteger)
+    participation_id: Mapped[int | None] = mapped_column(BigInteger)
+    rsvp: Mapped[str | None] = mapped_column(String(16))
+    connection_ts: Mapped[datetime | None] = mapped_column(_TIMESTAMP)
+    changed_at: Mapped[datetime] = mapped_column(_TIMESTAMP)
+
+
 # The repository speaks Core to the tables, never loads ORM objects: an identity map would keep
 # serving rows that a bulk UPDATE has since changed.
 _cursor_t = cast(Table, SyncCursorRow.__table__)
@@ -224,6 +265,8 @@ _appt_t = cast(Table, AppointmentRow.__table__)
 _op_t = cast(Table, OperationRow.__table__)
 _part_t = cast(Table, ParticipantRow.__table__)
 _lease_t = cast(Table, LeaseRow.__table__)
+_sess_out_t = cast(Table, SessionOutcomeRow.__table__)
+_part_out_t = cast(Table, ParticipantOutcomeRow.__table__)
 
 _CURSOR_ID: Final = 1
 
@@ -251,6 +294,8 @@ class AppointmentRecord:
     created_at: datetime
     updated_at: datetime
     parked_at: datetime | None
+    #: the managed session's time (UTC) when last settled; None before migration 0002
+    schedule_ts: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +325,60 @@ class ParticipantRecord:
     packet_id: int | None
     fingerprint: str
     updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOutcomeRecord:
+    """The billing values SecureVideo last reported for an appointment's managed session."""
+
+    appointment_id: str
+    session_id: int
+    host_external_id: str | None
+    schedule_ts: datetime | None
+    schedule_type: str | None
+    billable_ts: datetime | None
+    duration_minutes: int | None
+    wait_time: int | None
+    billable_status_cd: str | None
+    #: when ``GET /history`` gave the values after the session left the active list
+    final_at: datetime | None
+    #: when any value above last changed
+    changed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ParticipantOutcomeRecord:
+    """A managed participant's answer and first connection, as SecureVideo last reported them."""
+
+    appointment_id: str
+    participant_external_id: str
+    session_id: int
+    participation_id: int | None
+    rsvp: str | None
+    connection_ts: datetime | None
+    changed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeTarget:
+    """A managed session whose outcome is not final yet."""
+
+    appointment_id: str
+    session_id: int
+    host_external_id: str
+    #: the appointment's, else the one last observed for this session; None when neither is known
+    schedule_ts: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class BookedAppointment:
+    """An appointment with a managed session, for the billing report."""
+
+    appointment_id: str
+    session_id: int
+    schedule_ts: datetime
+    #: what the outcome collector recorded for this session, if anything
+    billable_ts: datetime | None
 
 
 _R = TypeVar("_R")
@@ -466,13 +565,18 @@ class LedgerRepository:
         session_id: int | None,
         host_external_id: str | None,
         now: datetime,
+        schedule_ts: datetime | None = None,
     ) -> bool:
-        """SecureVideo matches ``event_id``.  False when a newer event keeps it ``pending``."""
+        """SecureVideo matches ``event_id``.  False when a newer event keeps it ``pending``.
+
+        ``schedule_ts`` is the managed session's time as SecureVideo shows it (None without one).
+        """
         applied = {
             "applied_event_id": event_id,
             "applied_fingerprint": fingerprint,
             "session_id": session_id,
             "host_external_id": host_external_id,
+            "schedule_ts": None if schedule_ts is None else _utc(schedule_ts),
         }
         return self._settle(appointment_id, event_id, SYNCED, applied, reason=None, now=now)
 
@@ -818,10 +922,137 @@ class LedgerRepository:
         c = _lease_t.c
         return bool(self._run(delete(_lease_t).where(c.name == name, c.holder == holder)).rowcount)
 
+    # --- visit outcomes -------------------------------------------------------------------
+
+    def outcome_targets(self) -> list[OutcomeTarget]:
+        """Managed sessions whose outcome is not final: the appointment's current session has no
+        outcome row yet, or one that ``GET /history`` has not settled.  By appointment id."""
+        a, o = _appt_t.c, _sess_out_t.c
+        observed = case((o.session_id == a.session_id, o.schedule_ts), else_=None)
+        query = (
+            select(
+                a.appointment_id,
+                a.session_id,
+                a.host_external_id,
+                func.coalesce(a.schedule_ts, observed).label("schedule_ts"),
+            )
+            .select_from(_appt_t.outerjoin(_sess_out_t, o.appointment_id == a.appointment_id))
+            .where(
+                a.session_id.is_not(None),
+                a.host_external_id.is_not(None),
+                or_(o.appointment_id.is_(None), o.session_id != a.session_id, o.final_at.is_(None)),
+            )
+            .order_by(a.appointment_id)
+        )
+        return _records(OutcomeTarget, self._s.execute(query))
+
+    def session_outcomes(self, appointment_ids: Collection[str]) -> dict[str, SessionOutcomeRecord]:
+        out: dict[str, SessionOutcomeRecord] = {}
+        for chunk in _chunks(appointment_ids):
+            rows = self._s.execute(
+                select(_sess_out_t).where(_sess_out_t.c.appointment_id.in_(chunk))
+            )
+            out.update({r.appointment_id: r for r in _records(SessionOutcomeRecord, rows)})
+        return out
+
+    def participant_outcomes(
+        self, appointment_ids: Collection[str]
+    ) -> dict[str, dict[str, ParticipantOutcomeRecord]]:
+        """Per appointment asked for (possibly empty), its participants' outcomes by external id."""
+        out: dict[str, dict[str, ParticipantOutcomeRecord]] = {a: {} for a in appointment_ids}
+        for chunk in _chunks(appointment_ids):
+            rows = self._s.execute(
+                select(_part_out_t).where(_part_out_t.c.appointment_id.in_(chunk))
+            )
+            for r in _records(ParticipantOutcomeRecord, rows):
+                out[r.appointment_id][r.participant_external_id] = r
+        return out
+
+    def put_session_outcome(self, record: SessionOutcomeRecord) -> None:
+        """Insert or replace the appointment's session outcome row."""
+        values = {k: getattr(record, k) for k in SessionOutcomeRecord.__slots__}
+        key = {"appointment_id": values.pop("appointment_id")}
+        self._upsert(_sess_out_t, key, values)
+
+    def put_participant_outcome(self, record: ParticipantOutcomeRecord) -> None:
+        """Insert or replace one participant outcome row."""
+        values = {k: getattr(record, k) for k in ParticipantOutcomeRecord.__slots__}
+        key = {
+            "appointment_id": values.pop("appointment_id"),
+            "participant_external_id": values.pop("participant_external_id"),
+        }
+        self._upsert(_part_out_t, key, values)
+
+    def delete_participant_outcomes(
+        self, appointment_id: str, participant_external_ids: Collection[str]
+    ) -> int:
+        c = _part_out_t.c
+        deleted = 0
+        for chunk in _chunks(participant_external_ids):
+            deleted += self._run(
+                delete(_part_out_t).where(
+                    c.appointment_id == appointment_id, c.participant_external_id.in_(chunk)
+                )
+            ).rowcount
+        return deleted
+
+    def appointments_of_sessions(self, session_ids: Collection[int]) -> dict[int, str]:
+        """The appointment each SecureVideo session belongs to, as far as the ledger knows: the
+        current managed session, a session an applied create made, or one outcomes recorded."""
+        wanted = sorted(set(session_ids))
+        out: dict[int, str] = {}
+        for start in range(0, len(wanted), IN_CHUNK):
+            chunk = wanted[start : start + IN_CHUNK]
+            a, op, o = _appt_t.c, _op_t.c, _sess_out_t.c
+            queries = [
+                select(op.session_id, op.appointment_id).where(
+                    op.op == "create", op.state == APPLIED, op.session_id.in_(chunk)
+                ),
+                select(o.session_id, o.appointment_id).where(o.session_id.in_(chunk)),
+                # Last, so the current managed session wins over any older record.
+                select(a.session_id, a.appointment_id).where(a.session_id.in_(chunk)),
+            ]
+            for query in queries:
+                out.update({int(sid): aid for sid, aid in self._s.execute(query)})
+        return out
+
+    def booked_between(self, start: datetime, end: datetime) -> list[BookedAppointment]:
+        """Appointments with a managed session scheduled in ``[start, end)``, by time then id."""
+        a, o = _appt_t.c, _sess_out_t.c
+        same = o.session_id == a.session_id
+        when = func.coalesce(a.schedule_ts, case((same, o.schedule_ts), else_=None))
+        query = (
+            select(
+                a.appointment_id,
+                a.session_id,
+                when.label("schedule_ts"),
+                case((same, o.billable_ts), else_=None).label("billable_ts"),
+            )
+            .select_from(_appt_t.outerjoin(_sess_out_t, o.appointment_id == a.appointment_id))
+            .where(a.session_id.is_not(None), when >= _utc(start), when < _utc(end))
+            .order_by(when, a.appointment_id)
+        )
+        return _records(BookedAppointment, self._s.execute(query))
+
+    def _upsert(self, table: Table, key: Mapping[str, Any], values: Mapping[str, Any]) -> None:
+        where = [table.c[name] == value for name, value in key.items()]
+        if self._run(update(table).where(*where).values(**values)).rowcount:
+            return
+        # A savepoint, because on PostgreSQL a failed INSERT would abort the caller's transaction;
+        # the UPDATE above already opened the transaction, as SQLite's driver needs.
+        try:
+            with self._s.begin_nested():
+                self._run(insert(table).values(**key, **values))
+        except IntegrityError:
+            # Another writer inserted it meanwhile (an operator's `syncd outcomes` beside the
+            # daemon): both wrote what SecureVideo said, so the later update simply wins.
+            self._run(update(table).where(*where).values(**values))
+
     # --- helpers --------------------------------------------------------------------------
 
     def _exists(self, condition: ColumnElement[bool]) -> bool:
-        return self._s.execute(select(select(1).where(condition).exists())).scalar_one() is True
+        # Not ``SELECT EXISTS (...)``: T-SQL allows EXISTS only in a WHERE or a CASE.
+        return self._s.execute(select(1).where(condition).limit(1)).first() is not None
 
 
 def _unknown(appointment_id: str) -> LookupError:
@@ -851,12 +1082,20 @@ def create_ledger_engine(url: str) -> Engine:
         in_memory = database in ("", ":memory:") or parsed.query.get("mode") == "memory"
         if not in_memory and not database.startswith("file:"):
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    options: dict[str, Any] = {}
+    if parsed.get_backend_name() in ("mysql", "mariadb"):
+        # InnoDB's default REPEATABLE READ gap-locks the empty range an UPDATE or DELETE finds no
+        # row in: two workers upserting participants of different appointments then deadlock on
+        # their INSERTs.  READ COMMITTED, PostgreSQL's default and what the repository's guarded
+        # statements are written for, takes no such locks.
+        options["isolation_level"] = "READ COMMITTED"
     engine = create_engine(
         parsed,
         hide_parameters=True,
         pool_pre_ping=True,
         pool_recycle=1800,
         connect_args=connect_args,
+        **options,
     )
     if sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -867,6 +1106,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
+        # In WAL mode, NORMAL survives a crash of the process (what the intent/outcome journal must
+        # survive) without an fsync per commit; only an OS crash or power loss can lose the last
+        # commits, and those are recovered by reading SecureVideo before acting, as after any
+        # ambiguous answer.  FULL made every appointment cost three fsyncs.
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:

@@ -13,7 +13,9 @@ validation happen per row in ``syncd.rows``.
 
 from __future__ import annotations
 
+import functools
 import re
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, NoReturn
@@ -49,6 +51,9 @@ CONTRACT_COLUMNS: tuple[str, ...] = (
 #: the most ids in one ``IN (...)`` list: far below every driver's bound-parameter limit
 #: (SQL Server 2100, SQLite 32766, older SQLite 999 is the tightest at 999)
 IN_LIST_CHUNK = 500
+
+#: EHR keys are often integers or UUIDs; the contract's ids are text, as ``refs_after`` gives them
+_ID_COLUMNS = ("appointment_id", "provider_external_id")
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _INTEGER_TEXT = re.compile(r"[+-]?[0-9]{1,19}")
@@ -97,7 +102,7 @@ class OutboxReader:
         return [
             OutboxRef(
                 event_id=self._event_id(row.event_id),
-                appointment_id=None if row.aid is None else str(row.aid),
+                appointment_id=None if row.aid is None else str(_id_as_text(row.aid)),
             )
             for row in self._fetch(stmt)
         ]
@@ -111,10 +116,16 @@ class OutboxReader:
             stmt = sa.select(*selected).where(event_col.in_(chunk)).order_by(event_col)
             for row in self._fetch(stmt):
                 values = dict(row._mapping)
+                for name in _ID_COLUMNS:
+                    values[name] = _id_as_text(values[name])
                 out.append(OutboxRow(event_id=self._event_id(values["event_id"]), values=values))
         return out
 
     # --- for the engine's lag metric and ``syncd check`` --------------------------------------
+
+    @property
+    def engine(self) -> sa.Engine:
+        return self._engine
 
     def max_event_id(self) -> int | None:
         rows = self._fetch(sa.select(sa.func.max(self._col["event_id"])))
@@ -124,16 +135,29 @@ class OutboxReader:
     def check_shape(self) -> list[str]:
         """What is wrong with the outbox as configured, in words for an operator; [] if nothing."""
         try:
-            inspector = sa.inspect(self._engine)
-            try:
-                found = inspector.get_columns(self._table_name, schema=self._schema)
-            except sa_exc.NoSuchTableError:
-                return [f"outbox table or view {self._display_name!r} does not exist"]
+            with self._engine.connect() as conn:
+                try:
+                    found = sa.inspect(conn).get_columns(self._table_name, schema=self._schema)
+                except sa_exc.NoSuchTableError:
+                    return [f"outbox table or view {self._display_name!r} does not exist"]
+                except sa_exc.DBAPIError:
+                    # MySQL and MariaDB describe a view only to accounts with SHOW VIEW, and
+                    # syncd's has SELECT alone: what the catalogue will not say, SELECTs will.
+                    found = None
         except sa_exc.SQLAlchemyError as exc:
             return [f"cannot inspect the outbox database: {_describe(exc)}"]
-        # Case-insensitive on purpose: SQLite, MySQL and SQL Server fold unquoted names; where
-        # case does matter (PostgreSQL), the probe below catches the mismatch.
-        present = {str(c["name"]).casefold() for c in found}
+        if found is None:
+            try:
+                self._fetch(sa.select(sa.literal(1)).select_from(self._table).where(sa.false()))
+            except sa_exc.SQLAlchemyError as exc:
+                return [f"cannot read the outbox: {_describe(exc)}"]
+            present = {
+                actual.casefold() for actual in self._actual.values() if self._readable(actual)
+            }
+        else:
+            # Case-insensitive on purpose: SQLite, MySQL and SQL Server fold unquoted names;
+            # where case does matter (PostgreSQL), the probe below catches the mismatch.
+            present = {str(c["name"]).casefold() for c in found}
         problems = [
             f"outbox column {contract!r} (configured as {actual!r}) is missing"
             if contract != actual
@@ -149,6 +173,13 @@ class OutboxReader:
         except sa_exc.SQLAlchemyError as exc:
             return [f"cannot read the outbox: {_describe(exc)}"]
         return []
+
+    def _readable(self, actual: str) -> bool:
+        try:
+            self._fetch(sa.select(self._table.c[actual]).where(sa.false()))
+        except sa_exc.SQLAlchemyError:
+            return False
+        return True
 
     def dispose(self) -> None:
         """Close the engine's pooled connections (at shutdown, or after a one-off check)."""
@@ -182,7 +213,7 @@ class OutboxReader:
 
 def create_outbox_engine(url: str) -> sa.Engine:
     """An engine for the EHR's database, tuned for a long-lived poller."""
-    return sa.create_engine(
+    engine = sa.create_engine(
         url,
         # Bound values (ids today, maybe more tomorrow) stay out of logs and error text.
         hide_parameters=True,
@@ -190,6 +221,47 @@ def create_outbox_engine(url: str) -> sa.Engine:
         pool_pre_ping=True,
         pool_recycle=1800,
     )
+    if engine.dialect.driver == "psycopg":
+        sa.event.listen(engine, "connect", _lenient_psycopg_dates)
+    return engine
+
+
+def _lenient_psycopg_dates(dbapi_connection: Any, _record: Any) -> None:
+    """Dates Python cannot hold ('infinity', year 10000, BC) come back as their text.
+
+    psycopg raises on them while fetching, which fails the whole SELECT: one such row would stop
+    the outbox for every appointment, and the error text would quote the value.  As text, the
+    row reaches ``syncd.rows``, which parks that one appointment.
+    """
+    # Imported here: syncd needs psycopg only when the EHR is on PostgreSQL.
+    from psycopg.pq import Format
+
+    adapters = dbapi_connection.adapters
+    for name in ("date", "timestamp", "timestamptz"):
+        info = adapters.types.get(name)
+        strict = None if info is None else adapters.get_loader(info.oid, Format.TEXT)
+        if info is not None and strict is not None:
+            adapters.register_loader(info.oid, _lenient_loader(strict))
+
+
+@functools.cache
+def _lenient_loader(strict: type[Any]) -> type[Any]:
+    import psycopg
+    from psycopg.abc import AdaptContext, Buffer
+    from psycopg.adapt import Loader
+
+    class LenientLoader(Loader):
+        def __init__(self, oid: int, context: AdaptContext | None = None) -> None:
+            super().__init__(oid, context)
+            self._strict = strict(oid, context)
+
+        def load(self, data: Buffer) -> Any:
+            try:
+                return self._strict.load(data)
+            except psycopg.DataError:
+                return bytes(data).decode("utf-8", "replace")
+
+    return LenientLoader
 
 
 def outbox_table_ddl(metadata: sa.MetaData, name: str = DEFAULT_TABLE) -> sa.Table:
@@ -242,6 +314,18 @@ def _require_identifier(value: object, what: str) -> None:
             f"{what} must be a letter or underscore followed by up to 62 letters, digits or "
             "underscores"
         )
+
+
+def _id_as_text(value: object) -> object:
+    """An integer, integral decimal or UUID key as the text the ledger and SecureVideo know it by;
+    anything else as the driver gave it, for ``syncd.rows`` to judge."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        return str(int(value))
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
 
 
 def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:

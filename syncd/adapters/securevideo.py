@@ -38,6 +38,7 @@ from syncd.adapters.securevideo_wire import (
     USERS,
     ErrorJson,
     HistoryJson,
+    HistoryPage,
     NewParticipant,
     NewSession,
     ParticipantJson,
@@ -45,6 +46,7 @@ from syncd.adapters.securevideo_wire import (
     SessionJson,
     UserJson,
     describe_validation_error,
+    parse_history,
 )
 from syncd.domain import CreateSession, Guest, RemoteParticipant, RemoteSession
 from syncd.errors import (
@@ -323,24 +325,35 @@ class SecureVideoClient:
         host_user_id: int | None = None,
         participant_email: str | None = None,
     ) -> list[HistoryJson]:
-        """GET /history: billable sessions by month (any day of it) or by a start/end range."""
-        if month is not None and (start is not None or end is not None):
-            raise ValueError("give either month or start/end: SecureVideo ignores start/end")
-        if host_user_id is None:
-            route = _Route("/history", "/history")
-        else:
-            route = _Route("/history/{hostUserId}", f"/history/{_path_id(host_user_id)}")
-        params: dict[str, str] = {}
-        if month is not None:
-            params["month"] = month.replace(day=1).isoformat()
-        if start is not None:
-            params["startDt"] = start.isoformat()
-        if end is not None:
-            params["endDt"] = end.isoformat()
-        if participant_email is not None:
-            params["participantEmail"] = participant_email
-        route = route.with_params(**params)
+        """GET /history: billable sessions by month (any day of it) or by a start/end range.
+
+        Strict: one record that does not parse fails the whole answer (see :meth:`history_page`).
+        """
+        route = _history_route(month, start, end, host_user_id, participant_email)
         return self._decode(HISTORY, self._send("GET", route), "GET", route)
+
+    def history_page(
+        self,
+        *,
+        month: date | None = None,
+        start: date | None = None,
+        end: date | None = None,
+        host_user_id: int | None = None,
+        participant_email: str | None = None,
+    ) -> HistoryPage:
+        """GET /history, record by record: a record that does not parse is set aside in
+        ``rejected`` (with its SessionId when readable) and the others are returned.  Only an
+        answer that is not a JSON array at all raises ``PermanentError``."""
+        route = _history_route(month, start, end, host_user_id, participant_email)
+        response = self._send("GET", route)
+        try:
+            return parse_history(response.content)
+        except ValidationError as exc:
+            raise PermanentError(
+                f"GET {route.template}: SecureVideo's answer ({response.status_code}) does not "
+                f"parse: {describe_validation_error(exc)}",
+                status=response.status_code,
+            ) from None
 
     # --- routes ----------------------------------------------------------------------------------
 
@@ -619,6 +632,31 @@ def _transport_failure(method: str, where: str, exc: httpx.RequestError) -> Temp
     if method in _MUTATING:
         return AmbiguousError(f"{where}: answer lost ({kind}); the change may have been applied")
     return TemporaryError(f"{where}: no answer ({kind})")
+
+
+def _history_route(
+    month: date | None,
+    start: date | None,
+    end: date | None,
+    host_user_id: int | None,
+    participant_email: str | None,
+) -> _Route:
+    if month is not None and (start is not None or end is not None):
+        raise ValueError("give either month or start/end: SecureVideo ignores start/end")
+    if host_user_id is None:
+        route = _Route("/history", "/history")
+    else:
+        route = _Route("/history/{hostUserId}", f"/history/{_path_id(host_user_id)}")
+    params: dict[str, str] = {}
+    if month is not None:
+        params["month"] = month.replace(day=1).isoformat()
+    if start is not None:
+        params["startDt"] = start.isoformat()
+    if end is not None:
+        params["endDt"] = end.isoformat()
+    if participant_email is not None:
+        params["participantEmail"] = participant_email
+    return route.with_params(**params)
 
 
 def _path_id(value: int) -> int:

@@ -43,6 +43,9 @@ from syncd.emulator.state import (
 MUTATING_METHODS: Final = ("POST", "PUT", "DELETE")
 FAULT_KINDS: Final = ("latency", "fail", "throttle", "drop", "delay")
 
+#: ``hook(phase, method, path)``, phase "before_apply" or "after_apply"; True drops the call there.
+RequestHook = Callable[[str, str, str], bool]
+
 _UNAUTHORIZED: Final = "Authorization has been denied for this request."
 _NO_ROUTE: Final = "No HTTP resource was found that matches the request URI."
 _MAX_BODY_BYTES: Final = 1 << 20
@@ -98,6 +101,7 @@ class _Plan:
     status: int = 503
     retry_after: float | None = None
     seconds: float = 0.0
+    message: str | None = None
 
     def matches(self, method: str) -> bool:
         return self.methods is None or method in self.methods
@@ -149,6 +153,7 @@ class Faults:
         self._latency = 0.0
         self._plans: dict[str, _Plan] = {}
         self._injected = dict.fromkeys(FAULT_KINDS, 0)
+        self._hook: RequestHook | None = None
 
     # configuration
 
@@ -159,8 +164,16 @@ class Faults:
         with self._lock:
             self._latency = seconds
 
-    def fail_next(self, n: int, status: int = 503, methods: Iterable[str] | None = None) -> None:
-        self._set("fail:next", _Plan(_methods(methods), remaining=_count(n), status=status))
+    def fail_next(
+        self,
+        n: int,
+        status: int = 503,
+        methods: Iterable[str] | None = None,
+        message: str | None = None,
+    ) -> None:
+        """``message``: the error's Message, e.g. one quoting what was sent, as servers do."""
+        plan = _Plan(_methods(methods), remaining=_count(n), status=status, message=message)
+        self._set("fail:next", plan)
 
     def fail_rate(
         self,
@@ -224,6 +237,7 @@ class Faults:
         with self._lock:
             self._latency = 0.0
             self._plans.clear()
+            self._hook = None
 
     def reset_counters(self) -> None:
         with self._lock:
@@ -235,7 +249,21 @@ class Faults:
         with self._lock:
             return dict(self._injected)
 
+    def on_request(self, hook: RequestHook | None) -> None:
+        """Call ``hook(phase, method, path)`` for every authorised call: at "before_apply", and at
+        "after_apply" when the change succeeded.  True drops the call at that phase, without an
+        answer: not applied, or applied but unanswered.  The crash sweep kills the client from
+        inside it, at the exact instant.  The hook runs on the handler's thread, outside any lock;
+        None removes it."""
+        with self._lock:
+            self._hook = hook
+
     # used by the request handler
+
+    def hook(self, phase: str, method: str, path: str) -> bool:
+        with self._lock:
+            hook = self._hook
+        return hook is not None and hook(phase, method, path)
 
     def take_latency(self) -> float:
         with self._lock:
@@ -252,7 +280,7 @@ class Faults:
                 self._injected[kind] += 1
                 if kind == "throttle":
                     return PreFault(kind, 429, "Too many requests.", plan.retry_after)
-                return PreFault(kind, plan.status, _fail_message(plan.status))
+                return PreFault(kind, plan.status, plan.message or _fail_message(plan.status))
             return None
 
     def after_apply(self, method: str) -> PostFault | None:
@@ -605,7 +633,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(answer)
             return
 
+        if emulator.faults.hook("before_apply", method, path):
+            record(None, body, "hook")
+            self._drop()
+            return
         answer = _answer(emulator.state, method, path, query, body)
+        if answer.status < 400 and emulator.faults.hook("after_apply", method, path):
+            record(None, body, "hook")
+            self._drop()
+            return
         post = emulator.faults.after_apply(method) if answer.status < 400 else None
         if post is not None and post.delay is None:
             record(None, body, post.kind)

@@ -1,0 +1,682 @@
+"""Health and metrics of ``syncd run``: a heartbeat file, and an optional HTTP listener.
+
+Two views of the same state, for two kinds of reader:
+
+* The **heartbeat file** (``<data dir>/heartbeat.json``) is always kept while the daemon runs.  It
+  holds the in-memory verdict — are passes succeeding, or is a long pass still making progress —
+  rewritten every few seconds and after every pass.  ``syncd healthcheck`` (the container's
+  ``HEALTHCHECK``) reads it, so the check works with the HTTP listener off and costs no query.
+* The **HTTP listener** (``SYNCD_HEALTH__ENABLED``, off by default) serves ``/healthz`` — the same
+  verdict plus database and SecureVideo reachability — and ``/metrics`` in Prometheus text format.
+
+Reachability is judged from evidence first: a pass that finished proves the databases answered, a
+SecureVideo response proves the API answered.  Only when the evidence is older than
+``check_ttl`` does ``/healthz`` ask again (one ``SELECT`` per database, ``GET /user``), and that
+answer is cached as well, so a scraper polling every second costs nothing extra.
+
+Nothing here may carry a patient's data: metric labels are bounded sets (methods, endpoint
+templates, operation kinds, outcomes) checked against a pattern, never ids; reasons are this
+module's own sentences.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from syncd import __version__
+from syncd.adapters.dberrors import describe_database_error
+from syncd.errors import AuthenticationError, SyncdError
+from syncd.settings import Settings
+
+if TYPE_CHECKING:
+    from syncd.app import App
+    from syncd.daemon import PassRunner
+    from syncd.engine import PassReport
+
+__all__ = [
+    "HEARTBEAT_FILE",
+    "Health",
+    "HealthServer",
+    "Monitor",
+    "heartbeat_path",
+    "maybe_serve_health",
+    "read_heartbeat",
+]
+
+log = structlog.get_logger("syncd.health")
+
+HEARTBEAT_FILE = "heartbeat.json"
+#: How often the heartbeat file is rewritten (and at once after every pass).
+HEARTBEAT_INTERVAL = 15.0
+#: A heartbeat older than this means the daemon is gone or hung, whatever the file says.
+HEARTBEAT_STALE_AFTER = 4 * HEARTBEAT_INTERVAL
+#: The least time without a successful pass that is still healthy, whatever the poll interval.
+MIN_STALE_AFTER = 180.0
+#: Ledger gauges (parked, pending) read at scrape time are reused for this long.
+LEDGER_GAUGE_TTL = 15.0
+
+API_LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+PASS_DURATION_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0)
+
+# Label values must come from small fixed sets.  Anything that does not look like one (a
+# template that ever carried an id or an address) is counted under "other" rather than exported.
+_WORD = re.compile(r"[a-z][a-z_]{0,39}")
+_METHOD = re.compile(r"[A-Z]{3,7}")
+# Path segments are words, {placeholders} or the literal 0 (SecureVideo's "look up by ExternalId"
+# form); query values are always elided.
+_ENDPOINT = re.compile(
+    r"(/([A-Za-z_-]{1,40}|\{[A-Za-z]{1,40}\}|0)){1,6}(\?[A-Za-z]{1,40}=…(&[A-Za-z]{1,40}=…){0,5})?"
+)
+OTHER = "other"
+
+
+def _label(value: str, pattern: re.Pattern[str]) -> str:
+    return value if pattern.fullmatch(value) else OTHER
+
+
+def heartbeat_path(settings: Settings) -> Path:
+    return settings.ledger.data_dir / HEARTBEAT_FILE
+
+
+# --- verdicts ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One reachability verdict and where it came from ("pass", "response" or "probe")."""
+
+    ok: bool
+    at: float  # monotonic
+    source: str
+    error: str | None = None
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "age_seconds": round(now - self.at, 1),
+            "source": self.source,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    ok: bool
+    reasons: tuple[str, ...]
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"status": "ok" if self.ok else "failing", "reasons": list(self.reasons)} | dict(
+            self.details
+        )
+
+
+# --- the monitor -------------------------------------------------------------------------------
+
+
+class Monitor:
+    """What ``syncd run`` has been doing, as metrics and as a health verdict.
+
+    Fed by hooks — ``observe_response`` (the SecureVideo client), ``observe_report`` and
+    ``observe_failure`` (the pass runner) — and, once bound to the running App and runner, by the
+    engine's progress on a long pass and the ledger's counts at scrape time.  Thread-safe: hooks
+    run on the scheduler's and the engine's threads, readers on the HTTP server's.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        stale_after: float | None = None,
+        check_ttl: float | None = None,
+    ) -> None:
+        poll = float(settings.sync.poll_interval_seconds)
+        #: no successful pass for longer than this (and no progress) is unhealthy
+        self.stale_after = (
+            stale_after if stale_after is not None else max(MIN_STALE_AFTER, 3 * poll)
+        )
+        #: reachability evidence younger than this is trusted without asking again
+        self.check_ttl = check_ttl if check_ttl is not None else max(30.0, poll)
+        self.clock = clock
+        self.wall = wall
+        self._lock = threading.Lock()
+        self._probe_lock = threading.Lock()
+        self._app: App | None = None
+        self._runner: PassRunner | None = None
+        self._last_success: float | None = None
+        self._problem: str | None = None
+        self._database: Check | None = None
+        self._securevideo: Check | None = None
+        self._ledger_snapshot: tuple[float, dict[str, float] | None] | None = None
+        self._heartbeat_due = threading.Event()
+
+        self.registry = CollectorRegistry()
+        r = self.registry
+        info = Gauge("syncd_build_info", "syncd version", ["version"], registry=r)
+        info.labels(__version__).set(1)
+        self.passes = Counter("syncd_passes", "Passes finished, by result", ["result"], registry=r)
+        self.pass_failures = Counter(
+            "syncd_pass_failures",
+            "Passes that ended with an exception, by the component that failed",
+            ["component"],
+            registry=r,
+        )
+        self.pass_duration = Histogram(
+            "syncd_pass_duration_seconds",
+            "Duration of passes that finished",
+            buckets=PASS_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.last_success_ts = Gauge(
+            "syncd_last_success_timestamp_seconds",
+            "Unix time of the last pass that finished without a credentials error",
+            registry=r,
+        )
+        self.appointments = Counter(
+            "syncd_appointments",
+            "Appointments worked on by passes, by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.operations = Counter(
+            "syncd_operations",
+            "SecureVideo operations, by kind and outcome (applied, failed, ambiguous)",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.outbox_lag = Gauge(
+            "syncd_outbox_lag_seconds",
+            "Age of the oldest outbox row applied by the last pass (0 when nothing was due)",
+            registry=r,
+        )
+        self.api_latency = Histogram(
+            "syncd_api_request_duration_seconds",
+            "SecureVideo request duration, by method and endpoint template",
+            ["method", "endpoint"],
+            buckets=API_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.api_responses = Counter(
+            "syncd_api_responses",
+            "SecureVideo responses by method, endpoint template and status class "
+            "(2xx, 3xx, 4xx, 5xx; error: no answer)",
+            ["method", "endpoint", "status"],
+            registry=r,
+        )
+        r.register(_LiveGauges(self))
+        ProcessCollector(registry=r)
+
+    # --- hooks ---------------------------------------------------------------------------------
+
+    def observe_response(
+        self, method: str, endpoint: str, status: int | None, duration_s: float
+    ) -> None:
+        """``SecureVideoClient(on_response=...)``: latency, status class and API evidence."""
+        labels = (_label(method, _METHOD), _label(endpoint, _ENDPOINT))
+        self.api_latency.labels(*labels).observe(max(0.0, duration_s))
+        klass = "error" if status is None else f"{status // 100}xx"
+        self.api_responses.labels(*labels, klass).inc()
+        with self._lock:
+            self._securevideo = _api_verdict(status, self.clock(), "response")
+
+    def observe_report(self, report: PassReport) -> None:
+        """``PassRunner(on_report=...)``: a pass that finished (cleanly or not)."""
+        if report.auth_error is not None:
+            result = "credentials_rejected"
+        elif report.interrupted:
+            result = "interrupted"
+        elif report.clean:
+            result = "clean"
+        else:
+            result = "incomplete"
+        self.passes.labels(result).inc()
+        self.pass_duration.observe(report.duration_ms / 1000)
+        for outcome, n in report.outcomes.items():
+            self.appointments.labels(_label(outcome, _WORD)).inc(n)
+        for key, n in report.operations.items():
+            kind, _, outcome = key.partition(":")
+            self.operations.labels(_label(kind, _WORD), _label(outcome, _WORD)).inc(n)
+        if report.lag_seconds is not None:
+            self.outbox_lag.set(max(0.0, report.lag_seconds))
+        elif not sum(report.outcomes.values()):
+            self.outbox_lag.set(0)
+        now = self.clock()
+        with self._lock:
+            # Ingest reads the ledger and the outbox before anything else: both answered.
+            self._database = Check(True, now, "pass")
+            if report.auth_error is None:
+                self._last_success = now
+                self._problem = None
+                self.last_success_ts.set(self.wall())
+            else:
+                self._problem = (
+                    "SecureVideo rejected the API credentials (see credentials_rejected)"
+                )
+        self._heartbeat_due.set()
+
+    def observe_failure(self, component: str) -> None:
+        """``PassRunner(on_failure=...)``: a pass that ended with an exception."""
+        component = _label(component, _WORD)
+        self.pass_failures.labels(component).inc()
+        self.passes.labels("failed").inc()
+        now = self.clock()
+        with self._lock:
+            if component == "database":
+                self._problem = "the last pass could not reach a database (see degraded)"
+                self._database = Check(False, now, "pass", "the last pass could not reach it")
+            elif component == "securevideo":
+                self._problem = "the last pass could not reach SecureVideo (see degraded)"
+            else:
+                self._problem = "the last pass failed unexpectedly (see pass_failed)"
+        self._heartbeat_due.set()
+
+    def bind(self, app: App, runner: PassRunner | None = None) -> None:
+        """Read the running pass's progress, the ledger and the databases from ``app``."""
+        with self._lock:
+            self._app, self._runner = app, runner
+
+    @property
+    def runner(self) -> PassRunner | None:
+        return self._runner
+
+    def poke_heartbeat(self) -> threading.Event:
+        """Set to have the heartbeat rewritten now rather than at the next interval."""
+        return self._heartbeat_due
+
+    # --- verdicts ------------------------------------------------------------------------------
+
+    def liveness(self) -> Health:
+        """The in-memory verdict: are passes succeeding (or a long one progressing)?  No I/O."""
+        now = self.clock()
+        with self._lock:
+            last_success, problem = self._last_success, self._problem
+            app, runner = self._app, self._runner
+        reasons: list[str] = []
+        details: dict[str, Any] = {
+            "last_success_age_seconds": (
+                None if last_success is None else round(now - last_success, 1)
+            ),
+            "stale_after_seconds": self.stale_after,
+        }
+        progress = app.engine.progress if app is not None else None
+        running = progress is not None and not progress.finished
+        if runner is not None and runner.standby:
+            ticked = runner.last_tick_at
+            details["pass"] = {"state": "standby"}
+            if ticked is None or now - ticked > self.stale_after:
+                reasons.append(
+                    f"standby, but the leader lease has not been checked for over "
+                    f"{self.stale_after:.0f} s"
+                )
+        else:
+            if running and progress is not None:
+                details["pass"] = {
+                    "state": "running",
+                    "running_seconds": round(now - progress.started_at, 1),
+                    "since_last_progress_seconds": round(now - progress.updated_at, 1),
+                    "done": progress.done,
+                    "total": progress.total,
+                }
+            else:
+                details["pass"] = {"state": "idle"}
+            fresh = last_success is not None and now - last_success <= self.stale_after
+            progressing = (
+                running and progress is not None and now - progress.updated_at <= self.stale_after
+            )
+            if not (fresh or progressing):
+                if last_success is None:
+                    reasons.append("no pass has finished yet")
+                else:
+                    reasons.append(
+                        f"no successful pass for {now - last_success:.0f} s "
+                        f"(limit {self.stale_after:.0f} s)"
+                    )
+        if problem is not None:
+            reasons.append(problem)
+        return Health(not reasons, tuple(reasons), details)
+
+    def readiness(self) -> Health:
+        """``/healthz``: the liveness verdict plus database and SecureVideo reachability."""
+        live = self.liveness()
+        database, securevideo = self._checks()
+        now = self.clock()
+        reasons = list(live.reasons)
+        checks: dict[str, Any] = {}
+        for name, check in (("database", database), ("securevideo", securevideo)):
+            if check is None:
+                checks[name] = None
+                continue
+            checks[name] = check.as_dict(now)
+            if not check.ok:
+                reasons.append(f"{name}: {check.error or 'unreachable'}")
+        return Health(not reasons, tuple(reasons), live.details | {"checks": checks})
+
+    def metrics_text(self) -> bytes:
+        return generate_latest(self.registry)
+
+    # --- reachability --------------------------------------------------------------------------
+
+    def _checks(self) -> tuple[Check | None, Check | None]:
+        # One prober at a time: concurrent scrapes wait and reuse its answer.
+        with self._probe_lock:
+            now = self.clock()
+            with self._lock:
+                app, database, securevideo = self._app, self._database, self._securevideo
+            if app is None:
+                return database, securevideo
+            if database is None or now - database.at > self.check_ttl:
+                database = _probe_databases(app, self.clock)
+                with self._lock:
+                    self._database = database
+            if securevideo is None or now - securevideo.at > self.check_ttl:
+                # probe() reports its own response through observe_response as well.
+                securevideo = _probe_securevideo(app, self.clock)
+                with self._lock:
+                    self._securevideo = securevideo
+            return database, securevideo
+
+    def ledger_gauges(self) -> dict[str, float] | None:
+        """Parked and pending counts and the oldest pending age, read at most every 15 s."""
+        now = self.clock()
+        with self._lock:
+            app, cached = self._app, self._ledger_snapshot
+        if app is None:
+            return None
+        if cached is not None and now - cached[0] <= LEDGER_GAUGE_TTL:
+            return cached[1]
+        values: dict[str, float] | None
+        try:
+            with app.ledger.begin() as repo:
+                counts = repo.counts_by_state()
+                oldest = repo.oldest_pending_since()
+        except Exception:  # noqa: BLE001 - a scrape must not fail; /healthz names the outage
+            values = None
+        else:
+            utc_now = datetime.now(UTC).replace(tzinfo=None)
+            values = {
+                "parked": float(counts.get("parked", 0)),
+                "pending": float(counts.get("pending", 0)),
+                "oldest_pending": 0.0
+                if oldest is None
+                else max(0.0, (utc_now - oldest).total_seconds()),
+            }
+        with self._lock:
+            self._ledger_snapshot = (now, values)
+        return values
+
+    # --- heartbeat -----------------------------------------------------------------------------
+
+    def write_heartbeat(self, path: Path) -> None:
+        """Replace ``path`` with the liveness verdict, atomically (readers never see half)."""
+        body = self.liveness().as_dict() | {"written_at": self.wall(), "pid": os.getpid()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".heartbeat-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump(body, out)
+            Path(tmp).replace(path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _api_verdict(status: int | None, at: float, source: str) -> Check:
+    if status is None:
+        return Check(False, at, source, "no answer (connection failed or timed out)")
+    if status in (401, 403):
+        return Check(False, at, source, f"credentials rejected ({status})")
+    if status >= 500:
+        return Check(False, at, source, f"answering {status}")
+    return Check(True, at, source)
+
+
+def _probe_databases(app: App, clock: Callable[[], float]) -> Check:
+    for name, probe in (("ledger", _read_ledger), ("outbox", _read_outbox)):
+        try:
+            probe(app)
+        except Exception as exc:  # noqa: BLE001 - any failure is the verdict
+            described = describe_database_error(exc) or type(exc).__name__
+            return Check(False, clock(), "probe", f"{name}: {described}")
+    return Check(True, clock(), "probe")
+
+
+def _read_ledger(app: App) -> None:
+    with app.ledger.begin() as repo:
+        repo.cursor()
+
+
+def _read_outbox(app: App) -> None:
+    app.outbox.max_event_id()
+
+
+def _probe_securevideo(app: App, clock: Callable[[], float]) -> Check:
+    try:
+        app.gateway.probe()
+    except AuthenticationError:
+        return Check(False, clock(), "probe", "credentials rejected")
+    except SyncdError as exc:
+        # The client's messages name the method, the endpoint template and the status only.
+        return Check(False, clock(), "probe", str(exc).splitlines()[0][:200])
+    return Check(True, clock(), "probe")
+
+
+class _LiveGauges(Collector):
+    """Gauges computed when scraped: ledger counts (cached) and leadership."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self._monitor = monitor
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families({})
+
+    def collect(self) -> Iterable[Metric]:
+        values = self._monitor.ledger_gauges() or {}
+        runner = self._monitor.runner
+        if runner is not None and runner.lease is not None:
+            values = values | {"standby": 1.0 if runner.standby else 0.0}
+        return self._families(values)
+
+    @staticmethod
+    def _families(values: dict[str, float]) -> list[Metric]:
+        spec = (
+            ("parked", "syncd_parked_appointments", "Appointments parked for an operator"),
+            ("pending", "syncd_pending_appointments", "Appointments waiting for a pass"),
+            (
+                "oldest_pending",
+                "syncd_oldest_pending_seconds",
+                "How long the longest-waiting pending appointment has waited",
+            ),
+            ("standby", "syncd_standby", "1 while another instance holds the leader lease"),
+        )
+        out: list[Metric] = []
+        for key, name, doc in spec:
+            family = GaugeMetricFamily(name, doc)
+            if key in values:
+                family.add_metric([], values[key])
+            out.append(family)
+        return out
+
+
+# --- the HTTP listener -------------------------------------------------------------------------
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    monitor: Monitor
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "syncd"
+    sys_version = ""
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        try:
+            if path == "/healthz":
+                health = self.server.monitor.readiness()
+                body = json.dumps(health.as_dict(), indent=1).encode()
+                self._send(200 if health.ok else 503, "application/json", body)
+            elif path == "/metrics":
+                self._send(200, CONTENT_TYPE_LATEST, self.server.monitor.metrics_text())
+            else:
+                self._send(
+                    404, "text/plain; charset=utf-8", b"not found: try /healthz or /metrics\n"
+                )
+        except Exception as exc:  # noqa: BLE001 - one bad request must not stop the listener
+            log.error("health_request_failed", path=path, error_type=type(exc).__name__)
+            self._send(500, "text/plain; charset=utf-8", b"internal error\n")
+
+    def _send(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # Every scrape would be a line on stderr in another format; the metrics count enough.
+        pass
+
+
+class HealthServer:
+    """``/healthz`` and ``/metrics`` on a daemon thread; ``close()`` stops it and frees the port."""
+
+    def __init__(self, monitor: Monitor, host: str, port: int) -> None:
+        server_class: type[_Server] = _Server
+        if ":" in host:
+            server_class = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
+        self._httpd = server_class((host, port), _Handler)
+        self._httpd.monitor = monitor
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="syncd-health", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def start(self) -> HealthServer:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._httpd.shutdown()
+            self._thread.join(timeout=5)
+        self._httpd.server_close()
+
+
+class _HeartbeatWriter:
+    """Rewrites the heartbeat file every HEARTBEAT_INTERVAL and right after each pass."""
+
+    def __init__(self, monitor: Monitor, path: Path, interval: float = HEARTBEAT_INTERVAL) -> None:
+        self._monitor = monitor
+        self._path = path
+        self._interval = interval
+        self._stop = threading.Event()
+        self._failing = False
+        self._thread = threading.Thread(target=self._run, name="syncd-heartbeat", daemon=True)
+
+    def start(self) -> _HeartbeatWriter:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        self._monitor.poke_heartbeat().set()
+        self._thread.join(timeout=5)
+        # A heartbeat left behind would tell `syncd healthcheck` a stopped daemon is fine.
+        self._path.unlink(missing_ok=True)
+
+    def _run(self) -> None:
+        due = self._monitor.poke_heartbeat()
+        while not self._stop.is_set():
+            due.clear()
+            self._write()
+            due.wait(self._interval)
+
+    def _write(self) -> None:
+        try:
+            self._monitor.write_heartbeat(self._path)
+        except OSError as exc:
+            if not self._failing:
+                # Once per outage: the file is rewritten every few seconds.
+                log.warning("heartbeat_failed", path=str(self._path), error_type=type(exc).__name__)
+            self._failing = True
+        else:
+            self._failing = False
+
+
+@contextmanager
+def maybe_serve_health(
+    settings: Settings, app: App, runner: PassRunner, monitor: Monitor
+) -> Iterator[HealthServer | None]:
+    """Around ``run_daemon``: keep the heartbeat file, and serve HTTP when enabled.
+
+    The monitor must already be wired into the client (``on_response``) and the runner
+    (``on_report``, ``on_failure``); this binds it to what it reads and starts the threads.
+    """
+    monitor.bind(app, runner)
+    heartbeat = _HeartbeatWriter(monitor, heartbeat_path(settings)).start()
+    server: HealthServer | None = None
+    try:
+        if settings.health.enabled:
+            server = HealthServer(monitor, settings.health.host, settings.health.port).start()
+            log.info("health_listening", host=settings.health.host, port=server.port)
+        yield server
+    finally:
+        if server is not None:
+            server.close()
+            log.info("health_stopped")
+        heartbeat.close()
+
+
+# --- ``syncd healthcheck`` ---------------------------------------------------------------------
+
+
+def read_heartbeat(path: Path, *, now: float | None = None) -> tuple[bool, str]:
+    """The container's health check: (healthy, one line saying why)."""
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+        written_at = float(body["written_at"])
+        status = str(body["status"])
+        reasons = [str(r) for r in body.get("reasons", [])]
+    except FileNotFoundError:
+        return False, f"no heartbeat at {path}: is `syncd run` running with this data dir?"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return False, f"unreadable heartbeat at {path} ({type(exc).__name__})"
+    age = (time.time() if now is None else now) - written_at
+    if age > HEARTBEAT_STALE_AFTER:
+        return False, f"heartbeat is {age:.0f} s old: the daemon is stopped or hung"
+    if status != "ok":
+        return False, "; ".join(reasons) or "failing"
+    last = body.get("last_success_age_seconds")
+    state = (body.get("pass") or {}).get("state")
+    if state == "standby":
+        return True, "ok: standby (another instance holds the leader lease)"
+    if state == "running" and (last is None or last > body.get("stale_after_seconds", 0)):
+        return True, "ok: a long pass is making progress"
+    return True, f"ok: last successful pass {last} s ago"

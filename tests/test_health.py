@@ -1,0 +1,462 @@
+"""Health, metrics and progress, end to end: the real engine, emulator and SQLite EHR, real HTTP.
+
+The listener is started the way ``syncd run`` starts it (``maybe_serve_health`` around a real
+``PassRunner`` whose hooks feed the ``Monitor``) and read over a loopback socket with urllib.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import structlog
+from harness import World, guest, row, world
+from prometheus_client.parser import text_string_to_metric_families
+
+from syncd.adapters.dberrors import classify
+from syncd.app import App, build_app
+from syncd.cli import main
+from syncd.daemon import PassRunner
+from syncd.engine import SyncEngine
+from syncd.health import (
+    HEARTBEAT_STALE_AFTER,
+    HealthServer,
+    Monitor,
+    heartbeat_path,
+    maybe_serve_health,
+    read_heartbeat,
+)
+from syncd.settings import Settings, load_settings
+
+# Tomorrow, clinic time: inside SecureVideo's active window whenever the suite runs.
+T = (datetime.now(UTC) + timedelta(days=1)).replace(tzinfo=None, hour=15, minute=0, microsecond=0)
+
+CANARIES = ("Zelda", "Canary", "phi.example", "1555777")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def settings_for(w: World, tmp: Path, *, enabled: bool = True, secret: str = "demo") -> Settings:
+    return load_settings(
+        outbox={"url": w.settings.outbox.url, "timezone": w.settings.outbox.timezone},
+        ledger={"url": w.settings.ledger.url, "data_dir": str(tmp / "data")},
+        securevideo={
+            "base_url": w.emulator.base_url,
+            "api_key": "demo",
+            "api_secret": secret,
+            "read_timeout": 2.0,
+        },
+        sync=w.settings.sync.model_dump(),
+        health={"enabled": enabled, "host": "127.0.0.1", "port": free_port()},
+    )
+
+
+@dataclass
+class Daemon:
+    settings: Settings
+    monitor: Monitor
+    app: App
+    runner: PassRunner
+    server: HealthServer | None
+
+    def get(self, path: str) -> tuple[int, str]:
+        assert self.server is not None
+        url = f"http://127.0.0.1:{self.server.port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return int(response.status), response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def healthz(self) -> tuple[int, dict[str, Any]]:
+        status, body = self.get("/healthz")
+        return status, json.loads(body)
+
+    def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        status, body = self.get("/metrics")
+        assert status == 200
+        return {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(body)
+            for s in family.samples
+        }
+
+
+@contextmanager
+def daemon(
+    w: World, tmp: Path, *, enabled: bool = True, secret: str = "demo", **monitor: Any
+) -> Iterator[Daemon]:
+    """What ``syncd run`` wires together, minus the scheduler: the test calls the runner."""
+    settings = settings_for(w, tmp, enabled=enabled, secret=secret)
+    mon = Monitor(settings, **monitor)
+    app = build_app(settings, on_response=mon.observe_response)
+    w.apps.append(app)
+    runner = PassRunner(
+        app.engine,
+        classify=classify,
+        on_report=mon.observe_report,
+        on_failure=mon.observe_failure,
+    )
+    with maybe_serve_health(settings, app, runner, mon) as server:
+        yield Daemon(settings, mon, app, runner, server)
+
+
+@pytest.fixture
+def w(tmp_path: Path) -> Iterator[World]:
+    with world(tmp_path) as w:
+        yield w
+
+
+def label(**labels: str) -> frozenset[tuple[str, str]]:
+    return frozenset(labels.items())
+
+
+def wait_for(predicate: Any, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+# --- /healthz and /metrics over HTTP ----------------------------------------------------------
+
+
+def test_healthz_and_metrics_follow_a_real_pass(w: World, tmp_path: Path) -> None:
+    with daemon(w, tmp_path) as d:
+        status, body = d.healthz()
+        assert status == 503
+        assert body["status"] == "failing"
+        assert body["reasons"] == ["no pass has finished yet"]
+
+        w.write(
+            row("H1", starts=T, guests=[guest(1)]),
+            row("H2", starts=T + timedelta(hours=1), guests=[guest(2, deliver="S")]),
+            row("HBAD", starts=T, status="maybe"),
+        )
+        d.runner()
+
+        status, body = d.healthz()
+        assert status == 200, body
+        assert body["status"] == "ok" and body["reasons"] == []
+        assert body["pass"] == {"state": "idle"}
+        assert 0 <= body["last_success_age_seconds"] < body["stale_after_seconds"]
+        # Evidence from the pass itself: no extra query or request was needed.
+        assert body["checks"]["database"]["ok"] and body["checks"]["database"]["source"] == "pass"
+        assert body["checks"]["securevideo"]["ok"]
+        assert body["checks"]["securevideo"]["source"] == "response"
+
+        m = d.metrics()
+        assert m[("syncd_passes_total", label(result="incomplete"))] == 1  # one row parked
+        assert m[("syncd_appointments_total", label(outcome="synced"))] == 2
+        assert m[("syncd_appointments_total", label(outcome="parked"))] == 1
+        assert m[("syncd_operations_total", label(kind="create", outcome="applied"))] == 2
+        assert m[("syncd_parked_appointments", label())] == 1
+        assert m[("syncd_pending_appointments", label())] == 0
+        assert m[("syncd_outbox_lag_seconds", label())] >= 0
+        assert m[("syncd_last_success_timestamp_seconds", label())] > 0
+        posts = (
+            "syncd_api_request_duration_seconds_count",
+            label(method="POST", endpoint="/session/0?externalId=…"),
+        )
+        assert m[posts] == 2
+        lists = label(method="GET", endpoint="/session/0?externalId=…", status="2xx")
+        assert m[("syncd_api_responses_total", lists)] >= 1
+        assert ("syncd_standby", label()) not in m  # no lease: no leadership to report
+
+        d.runner()  # nothing new: an idle pass is clean and the lag drops to 0
+        m = d.metrics()
+        assert m[("syncd_passes_total", label(result="clean"))] == 1
+        assert m[("syncd_outbox_lag_seconds", label())] == 0
+
+        _, text = d.get("/metrics")
+        _, health_text = d.get("/healthz")
+        for canary in CANARIES:
+            assert canary not in text and canary not in health_text
+        # Appointment ids are unbounded: never a label value.
+        assert not re.search(r"\bH(1|2|BAD)\b", text)
+
+        assert d.get("/nope")[0] == 404
+
+
+def test_a_long_first_pass_is_healthy_while_it_makes_progress(w: World, tmp_path: Path) -> None:
+    reached, release = threading.Event(), threading.Event()
+
+    def hold_creates(phase: str, method: str, path: str) -> bool:
+        if phase == "before_apply" and method == "POST":
+            reached.set()
+            release.wait(1.5)  # under the client's 2 s read timeout
+        return False
+
+    w.write(*(row(f"L{i}", starts=T, guests=[guest(i)]) for i in range(6)))
+    with daemon(w, tmp_path) as d:
+        w.emulator.faults.on_request(hold_creates)
+        first = threading.Thread(target=d.runner)
+        first.start()
+        try:
+            assert reached.wait(10)
+            status, body = d.healthz()
+        finally:
+            release.set()
+            first.join(30)
+        assert status == 200, body
+        assert body["last_success_age_seconds"] is None
+        assert body["pass"]["state"] == "running"
+        assert body["pass"]["total"] == 6
+        assert 0 <= body["pass"]["done"] < 6
+        status, body = d.healthz()
+        assert status == 200 and body["pass"] == {"state": "idle"}
+        assert body["last_success_age_seconds"] is not None
+
+
+def test_a_database_outage_fails_the_pass_and_healthz_until_it_is_back(
+    w: World, tmp_path: Path
+) -> None:
+    ehr = sa.create_engine(str(w.settings.outbox.url))
+    with daemon(w, tmp_path, check_ttl=0) as d:
+        d.runner()
+        assert d.healthz()[0] == 200
+        with ehr.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE appointment_outbox RENAME TO outbox_gone"))
+        try:
+            d.runner()
+            status, body = d.healthz()
+            assert status == 503
+            assert "the last pass could not reach a database (see degraded)" in body["reasons"]
+            assert body["checks"]["database"]["ok"] is False
+            assert body["checks"]["database"]["error"].startswith("outbox: database unavailable")
+            m = d.metrics()
+            assert m[("syncd_passes_total", label(result="failed"))] == 1
+            assert m[("syncd_pass_failures_total", label(component="database"))] == 1
+        finally:
+            with ehr.begin() as conn:
+                conn.execute(sa.text("ALTER TABLE outbox_gone RENAME TO appointment_outbox"))
+        d.runner()
+        status, body = d.healthz()
+        assert status == 200, body
+    ehr.dispose()
+
+
+def test_securevideo_unreachable_is_named_by_healthz(w: World, tmp_path: Path) -> None:
+    with daemon(w, tmp_path, check_ttl=0) as d:
+        d.runner()
+        w.emulator.faults.fail_next(1, status=503)
+        status, body = d.healthz()
+        assert status == 503
+        check = body["checks"]["securevideo"]
+        assert check["ok"] is False and check["source"] == "probe"
+        assert "GET /user" in check["error"] and "503" in check["error"]
+        assert any(r.startswith("securevideo: ") for r in body["reasons"])
+        assert d.healthz()[0] == 200  # the next probe gets through
+
+
+def test_rejected_credentials_make_healthz_fail(w: World, tmp_path: Path) -> None:
+    w.write(row("C1", starts=T, guests=[guest(1)]))
+    with daemon(w, tmp_path, secret="wrong-secret-value") as d:
+        d.runner()
+        status, body = d.healthz()
+        assert status == 503
+        assert any("rejected the API credentials" in r for r in body["reasons"])
+        assert "wrong-secret-value" not in json.dumps(body)
+        m = d.metrics()
+        assert m[("syncd_passes_total", label(result="credentials_rejected"))] == 1
+
+
+def test_no_successful_pass_for_too_long_is_unhealthy(w: World, tmp_path: Path) -> None:
+    now = [1000.0]
+    with daemon(w, tmp_path, clock=lambda: now[0], stale_after=100.0) as d:
+        d.runner()
+        assert d.monitor.liveness().ok
+        now[0] += 101
+        verdict = d.monitor.liveness()
+        assert not verdict.ok
+        assert verdict.reasons == ("no successful pass for 101 s (limit 100 s)",)
+
+
+def test_the_listener_stops_and_frees_its_port(w: World, tmp_path: Path) -> None:
+    with daemon(w, tmp_path) as d:
+        assert d.server is not None
+        port = d.server.port
+        assert d.get("/healthz")[0] == 503
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass
+
+
+def test_metric_labels_never_take_an_id_or_an_address(w: World, tmp_path: Path) -> None:
+    with daemon(w, tmp_path) as d:
+        d.monitor.observe_response("GET", "/session/12345", 200, 0.1)
+        d.monitor.observe_response("GET", "/session?participantEmail=a@b.example", 200, 0.1)
+        d.monitor.observe_response("GET", "/session/{sessionId}", None, 0.1)
+        m = d.metrics()
+        other = ("syncd_api_request_duration_seconds_count", label(method="GET", endpoint="other"))
+        assert m[other] == 2
+        failed = label(method="GET", endpoint="/session/{sessionId}", status="error")
+        assert m[("syncd_api_responses_total", failed)] == 1
+        assert "12345" not in d.get("/metrics")[1]
+
+
+# --- the heartbeat and `syncd healthcheck` ----------------------------------------------------
+
+
+def test_heartbeat_works_with_the_listener_off_and_drives_syncd_healthcheck(
+    w: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for key, value in w.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("SYNCD_LEDGER__DATA_DIR", str(tmp_path / "data"))
+    with daemon(w, tmp_path, enabled=False) as d:
+        assert d.server is None
+        path = heartbeat_path(d.settings)
+        wait_for(path.exists, "the first heartbeat")
+        assert read_heartbeat(path) == (False, "no pass has finished yet")
+        assert main(["healthcheck"]) == 1
+
+        d.runner()  # the pass pokes the writer: no need to wait out the interval
+        wait_for(lambda: read_heartbeat(path)[0], "a healthy heartbeat")
+        capsys.readouterr()
+        assert main(["healthcheck"]) == 0
+        assert capsys.readouterr().out.startswith("ok: last successful pass ")
+
+        body = json.loads(path.read_text())
+        assert read_heartbeat(path, now=body["written_at"] + HEARTBEAT_STALE_AFTER + 1)[0] is False
+    # A stopped daemon takes its heartbeat with it.
+    assert not path.exists()
+    assert main(["healthcheck"]) == 1
+    assert "no heartbeat at" in capsys.readouterr().out
+
+
+# --- progress of a long drain -----------------------------------------------------------------
+
+
+class SteppingClock:
+    """Monotonic time that moves one second per reading; wall time is real."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC).replace(tzinfo=None)
+
+    def monotonic(self) -> float:
+        with self._lock:
+            self.t += 1.0
+            return self.t
+
+
+def test_a_backlog_drain_logs_progress_at_a_bounded_rate(w: World) -> None:
+    n = 30
+    w.write(*(row(f"P{i:02d}", starts=T, guests=[guest(i)]) for i in range(n)))
+    app = w.app()
+    clock = SteppingClock()
+    interval = 10.0
+    engine = SyncEngine(
+        outbox=app.outbox,
+        ledger=app.ledger,
+        gateway=app.gateway,
+        options=replace(app.engine.options, progress_log_interval_seconds=interval),
+        clock=clock,
+    )
+    try:
+        with structlog.testing.capture_logs() as logs:
+            report = engine.run_pass()
+    finally:
+        engine.close()
+    assert report.outcomes == {"synced": n}
+    progress = [e for e in logs if e["event"] == "backlog_progress"]
+    # The first line comes one interval after the start, then at most one per interval.
+    assert 1 <= len(progress) <= clock.t // interval
+    assert len(progress) < n
+    assert all(e["total"] == n for e in progress)
+    dones = [e["done"] for e in progress]
+    assert dones == sorted(dones) and dones[-1] <= n
+    assert all(e["rate_per_second"] > 0 for e in progress)
+    assert engine.progress is not None and engine.progress.finished
+    assert engine.progress.done == n
+
+
+def test_progress_costs_one_count_per_busy_pass_and_none_when_idle(w: World) -> None:
+    app = w.app()
+    counts: list[str] = []
+
+    def spy(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if re.search(
+            r"SELECT count\(\*\).*FROM appointment\s+WHERE appointment.state", statement, re.S
+        ):
+            counts.append(statement)
+
+    sa.event.listen(app.ledger.engine, "before_cursor_execute", spy)
+    app.engine.run_pass()
+    assert counts == []
+    w.write(*(row(f"Q{i}", starts=T, guests=[guest(i)]) for i in range(3)))
+    app.engine.run_pass()
+    assert len(counts) == 1
+    app.engine.run_pass()
+    assert len(counts) == 1
+
+
+# --- `syncd run` as a process -----------------------------------------------------------------
+
+
+def test_syncd_run_serves_health_and_metrics_and_stops_on_sigterm(w: World, tmp_path: Path) -> None:
+    port = free_port()
+    data = tmp_path / "run-data"
+    env = {
+        **os.environ,
+        **w.env(),
+        "SYNCD_LEDGER__DATA_DIR": str(data),
+        "SYNCD_SYNC__POLL_INTERVAL_SECONDS": "1",
+        "SYNCD_HEALTH__ENABLED": "true",
+        "SYNCD_HEALTH__PORT": str(port),
+    }
+    w.write(row("R1", starts=T, guests=[guest(1)]))
+    log = tmp_path / "run.log"
+    with log.open("w") as out:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "syncd", "run"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+        try:
+            wait_for(lambda: read_heartbeat(data / "heartbeat.json")[0], "a healthy heartbeat", 60)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                families = {
+                    (s.name, frozenset(s.labels.items())): s.value
+                    for f in text_string_to_metric_families(r.read().decode())
+                    for s in f.samples
+                }
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+                assert json.load(r)["status"] == "ok"
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            code = daemon.wait(60)
+    # The wiring of `syncd run`: the runner's hooks and the client's on_response reach the monitor.
+    assert families[("syncd_operations_total", label(kind="create", outcome="applied"))] == 1
+    created = label(method="POST", endpoint="/session/0?externalId=…")
+    assert families[("syncd_api_request_duration_seconds_count", created)] == 1
+    assert families[("syncd_standby", label())] == 0  # the daemon holds the leader lease
+    assert code == 0
+    text = log.read_text()
+    assert '"event": "health_listening"' in text and '"event": "daemon_stopped"' in text
+    assert not (data / "heartbeat.json").exists()
+    for canary in CANARIES:
+        assert canary not in text

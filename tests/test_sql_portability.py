@@ -1,0 +1,263 @@
+"""The outbox reader's and the ledger repository's SQL, compiled for SQL Server.
+
+No SQL Server runs here.  Instead every statement the reader and the repository issue is captured
+while they work (against SQLite), compiled with SQLAlchemy's ``mssql`` dialect — the one
+``mssql+pyodbc`` uses — and checked for what T-SQL rejects.  A raw ``text()`` statement would
+bypass the dialect altogether, so none is allowed outside a dialect switch (the migration locks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import sys
+import types
+import typing
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from harness import guest, row, world
+from sqlalchemy.sql.elements import ClauseElement, TextClause
+
+from syncd.adapters.ledger import (
+    LedgerRepository,
+    ParticipantOutcomeRecord,
+    SessionOutcomeRecord,
+)
+from syncd.adapters.outbox import OutboxReader
+
+#: the dialect mssql+pyodbc compiles with; creating it needs no driver
+SQL_SERVER = sa.dialects.registry.load("mssql")()
+
+T = datetime(2027, 2, 10, 9, 0)
+T0 = datetime(2027, 2, 1, 12, 0)
+
+#: what T-SQL does not accept, as it would show in the compiled text
+FORBIDDEN: dict[str, re.Pattern[str]] = {
+    "LIMIT (T-SQL has TOP and OFFSET ... FETCH)": re.compile(r"\bLIMIT\b"),
+    "EXISTS in a select list (T-SQL allows it only in WHERE or CASE)": re.compile(
+        r"^\s*SELECT\s+(?:NOT\s+)?EXISTS\b", re.IGNORECASE
+    ),
+    "RETURNING (T-SQL has OUTPUT)": re.compile(r"\bRETURNING\b"),
+    "another dialect's upsert": re.compile(r"ON CONFLICT|ON DUPLICATE KEY"),
+    "a boolean literal (T-SQL has no boolean type)": re.compile(r"\b(?:TRUE|FALSE)\b", re.I),
+    "|| concatenation (T-SQL uses +)": re.compile(r"\|\|"),
+    "ILIKE": re.compile(r"\bILIKE\b"),
+    "NULLS FIRST/LAST": re.compile(r"\bNULLS\s+(?:FIRST|LAST)\b"),
+}
+
+#: Public methods that issue no SQL of their own.
+NO_SQL = {"OutboxReader.dispose"}
+
+
+@dataclasses.dataclass
+class Issued:
+    caller: str
+    statement: ClauseElement
+
+
+class StatementLog:
+    """Every statement executed on any engine from inside an OutboxReader or LedgerRepository
+    method, with the outermost such method (the public entry point)."""
+
+    def __init__(self) -> None:
+        self.issued: list[Issued] = []
+        #: every reader/repository method that was on the stack of some statement
+        self.methods: set[str] = set()
+
+    def __call__(self, conn: sa.Connection, clause: Any, *_: Any) -> None:
+        on_stack: list[str] = []
+        frame: types.FrameType | None = sys._getframe(1)
+        while frame is not None:
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, OutboxReader | LedgerRepository):
+                on_stack.append(f"{type(owner).__name__}.{frame.f_code.co_name}")
+            frame = frame.f_back
+        if on_stack and isinstance(clause, ClauseElement):
+            self.issued.append(Issued(on_stack[-1], clause))
+            self.methods.update(on_stack)
+
+
+@pytest.fixture
+def statements() -> Iterator[StatementLog]:
+    log = StatementLog()
+    sa.event.listen(sa.Engine, "before_execute", log)
+    try:
+        yield log
+    finally:
+        sa.event.remove(sa.Engine, "before_execute", log)
+
+
+def problems_on_sql_server(statement: ClauseElement) -> list[str]:
+    if isinstance(statement, TextClause):
+        return ["raw text() SQL, which no dialect translates"]
+    compiled = str(statement.compile(dialect=SQL_SERVER))
+    return [what for what, pattern in FORBIDDEN.items() if pattern.search(compiled)]
+
+
+def sample(cls: type[Any], **values: Any) -> Any:
+    """An instance of a record dataclass with a plain value for every field not given."""
+    plain: dict[type, object] = {str: "x-1", int: 1, datetime: T0}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            kinds = typing.get_args(hints[f.name]) or (hints[f.name],)
+            values[f.name] = next(plain[k] for k in kinds if k in plain)
+    return cls(**values)
+
+
+def exercise_everything(tmp_path: Path) -> None:
+    """The engine's own passes first (the statements it really issues), then each repository
+    method the passes do not reach."""
+    with world(tmp_path, max_attempts=2) as w:
+        w.write(row("A1", starts=T, guests=[guest(1), guest(2)]))
+        w.write(row("A2", starts=T, guests=[guest(3, full_name="Z")]))  # parked
+        w.emulator.faults.drop_after_apply_next(1, methods=("POST",))  # intent → resolved
+        w.run_pass()
+        w.write(row("A1", starts=T + timedelta(hours=1), guests=[guest(1, email="n@phi.example")]))
+        w.write(row("A3", starts=T, status="fulfilled", guests=[guest(4)]))  # skipped
+        w.run_pass()
+        w.emulator.faults.fail_next(10, status=503, methods=("PUT",))  # back-off, then parked
+        w.write(row("A1", starts=T + timedelta(hours=2), guests=[guest(1)]))
+        w.run_pass()
+        w.write(row("A1", starts=T, status="cancelled", guests=[guest(1)]))
+        w.run_pass()
+
+        app = w.apps[-1]
+        assert app.outbox.check_shape() == []
+        assert app.outbox.max_event_id() is not None
+        now = T0
+        with app.ledger.begin() as repo:
+            repo.counts_by_state()
+            repo.parked()
+            repo.oldest_pending_since()
+            repo.pending_count()
+            repo.open_intents()
+            repo.operations("A1")
+            repo.get("A1")
+            repo.note_events({"A9": 100}, {"A9": "f" * 64}, now=now)
+            repo.set_session("A9", session_id=7, host_external_id="prov-001", now=now)
+            op = repo.record_intent(
+                appointment_id="A9",
+                event_id=100,
+                op="create",
+                session_id=None,
+                participant_external_id=None,
+                attempt=1,
+                now=now,
+                pid=1,
+            )
+            repo.record_outcome(op, state="applied", detail=None, session_id=7, now=now)
+            repo.resolve_open("A9", now)
+            repo.upsert_participant(
+                "A9",
+                "pat-9",
+                session_id=7,
+                participation_id=70,
+                packet_id=None,
+                fingerprint="f" * 64,
+                now=now,
+            )
+            repo.upsert_participant(
+                "A9",
+                "pat-9",
+                session_id=7,
+                participation_id=71,
+                packet_id=None,
+                fingerprint="e" * 64,
+                now=now,
+            )
+            repo.participants(["A9"])
+            repo.delete_participant("A9", "pat-9")
+            repo.delete_participants_of("A9")
+            repo.schedule_retry(
+                "A9", attempts=1, next_attempt_at=now, reason="r", now=now, event_id=100
+            )
+            repo.due(now, 10, after_appointment_id="A0")
+            repo.park("A9", reason="r", attempts=2, now=now, event_id=100)
+            repo.unpark("A9", now)
+            repo.park("A9", reason="r", now=now)
+            repo.unpark_all(now)
+            repo.mark_skipped("A9", event_id=100, reason="status noshow", now=now)
+            repo.mark_synced(
+                "A9",
+                event_id=100,
+                fingerprint="f" * 64,
+                session_id=7,
+                host_external_id="prov-001",
+                now=now,
+            )
+            repo.set_cursor(repo.cursor() + 1, now=now)
+            repo.try_acquire_lease("daemon", "host-1", 30, now)
+            repo.try_acquire_lease("daemon", "host-2", 30, now)
+            repo.release_lease("daemon", "host-1")
+            repo.put_session_outcome(sample(SessionOutcomeRecord, appointment_id="A9"))
+            repo.put_session_outcome(sample(SessionOutcomeRecord, appointment_id="A9"))
+            repo.put_participant_outcome(sample(ParticipantOutcomeRecord, appointment_id="A9"))
+            repo.session_outcomes(["A9"])
+            repo.participant_outcomes(["A9"])
+            repo.outcome_targets()
+            repo.appointments_of_sessions([7])
+            repo.booked_between(now - timedelta(days=1), now + timedelta(days=1))
+            repo.delete_participant_outcomes("A9", ["x-1"])
+
+
+def public_methods(*classes: type) -> set[str]:
+    return {
+        f"{cls.__name__}.{name}"
+        for cls in classes
+        for name, _ in inspect.getmembers(cls, inspect.isfunction)
+        if not name.startswith("_")
+    }
+
+
+def test_every_statement_compiles_for_sql_server_without_dialect_only_syntax(
+    statements: StatementLog, tmp_path: Path
+) -> None:
+    exercise_everything(tmp_path)
+
+    missed = public_methods(OutboxReader, LedgerRepository) - NO_SQL - statements.methods
+    assert not missed, f"exercise these in exercise_everything(): {sorted(missed)}"
+    bad = {
+        f"{i.caller}: {problem}"
+        for i in statements.issued
+        for problem in problems_on_sql_server(i.statement)
+    }
+    assert not bad, "\n".join(sorted(bad))
+    # the paging query reaches SQL Server as TOP, in event order
+    (refs,) = {
+        str(i.statement.compile(dialect=SQL_SERVER))
+        for i in statements.issued
+        if i.caller == "OutboxReader.refs_after"
+    }
+    assert refs.startswith("SELECT TOP ")
+    assert refs.endswith("ORDER BY appointment_outbox.event_id")
+    # the same statements compile for the other supported dialects as well
+    for name in ("postgresql", "mysql", "sqlite"):
+        dialect = sa.dialects.registry.load(name)()
+        for i in statements.issued:
+            i.statement.compile(dialect=dialect)
+
+
+@pytest.mark.parametrize(
+    ("statement", "problem"),
+    [
+        (sa.select(sa.select(1).where(sa.column("a") == 1).exists()), "EXISTS in a select list"),
+        (sa.select(sa.column("a")).limit(5), None),
+        (sa.text("SELECT 1 LIMIT 1"), "raw text() SQL"),
+        (sa.select(sa.literal_column("TRUE")), "a boolean literal"),
+    ],
+    ids=["select-exists", "limit-becomes-top", "text", "true"],
+)
+def test_the_check_finds_what_sql_server_rejects(statement: Any, problem: str | None) -> None:
+    """The check above can fail: each construct T-SQL rejects is reported."""
+    found = problems_on_sql_server(statement)
+    if problem is None:
+        assert found == []
+    else:
+        assert any(p.startswith(problem) for p in found), found
