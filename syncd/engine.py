@@ -685,16 +685,22 @@ class SyncEngine:
                 repo.set_session(
                     aid, session_id=result.session_id, host_external_id=op.host_external_id, now=now
                 )
-                repo.delete_participants_of(aid)
-                for guest in op.guests:
-                    self._remember(
-                        repo,
-                        aid,
-                        result,
-                        guest.external_id,
-                        guest.packet_id,
-                        guest_fingerprint(guest),
-                    )
+                ids = {p.external_id: p.participation_id for p in result.guests}
+                repo.replace_participants(
+                    aid,
+                    [
+                        ParticipantRecord(
+                            appointment_id=aid,
+                            external_id=g.external_id,
+                            session_id=result.session_id,
+                            participation_id=ids.get(g.external_id),
+                            packet_id=g.packet_id,
+                            fingerprint=guest_fingerprint(g),
+                            updated_at=now,
+                        )
+                        for g in op.guests
+                    ],
+                )
             case AddParticipant() | UpdateParticipant() if result is not None:
                 self._remember(
                     repo,

@@ -265,6 +265,63 @@ _appt_t = cast(Table, AppointmentRow.__table__)
 _op_t = cast(Table, OperationRow.__table__)
 _part_t = cast(Table, ParticipantRow.__table__)
 _lease_t = cast(Table, LeaseRow.__table__)
+
+# --- the hot path's statements, built once ---------------------------------------------------
+# Every appointment costs a few journal writes; building each statement anew (``.values(**kw)``)
+# cost more CPU than running it.  These are constructed once and executed with parameters, so
+# SQLAlchemy compiles each a single time.  Bind names differ from column names, as SET requires.
+
+_INSERT_INTENT = insert(_op_t)
+_CLOSE_OPERATION = (
+    update(_op_t)
+    .where(_op_t.c.id == bindparam("b_id"))
+    .values(state=bindparam("b_state"), detail=bindparam("b_detail"), finished_at=bindparam("b_at"))
+)
+_CLOSE_CREATE = _CLOSE_OPERATION.values(session_id=bindparam("b_session_id"))
+_SET_SESSION = (
+    update(_appt_t)
+    .where(_appt_t.c.appointment_id == bindparam("b_aid"))
+    .values(
+        session_id=bindparam("b_session_id"),
+        host_external_id=bindparam("b_host"),
+        updated_at=bindparam("b_at"),
+    )
+)
+_DELETE_PARTICIPANTS_OF = delete(_part_t).where(_part_t.c.appointment_id == bindparam("b_aid"))
+_INSERT_PARTICIPANT = insert(_part_t)
+_RESOLVE_OPEN = (
+    update(_op_t)
+    .where(_op_t.c.appointment_id == bindparam("b_aid"), _op_t.c.state.in_(OPEN_OPERATION_STATES))
+    .values(state=RESOLVED, finished_at=bindparam("b_at"))
+)
+
+
+def _settle_statement(columns: tuple[str, ...], *, guarded: bool) -> Any:
+    c = _appt_t.c
+    where = [c.appointment_id == bindparam("b_aid")]
+    if guarded:
+        where.append(c.last_event_id <= bindparam("b_event"))
+    values: dict[str, Any] = {name: bindparam(f"b_{name}") for name in columns}
+    values["updated_at"] = bindparam("b_updated_at")
+    if guarded:
+        for name in ("state", "attempts", "reason", "next_attempt_at", "parked_at"):
+            values[name] = bindparam(f"b_{name}")
+    return update(_appt_t).where(*where).values(**values)
+
+
+_SYNCED_COLUMNS: tuple[str, ...] = (
+    "applied_event_id",
+    "applied_fingerprint",
+    "session_id",
+    "host_external_id",
+    "schedule_ts",
+)
+_SKIPPED_COLUMNS: tuple[str, ...] = ("applied_event_id",)
+_SETTLE: dict[tuple[tuple[str, ...], bool], Any] = {
+    (cols, guarded): _settle_statement(cols, guarded=guarded)
+    for cols in (_SYNCED_COLUMNS, _SKIPPED_COLUMNS)
+    for guarded in (True, False)
+}
 _sess_out_t = cast(Table, SessionOutcomeRow.__table__)
 _part_out_t = cast(Table, ParticipantOutcomeRow.__table__)
 
@@ -415,11 +472,13 @@ class LedgerRepository:
     (every appointment enters through :meth:`note_events`).
     """
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session | Connection) -> None:
         self._s = session
 
     def _run(
-        self, statement: Any, params: Sequence[Mapping[str, Any]] | None = None
+        self,
+        statement: Any,
+        params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
     ) -> CursorResult[Any]:
         # Core DML through the Session always yields a CursorResult; the Session's signature
         # just doesn't say so.
@@ -601,31 +660,23 @@ class LedgerRepository:
         now: datetime,
     ) -> bool:
         now = _utc(now)
-        c = _appt_t.c
+        columns = tuple(applied)
+        params = {f"b_{name}": value for name, value in applied.items()}
+        params |= {"b_aid": appointment_id, "b_updated_at": now}
         # One atomic guarded UPDATE: a newer event noted meanwhile (by another transaction) must
         # not be buried under this older event's final state.
-        settled = self._run(
-            update(_appt_t)
-            .where(c.appointment_id == appointment_id, c.last_event_id <= event_id)
-            .values(
-                **applied,
-                state=state,
-                attempts=0,
-                reason=_clip(reason),
-                next_attempt_at=None,
-                parked_at=None,
-                updated_at=now,
-            )
-        ).rowcount
-        if settled:
+        guarded = params | {
+            "b_event": event_id,
+            "b_state": state,
+            "b_attempts": 0,
+            "b_reason": _clip(reason),
+            "b_next_attempt_at": None,
+            "b_parked_at": None,
+        }
+        if self._run(_SETTLE[columns, True], guarded).rowcount:
             return True
         # What was done remotely is still true, and the newer event's plan starts from it.
-        recorded = self._run(
-            update(_appt_t)
-            .where(c.appointment_id == appointment_id)
-            .values(**applied, updated_at=now)
-        ).rowcount
-        if not recorded:
+        if not self._run(_SETTLE[columns, False], params).rowcount:
             raise _unknown(appointment_id)
         return False
 
@@ -722,11 +773,13 @@ class LedgerRepository:
         now: datetime,
     ) -> None:
         """Record the session syncd manages, as soon as a create or adopt succeeded."""
-        changed = self._run(
-            update(_appt_t)
-            .where(_appt_t.c.appointment_id == appointment_id)
-            .values(session_id=session_id, host_external_id=host_external_id, updated_at=_utc(now))
-        ).rowcount
+        params = {
+            "b_aid": appointment_id,
+            "b_session_id": session_id,
+            "b_host": host_external_id,
+            "b_at": _utc(now),
+        }
+        changed = self._run(_SET_SESSION, params).rowcount
         if not changed:
             raise _unknown(appointment_id)
 
@@ -746,17 +799,18 @@ class LedgerRepository:
     ) -> int:
         """Journal a remote call before it is sent; returns the operation id."""
         result = self._run(
-            insert(_op_t).values(
-                appointment_id=appointment_id,
-                event_id=event_id,
-                op=op,
-                session_id=session_id,
-                participant_external_id=participant_external_id,
-                state=INTENT,
-                attempt=attempt,
-                started_at=_utc(now),
-                pid=pid,
-            )
+            _INSERT_INTENT,
+            {
+                "appointment_id": appointment_id,
+                "event_id": event_id,
+                "op": op,
+                "session_id": session_id,
+                "participant_external_id": participant_external_id,
+                "state": INTENT,
+                "attempt": attempt,
+                "started_at": _utc(now),
+                "pid": pid,
+            },
         )
         key = result.inserted_primary_key
         assert key is not None  # a single-row INSERT always reports its key
@@ -777,10 +831,12 @@ class LedgerRepository:
         """
         if state not in OPERATION_STATES or state == INTENT:
             raise ValueError(f"not an operation outcome: {state!r}")
-        values: dict[str, Any] = {"state": state, "detail": _clip(detail), "finished_at": _utc(now)}
+        params = {"b_id": op_id, "b_state": state, "b_detail": _clip(detail), "b_at": _utc(now)}
+        statement = _CLOSE_OPERATION
         if session_id is not None:
-            values["session_id"] = session_id
-        if not self._run(update(_op_t).where(_op_t.c.id == op_id).values(**values)).rowcount:
+            statement = _CLOSE_CREATE
+            params["b_session_id"] = session_id
+        if not self._run(statement, params).rowcount:
             raise LookupError(f"operation {op_id} is not in the ledger")
 
     def open_intents(self) -> list[OperationRecord]:
@@ -795,14 +851,7 @@ class LedgerRepository:
 
     def resolve_open(self, appointment_id: str, now: datetime) -> int:
         """Close an appointment's open calls once its remote state was re-read and re-planned."""
-        return self._run(
-            update(_op_t)
-            .where(
-                _op_t.c.appointment_id == appointment_id,
-                _op_t.c.state.in_(OPEN_OPERATION_STATES),
-            )
-            .values(state=RESOLVED, finished_at=_utc(now))
-        ).rowcount
+        return self._run(_RESOLVE_OPEN, {"b_aid": appointment_id, "b_at": _utc(now)}).rowcount
 
     # --- participants ---------------------------------------------------------------------
 
@@ -857,7 +906,29 @@ class LedgerRepository:
         )
 
     def delete_participants_of(self, appointment_id: str) -> None:
-        self._run(delete(_part_t).where(_part_t.c.appointment_id == appointment_id))
+        self._run(_DELETE_PARTICIPANTS_OF, {"b_aid": appointment_id})
+
+    def replace_participants(
+        self, appointment_id: str, participants: Sequence[ParticipantRecord]
+    ) -> None:
+        """All of an appointment's participants at once (after a create): one DELETE, one INSERT."""
+        self.delete_participants_of(appointment_id)
+        if participants:
+            self._run(
+                _INSERT_PARTICIPANT,
+                [
+                    {
+                        "appointment_id": appointment_id,
+                        "external_id": p.external_id,
+                        "session_id": p.session_id,
+                        "participation_id": p.participation_id,
+                        "packet_id": p.packet_id,
+                        "fingerprint": p.fingerprint,
+                        "updated_at": _utc(p.updated_at),
+                    }
+                    for p in participants
+                ],
+            )
 
     # --- reporting ------------------------------------------------------------------------
 
@@ -1132,8 +1203,10 @@ class Ledger:
 
     @contextmanager
     def begin(self) -> Iterator[LedgerRepository]:
-        with self._sessions.begin() as session:
-            yield LedgerRepository(session)
+        # A Core connection, not an ORM Session: the repository only runs Core statements, and
+        # the Session's unit-of-work machinery cost more per statement than SQLite itself.
+        with self.engine.begin() as connection:
+            yield LedgerRepository(connection)
 
     @property
     def dialect(self) -> str:

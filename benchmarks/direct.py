@@ -1,0 +1,70 @@
+"""The engine's local cost: database + planning, with SecureVideo answered in-process.
+
+A `SessionGateway` that hands the real client's wire bodies straight to the emulator's account
+model and parses its answers with the real wire models — everything the HTTP client does except
+the socket.  Used by drain.py to measure the local cost per row at L = 0.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from syncd.adapters.securevideo import new_participant, remote_session
+from syncd.adapters.securevideo_wire import SESSIONS, NewSession, SessionJson
+from syncd.domain import CreateSession, Guest, RemoteSession
+from syncd.emulator.state import EmulatorState
+
+
+def _session(obj: Any) -> SessionJson:
+    # Round-trip through JSON text, as an HTTP answer would be parsed.
+    return SessionJson.model_validate_json(json.dumps(obj, default=str))
+
+
+class DirectGateway:
+    def __init__(self, state: EmulatorState) -> None:
+        self.state = state
+        self.calls = 0
+
+    def list_host_sessions(self, host_external_id: str) -> list[RemoteSession]:
+        self.calls += 1
+        raw = self.state.list_sessions_json(host_external_id=host_external_id)
+        parsed = SESSIONS.validate_json(json.dumps(raw, default=str))
+        return [remote_session(s, host_external_id) for s in parsed]
+
+    def create_session(self, op: CreateSession) -> RemoteSession:
+        self.calls += 1
+        body = NewSession(
+            schedule_ts=op.schedule_ts,
+            is_recorded=op.is_recorded,
+            external_session_id=op.external_session_id,
+            topic=op.topic,
+            participants=tuple(new_participant(g) for g in op.guests),
+        ).to_wire()
+        created = self.state.create_session(body, host_external_id=op.host_external_id)
+        return remote_session(_session(created), op.host_external_id)
+
+    def reschedule_session(self, session_id: int, schedule_ts: datetime) -> RemoteSession:
+        self.calls += 1
+        body = {"ScheduleTs": schedule_ts.strftime("%Y-%m-%dT%H:%M:00")}
+        return remote_session(_session(self.state.reschedule_session(body, session_id=session_id)))
+
+    def cancel_session(self, session_id: int) -> None:
+        self.calls += 1
+        self.state.cancel_session(session_id=session_id)
+
+    def add_participant(self, session_id: int, guest: Guest) -> RemoteSession:
+        self.calls += 1
+        body = new_participant(guest).to_wire()
+        return remote_session(_session(self.state.add_participant(body, session_id=session_id)))
+
+    def update_participant(self, participation_id: int, guest: Guest) -> RemoteSession:
+        self.calls += 1
+        body = new_participant(guest).to_wire(update=True)
+        answer = self.state.update_participant(body, participation_id=participation_id)
+        return remote_session(_session(answer))
+
+    def remove_participant(self, participation_id: int) -> None:
+        self.calls += 1
+        self.state.remove_participant(participation_id=participation_id)
