@@ -55,9 +55,7 @@ def _settings(*, report: bool = False) -> Settings:
     stays parseable; the daemon and ``once`` log JSON lines to stdout, as containers expect.
     """
     settings = load_settings()
-    configure_logging(
-        settings.log.format, settings.log.level, stream=STDERR if report else None
-    )
+    configure_logging(settings.log.format, settings.log.level, stream=STDERR if report else None)
     return settings
 
 

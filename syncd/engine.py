@@ -351,14 +351,21 @@ class SyncEngine:
             for h in _hosts_of(appt, record.host_external_id)
         }
         self._in_pool(hosts.read, hosts.missing(needed))
+        ids = [appt.appointment_id for _, appt in work]
         with self.ledger.begin() as repo:
-            known = repo.participants([appt.appointment_id for _, appt in work])
+            known = repo.participants(ids)
+            unresolved = repo.with_open_operations(ids)
 
         def sync(item: Work) -> Outcome:
             record, appt = item
             try:
                 return self._sync_one(
-                    record, appt, known.get(appt.appointment_id, {}), hosts, report
+                    record,
+                    appt,
+                    known.get(appt.appointment_id, {}),
+                    hosts,
+                    report,
+                    unresolved=appt.appointment_id in unresolved,
                 )
             finally:
                 self._advance(1)
@@ -465,7 +472,11 @@ class SyncEngine:
         known: dict[str, ParticipantRecord],
         hosts: _HostSessions,
         report: PassReport,
+        *,
+        unresolved: bool = True,
     ) -> Outcome:
+        """``unresolved``: the ledger holds calls of this appointment whose outcome is unknown;
+        they are marked resolved once SecureVideo has been read again and matches."""
         opts = self.options
         aid = appt.appointment_id
         # Failures in a row of each step, reading SecureVideo and calling it: max_attempts bounds
@@ -523,7 +534,7 @@ class SyncEngine:
                 return self._skip(appt, "starts before SecureVideo's active window")
             ops = plan(appt, observed, now=now, managed_session_id=managed)
             if not ops:
-                return self._converged(appt, observed, applied=acted)
+                return self._converged(appt, observed, applied=acted, unresolved=unresolved)
             rounds += 1
             acted = True
             if rounds > MAX_ROUNDS:
@@ -535,11 +546,19 @@ class SyncEngine:
                 )
 
             view = list(observed)
-            for op in ops:
+            settled: list[bool] = []
+            for index, op in enumerate(ops):
                 if self._halted():
                     return Outcome.INTERRUPTED
+                # After the last call, if its answer shows SecureVideo matching, the appointment
+                # is settled in the same commit as that call's outcome: one transaction fewer.
+                settle = (
+                    self._settler(appt, view, op, managed, unresolved, settled)
+                    if index == len(ops) - 1
+                    else None
+                )
                 try:
-                    result = self._apply(op, appt, call_failures + 1, report)
+                    result = self._apply(op, appt, call_failures + 1, report, on_outcome=settle)
                 except AuthenticationError as exc:
                     return self._auth(exc, report)
                 except PermanentError as exc:
@@ -548,6 +567,7 @@ class SyncEngine:
                         appt, f"appointment {aid}: SecureVideo refused {op.kind}: {msg}"
                     )
                 except TemporaryError as exc:
+                    unresolved = unresolved or isinstance(exc, AmbiguousError)
                     call_failures += _failed_attempt(exc)
                     outcome = self._back_off(appt, call_failures, exc, deadline)
                     if outcome is not None:
@@ -569,17 +589,45 @@ class SyncEngine:
                 if isinstance(op, CreateSession) and result is not None:
                     managed = result.session_id
             else:
+                if settled:
+                    return Outcome.SYNCED
                 observed = view
-                # The answers carry the new state: plan against them to confirm convergence.
-                ops = plan(appt, view, now=self.clock.now(), managed_session_id=managed)
-                if not ops:
-                    return self._converged(appt, view, applied=True)
                 fresh_read = True
 
+    def _settler(
+        self,
+        appt: Appointment,
+        view: list[RemoteSession],
+        op: Operation,
+        managed: int | None,
+        unresolved: bool,
+        settled: list[bool],
+    ) -> Callable[[LedgerRepository, RemoteSession | None], None]:
+        def settle(repo: LedgerRepository, result: RemoteSession | None) -> None:
+            after = _after(view, op, result)
+            current = (
+                result.session_id
+                if isinstance(op, CreateSession) and result is not None
+                else managed
+            )
+            # The answers carry the new state: plan against them to confirm convergence.
+            if not plan(appt, after, now=self.clock.now(), managed_session_id=current):
+                self._mark_synced(repo, appt, after, unresolved=unresolved)
+                settled.append(True)
+
+        return settle
+
     def _apply(
-        self, op: Operation, appt: Appointment, attempt: int, report: PassReport
+        self,
+        op: Operation,
+        appt: Appointment,
+        attempt: int,
+        report: PassReport,
+        *,
+        on_outcome: Callable[[LedgerRepository, RemoteSession | None], None] | None = None,
     ) -> RemoteSession | None:
-        """intent → call → outcome for one operation."""
+        """intent → call → outcome for one operation.  ``on_outcome`` runs in the outcome's
+        transaction, after the call succeeded."""
         desc = describe(op)
         session_id = None if isinstance(op, CreateSession) else getattr(op, "session_id", None)
         participant = desc.get("participant_external_id")
@@ -640,6 +688,8 @@ class SyncEngine:
                 op_id, state="applied", detail=None, session_id=new_session_id, now=self.clock.now()
             )
             self._record_effects(repo, op, appt, result)
+            if on_outcome is not None:
+                on_outcome(repo, result)
         crashpoint("after_commit")
         log.info(
             "operation",
@@ -810,27 +860,44 @@ class SyncEngine:
         return None
 
     def _converged(
-        self, appt: Appointment, observed: Sequence[RemoteSession], *, applied: bool
+        self,
+        appt: Appointment,
+        observed: Sequence[RemoteSession],
+        *,
+        applied: bool,
+        unresolved: bool = True,
     ) -> Outcome:
+        with self.ledger.begin() as repo:
+            self._mark_synced(repo, appt, observed, unresolved=unresolved)
+        return Outcome.SYNCED if applied else Outcome.UNCHANGED
+
+    def _mark_synced(
+        self,
+        repo: LedgerRepository,
+        appt: Appointment,
+        observed: Sequence[RemoteSession],
+        *,
+        unresolved: bool,
+    ) -> None:
         live = [
             s
             for s in observed
             if not s.is_cancelled and s.host_external_id == appt.provider_external_id
         ]
         session = live[0] if live and appt.presence is Presence.LIVE else None
-        with self.ledger.begin() as repo:
-            repo.mark_synced(
-                appt.appointment_id,
-                event_id=appt.event_id,
-                fingerprint=appt.fingerprint(),
-                session_id=session.session_id if session else None,
-                host_external_id=session.host_external_id if session else None,
-                now=self.clock.now(),
-                # what the outcome collector and the billing report select by
-                schedule_ts=session.schedule_ts if session else None,
-            )
+        repo.mark_synced(
+            appt.appointment_id,
+            event_id=appt.event_id,
+            fingerprint=appt.fingerprint(),
+            session_id=session.session_id if session else None,
+            host_external_id=session.host_external_id if session else None,
+            now=self.clock.now(),
+            # what the outcome collector and the billing report select by
+            schedule_ts=session.schedule_ts if session else None,
+        )
+        if unresolved:
+            # Calls whose answer was lost are settled now that SecureVideo was read and matches.
             repo.resolve_open(appt.appointment_id, self.clock.now())
-        return Outcome.SYNCED if applied else Outcome.UNCHANGED
 
     def _skip(self, appt: Appointment, reason: str) -> Outcome:
         with self.ledger.begin() as repo:

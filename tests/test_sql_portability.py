@@ -27,6 +27,7 @@ from sqlalchemy.sql.elements import ClauseElement, TextClause
 from syncd.adapters.ledger import (
     LedgerRepository,
     ParticipantOutcomeRecord,
+    ParticipantRecord,
     SessionOutcomeRecord,
 )
 from syncd.adapters.outbox import OutboxReader
@@ -175,6 +176,21 @@ def exercise_everything(tmp_path: Path) -> None:
             repo.participants(["A9"])
             repo.delete_participant("A9", "pat-9")
             repo.delete_participants_of("A9")
+            repo.with_open_operations(["A9"])
+            repo.replace_participants(
+                "A9",
+                [
+                    ParticipantRecord(
+                        appointment_id="A9",
+                        external_id="pat-9",
+                        session_id=7,
+                        participation_id=72,
+                        packet_id=None,
+                        fingerprint="d" * 64,
+                        updated_at=now,
+                    )
+                ],
+            )
             repo.schedule_retry(
                 "A9", attempts=1, next_attempt_at=now, reason="r", now=now, event_id=100
             )

@@ -849,6 +849,21 @@ class LedgerRepository:
         query = select(_op_t).where(_op_t.c.appointment_id == appointment_id).order_by(_op_t.c.id)
         return _records(OperationRecord, self._s.execute(query))
 
+    def with_open_operations(self, appointment_ids: Collection[str]) -> set[str]:
+        """Which of these appointments have calls whose outcome is unknown (one query a batch)."""
+        out: set[str] = set()
+        for chunk in _chunks(appointment_ids):
+            rows = self._s.execute(
+                select(_op_t.c.appointment_id)
+                .where(
+                    _op_t.c.appointment_id.in_(chunk),
+                    _op_t.c.state.in_(OPEN_OPERATION_STATES),
+                )
+                .distinct()
+            )
+            out.update(aid for (aid,) in rows)
+        return out
+
     def resolve_open(self, appointment_id: str, now: datetime) -> int:
         """Close an appointment's open calls once its remote state was re-read and re-planned."""
         return self._run(_RESOLVE_OPEN, {"b_aid": appointment_id, "b_at": _utc(now)}).rowcount

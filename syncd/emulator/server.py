@@ -539,6 +539,10 @@ class _EmulatorHTTPServer(ThreadingHTTPServer):
             self._connections.discard(request)
         super().shutdown_request(request)
 
+    def open_connection_count(self) -> int:
+        with self._connections_lock:
+            return len(self._connections)
+
     def close_connections(self) -> None:
         """End kept-alive connections, so a stopped emulator really stops answering."""
         with self._connections_lock:
@@ -820,6 +824,13 @@ class Emulator:
     @property
     def base_url(self) -> str:
         return f"http://{self._bind_host}:{self.port}"
+
+    @property
+    def open_connections(self) -> int:
+        """Connections being served now, kept-alive ones included: 0 once every request of a
+        client that went away has been handled."""
+        server = self._server
+        return 0 if server is None else server.open_connection_count()
 
     # call log
 

@@ -1,0 +1,118 @@
+"""A real ``syncd`` process for tests: started with an environment, its output read as it comes.
+
+Tests wait for what the process says (a log event) or does (calls seen by the emulator), never
+for a fixed time: on a loaded machine a Python start alone can take seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 60, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return condition()
+
+
+class Syncd:
+    """``python -m syncd <args>`` with stdout and stderr collected by reader threads."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.args = args
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "syncd", *args],
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._out: list[str] = []
+        self._err: list[str] = []
+        self._lock = threading.Lock()
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.proc.stdout, self._out), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stderr, self._err), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, stream: Any, into: list[str]) -> None:
+        for line in stream:
+            with self._lock:
+                into.append(line)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def out(self) -> str:
+        with self._lock:
+            return "".join(self._out)
+
+    @property
+    def err(self) -> str:
+        with self._lock:
+            return "".join(self._err)
+
+    def events(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for line in self.out.splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue  # a line cut by SIGKILL
+        return out
+
+    def names(self) -> list[str]:
+        return [str(e.get("event")) for e in self.events()]
+
+    def wait_event(self, name: str, seconds: float = 60, count: int = 1) -> bool:
+        return wait_for(
+            lambda: self.names().count(name) >= count or not self.alive(), seconds
+        ) and (self.names().count(name) >= count)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def terminate(self, seconds: float = 30) -> int:
+        """SIGTERM and wait; SIGKILL if it does not stop in time."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+        return self.wait(seconds)
+
+    def kill(self) -> int:
+        if self.alive():
+            self.proc.send_signal(signal.SIGKILL)
+        return self.wait(30)
+
+    def wait(self, seconds: float = 60) -> int:
+        try:
+            code = self.proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(timeout=30)
+        for reader in self._readers:
+            reader.join(timeout=10)
+        return code
+
+    def __enter__(self) -> Syncd:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.alive():
+            self.kill()

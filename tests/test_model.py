@@ -1,0 +1,349 @@
+"""Scenario 5: a model-based test of the whole sync loop (Hypothesis ``RuleBasedStateMachine``).
+
+The model is what the EHR says: appointments with a status, a start, a provider and guests.  Rules
+edit it the way a clinic does (book, reschedule, cancel, re-book, add / change / rename / remove a
+participant, change provider) and write each change to a real SQLite outbox as a whole row; other
+rules make SecureVideo (the emulator) misbehave (5xx, a change applied then its answer dropped,
+429 with Retry-After), crash and restart syncd in process — a new App from the same settings,
+possibly with the crash between a remote success and its ledger commit — and run passes.
+
+Invariant: at quiescence (faults cleared, passes until nothing is due) SecureVideo holds exactly
+the EHR's appointments, and no ExternalSessionId is live twice.  At every step, no
+ExternalSessionId is live twice under the same host (across hosts it is, for an instant, while a
+provider change cancels under the old host and creates under the new one).
+
+Fast form: 4 programs of up to 30 steps (derandomized); long form (``--long``): 100 of up to 50.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from gateways import HookedGateway, SimulatedCrash
+from harness import ZONE, World, world
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from syncd.app import App
+
+BASE = datetime(2027, 3, 1, 9, 0)  # naive, America/New_York
+PROVIDERS = {"prov-001": 1001, "prov-002": 1002, "prov-003": 1003}
+GUEST_ZONES = {
+    "America/New_York": "Eastern Standard Time",
+    "America/Chicago": "Central Standard Time",
+    "America/Denver": "Mountain Standard Time",
+}
+SLOTS = st.integers(min_value=0, max_value=40)  # half-hour slots after BASE
+PICK = st.integers(min_value=0, max_value=10_000)  # which appointment or guest
+#: What the programs did, printed at the end (the long form's figures in docs/reliability.md).
+STATS: Counter[str] = Counter()
+
+
+@dataclass(frozen=True)
+class Guest:
+    external_id: str
+    full_name: str
+    email: str
+    zone: str
+
+    def as_row(self) -> dict[str, Any]:
+        return {
+            "external_id": self.external_id,
+            "full_name": self.full_name,
+            "email": self.email,
+            "time_zone": self.zone,
+            "deliver": "E",
+        }
+
+
+@dataclass
+class Appointment:
+    aid: str
+    status: str
+    slot: int
+    provider: str
+    guests: list[Guest] = field(default_factory=list)
+
+    @property
+    def starts(self) -> datetime:
+        return BASE + timedelta(minutes=30 * self.slot)
+
+    def as_row(self) -> dict[str, Any]:
+        return {
+            "appointment_id": self.aid,
+            "provider_external_id": self.provider,
+            "status": self.status,
+            "starts_at": self.starts,
+            "topic": "Model visit",
+            "is_recorded": False,
+            "participants": json.dumps([g.as_row() for g in self.guests]),
+        }
+
+
+class SyncLoop(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tmp = Path(tempfile.mkdtemp(prefix="syncd-model-"))
+        # Attempts are not what this model is about: a long fault streak must not park.
+        self._world = world(self.tmp, max_attempts=1000)
+        self.w: World = self._world.__enter__()
+        self.app: App = self.w.app()
+        self.model: dict[str, Appointment] = {}
+        self.numbers = itertools.count(1)
+        STATS["programs"] += 1
+
+    def teardown(self) -> None:
+        try:
+            if self.model:
+                self.settle_and_compare()
+            STATS.update(
+                f"fault:{kind}"
+                for kind, n in self.w.emulator.faults.injected.items()
+                for _ in range(n)
+            )
+            STATS["appointments"] += len(self.model)
+            STATS["mutating calls"] += len(self.w.emulator.mutating_calls())
+        finally:
+            self._world.__exit__(None, None, None)
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # --- the EHR -------------------------------------------------------------------------
+
+    def _write(self, appt: Appointment) -> None:
+        self.w.write(appt.as_row())
+
+    def _new_guest(self, zone: str) -> Guest:
+        n = next(self.numbers)
+        return Guest(f"pat-{n}", f"Zelda Canary{n}", f"canary{n}@phi.example", zone)
+
+    def _pick(self, status: str, index: int) -> Appointment:
+        candidates = sorted(
+            (a for a in self.model.values() if a.status == status), key=lambda a: a.aid
+        )
+        return candidates[index % len(candidates)]
+
+    def _has(self, status: str) -> bool:
+        return any(a.status == status for a in self.model.values())
+
+    @initialize(slot=SLOTS, provider=st.sampled_from(sorted(PROVIDERS)))
+    def first_booking(self, slot: int, provider: str) -> None:
+        self.book(slot, provider, 1, "America/New_York")
+
+    @rule(
+        slot=SLOTS,
+        provider=st.sampled_from(sorted(PROVIDERS)),
+        guests=st.integers(min_value=1, max_value=2),
+        zone=st.sampled_from(sorted(GUEST_ZONES)),
+    )
+    def book(self, slot: int, provider: str, guests: int, zone: str) -> None:
+        appt = Appointment(
+            aid=f"M{next(self.numbers)}",
+            status="booked",
+            slot=slot,
+            provider=provider,
+            guests=[self._new_guest(zone) for _ in range(guests)],
+        )
+        self.model[appt.aid] = appt
+        self._write(appt)
+
+    @precondition(lambda self: self._has("booked"))
+    @rule(pick=PICK, slot=SLOTS)
+    def reschedule(self, pick: int, slot: int) -> None:
+        appt = self._pick("booked", pick)
+        appt.slot = slot
+        self._write(appt)
+
+    @precondition(lambda self: self._has("booked"))
+    @rule(pick=PICK)
+    def cancel(self, pick: int) -> None:
+        appt = self._pick("booked", pick)
+        appt.status = "cancelled"
+        self._write(appt)
+
+    @precondition(lambda self: self._has("cancelled"))
+    @rule(pick=PICK, slot=SLOTS)
+    def rebook(self, pick: int, slot: int) -> None:
+        appt = self._pick("cancelled", pick)
+        appt.status, appt.slot = "booked", slot
+        self._write(appt)
+
+    @precondition(lambda self: self._has("booked"))
+    @rule(pick=PICK, zone=st.sampled_from(sorted(GUEST_ZONES)))
+    def add_participant(self, pick: int, zone: str) -> None:
+        appt = self._pick("booked", pick)
+        if len(appt.guests) < 3:
+            appt.guests.append(self._new_guest(zone))
+            self._write(appt)
+
+    @precondition(lambda self: self._has("booked"))
+    @rule(pick=PICK, which=PICK, zone=st.sampled_from(sorted(GUEST_ZONES)))
+    def change_participant(self, pick: int, which: int, zone: str) -> None:
+        appt = self._pick("booked", pick)
+        i = which % len(appt.guests)
+        n = next(self.numbers)
+        appt.guests[i] = replace(appt.guests[i], email=f"moved{n}@phi.example", zone=zone)
+        self._write(appt)
+
+    @precondition(lambda self: self._has("booked"))
+    @rule(pick=PICK, which=PICK)
+    def rename_participant(self, pick: int, which: int) -> None:
+        appt = self._pick("booked", pick)
+        i = which % len(appt.guests)
+        appt.guests[i] = replace(appt.guests[i], full_name=f"Zelda Renamed{next(self.numbers)}")
+        self._write(appt)
+
+    @precondition(lambda self: any(len(a.guests) > 1 for a in self.model.values()))
+    @rule(pick=PICK, which=PICK)
+    def remove_participant(self, pick: int, which: int) -> None:
+        several = sorted((a for a in self.model.values() if len(a.guests) > 1), key=lambda a: a.aid)
+        appt = several[pick % len(several)]
+        del appt.guests[which % len(appt.guests)]
+        self._write(appt)
+
+    @precondition(lambda self: self._has("booked"))
+    @rule(pick=PICK, provider=st.sampled_from(sorted(PROVIDERS)))
+    def change_provider(self, pick: int, provider: str) -> None:
+        appt = self._pick("booked", pick)
+        appt.provider = provider
+        self._write(appt)
+
+    # --- SecureVideo misbehaving -----------------------------------------------------------
+
+    @rule(n=st.integers(min_value=1, max_value=3), status=st.sampled_from([500, 502, 503]))
+    def server_errors(self, n: int, status: int) -> None:
+        self.w.emulator.faults.fail_next(n, status=status)
+
+    @rule(n=st.integers(min_value=1, max_value=2))
+    def answers_lost_after_apply(self, n: int) -> None:
+        self.w.emulator.faults.drop_after_apply_next(n)
+
+    @rule(n=st.integers(min_value=1, max_value=2))
+    def throttled(self, n: int) -> None:
+        self.w.emulator.faults.throttle_next(n, retry_after=0.05)
+
+    # --- syncd -----------------------------------------------------------------------------
+
+    @rule()
+    def run_pass(self) -> None:
+        self.app.engine.run_pass()
+        STATS["passes"] += 1
+
+    @rule()
+    def restart(self) -> None:
+        """A new App from the same settings: what a process restart keeps is the ledger."""
+        self.app.close()
+        self.w.apps.remove(self.app)
+        self.app = self.w.app()
+        STATS["restarts"] += 1
+
+    @rule(after=st.integers(min_value=1, max_value=4))
+    def crash_between_call_and_commit(self, after: int) -> None:
+        """The process dies after SecureVideo applied the ``after``-th call of a pass, before
+        the ledger heard of it; then it restarts."""
+
+        def die(_kind: str) -> None:
+            raise SimulatedCrash
+
+        self.app.engine.gateway = HookedGateway(
+            self.app.gateway, hook=die, when=lambda _kind, count: count == after
+        )
+        try:
+            self.app.engine.run_pass()
+        except SimulatedCrash:
+            STATS["crashes between call and commit"] += 1
+        self.restart()
+
+    # --- invariants ------------------------------------------------------------------------
+
+    @invariant()
+    def never_twice_under_one_host(self) -> None:
+        live = Counter(
+            (s.external_session_id, s.user_id)
+            for s in self.w.emulator.state.sessions()
+            if s.schedule_type != "Cancelled"
+        )
+        assert [k for k, n in live.items() if n > 1] == []
+
+    @rule()
+    def settle_and_compare(self) -> None:
+        """Quiescence: faults cleared, passes until nothing is due; then SecureVideo == EHR.
+
+        The first pass still meets the faults armed since the last pass (each fault is counted:
+        "the next n calls"), so none of them goes unexercised.
+        """
+        deadline = time.monotonic() + 30
+        STATS["quiescence checks"] += 1
+        while True:
+            self.app.engine.run_pass()
+            STATS["passes"] += 1
+            self.w.emulator.faults.clear()
+            with self.app.ledger.begin() as repo:
+                pending = repo.pending_count()
+                parked = repo.parked()
+            assert parked == [], [(p.appointment_id, p.reason) for p in parked]
+            if pending == 0:
+                break
+            assert time.monotonic() < deadline, "no quiescence within 30 s"
+            time.sleep(0.02)  # a back-off (Retry-After) may still be running
+        self.compare()
+
+    def compare(self) -> None:
+        emulator = self.w.emulator
+        assert emulator.duplicate_external_session_ids() == {}
+        zone = ZoneInfo(ZONE)
+        for aid, appt in sorted(self.model.items()):
+            live = self.w.live(aid)
+            if appt.status == "cancelled":
+                assert live == [], aid
+                continue
+            assert len(live) == 1, (aid, live)
+            (session,) = live
+            assert session.user_id == PROVIDERS[appt.provider], aid
+            starts_utc = appt.starts.replace(tzinfo=zone).astimezone(UTC).replace(tzinfo=None)
+            assert session.schedule_ts == starts_utc, aid
+            remote = sorted(
+                (p.external_id, p.full_name, p.email, p.time_zone_windows_id)
+                for p in session.participants[1:]
+            )
+            wanted = sorted(
+                (g.external_id, g.full_name, g.email, GUEST_ZONES[g.zone]) for g in appt.guests
+            )
+            assert remote == wanted, aid
+        # Nothing live that the EHR does not know.
+        assert set(emulator.live_sessions_by_external_id()) <= set(self.model)
+
+
+def test_the_sync_loop_against_its_model(long_run: bool) -> None:
+    STATS.clear()
+    run_state_machine_as_test(
+        SyncLoop,
+        settings=settings(
+            max_examples=100 if long_run else 4,
+            stateful_step_count=50 if long_run else 30,
+            deadline=None,
+            derandomize=not long_run,
+            # Every step is real I/O, so shrinking a failure takes minutes: the fast form reports
+            # the program as found; the long form shrinks it.
+            phases=list(Phase) if long_run else [Phase.explicit, Phase.reuse, Phase.generate],
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
+    print("\nmodel:", ", ".join(f"{k} {v}" for k, v in sorted(STATS.items())))
