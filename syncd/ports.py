@@ -13,6 +13,20 @@ from typing import Protocol
 
 from syncd.domain import CreateSession, Guest, RemoteSession
 
+#: The outbox contract's columns, in the contract's order.  The reader maps each to the EHR's own
+#: name (``SYNCD_OUTBOX__COLUMNS__<NAME>``).
+CONTRACT_COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "appointment_id",
+    "provider_external_id",
+    "status",
+    "starts_at",
+    "topic",
+    "is_recorded",
+    "participants",
+    "created_at",
+)
+
 
 class SessionGateway(Protocol):
     """SecureVideo, in domain terms.  Raises the errors of ``syncd.errors``."""

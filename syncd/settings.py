@@ -46,6 +46,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from syncd.errors import ConfigError
+from syncd.ports import CONTRACT_COLUMNS
 
 __all__ = [
     "CONFIG_FILE_ENV",
@@ -75,18 +76,6 @@ DEFAULT_SECRETS_DIR = Path("/run/secrets")
 #: SYNCD_* variables that choose where settings come from rather than being settings themselves.
 SOURCE_ENV_VARS: frozenset[str] = frozenset({CONFIG_FILE_ENV, SECRETS_DIR_ENV})
 
-#: Column names of the outbox contract; `OutboxSettings.columns` maps each to the EHR's own name.
-CONTRACT_COLUMNS: tuple[str, ...] = (
-    "event_id",
-    "appointment_id",
-    "provider_external_id",
-    "status",
-    "starts_at",
-    "topic",
-    "is_recorded",
-    "participants",
-    "created_at",
-)
 
 # fullmatch, not `$`: `$` also matches before a trailing newline.
 _IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]{0,62}"

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from syncd.errors import ConfigError
-from syncd.ports import OutboxRef, OutboxRow
+from syncd.ports import CONTRACT_COLUMNS, OutboxRef, OutboxRow
 
 __all__ = [
     "CONTRACT_COLUMNS",
@@ -36,18 +36,6 @@ __all__ = [
 ]
 
 DEFAULT_TABLE = "appointment_outbox"
-#: the outbox contract's columns, in the contract's order
-CONTRACT_COLUMNS: tuple[str, ...] = (
-    "event_id",
-    "appointment_id",
-    "provider_external_id",
-    "status",
-    "starts_at",
-    "topic",
-    "is_recorded",
-    "participants",
-    "created_at",
-)
 #: the most ids in one ``IN (...)`` list: far below every driver's bound-parameter limit
 #: (SQL Server 2100, SQLite 32766, older SQLite 999 is the tightest at 999)
 IN_LIST_CHUNK = 500

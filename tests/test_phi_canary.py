@@ -1,0 +1,143 @@
+"""Scenario 7, the PHI canary: patients with unique, searchable names, e-mail addresses and phone
+numbers go through everything that can go wrong, at DEBUG, and none of their values may turn up
+anywhere syncd writes: its stdout and stderr, its exception texts, the ledger file (its bytes and
+every row of every table), ``syncd status`` and ``syncd plan``.
+
+The other scenarios (crash sweep, lost answers, overload, graceful stop) run at DEBUG with canary
+patients too and make the same search in what they produce.  This one adds what they do not
+provoke: bad rows carrying canary values in the wrong places, and a SecureVideo that quotes what it
+was sent back in its error messages (a 400, and a 500 that leaves the call ambiguous).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from chaos import (
+    EhrModel,
+    ForkServer,
+    canary_hits,
+    expire_lease,
+    fork_server,
+    log_events,
+    run_syncd,
+    sqlite_dump,
+    syncd_env,
+    wait_or_kill,
+)
+from harness import ZONE, guest, row, world
+
+from syncd.crashpoints import ENV as CRASHPOINT_ENV
+from syncd.errors import InvalidRowError
+from syncd.rows import parse_row
+
+T = datetime(2027, 2, 10, 9, 0)
+
+#: Rows an EHR can get wrong, each with canary values where they do not belong.
+BAD_ROWS = [
+    row("BAD1", starts=T, guests=[guest(901, email="Zelda Canary901 at phi.example")]),
+    row("BAD2", starts=T, guests=[guest(902, time_zone="Zelda/Canary902")]),
+    row("BAD3", starts=T, guests=[guest(903, sms="Zelda-1555777-0903x")]),
+    row("BAD4", starts=T, participants='[{"full_name": "Zelda Canary904", "email": "canary904@'),
+    row("BAD5", starts=T, guests=[guest(905, deliver="Zelda Canary905")]),
+    row("BAD6", starts=T, participants='["Zelda Canary906", "canary906@phi.example"]'),
+    row("BAD7", starts=T, status="canary907@phi.example", guests=[guest(907)]),
+]
+
+
+@pytest.fixture
+def spawner() -> ForkServer:
+    return fork_server()
+
+
+def test_the_parser_names_fields_not_values() -> None:
+    for bad in BAD_ROWS:
+        with pytest.raises(InvalidRowError) as caught:
+            parse_row(bad | {"event_id": 1}, zone=ZoneInfo(ZONE))
+        text = f"{caught.value}\n{caught.value!r}\n{caught.value.problem}"
+        assert canary_hits(text, f"{bad['appointment_id']} exception text") == []
+
+
+@pytest.mark.timeout(600)
+def test_no_canary_leaves_the_ehr(tmp_path: Path, spawner: ForkServer) -> None:
+    out = tmp_path / "syncd.out"
+    with world(tmp_path) as w:
+        env = syncd_env(w, LOG__LEVEL="DEBUG", SYNC__BASE_BACKOFF_SECONDS=0.01)
+        model = EhrModel(random.Random(11), size=10, prefix="P")
+        w.write(*model.rows(10), *BAD_ROWS)
+
+        # SecureVideo quoting the patient back.  One worker, so that the call it answers is
+        # the first due appointment's, whose patients it quotes, as a real server would.
+        def quoting(appointment_id: str) -> str:
+            guests = model.bookings[appointment_id].guests
+            return "; ".join(f"{g['full_name']} <{g['email']}> {g['sms']}" for g in guests)
+
+        def once(*extra: str, **more: str) -> int:
+            return wait_or_kill(spawner.spawn(["once", *extra], env | more, out), 60)
+
+        # A refusal that parks the appointment...
+        w.emulator.faults.fail_next(1, 400, ("POST",), f"Invalid participant {quoting('P001')}")
+        codes = [once(SYNCD_SYNC__CONCURRENCY="1")]
+        # ...a 500 that quotes (ambiguous), lost answers, and a crash between a create's answer
+        # and its ledger commit.
+        changed = {r["appointment_id"] for r in model.rows(15)}
+        w.write(*(model.bookings[a].row() for a in sorted(changed)))
+        w.emulator.faults.fail_next(
+            1, 500, ("POST", "PUT", "DELETE"), f"Could not notify {quoting(min(changed))}"
+        )
+        w.emulator.faults.drop_after_apply_next(2)
+        codes.append(once(SYNCD_SYNC__CONCURRENCY="1"))
+        w.write(*model.rows(10))
+        codes.append(once(**{CRASHPOINT_ENV: "after_call:1"}))
+        expire_lease(w)
+        codes.append(once())
+        w.write(*model.rows(5))
+        # What an operator runs: plan, status, retry, check.
+        codes.append(run_syncd(["plan"], env, out))  # once by a brand-new interpreter
+        for command in (
+            ["plan", "--detailed-exitcode"],
+            ["status"],
+            ["status", "--json"],
+            ["retry", "--all-parked"],
+            ["once"],
+            ["status"],
+            ["check"],
+        ):
+            codes.append(wait_or_kill(spawner.spawn(command, env, out), 60))
+
+        # The search does find the canaries where they belong: the EHR's own database.
+        ehr_bytes = (tmp_path / "ehr.sqlite3").read_bytes()
+        ledger_files = sorted(tmp_path.glob("ledger.sqlite3*"))
+        ledger_bytes = b"".join(p.read_bytes() for p in ledger_files)
+        ledger_rows = sqlite_dump(tmp_path / "ledger.sqlite3")
+        with w.app().ledger.begin() as repo:
+            parked = [p.appointment_id for p in repo.parked()]
+
+    text = out.read_text()
+    events = log_events(text)
+    print(
+        f"\nPHI canary: exit codes {codes}; {len(events)} log events at DEBUG, "
+        f"{len(text)} characters of output; ledger {len(ledger_bytes)} bytes in "
+        f"{len(ledger_files)} file(s), {ledger_rows.count(chr(10)) + 1} rows; parked {parked}"
+    )
+    # The run did meet what it was meant to meet.
+    assert codes[2] == -9
+    assert sorted(parked) == [f"BAD{n}" for n in range(1, 8)]  # P001 got un-parked by retry
+    assert any(e.get("outcome") == "ambiguous" for e in events)
+    assert any(e.get("level") == "debug" for e in events)
+    assert any("refused" in json.dumps(e) for e in events)
+    assert text.count("[redacted]") >= 3  # the quoting server was met, in the log and in status
+    assert len(canary_hits(ehr_bytes, "the EHR")) >= 4
+    # And nothing of a patient left the EHR.
+    hits = [
+        *canary_hits(text, "stdout/stderr of syncd once/plan/status/retry/check"),
+        *canary_hits(ledger_bytes, "ledger file bytes"),
+        *canary_hits(ledger_rows, "ledger rows"),
+    ]
+    assert hits == []
+    assert "Traceback" not in text
