@@ -22,6 +22,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from syncd.engine import PassReport, SyncEngine
 from syncd.lease import LeaderLease
+from syncd.redact import without_quoted_values
 
 log = structlog.get_logger("syncd.daemon")
 
@@ -230,5 +231,6 @@ def _install(stop: threading.Event) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
+    # Quoted parts dropped: a driver's error can quote the row value it choked on.
     text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    return without_quoted_values(text[0][:300]) if text else type(exc).__name__

@@ -14,6 +14,14 @@ from syncd.domain import Appointment
 _EMAIL = re.compile(r"[^\s@\"'<>(),;:]+@[^\s@\"'<>(),;:]+\.[A-Za-z]{2,}")
 _PHONE = re.compile(r"\+?\d[\d\s().-]{6,}\d")
 MAX_REASON = 500
+#: A driver may quote the value it choked on ("invalid input syntax for type timestamp: '…'").
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def without_quoted_values(text: str) -> str:
+    """A database driver's message with whatever stands between quotes dropped: the sentence says
+    what went wrong, the quoted part is where a row's value (a patient's) would appear."""
+    return _QUOTED.sub("'…'", text)
 
 
 def redact(text: str, appointment: Appointment | None = None) -> str:

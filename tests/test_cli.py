@@ -221,3 +221,10 @@ def test_a_database_error_at_start_quotes_no_value() -> None:
     assert line is not None
     assert line.startswith("database unavailable: invalid input syntax for type timestamp")
     assert "Zelda" not in line
+
+
+def test_the_degraded_line_quotes_no_value() -> None:
+    from syncd.daemon import _first_line
+
+    line = _first_line(Exception("invalid input syntax for type timestamp: 'Zelda Canary'\nDETAIL"))
+    assert line == "invalid input syntax for type timestamp: '…'"

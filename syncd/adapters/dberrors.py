@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
-
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from syncd.errors import TemporaryError
+from syncd.redact import without_quoted_values
 
 _OUTAGE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError)
 
@@ -31,10 +30,5 @@ def describe_database_error(exc: BaseException) -> str | None:
         return None
     original = getattr(exc, "orig", None) or exc
     lines = str(original).strip().splitlines()
-    first = _QUOTED.sub("'…'", lines[0][:300]) if lines else type(original).__name__
+    first = without_quoted_values(lines[0][:300]) if lines else type(original).__name__
     return f"database unavailable: {first}"
-
-
-#: A driver may quote the value it choked on ("invalid input syntax for type timestamp: '…'"):
-#: whatever stands between quotes is dropped, the rest of the driver's sentence kept.
-_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
