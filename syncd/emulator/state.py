@@ -817,18 +817,33 @@ class EmulatorState:
         return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
 
     def _host_participation(self, host: HostUser) -> ParticipantRecord:
+        return self._user_participation(host, code="E")
+
+    def _user_participation(
+        self,
+        user: HostUser,
+        *,
+        code: str,
+        packet_id: int | None = None,
+        svc_id: int | None = None,
+        deposit: float | None = None,
+    ) -> ParticipantRecord:
+        """A user of the account in a session: the host, or a SecureVideo user as a guest."""
         return ParticipantRecord(
             participation_id=0,
-            full_name=host.full_name,
-            secure_video_user_id=host.user_id,
-            email=host.email,
+            full_name=user.full_name,
+            secure_video_user_id=user.user_id,
+            email=user.email,
             sms="",
             default_resolution="high",
-            time_zone_windows_id=host.time_zone_windows_id,
-            external_id=host.external_id,
+            time_zone_windows_id=user.time_zone_windows_id,
+            external_id=user.external_id,
             connect_code=self._connect_code(),
             passkey="",
-            should_auto_deliver_code="E",
+            should_auto_deliver_code=code,
+            packet_id=packet_id,
+            svc_id=svc_id,
+            deposit_required=deposit,
         )
 
     def _new_participation(self, raw: Any, host: HostUser) -> ParticipantRecord:
@@ -847,21 +862,8 @@ class EmulatorState:
                 )
             code = _optional_str(request, "ShouldAutoDeliverCode") or "E"
             _check_delivery(code, user.email, "")
-            return ParticipantRecord(
-                participation_id=0,
-                full_name=user.full_name,
-                secure_video_user_id=user.user_id,
-                email=user.email,
-                sms="",
-                default_resolution="high",
-                time_zone_windows_id=user.time_zone_windows_id,
-                external_id=user.external_id,
-                connect_code=self._connect_code(),
-                passkey="",
-                should_auto_deliver_code=code,
-                packet_id=packet_id,
-                svc_id=svc_id,
-                deposit_required=deposit,
+            return self._user_participation(
+                user, code=code, packet_id=packet_id, svc_id=svc_id, deposit=deposit
             )
         name = (_optional_str(request, "ParticipantFullName") or "").strip()
         if len(name) < 2:
