@@ -103,8 +103,24 @@ def backlog(n: int, seed: int = 7, prep: bool = True) -> Backlog:
     return Backlog(prep=[appointment(i) for i in existing], changes=changes)
 
 
-def run_once(env: dict[str, str]) -> tuple[float, dict[str, Any], int, str]:
-    """Run `syncd once`; returns (process wall s, pass_finished event, peak RSS KiB, stderr)."""
+@dataclass
+class Run:
+    wall: float
+    finished: dict[str, Any]
+    rss_kib: int
+    #: CPU seconds (user + system) of the syncd process, and of this process (the emulator) meanwhile
+    syncd_cpu: float
+    emulator_cpu: float
+
+
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_once(env: dict[str, str]) -> Run:
+    """Run `syncd once` as a fresh process."""
+    children_before, self_before = _cpu(resource.RUSAGE_CHILDREN), _cpu(resource.RUSAGE_SELF)
     started = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "syncd", "once"],
@@ -124,7 +140,13 @@ def run_once(env: dict[str, str]) -> tuple[float, dict[str, Any], int, str]:
             finished = json.loads(line)
     if proc.returncode not in (0, 1):
         raise SystemExit(f"syncd once failed ({proc.returncode}): {err.strip()[-2000:]}")
-    return wall, finished, rss, err
+    return Run(
+        wall,
+        finished,
+        rss,
+        syncd_cpu=_cpu(resource.RUSAGE_CHILDREN) - children_before,
+        emulator_cpu=_cpu(resource.RUSAGE_SELF) - self_before,
+    )
 
 
 def startup_seconds(env: dict[str, str]) -> float:
@@ -186,11 +208,12 @@ def measure(
         emu.calls_clear()
         emu.faults.latency(latency)
         env["SYNCD_LOG__LEVEL"] = "INFO"  # pass_finished carries the pass's own duration
-        wall, finished, rss, _ = run_once(env)
+        run = run_once(env)
         calls = emu.calls
         ehr.dispose()
     mutating = sum(1 for c in calls if c.mutating)
     reads = sum(1 for c in calls if c.method == "GET")
+    wall, finished, rss = run.wall, run.finished, run.rss_kib
     pass_s = finished.get("duration_ms", 0) / 1000
     bound = mutating * latency / concurrency
     sessions = check_order(calls)
@@ -207,6 +230,8 @@ def measure(
         "bound_s": round(bound, 2),
         "ratio": round(bound / pass_s, 3) if pass_s else None,
         "peak_rss_mb": round(rss / 1024, 1),
+        "syncd_cpu_ms_per_change": round(run.syncd_cpu * 1000 / len(work.changes), 3),
+        "emulator_cpu_ms_per_call": round(run.emulator_cpu * 1000 / max(1, len(calls)), 3),
         "ordered_sessions": sessions,
         "outcomes": finished.get("counts"),
     }
@@ -252,9 +277,10 @@ def local_cost(args: argparse.Namespace, concurrency: int, work: Backlog) -> dic
         for i in range(0, len(work.changes), 5000):
             ehr.append_many(work.changes[i : i + 5000])
         gateway.calls = 0
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         report = engine.run_pass()
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started
         engine.close()
         ledger.dispose()
         ehr.dispose()
@@ -265,6 +291,9 @@ def local_cost(args: argparse.Namespace, concurrency: int, work: Backlog) -> dic
         "changes": len(work.changes),
         "pass_s": round(elapsed, 2),
         "local_ms_per_row": round(elapsed * 1000 / len(work.changes), 3),
+        # CPU of this process (engine, ledger, outbox and the in-process emulator model): the
+        # same figure on a machine busy with something else
+        "local_cpu_ms_per_row": round(cpu * 1000 / len(work.changes), 3),
         "calls": gateway.calls,
         "outcomes": dict(report.outcomes),
     }

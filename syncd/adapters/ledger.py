@@ -13,8 +13,9 @@ caller frames (``with sessions.begin() as s: LedgerRepository(s)...``): it never
 from __future__ import annotations
 
 import importlib.util
+import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -1215,12 +1216,19 @@ class Ledger:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = make_sessionmaker(engine)
+        # SQLite has one writer at a time; threads that collide wait in its busy handler, which
+        # sleeps 1, 2, 5, 10… ms between tries.  Taking turns on a lock in this process instead
+        # hands the database over at once (16 workers spent ~0.7 ms more CPU per appointment
+        # than one did).  Other processes are still held off by the busy timeout.
+        self._turn: AbstractContextManager[object] = (
+            threading.RLock() if engine.dialect.name == "sqlite" else nullcontext()
+        )
 
     @contextmanager
     def begin(self) -> Iterator[LedgerRepository]:
         # A Core connection, not an ORM Session: the repository only runs Core statements, and
         # the Session's unit-of-work machinery cost more per statement than SQLite itself.
-        with self.engine.begin() as connection:
+        with self._turn, self.engine.begin() as connection:
             yield LedgerRepository(connection)
 
     @property
