@@ -571,7 +571,16 @@ class SyncEngine:
                     else None
                 )
                 try:
-                    result = self._apply(op, appt, call_failures + 1, report, on_outcome=settle)
+                    result = self._apply(
+                        op,
+                        appt,
+                        call_failures + 1,
+                        report,
+                        on_outcome=settle,
+                        # Nothing of this appointment's participants is on file yet: a create
+                        # needs no DELETE before its INSERT.
+                        participants_on_file=bool(known or progressed),
+                    )
                 except AuthenticationError as exc:
                     return self._auth(exc, report)
                 except PermanentError as exc:
@@ -643,6 +652,7 @@ class SyncEngine:
         report: PassReport,
         *,
         on_outcome: Settler | None = None,
+        participants_on_file: bool = True,
     ) -> RemoteSession | None:
         """intent → call → outcome for one operation.  ``on_outcome`` is asked, given the answer,
         whether the appointment is settled; its writer then runs in the outcome's transaction."""
@@ -706,7 +716,14 @@ class SyncEngine:
             repo.record_outcome(
                 op_id, state="applied", detail=None, session_id=new_session_id, now=self.clock.now()
             )
-            self._record_effects(repo, op, appt, result, settling=settle is not None)
+            self._record_effects(
+                repo,
+                op,
+                appt,
+                result,
+                settling=settle is not None,
+                participants_on_file=participants_on_file,
+            )
             if settle is not None:
                 settle(repo)
         crashpoint("after_commit")
@@ -747,6 +764,7 @@ class SyncEngine:
         result: RemoteSession | None,
         *,
         settling: bool = False,
+        participants_on_file: bool = True,
     ) -> None:
         """Keep in the ledger what SecureVideo won't tell us later: the session and packet ids.
 
@@ -778,6 +796,7 @@ class SyncEngine:
                         )
                         for g in op.guests
                     ],
+                    clear=participants_on_file,
                 )
             case AddParticipant() | UpdateParticipant() if result is not None:
                 self._remember(
