@@ -810,9 +810,7 @@ class SyncEngine:
             case RemoveParticipant():
                 repo.delete_participant(aid, op.external_id)
             case CancelSession():
-                with_session = repo.get(aid)
-                if with_session is not None and with_session.session_id == op.session_id:
-                    repo.set_session(aid, session_id=None, host_external_id=None, now=now)
+                if repo.forget_session(aid, op.session_id, now=now):
                     repo.delete_participants_of(aid)
             case _:
                 pass

@@ -19,8 +19,10 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.adapters.ledger import (
+    _INSERT_INTENT,
     TEXT_LIMIT,
     AppointmentRecord,
+    Ledger,
     LedgerRepository,
     OperationRecord,
     ParticipantRecord,
@@ -550,6 +552,119 @@ def test_set_session(ledger_sessions: sessionmaker[Session]) -> None:
         repo.set_session("a", session_id=None, host_external_id=None, now=T2)
         got = repo.get("a")
         assert got is not None and (got.session_id, got.host_external_id) == (None, None)
+
+
+def test_forget_session_only_forgets_the_session_on_file(
+    ledger_sessions: sessionmaker[Session],
+) -> None:
+    with tx(ledger_sessions) as repo:
+        repo.note_events({"a": 1}, now=T0)
+        repo.set_session("a", session_id=9001, host_external_id="dr-1", now=T1)
+        assert not repo.forget_session("a", 9002, now=T2)  # another session: kept
+        got = repo.get("a")
+        assert got is not None and got.session_id == 9001
+        assert repo.forget_session("a", 9001, now=T2)
+        got = repo.get("a")
+        assert got is not None and (got.session_id, got.host_external_id) == (None, None)
+        assert got.updated_at == T2
+
+
+def journal_one_of_each(repo: LedgerRepository, aid: str) -> None:
+    """Every statement the engine runs per appointment, as the engine runs them."""
+    repo.note_events({aid: 3}, now=T0)
+    op = repo.record_intent(
+        appointment_id=aid,
+        event_id=3,
+        op="create",
+        session_id=None,
+        participant_external_id=None,
+        attempt=1,
+        now=T0,
+        pid=42,
+    )
+    repo.set_session(aid, session_id=None, host_external_id="dr-1", now=T0)
+    repo.record_outcome(op, state="applied", detail=None, session_id=9001, now=T1)
+    people = [
+        ParticipantRecord(aid, f"pat-{n}", 9001, 70 + n, None if n else 5, FP, T1) for n in (0, 1)
+    ]
+    repo.replace_participants(aid, people, clear=False)
+    repo.replace_participants(aid, people[:1])
+    repo.mark_synced(
+        aid,
+        event_id=3,
+        fingerprint=FP,
+        session_id=9001,
+        host_external_id="dr-1",
+        now=T1,
+        schedule_ts=T2,
+    )
+    op2 = repo.record_intent(
+        appointment_id=aid,
+        event_id=3,
+        op="cancel",
+        session_id=9001,
+        participant_external_id=None,
+        attempt=2,
+        now=T1,
+        pid=42,
+    )
+    repo.record_outcome(op2, state="failed", detail="SecureVideo answered 503", now=T2)
+    assert repo.forget_session(aid, 9001, now=T2)
+    repo.delete_participants_of(aid)
+    repo.mark_skipped(aid, event_id=3, reason="status leaves SecureVideo alone", now=T2)
+    repo.mark_synced(
+        aid, event_id=2, fingerprint=FP, session_id=None, host_external_id=None, now=T2
+    )
+
+
+def test_the_sqlite_ledgers_direct_statements_store_what_sqlalchemy_stores(
+    tmp_path: Path,
+) -> None:
+    """On SQLite, ``Ledger.begin()`` runs the hot-path statements on the driver's cursor; the rows
+    must be exactly those SQLAlchemy's own execution writes."""
+    direct = Ledger(create_ledger_engine(f"sqlite:///{tmp_path}/direct.db"))
+    plain = create_ledger_engine(f"sqlite:///{tmp_path}/plain.db")
+    try:
+        migrate(direct.engine)
+        migrate(plain)
+        with direct.begin() as repo:
+            journal_one_of_each(repo, "A1")
+        with make_sessionmaker(plain).begin() as session:
+            journal_one_of_each(LedgerRepository(session), "A1")
+        assert any(key[0] == "sqlite" for key in _INSERT_INTENT._plans)  # it did run directly
+
+        def dump(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+            with engine.connect() as conn:
+                return {
+                    t.name: [tuple(r) for r in conn.exec_driver_sql(f"SELECT * FROM {t.name}")]
+                    for t in metadata.sorted_tables
+                    if t.name != "sync_cursor"
+                }
+
+        stored = dump(direct.engine)
+        assert stored["operation"] and stored["appointment"]
+        assert stored == dump(plain)
+    finally:
+        direct.dispose()
+        plain.dispose()
+
+
+def test_the_sqlite_ledgers_direct_statements_fail_as_sqlalchemy_errors_without_values(
+    tmp_path: Path,
+) -> None:
+    ledger = Ledger(create_ledger_engine(f"sqlite:///{tmp_path}/ledger.db"))
+    try:
+        migrate(ledger.engine)
+        canary = "canary-7f3a@phi.example"
+        twice = [ParticipantRecord("A1", canary, 9001, 70, None, FP, T1)] * 2
+        with pytest.raises(IntegrityError) as caught, ledger.begin() as repo:
+            repo.note_events({"A1": 1}, now=T0)
+            repo.replace_participants("A1", twice, clear=False)
+        assert canary not in str(caught.value)
+        with ledger.begin() as repo:  # rolled back, and the connection still serves
+            assert repo.get("A1") is None
+    finally:
+        ledger.dispose()
 
 
 def test_unknown_appointments_raise(ledger_sessions: sessionmaker[Session]) -> None:
