@@ -108,7 +108,7 @@ class Run:
     wall: float
     finished: dict[str, Any]
     rss_kib: int
-    #: CPU seconds (user + system) of the syncd process, and of this process (the emulator) meanwhile
+    #: CPU seconds (user + system) of the syncd process, and of this one (the emulator) meanwhile
     syncd_cpu: float
     emulator_cpu: float
 
@@ -277,6 +277,7 @@ def local_cost(args: argparse.Namespace, concurrency: int, work: Backlog) -> dic
         for i in range(0, len(work.changes), 5000):
             ehr.append_many(work.changes[i : i + 5000])
         gateway.calls = 0
+        gateway.server_side.seconds = 0.0
         started, cpu_started = time.perf_counter(), time.process_time()
         report = engine.run_pass()
         elapsed = time.perf_counter() - started
@@ -294,6 +295,13 @@ def local_cost(args: argparse.Namespace, concurrency: int, work: Backlog) -> dic
         # CPU of this process (engine, ledger, outbox and the in-process emulator model): the
         # same figure on a machine busy with something else
         "local_cpu_ms_per_row": round(cpu * 1000 / len(work.changes), 3),
+        # of which SecureVideo's side (the emulator's model and its JSON answers), not syncd's
+        "server_side_cpu_ms_per_row": round(
+            gateway.server_side.seconds * 1000 / len(work.changes), 3
+        ),
+        "syncd_cpu_ms_per_row": round(
+            (cpu - gateway.server_side.seconds) * 1000 / len(work.changes), 3
+        ),
         "calls": gateway.calls,
         "outcomes": dict(report.outcomes),
     }

@@ -612,6 +612,7 @@ def journal_one_of_each(repo: LedgerRepository, aid: str) -> None:
     assert repo.forget_session(aid, 9001, now=T2)
     repo.delete_participants_of(aid)
     repo.mark_skipped(aid, event_id=3, reason="status leaves SecureVideo alone", now=T2)
+    assert repo.note_events({aid: 4, "other": 1}, {aid: FP}, now=T2) == 2
     repo.mark_synced(
         aid, event_id=2, fingerprint=FP, session_id=None, host_external_id=None, now=T2
     )

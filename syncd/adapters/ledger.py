@@ -342,6 +342,25 @@ class _Written:
     inserted_primary_key: tuple[Any, ...] | None
 
 
+_INSERT_APPOINTMENT = _Prepared(insert(_appt_t))
+# The event guard in the WHERE keeps this right even if another writer got there first.
+_RENEW_APPOINTMENT = _Prepared(
+    update(_appt_t)
+    .where(
+        _appt_t.c.appointment_id == bindparam("b_id"),
+        _appt_t.c.last_event_id < bindparam("b_event"),
+    )
+    .values(
+        last_event_id=bindparam("b_event"),
+        desired_fingerprint=bindparam("b_print"),
+        state=PENDING,
+        attempts=0,
+        reason=None,
+        next_attempt_at=None,
+        parked_at=None,
+        updated_at=bindparam("b_at"),
+    )
+)
 _INSERT_INTENT = _Prepared(insert(_op_t))
 _CLOSE_OPERATION_STATEMENT = (
     update(_op_t)
@@ -692,28 +711,9 @@ class LedgerRepository:
             if aid in known and ev > known[aid]
         ]
         if fresh:
-            self._run(insert(_appt_t), fresh)
+            self._run(_INSERT_APPOINTMENT, fresh)
         if newer:
-            c = _appt_t.c
-            # The event guard in the WHERE keeps this right even if another writer got there first.
-            self._run(
-                update(_appt_t)
-                .where(
-                    c.appointment_id == bindparam("b_id"),
-                    c.last_event_id < bindparam("b_event"),
-                )
-                .values(
-                    last_event_id=bindparam("b_event"),
-                    desired_fingerprint=bindparam("b_print"),
-                    state=PENDING,
-                    attempts=0,
-                    reason=None,
-                    next_attempt_at=None,
-                    parked_at=None,
-                    updated_at=now,
-                ),
-                newer,
-            )
+            self._run(_RENEW_APPOINTMENT, [row | {"b_at": now} for row in newer])
         return len(fresh) + len(newer)
 
     def due(
@@ -1364,6 +1364,8 @@ class Ledger:
         self._sqlite = engine.dialect.name == "sqlite"
         self._turn = threading.RLock()
         self._shared: Connection | None = None
+        #: a transaction of the shared connection is open (in the thread holding the turn)
+        self._open = False
 
     @contextmanager
     def begin(self) -> Iterator[LedgerRepository]:
@@ -1374,16 +1376,24 @@ class Ledger:
                 yield LedgerRepository(connection)
             return
         with self._turn:
-            if self._shared is None or self._shared.closed or self._shared.invalidated:
-                self._shared = self.engine.connect()
-            connection = self._shared
-            if connection.in_transaction():
+            if self._open:
                 # A transaction inside another one of the same thread: its own connection.
                 with self.engine.begin() as nested:
                     yield LedgerRepository(nested)
                 return
-            with connection.begin():
+            if self._shared is None or self._shared.closed or self._shared.invalidated:
+                self._shared = self.engine.connect()
+            connection = self._shared
+            self._open = True
+            try:
                 yield LedgerRepository(connection, direct=True)
+            except BaseException:
+                _end(connection, commit=False)
+                raise
+            else:
+                _end(connection, commit=True)
+            finally:
+                self._open = False
 
     @property
     def dialect(self) -> str:
@@ -1395,6 +1405,33 @@ class Ledger:
                 self._shared.close()
                 self._shared = None
         self.engine.dispose()
+
+
+def _end(connection: Connection, *, commit: bool) -> None:
+    """End the shared connection's transaction.
+
+    The driver opened it on the first change (sqlite3 begins before any INSERT, UPDATE or
+    DELETE); SQLAlchemy knows of it only if one of its own statements ran.  Framing each
+    transaction with SQLAlchemy's ``begin()`` cost more than the statements run directly.
+    """
+    if connection.in_transaction():
+        (connection.commit if commit else connection.rollback)()
+        return
+    driver = connection.connection.driver_connection
+    dbapi = connection.dialect.loaded_dbapi
+    try:
+        (driver.commit if commit else driver.rollback)()  # type: ignore[union-attr]
+    except dbapi.Error as err:
+        if commit:
+            driver.rollback()  # type: ignore[union-attr]
+        raise DBAPIError.instance(
+            "COMMIT" if commit else "ROLLBACK",
+            None,
+            err,
+            dbapi.Error,
+            hide_parameters=True,
+            dialect=connection.dialect,
+        ) from err
 
 
 # --- migrations --------------------------------------------------------------------------------
