@@ -602,6 +602,8 @@ class SyncEngine:
                     # "does not converge" (found by the overload scenario).
                     rounds -= 1
                     break
+                if settled:
+                    return Outcome.SYNCED  # the last call's answer showed SecureVideo matching
                 view = _after(view, op, result)
                 if op not in progressed:
                     # Progress.  An op applied a second time is not (an API ignoring it): that
@@ -611,8 +613,6 @@ class SyncEngine:
                 if isinstance(op, CreateSession) and result is not None:
                     managed = result.session_id
             else:
-                if settled:
-                    return Outcome.SYNCED
                 observed = view
                 fresh_read = True
 
