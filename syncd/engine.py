@@ -636,8 +636,10 @@ class SyncEngine:
             if plan(appt, after, now=self.clock.now(), managed_session_id=current):
                 return None
 
+            mark = self._synced_writer(appt, after, unresolved=unresolved)
+
             def write(repo: LedgerRepository) -> None:
-                self._mark_synced(repo, appt, after, unresolved=unresolved)
+                mark(repo)
                 settled.append(True)
 
             return write
@@ -712,18 +714,18 @@ class SyncEngine:
         crashpoint("after_call")
         new_session_id = result.session_id if result is not None else session_id
         settle = on_outcome(result) if on_outcome is not None else None
+        effects = self._effects(
+            op,
+            appt,
+            result,
+            settling=settle is not None,
+            participants_on_file=participants_on_file,
+        )
         with self.ledger.begin() as repo:
             repo.record_outcome(
                 op_id, state="applied", detail=None, session_id=new_session_id, now=self.clock.now()
             )
-            self._record_effects(
-                repo,
-                op,
-                appt,
-                result,
-                settling=settle is not None,
-                participants_on_file=participants_on_file,
-            )
+            effects(repo)
             if settle is not None:
                 settle(repo)
         crashpoint("after_commit")
@@ -756,87 +758,80 @@ class SyncEngine:
                 gw.remove_participant(op.participation_id)
                 return None
 
-    def _record_effects(
+    def _effects(
         self,
-        repo: LedgerRepository,
         op: Operation,
         appt: Appointment,
         result: RemoteSession | None,
         *,
         settling: bool = False,
         participants_on_file: bool = True,
-    ) -> None:
-        """Keep in the ledger what SecureVideo won't tell us later: the session and packet ids.
+    ) -> Callable[[LedgerRepository], None]:
+        """What to keep in the ledger that SecureVideo won't tell us later: the session and
+        packet ids.  Records and fingerprints are made here, outside the transaction.
 
-        ``settling``: the appointment is marked synced in this transaction, which records the
-        session too."""
+        ``settling``: the appointment is marked synced in the same transaction, which records
+        the session too."""
         now = self.clock.now()
         aid = appt.appointment_id
         match op:
             case CreateSession() if result is not None:
-                if not settling:
-                    repo.set_session(
-                        aid,
+                ids = {p.external_id: p.participation_id for p in result.guests}
+                people = [
+                    ParticipantRecord(
+                        appointment_id=aid,
+                        external_id=g.external_id,
                         session_id=result.session_id,
-                        host_external_id=op.host_external_id,
+                        participation_id=ids.get(g.external_id),
+                        packet_id=g.packet_id,
+                        fingerprint=guest_fingerprint(g),
+                        updated_at=now,
+                    )
+                    for g in op.guests
+                ]
+
+                def created(repo: LedgerRepository) -> None:
+                    if not settling:
+                        repo.set_session(
+                            aid,
+                            session_id=result.session_id,
+                            host_external_id=op.host_external_id,
+                            now=now,
+                        )
+                    repo.replace_participants(aid, people, clear=participants_on_file)
+
+                return created
+            case AddParticipant() | UpdateParticipant() if result is not None:
+                external_id = op.guest.external_id
+                pid = next(
+                    (p.participation_id for p in result.guests if p.external_id == external_id),
+                    None,
+                )
+                fingerprint = guest_fingerprint(op.guest)
+
+                def remembered(repo: LedgerRepository) -> None:
+                    repo.upsert_participant(
+                        aid,
+                        external_id,
+                        session_id=result.session_id,
+                        participation_id=pid,
+                        packet_id=op.guest.packet_id,
+                        fingerprint=fingerprint,
                         now=now,
                     )
-                ids = {p.external_id: p.participation_id for p in result.guests}
-                repo.replace_participants(
-                    aid,
-                    [
-                        ParticipantRecord(
-                            appointment_id=aid,
-                            external_id=g.external_id,
-                            session_id=result.session_id,
-                            participation_id=ids.get(g.external_id),
-                            packet_id=g.packet_id,
-                            fingerprint=guest_fingerprint(g),
-                            updated_at=now,
-                        )
-                        for g in op.guests
-                    ],
-                    clear=participants_on_file,
-                )
-            case AddParticipant() | UpdateParticipant() if result is not None:
-                self._remember(
-                    repo,
-                    aid,
-                    result,
-                    op.guest.external_id,
-                    op.guest.packet_id,
-                    guest_fingerprint(op.guest),
-                )
-            case RemoveParticipant():
-                repo.delete_participant(aid, op.external_id)
-            case CancelSession():
-                if repo.forget_session(aid, op.session_id, now=now):
-                    repo.delete_participants_of(aid)
-            case _:
-                pass
 
-    def _remember(
-        self,
-        repo: LedgerRepository,
-        aid: str,
-        session: RemoteSession,
-        external_id: str,
-        packet_id: int | None,
-        fingerprint: str,
-    ) -> None:
-        pid = next(
-            (p.participation_id for p in session.guests if p.external_id == external_id),
-            None,
-        )
-        repo.upsert_participant(
-            aid,
-            external_id,
-            session_id=session.session_id,
-            participation_id=pid,
-            packet_id=packet_id,
-            fingerprint=fingerprint,
-            now=self.clock.now(),
-        )
+                return remembered
+            case RemoveParticipant():
+                return lambda repo: repo.delete_participant(aid, op.external_id)
+            case CancelSession():
+
+                def cancelled(repo: LedgerRepository) -> None:
+                    if repo.forget_session(aid, op.session_id, now=now):
+                        repo.delete_participants_of(aid)
+
+                return cancelled
+            case _:
+                return _nothing
 
     def _read_fresh(
         self, hosts: Sequence[str], external_session_id: str, report: PassReport
@@ -912,37 +907,48 @@ class SyncEngine:
         applied: bool,
         unresolved: bool = True,
     ) -> Outcome:
+        mark = self._synced_writer(appt, observed, unresolved=unresolved)
         with self.ledger.begin() as repo:
-            self._mark_synced(repo, appt, observed, unresolved=unresolved)
+            mark(repo)
         return Outcome.SYNCED if applied else Outcome.UNCHANGED
 
-    def _mark_synced(
+    def _synced_writer(
         self,
-        repo: LedgerRepository,
         appt: Appointment,
         observed: Sequence[RemoteSession],
         *,
         unresolved: bool,
-    ) -> None:
+    ) -> Callable[[LedgerRepository], None]:
+        """Marks the appointment synced; what it writes is worked out here, before the ledger
+        is taken, so that the transaction (and SQLite's one writer) is held for the writes only.
+        """
         live = [
             s
             for s in observed
             if not s.is_cancelled and s.host_external_id == appt.provider_external_id
         ]
         session = live[0] if live and appt.presence is Presence.LIVE else None
-        repo.mark_synced(
-            appt.appointment_id,
-            event_id=appt.event_id,
-            fingerprint=appt.fingerprint(),
-            session_id=session.session_id if session else None,
-            host_external_id=session.host_external_id if session else None,
-            now=self.clock.now(),
-            # what the outcome collector and the billing report select by
-            schedule_ts=session.schedule_ts if session else None,
-        )
-        if unresolved:
-            # Calls whose answer was lost are settled now that SecureVideo was read and matches.
-            repo.resolve_open(appt.appointment_id, self.clock.now())
+        fingerprint = appt.fingerprint()
+        aid = appt.appointment_id
+
+        def write(repo: LedgerRepository) -> None:
+            now = self.clock.now()
+            repo.mark_synced(
+                aid,
+                event_id=appt.event_id,
+                fingerprint=fingerprint,
+                session_id=session.session_id if session else None,
+                host_external_id=session.host_external_id if session else None,
+                now=now,
+                # what the outcome collector and the billing report select by
+                schedule_ts=session.schedule_ts if session else None,
+            )
+            if unresolved:
+                # Calls whose answer was lost are settled now that SecureVideo was read and
+                # matches.
+                repo.resolve_open(aid, now)
+
+        return write
 
     def _skip(self, appt: Appointment, reason: str) -> Outcome:
         with self.ledger.begin() as repo:
@@ -1067,6 +1073,10 @@ class SyncEngine:
 
 def _always() -> bool:
     return True
+
+
+def _nothing(_repo: LedgerRepository) -> None:
+    pass
 
 
 def _results(futures: Sequence[Future[R]]) -> list[R]:
