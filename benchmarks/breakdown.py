@@ -28,6 +28,7 @@ from typing import Any
 from drain import PROVIDERS, ZONE, backlog
 
 from syncd.adapters import ledger as ledger_module
+from syncd.adapters.ledger import create_ledger_engine, migrate
 from syncd.adapters.outbox import create_outbox_engine
 from syncd.adapters.sample_ehr import SampleEhr
 from syncd.app import build_app
@@ -69,6 +70,9 @@ def main() -> int:
     p.add_argument("--rows", type=int, default=2000)
     p.add_argument("--latency", type=float, default=0.050)
     p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument(
+        "--ledger", metavar="URL", help="an empty server database for the ledger (default SQLite)"
+    )
     args = p.parse_args()
 
     port = free_port()
@@ -100,7 +104,7 @@ def main() -> int:
             ehr.append_many(backlog(args.rows, prep=False).changes)
             settings = load_settings(
                 outbox={"url": ehr_url, "timezone": ZONE},
-                ledger={"url": f"sqlite:///{Path(tmp)}/ledger.sqlite3"},
+                ledger={"url": args.ledger or f"sqlite:///{Path(tmp)}/ledger.sqlite3"},
                 sync={"concurrency": args.concurrency},
                 securevideo={
                     "base_url": f"http://127.0.0.1:{port}",
@@ -108,6 +112,10 @@ def main() -> int:
                     "api_secret": "demo",
                 },
             )
+            if args.ledger:
+                engine = create_ledger_engine(args.ledger)
+                migrate(engine)
+                engine.dispose()
             app = build_app(settings, on_response=lambda _m, _t, _s, took: calls.append(took))
             ledger_module.Ledger.begin = begin  # type: ignore[method-assign]
             SyncEngine._sync_one = timed(SyncEngine._sync_one, rows)  # type: ignore[method-assign]
@@ -125,7 +133,11 @@ def main() -> int:
     n = args.rows
     bound = n * args.latency / args.concurrency
     ms = 1000
-    print(f"# C={args.concurrency} L={args.latency * ms:.0f} ms N={n}: {dict(report.outcomes)}")
+    where = "server" if args.ledger else "SQLite"
+    print(
+        f"# C={args.concurrency} L={args.latency * ms:.0f} ms N={n}, {where} ledger: "
+        f"{dict(report.outcomes)}"
+    )
     print(f"pass wall {wall:.2f} s, bound {bound:.2f} s, B / wall {bound / wall:.3f}")
     print(
         f"syncd CPU per row: user {(after.ru_utime - before.ru_utime) * ms / n:.2f} ms, "
