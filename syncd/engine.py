@@ -262,8 +262,8 @@ class SyncEngine:
             report.ingested = self._ingest()
             hosts = _HostSessions(self.gateway, report)
             # Two batches in the pool at most: the next one is read, parsed and queued while the
-            # workers still have this one, so no worker idles at a batch boundary (a barrier per
-            # batch cost ~10% of a 16-way drain), and memory stays bounded by two batches.
+            # workers still have this one, so no worker idles while a batch's tail finishes and the
+            # next is parsed, and memory stays bounded by two batches.
             queued: deque[list[Future[Outcome]]] = deque()
             try:
                 for batch in self._due_batches():

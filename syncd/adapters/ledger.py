@@ -53,7 +53,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.types import TypeEngine
@@ -617,15 +617,7 @@ class LedgerRepository:
                 cursor.execute(plan.sql, plan.values(rows[0]))
             return _Written(cursor.rowcount, None if many else (cursor.lastrowid,))
         except dialect.loaded_dbapi.Error as err:
-            # As SQLAlchemy would raise it, and with the values hidden as the engine hides them.
-            raise DBAPIError.instance(
-                plan.sql,
-                None,
-                err,
-                dialect.loaded_dbapi.Error,
-                hide_parameters=True,
-                dialect=dialect,
-            ) from err
+            raise _driver_error(plan.sql, err, dialect) from err
         finally:
             cursor.close()
 
@@ -1424,14 +1416,15 @@ def _end(connection: Connection, *, commit: bool) -> None:
     except dbapi.Error as err:
         if commit:
             driver.rollback()  # type: ignore[union-attr]
-        raise DBAPIError.instance(
-            "COMMIT" if commit else "ROLLBACK",
-            None,
-            err,
-            dbapi.Error,
-            hide_parameters=True,
-            dialect=connection.dialect,
-        ) from err
+        raise _driver_error("COMMIT" if commit else "ROLLBACK", err, connection.dialect) from err
+
+
+def _driver_error(sql: str, err: Exception, dialect: Dialect) -> StatementError:
+    """A driver's error as SQLAlchemy would raise it, with the values hidden as the engine hides
+    them: callers (the degraded-database handling) only know SQLAlchemy's exceptions."""
+    return DBAPIError.instance(
+        sql, None, err, dialect.loaded_dbapi.Error, hide_parameters=True, dialect=dialect
+    )
 
 
 # --- migrations --------------------------------------------------------------------------------
