@@ -33,6 +33,7 @@ from chaos import (
 from harness import ZONE, guest, row, world
 
 from syncd.crashpoints import ENV as CRASHPOINT_ENV
+from syncd.emulator.server import Quote
 from syncd.errors import InvalidRowError
 from syncd.rows import parse_row
 
@@ -71,25 +72,39 @@ def test_no_canary_leaves_the_ehr(tmp_path: Path, spawner: ForkServer) -> None:
         model = EhrModel(random.Random(11), size=10, prefix="P")
         w.write(*model.rows(10), *BAD_ROWS)
 
-        # SecureVideo quoting the patient back.  One worker, so that the call it answers is
-        # the first due appointment's, whose patients it quotes, as a real server would.
+        # SecureVideo quoting back the patients of the appointment a request is about, as a real
+        # server would: which appointment's call meets the fault is up to the workers.
         def quoting(appointment_id: str) -> str:
             guests = model.bookings[appointment_id].guests
             return "; ".join(f"{g['full_name']} <{g['email']}> {g['sms']}" for g in guests)
+
+        def appointment_of(method: str, path: str, body: object) -> str:
+            if isinstance(body, dict) and body.get("ExternalSessionId"):
+                return str(body["ExternalSessionId"])
+            kind, _, number = path.strip("/").partition("/")
+            by_session = kind == "session" or method == "POST"
+            for s in w.emulator.state.sessions():
+                ids = {s.session_id} if by_session else {p.participation_id for p in s.participants}
+                if int(number) in ids:
+                    return s.external_session_id
+            raise AssertionError(f"no session for {method} {path}")
+
+        def quote(text: str) -> Quote:
+            return lambda method, path, body: (
+                f"{text} {quoting(appointment_of(method, path, body))}"
+            )
 
         def once(*extra: str, **more: str) -> int:
             return wait_or_kill(spawner.spawn(["once", *extra], env | more, out), 60)
 
         # A refusal that parks the appointment...
-        w.emulator.faults.fail_next(1, 400, ("POST",), f"Invalid participant {quoting('P001')}")
+        w.emulator.faults.fail_next(1, 400, ("POST",), quote("Invalid participant"))
         codes = [once(SYNCD_SYNC__CONCURRENCY="1")]
         # ...a 500 that quotes (ambiguous), lost answers, and a crash between a create's answer
         # and its ledger commit.
         changed = {r["appointment_id"] for r in model.rows(15)}
         w.write(*(model.bookings[a].row() for a in sorted(changed)))
-        w.emulator.faults.fail_next(
-            1, 500, ("POST", "PUT", "DELETE"), f"Could not notify {quoting(min(changed))}"
-        )
+        w.emulator.faults.fail_next(1, 500, ("POST", "PUT", "DELETE"), quote("Could not notify"))
         w.emulator.faults.drop_after_apply_next(2)
         codes.append(once(SYNCD_SYNC__CONCURRENCY="1"))
         w.write(*model.rows(10))

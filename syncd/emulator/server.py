@@ -72,6 +72,10 @@ class RecordedCall:
 # --- fault injection ---------------------------------------------------------------------------
 
 
+#: a fault's Message made from the request it answers: (method, path, JSON body) → text
+Quote = Callable[[str, str, Any], str]
+
+
 @dataclass(frozen=True, slots=True)
 class PreFault:
     """Answer without applying the request."""
@@ -101,7 +105,7 @@ class _Plan:
     status: int = 503
     retry_after: float | None = None
     seconds: float = 0.0
-    message: str | None = None
+    message: str | Quote | None = None
 
     def matches(self, method: str) -> bool:
         return self.methods is None or method in self.methods
@@ -169,9 +173,10 @@ class Faults:
         n: int,
         status: int = 503,
         methods: Iterable[str] | None = None,
-        message: str | None = None,
+        message: str | Quote | None = None,
     ) -> None:
-        """``message``: the error's Message, e.g. one quoting what was sent, as servers do."""
+        """``message``: the error's Message, e.g. one quoting what was sent, as servers do; a
+        callable makes it from the request it answers (method, path, JSON body)."""
         plan = _Plan(_methods(methods), remaining=_count(n), status=status, message=message)
         self._set("fail:next", plan)
 
@@ -271,17 +276,23 @@ class Faults:
                 self._injected["latency"] += 1
             return self._latency
 
-    def before_apply(self, method: str) -> PreFault | None:
+    def before_apply(self, method: str, path: str = "", body: Any = None) -> PreFault | None:
         with self._lock:
+            fired = None
             for kind in ("fail", "throttle"):
                 plan = self._firing(kind, method)
-                if plan is None:
-                    continue
-                self._injected[kind] += 1
-                if kind == "throttle":
-                    return PreFault(kind, 429, "Too many requests.", plan.retry_after)
-                return PreFault(kind, plan.status, plan.message or _fail_message(plan.status))
+                if plan is not None:
+                    self._injected[kind] += 1
+                    fired = kind, plan
+                    break
+        if fired is None:
             return None
+        kind, plan = fired
+        if kind == "throttle":
+            return PreFault(kind, 429, "Too many requests.", plan.retry_after)
+        # Outside the lock: a quote may look at the emulator's state.
+        message = plan.message(method, path, body) if callable(plan.message) else plan.message
+        return PreFault(kind, plan.status, message or _fail_message(plan.status))
 
     def after_apply(self, method: str) -> PostFault | None:
         with self._lock:
@@ -593,6 +604,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         emulator = self._emulator
+        emulator._arrived()
+        try:
+            self._answer()
+        finally:
+            emulator._answered()
+
+    def _answer(self) -> None:
+        emulator = self._emulator
         received_at = time.monotonic()
         wall = datetime.now(UTC)
         method = self.command.upper()
@@ -621,7 +640,7 @@ class _Handler(BaseHTTPRequestHandler):
         if latency > 0:
             time.sleep(latency)
 
-        pre = emulator.faults.before_apply(method)
+        pre = emulator.faults.before_apply(method, path, body)
         if pre is not None:
             headers: tuple[tuple[str, str], ...] = ()
             if pre.retry_after is not None:
@@ -769,6 +788,7 @@ class Emulator:
         self._lifecycle_lock = threading.Lock()
         self._calls: deque[RecordedCall] = deque(maxlen=call_log_limit)
         self._calls_lock = threading.Lock()
+        self._in_flight = self._in_flight_peak = 0
 
     # lifecycle
 
@@ -840,8 +860,16 @@ class Emulator:
             return list(self._calls)
 
     def calls_clear(self) -> None:
+        """Forget the calls made so far, and the peak of requests in flight."""
         with self._calls_lock:
             self._calls.clear()
+            self._in_flight_peak = self._in_flight
+
+    @property
+    def in_flight_peak(self) -> int:
+        """The most requests being handled at once since start or `calls_clear`."""
+        with self._calls_lock:
+            return self._in_flight_peak
 
     def mutating_calls(self) -> list[RecordedCall]:
         return [c for c in self.calls if c.mutating]
@@ -898,6 +926,15 @@ class Emulator:
         self.calls_clear()
 
     # used by the handler
+
+    def _arrived(self) -> None:
+        with self._calls_lock:
+            self._in_flight += 1
+            self._in_flight_peak = max(self._in_flight_peak, self._in_flight)
+
+    def _answered(self) -> None:
+        with self._calls_lock:
+            self._in_flight -= 1
 
     def _record(self, call: RecordedCall) -> None:
         # Recorded before the answer is written, so a client that has its answer sees the call.
