@@ -210,6 +210,7 @@ def measure(
         env["SYNCD_LOG__LEVEL"] = "INFO"  # pass_finished carries the pass's own duration
         run = run_once(env)
         calls = emu.calls
+        in_flight_peak = emu.in_flight_peak
         ehr.dispose()
     mutating = sum(1 for c in calls if c.mutating)
     reads = sum(1 for c in calls if c.method == "GET")
@@ -217,6 +218,9 @@ def measure(
     pass_s = finished.get("duration_ms", 0) / 1000
     bound = mutating * latency / concurrency
     sessions = check_order(calls)
+    if in_flight_peak > concurrency:
+        # B assumes C requests on the wire at most; more would flatter the ratio.
+        raise SystemExit(f"{in_flight_peak} requests in flight at once with C = {concurrency}")
     return {
         "C": concurrency,
         "L_ms": latency * 1000,
@@ -227,6 +231,7 @@ def measure(
         "mutating": mutating,
         "mutating_per_change": round(mutating / len(work.changes), 3),
         "reads": reads,
+        "in_flight_peak": in_flight_peak,
         "bound_s": round(bound, 2),
         "ratio": round(bound / pass_s, 3) if pass_s else None,
         "peak_rss_mb": round(rss / 1024, 1),

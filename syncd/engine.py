@@ -17,12 +17,13 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from typing import Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -60,9 +61,10 @@ from syncd.rows import MAX_ID_LENGTH, parse_row
 
 log = structlog.get_logger("syncd.engine")
 
-T = TypeVar("T")
 R = TypeVar("R")
 Work = tuple[AppointmentRecord, Appointment]
+#: one host's sessions by ExternalSessionId, or what reading them raised
+_HostIndex = dict[str, list[RemoteSession]] | Exception
 #: Given a call's answer: how to mark the appointment synced in the outcome's transaction, or None
 #: when SecureVideo does not match yet.
 Settler = Callable[[RemoteSession | None], Callable[[LedgerRepository], None] | None]
@@ -168,23 +170,41 @@ class Preview:
 
 
 class _HostSessions:
-    """Per-pass cache of ``GET /session/0?externalId=host``: one read per host per pass."""
+    """Per-pass cache of ``GET /session/0?externalId=host``: one read per host per pass.
 
-    def __init__(self, gateway: SessionGateway, report: PassReport) -> None:
+    Reads are queued in the worker pool ahead of the appointments that need them, and an
+    appointment waits only for its own hosts: the first calls go out while other hosts are still
+    being read.  The pool takes work in order, so a read an appointment waits for is already
+    running on another worker, and a read waits for nothing but SecureVideo."""
+
+    def __init__(
+        self,
+        gateway: SessionGateway,
+        report: PassReport,
+        submit: Callable[[Callable[[], _HostIndex]], Future[_HostIndex]],
+    ) -> None:
         self._gateway = gateway
         self._report = report
+        self._submit = submit
         self._lock = threading.Lock()
-        self._by_host: dict[str, dict[str, list[RemoteSession]] | Exception] = {}
+        self._reads: dict[str, Future[_HostIndex]] = {}
 
-    def missing(self, hosts: set[str]) -> list[str]:
+    def request(self, hosts: Iterable[str]) -> None:
+        """Queue a read of each of these hosts not read yet in this pass."""
         with self._lock:
-            return sorted(h for h in hosts if h not in self._by_host)
+            for host in sorted(set(hosts) - self._reads.keys()):
+                self._reads[host] = self._submit(partial(self._read, host))
 
-    def read(self, host: str) -> None:
+    def wait(self) -> None:
+        with self._lock:
+            reads = list(self._reads.values())
+        wait(reads)
+
+    def _read(self, host: str) -> _HostIndex:
         try:
             sessions = self._gateway.list_host_sessions(host)
         except (TemporaryError, PermanentError, AuthenticationError) as exc:
-            result: dict[str, list[RemoteSession]] | Exception = exc
+            result: _HostIndex = exc
         else:
             index: dict[str, list[RemoteSession]] = {}
             for s in sessions:
@@ -195,17 +215,20 @@ class _HostSessions:
             result = index
         with self._lock:
             self._report.reads += 1
-            self._by_host[host] = result
+        return result
 
     def sessions(self, hosts: Sequence[str], external_session_id: str) -> list[RemoteSession]:
-        """This appointment's sessions on these hosts; raises what a failed host read raised."""
+        """This appointment's sessions on these hosts; raises what a failed host read raised.
+
+        Every host must have been requested."""
         out: list[RemoteSession] = []
-        with self._lock:
-            for host in hosts:
-                entry = self._by_host[host]
-                if isinstance(entry, Exception):
-                    raise entry
-                out += entry.get(external_session_id, [])
+        for host in hosts:
+            with self._lock:
+                read = self._reads[host]
+            entry = read.result()
+            if isinstance(entry, Exception):
+                raise entry
+            out += entry.get(external_session_id, [])
         return out
 
 
@@ -227,7 +250,11 @@ class SyncEngine:
         self.clock = clock or SystemClock()
         self.stop = stop or threading.Event()
         self._pool = ThreadPoolExecutor(
-            max_workers=options.concurrency, thread_name_prefix="syncd-apply"
+            # Twice as many appointments in progress as requests in flight (which the gateway
+            # bounds to ``concurrency``): while some workers wait for SecureVideo, the others
+            # write their ledger records and plan, and a request slot never idles for that.
+            max_workers=2 * options.concurrency,
+            thread_name_prefix="syncd-apply",
         )
         self._auth_failed = threading.Event()
         #: the ledger's cursor as this process last read or wrote it (it only moves forward)
@@ -260,7 +287,7 @@ class SyncEngine:
             self._tracking(report) as progress,
         ):
             report.ingested = self._ingest()
-            hosts = _HostSessions(self.gateway, report)
+            hosts = _HostSessions(self.gateway, report, self._submit)
             # Two batches in the pool at most: the next one is read, parsed and queued while the
             # workers still have this one, so no worker idles while a batch's tail finishes and the
             # next is parsed, and memory stays bounded by two batches.
@@ -284,6 +311,7 @@ class SyncEngine:
                 # worker still running after the pass ended could race the next pass on the same
                 # appointment.
                 wait([f for futures in queued for f in futures])
+                hosts.wait()
             if self._halted():
                 report.interrupted = True
             report.duration_ms = int((self.clock.monotonic() - started) * 1000)
@@ -369,7 +397,7 @@ class SyncEngine:
             if appt.presence is not Presence.LEAVE_ALONE
             for h in _hosts_of(appt, record.host_external_id)
         }
-        self._in_pool(hosts.read, hosts.missing(needed))
+        hosts.request(needed)
         ids = [appt.appointment_id for _, appt in work]
         with self.ledger.begin() as repo:
             known = repo.participants(ids)
@@ -389,7 +417,7 @@ class SyncEngine:
             finally:
                 self._advance(1)
 
-        return [self._pool.submit(contextvars.copy_context().run, sync, item) for item in work]
+        return [self._submit(partial(sync, item)) for item in work]
 
     @contextmanager
     def _tracking(self, report: PassReport) -> Iterator[PassProgress]:
@@ -432,8 +460,8 @@ class SyncEngine:
             eta_seconds=None if not rate or left is None else round(left / rate),
         )
 
-    def _in_pool(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
-        return _results([self._pool.submit(contextvars.copy_context().run, fn, i) for i in items])
+    def _submit(self, fn: Callable[[], R]) -> Future[R]:
+        return self._pool.submit(contextvars.copy_context().run, fn)
 
     def _load(self, batch: list[AppointmentRecord], report: PassReport) -> list[Work]:
         """Fetch and parse the latest outbox row of each due appointment; park the bad ones."""
@@ -1024,7 +1052,7 @@ class SyncEngine:
             position = refs[-1].event_id
         previews: list[Preview] = []
         report = PassReport(pass_id="dry-run")  # noqa: S106 - an id, not a password
-        hosts = _HostSessions(self.gateway, report)
+        hosts = _HostSessions(self.gateway, report, self._submit)
         with self.ledger.begin() as repo:
             records = repo.get_many(list(wanted))
             newer = {
@@ -1049,7 +1077,7 @@ class SyncEngine:
                 continue
             parsed.append((appt, records.get(aid)))
         needed = {h for a, r in parsed for h in _hosts_of(a, r.host_external_id if r else None)}
-        self._in_pool(hosts.read, hosts.missing(needed))
+        hosts.request(needed)
         for appt, record in parsed:
             host_list = _hosts_of(appt, record.host_external_id if record else None)
             try:

@@ -331,7 +331,13 @@ class SyncSettings(_Group):
 
     poll_interval_seconds: int = Field(default=60, ge=1, description="Seconds between passes.")
     concurrency: int = Field(
-        default=4, ge=1, le=64, description="Appointments worked on at the same time."
+        default=4,
+        ge=1,
+        le=64,
+        description=(
+            "SecureVideo requests in flight at the same time; up to twice as many appointments "
+            "are worked on, so that ledger writes never leave a request slot idle."
+        ),
     )
     max_attempts: int = Field(
         default=8, ge=1, description="Tries per appointment before it is parked for an operator."

@@ -1036,6 +1036,37 @@ def test_emulator_throttle_holds_every_thread_until_retry_after(
     assert all(call.received_at - throttled.received_at >= 0.2 for call in rest)
 
 
+@pytest.mark.parametrize(("max_in_flight", "peak"), [(3, 3), (None, 8)])
+def test_max_in_flight_bounds_the_requests_on_the_wire(
+    emu: Emulator, max_in_flight: int | None, peak: int
+) -> None:
+    emu.faults.latency(0.05)
+    failures: list[BaseException] = []
+    with SecureVideoClient(
+        emu.base_url, KEY, SECRET, read_timeout=2.0, max_in_flight=max_in_flight
+    ) as bounded:
+
+        def read() -> None:
+            try:
+                bounded.list_sessions(host_external_id="prov-001")
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=read) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=5)
+    assert failures == []
+    assert len(emu.calls) == 8
+    assert emu.in_flight_peak == peak
+
+
+def test_max_in_flight_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_in_flight"):
+        SecureVideoClient("https://api.securevideo.com", KEY, SECRET, max_in_flight=0)
+
+
 def test_emulator_unavailable_is_temporary(emu: Emulator, client: SecureVideoClient) -> None:
     emu.faults.fail_next(1, status=503)
     with pytest.raises(TemporaryError) as caught:

@@ -329,3 +329,29 @@ def test_an_idle_pass_makes_no_api_call_and_at_most_three_sql_statements(w: Worl
         # the outbox window (rows already seen) and the due list; nothing else
         assert len(statements) == 2, statements
     assert w.emulator.calls == []
+
+
+def test_concurrency_bounds_the_requests_in_flight_and_every_host_is_read_once(
+    tmp_path: Path,
+) -> None:
+    # Twice as many workers as request slots, and reads queued ahead of the appointments that
+    # wait for them: with five hosts and two slots no worker may wait on a read nobody runs.
+    with world(tmp_path, concurrency=2) as w:
+        w.write(
+            *(
+                row(
+                    f"A{n}",
+                    starts=T + timedelta(hours=n),
+                    provider=f"prov-{n % 5 + 1:03d}",
+                    guests=[guest(n)],
+                )
+                for n in range(20)
+            )
+        )
+        w.emulator.faults.latency(0.02)
+        report = w.run_pass()
+        assert report.outcomes == {"synced": 20}
+        assert report.reads == 5
+        assert len(w.emulator.calls_matching("GET", "/session")) == 5
+        assert w.emulator.in_flight_peak == 2
+        assert all(len(w.live(f"A{n}")) == 1 for n in range(20))

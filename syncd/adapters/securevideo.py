@@ -20,6 +20,7 @@ What callers can rely on:
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
 import json
 import math
@@ -106,6 +107,7 @@ class SecureVideoClient:
         read_timeout: float = 30.0,
         rate_limit_per_second: float | None = None,
         max_gate_wait: float = 60.0,
+        max_in_flight: int | None = None,
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -113,7 +115,9 @@ class SecureVideoClient:
     ) -> None:
         """``max_gate_wait``: a request that would have to wait longer than this for the
         Retry-After gate or the rate limit is not sent; ``TemporaryError`` says how long is left.
-        It keeps a far-off Retry-After from parking the engine's threads (and its shutdown)."""
+        It keeps a far-off Retry-After from parking the engine's threads (and its shutdown).
+        ``max_in_flight``: at most this many requests on the wire at once (None: as many as the
+        caller's threads); a thread beyond it waits its turn before sending."""
         url = httpx.URL(base_url)
         if url.userinfo:
             raise ValueError("base_url must not carry credentials; pass api_key and api_secret")
@@ -121,6 +125,8 @@ class SecureVideoClient:
             raise ValueError("base_url must not carry a query")
         if rate_limit_per_second is not None and not rate_limit_per_second > 0:
             raise ValueError("rate_limit_per_second must be positive")
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
         self._base_url = str(url)
         self._clock = clock
         self._on_response = on_response
@@ -140,11 +146,22 @@ class SecureVideoClient:
         self._transport = (
             transport
             if transport is not None
-            # ~16 engine threads, with room for a probe or the odd slow answer
+            # A connection per request in flight: waiting for one inside httpcore's pool costs far
+            # more CPU than waiting for a turn at the semaphore below.
             else httpx.HTTPTransport(
                 trust_env=False,
-                limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
+                limits=httpx.Limits(
+                    max_connections=max_in_flight or 32,
+                    max_keepalive_connections=max_in_flight or 32,
+                ),
             )
+        )
+        # Only the exchange itself holds a turn: building the request and decoding the answer
+        # happen outside it, so the turns follow SecureVideo's latency and nothing else.
+        self._in_flight: contextlib.AbstractContextManager[object] = (
+            threading.BoundedSemaphore(max_in_flight)
+            if max_in_flight is not None
+            else contextlib.nullcontext()
         )
         self._closed = False
         # Every request URL is this prefix + a route's path without its leading "/" (+ its query),
@@ -436,12 +453,14 @@ class SecureVideoClient:
         request = self._request(method, route, body)
         started = self._clock()
         try:
-            response = self._transport.handle_request(request)
-            try:
-                response.read()
-            except BaseException:
-                response.close()
-                raise
+            with self._in_flight:
+                started = self._clock()  # the wait for a turn is not SecureVideo's latency
+                response = self._transport.handle_request(request)
+                try:
+                    response.read()
+                except BaseException:
+                    response.close()
+                    raise
         except httpx.RequestError as exc:
             self._report(method, route, None, started)
             # ``from None``: httpx's own text and its request object carry the full URL.
