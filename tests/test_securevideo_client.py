@@ -1062,6 +1062,26 @@ def test_max_in_flight_bounds_the_requests_on_the_wire(
     assert emu.in_flight_peak == peak
 
 
+@pytest.mark.timeout(10)
+def test_a_failed_exchange_gives_its_turn_back() -> None:
+    failures: list[Answer] = [httpx.ConnectError("refused"), httpx.ReadError("reset"), error(503)]
+    client, script, _ = scripted(*failures, max_in_flight=1)
+    with client:
+        for _ in failures:
+            with pytest.raises(TemporaryError):
+                client.list_sessions()
+        assert client.list_sessions() == []  # would wait for ever on a lost turn
+    assert len(script.requests) == 4
+
+
+def test_max_in_flight_keeps_one_connection_per_turn(emu: Emulator) -> None:
+    with SecureVideoClient(emu.base_url, KEY, SECRET, read_timeout=2.0, max_in_flight=3) as c:
+        for _ in range(6):
+            c.list_users()
+        # Turns rotate over three lanes, each keeping its one connection alive.
+        assert emu.open_connections == 3
+
+
 def test_max_in_flight_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_in_flight"):
         SecureVideoClient("https://api.securevideo.com", KEY, SECRET, max_in_flight=0)

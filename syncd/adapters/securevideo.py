@@ -20,10 +20,10 @@ What callers can rely on:
 from __future__ import annotations
 
 import base64
-import contextlib
 import email.utils
 import json
 import math
+import queue
 import threading
 import time
 import urllib.parse
@@ -143,26 +143,24 @@ class SecureVideoClient:
         # added is fixed once here: its default headers, Basic auth, the timeouts, the base URL.
         # Without a Client nothing comes from the environment (proxies, .netrc, SSL_CERT_FILE),
         # as with trust_env=False.
-        self._transport = (
-            transport
-            if transport is not None
-            # A connection per request in flight: waiting for one inside httpcore's pool costs far
-            # more CPU than waiting for a turn at the semaphore below.
-            else httpx.HTTPTransport(
-                trust_env=False,
-                limits=httpx.Limits(
-                    max_connections=max_in_flight or 32,
-                    max_keepalive_connections=max_in_flight or 32,
-                ),
-            )
-        )
-        # Only the exchange itself holds a turn: building the request and decoding the answer
-        # happen outside it, so the turns follow SecureVideo's latency and nothing else.
-        self._in_flight: contextlib.AbstractContextManager[object] = (
-            threading.BoundedSemaphore(max_in_flight)
-            if max_in_flight is not None
-            else contextlib.nullcontext()
-        )
+        # With a bound, requests take turns on lanes: a lane is one transport, and a turn covers
+        # the exchange only (building the request and decoding the answer happen outside it), so
+        # the turns follow SecureVideo's latency and nothing else.  Each default lane is a pool of
+        # one keep-alive connection: httpcore's pool checks every idle connection of a pool with a
+        # poll() at each request and answer, and waiting inside it costs far more CPU than
+        # waiting for a lane (a C queue).  A transport given by the caller is shared by the lanes.
+        if transport is not None:
+            lanes = [transport] * (max_in_flight or 1)
+        elif max_in_flight is not None:
+            lanes = [_http_transport(1) for _ in range(max_in_flight)]
+        else:
+            lanes = [_http_transport(32)]  # ~16 engine threads, room for a probe or a slow answer
+        self._transports = list({id(t): t for t in lanes}.values())
+        self._lanes: queue.SimpleQueue[httpx.BaseTransport] | None = None
+        if max_in_flight is not None:
+            self._lanes = queue.SimpleQueue()
+            for lane in lanes:
+                self._lanes.put(lane)
         self._closed = False
         # Every request URL is this prefix + a route's path without its leading "/" (+ its query),
         # as httpx.Client merges a relative URL into a base URL (with or without a trailing "/").
@@ -190,7 +188,8 @@ class SecureVideoClient:
 
     def close(self) -> None:
         self._closed = True
-        self._transport.close()
+        for transport in self._transports:
+            transport.close()
 
     def __enter__(self) -> Self:
         return self
@@ -451,20 +450,23 @@ class SecureVideoClient:
             raise RuntimeError("the SecureVideo client is closed")
         self._gate.wait_turn(where)
         request = self._request(method, route, body)
-        started = self._clock()
+        lanes = self._lanes
+        lane = self._transports[0] if lanes is None else lanes.get()
+        started = self._clock()  # after the wait for a lane: that is not SecureVideo's latency
         try:
-            with self._in_flight:
-                started = self._clock()  # the wait for a turn is not SecureVideo's latency
-                response = self._transport.handle_request(request)
-                try:
-                    response.read()
-                except BaseException:
-                    response.close()
-                    raise
+            response = lane.handle_request(request)
+            try:
+                response.read()
+            except BaseException:
+                response.close()
+                raise
         except httpx.RequestError as exc:
             self._report(method, route, None, started)
             # ``from None``: httpx's own text and its request object carry the full URL.
             raise _transport_failure(method, where, exc) from None
+        finally:
+            if lanes is not None:
+                lanes.put(lane)
         self._report(method, route, response.status_code, started)
         self._raise_for_status(method, where, response)
         return response
@@ -686,6 +688,14 @@ class _Gate:
             with self._lock:
                 if self._not_before <= at:
                     return
+
+
+def _http_transport(connections: int) -> httpx.HTTPTransport:
+    # trust_env=False: nothing from the environment (proxies, .netrc, SSL_CERT_FILE).
+    return httpx.HTTPTransport(
+        trust_env=False,
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+    )
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
