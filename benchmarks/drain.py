@@ -122,14 +122,20 @@ def run_once(env: dict[str, str]) -> Run:
     """Run `syncd once` as a fresh process."""
     children_before, self_before = _cpu(resource.RUSAGE_CHILDREN), _cpu(resource.RUSAGE_SELF)
     started = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "syncd", "once"],
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    out, err = proc.communicate()
+    # Output to files, not pipes: reading a pipe while syncd logs would wake this process, and
+    # with it compete with the emulator, for every few lines.
+    with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "syncd", "once"],
+            env={**os.environ, **env},
+            stdout=out_file,
+            stderr=err_file,
+            text=True,
+        )
+        proc.wait()
+        out_file.seek(0)
+        err_file.seek(0)
+        out, err = out_file.read(), err_file.read()
     wall = time.monotonic() - started
     # ru_maxrss of the children waited for so far: each run is a fresh process, and the largest is
     # the one of interest (the benchmark itself is small and not a child).
