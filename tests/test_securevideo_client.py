@@ -1008,14 +1008,8 @@ def test_emulator_unknown_host_is_not_found(emu: Emulator, client: SecureVideoCl
         client.create_session_raw(_new_session(), host_external_id="prov-404")
 
 
-def test_emulator_throttle_holds_every_thread_until_retry_after(
-    emu: Emulator, client: SecureVideoClient
-) -> None:
-    emu.faults.throttle_next(1, retry_after=0.2)
-    with pytest.raises(TemporaryError) as caught:
-        client.list_users()
-    assert caught.value.retry_after == pytest.approx(0.2)
-
+def reads_in_threads(client: SecureVideoClient, threads: int) -> list[BaseException]:
+    """One host read on each of ``threads`` threads at once; what they raised."""
     failures: list[BaseException] = []
 
     def read() -> None:
@@ -1024,12 +1018,23 @@ def test_emulator_throttle_holds_every_thread_until_retry_after(
         except BaseException as exc:
             failures.append(exc)
 
-    threads = [threading.Thread(target=read) for _ in range(6)]
-    for t in threads:
+    started = [threading.Thread(target=read) for _ in range(threads)]
+    for t in started:
         t.start()
-    for t in threads:
+    for t in started:
         t.join(timeout=5)
-    assert failures == []
+    return failures
+
+
+def test_emulator_throttle_holds_every_thread_until_retry_after(
+    emu: Emulator, client: SecureVideoClient
+) -> None:
+    emu.faults.throttle_next(1, retry_after=0.2)
+    with pytest.raises(TemporaryError) as caught:
+        client.list_users()
+    assert caught.value.retry_after == pytest.approx(0.2)
+
+    assert reads_in_threads(client, 6) == []
 
     throttled, *rest = emu.calls
     assert throttled.status == 429 and len(rest) == 6
@@ -1041,23 +1046,10 @@ def test_max_in_flight_bounds_the_requests_on_the_wire(
     emu: Emulator, max_in_flight: int | None, peak: int
 ) -> None:
     emu.faults.latency(0.05)
-    failures: list[BaseException] = []
     with SecureVideoClient(
         emu.base_url, KEY, SECRET, read_timeout=2.0, max_in_flight=max_in_flight
     ) as bounded:
-
-        def read() -> None:
-            try:
-                bounded.list_sessions(host_external_id="prov-001")
-            except BaseException as exc:
-                failures.append(exc)
-
-        threads = [threading.Thread(target=read) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=5)
-    assert failures == []
+        assert reads_in_threads(bounded, 8) == []
     assert len(emu.calls) == 8
     assert emu.in_flight_peak == peak
 
