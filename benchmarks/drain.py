@@ -191,6 +191,10 @@ def measure(
         secrets.mkdir()
         ehr_url = args.postgres or f"sqlite:///{tmp}/ehr.sqlite3"
         ehr = SampleEhr(create_outbox_engine(ehr_url), zone=ZONE)
+        if args.postgres:
+            # One database serves every C: each run starts from an empty outbox, as on SQLite.
+            ehr.table.drop(ehr.engine)
+            ehr = SampleEhr(ehr.engine, zone=ZONE)
         env = {
             "SYNCD_OUTBOX__URL": ehr_url,
             "SYNCD_OUTBOX__TIMEZONE": ZONE,
