@@ -467,6 +467,10 @@ class SecureVideoClient:
         finally:
             if lanes is not None:
                 lanes.put(lane)
+                # Give up the GIL for a moment: the thread waiting for this lane has its request
+                # built and sends at once, instead of waiting while this one decodes its answer
+                # and writes the ledger.  B / wall at C = 16, ten paired runs: 0.918 against 0.908.
+                time.sleep(0)
         self._report(method, route, response.status_code, started)
         self._raise_for_status(method, where, response)
         return response
