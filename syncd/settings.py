@@ -42,9 +42,8 @@ from pydantic_settings import (
     SettingsError,
     TomlConfigSettingsSource,
 )
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
+from syncd.adapters.dburl import MASK, is_valid_url, masked_url
 from syncd.errors import ConfigError
 from syncd.ports import CONTRACT_COLUMNS
 
@@ -84,7 +83,7 @@ _TABLE_RE = re.compile(rf"{_IDENTIFIER}(\.{_IDENTIFIER})?")
 
 # Fields whose input is never echoed in an error: URLs can embed passwords, keys are credentials.
 _UNECHOED_FIELDS = frozenset({"url", "base_url", "api_key", "api_secret"})
-_MASK = "***"
+_MASK = MASK
 _NUMBER_RE = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 _ECHO_MAX = 60
 
@@ -99,31 +98,16 @@ def _require_identifier(value: str, what: str) -> str:
 
 
 def _check_sqlalchemy_url(value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        make_url(value)
-    except (ArgumentError, ValueError):
+    if value is not None and not is_valid_url(value):
         # The URL is not repeated: it may carry the database password.
         raise ValueError(
             "is not a valid SQLAlchemy URL (expected dialect+driver://user:password@host/db)"
-        ) from None
+        )
     return value
 
 
 def _mask_db_url(value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        url = make_url(value)
-    except (ArgumentError, ValueError):
-        return _MASK
-    # Drivers also accept a password as a query parameter, which hide_password does not cover.
-    query = {
-        key: (_MASK if re.search("pass|secret|token|key", key, re.IGNORECASE) else val)
-        for key, val in url.query.items()
-    }
-    return url.set(query=query).render_as_string(hide_password=True)
+    return None if value is None else masked_url(value)
 
 
 class _Group(BaseModel):
