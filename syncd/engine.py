@@ -252,7 +252,7 @@ class SyncEngine:
         self._pool = ThreadPoolExecutor(
             # Twice as many appointments in progress as requests in flight (which the gateway
             # bounds to ``concurrency``): while some workers wait for SecureVideo, the others
-            # write their ledger records and plan, and a request slot never idles for that.
+            # write their ledger records and plan, instead of holding a request slot idle.
             max_workers=2 * options.concurrency,
             thread_name_prefix="syncd-apply",
         )

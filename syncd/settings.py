@@ -43,7 +43,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from syncd.adapters.dburl import MASK, is_valid_url, masked_url
+from syncd.adapters.dburl import MASK as _MASK
+from syncd.adapters.dburl import is_valid_url, masked_url
 from syncd.errors import ConfigError
 from syncd.ports import CONTRACT_COLUMNS
 
@@ -83,7 +84,6 @@ _TABLE_RE = re.compile(rf"{_IDENTIFIER}(\.{_IDENTIFIER})?")
 
 # Fields whose input is never echoed in an error: URLs can embed passwords, keys are credentials.
 _UNECHOED_FIELDS = frozenset({"url", "base_url", "api_key", "api_secret"})
-_MASK = MASK
 _NUMBER_RE = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 _ECHO_MAX = 60
 
@@ -320,7 +320,7 @@ class SyncSettings(_Group):
         le=64,
         description=(
             "SecureVideo requests in flight at the same time; up to twice as many appointments "
-            "are worked on, so that ledger writes never leave a request slot idle."
+            "are worked on, so that one's ledger writes overlap another's request."
         ),
     )
     max_attempts: int = Field(
