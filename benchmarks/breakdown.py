@@ -31,10 +31,10 @@ from syncd.adapters import ledger as ledger_module
 from syncd.adapters.ledger import create_ledger_engine, migrate
 from syncd.adapters.outbox import create_outbox_engine
 from syncd.adapters.sample_ehr import SampleEhr
-from syncd.app import build_app
-from syncd.engine import SyncEngine
-from syncd.log import configure_logging
-from syncd.settings import load_settings
+from syncd.runtime.app import build_app
+from syncd.runtime.log import configure_logging
+from syncd.runtime.settings import load_settings
+from syncd.sync.engine import SyncEngine
 
 EMULATOR = """
 import sys, time

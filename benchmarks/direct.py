@@ -16,7 +16,7 @@ from typing import Any
 
 from syncd.adapters.securevideo import new_participant, remote_session
 from syncd.adapters.securevideo_wire import SESSIONS, NewSession, SessionJson
-from syncd.domain import CreateSession, Guest, RemoteSession
+from syncd.core.domain import CreateSession, Guest, RemoteSession
 from syncd.emulator.state import EmulatorState
 
 

@@ -158,7 +158,7 @@ def run_once(env: dict[str, str]) -> Run:
 def startup_seconds(env: dict[str, str]) -> float:
     started = time.monotonic()
     subprocess.run(
-        [sys.executable, "-c", "import syncd.cli, syncd.app, syncd.engine"],
+        [sys.executable, "-c", "import syncd.runtime.cli, syncd.runtime.app, syncd.sync.engine"],
         env={**os.environ, **env},
         check=True,
     )
@@ -258,11 +258,11 @@ def local_cost(args: argparse.Namespace, concurrency: int, work: Backlog) -> dic
     from direct import DirectGateway
 
     from syncd.adapters.outbox import OutboxReader
-    from syncd.app import engine_options, open_ledger
     from syncd.emulator import EmulatorState
-    from syncd.engine import SyncEngine
-    from syncd.log import configure_logging
-    from syncd.settings import load_settings
+    from syncd.runtime.app import engine_options, open_ledger
+    from syncd.runtime.log import configure_logging
+    from syncd.runtime.settings import load_settings
+    from syncd.sync.engine import SyncEngine
 
     configure_logging("json", "WARNING")
     hosts = [

@@ -31,9 +31,9 @@ from zoneinfo import ZoneInfo
 import structlog
 from harness import ZONE, World, row
 
+from syncd.core.zones import windows_zone_id
 from syncd.emulator import Emulator
-from syncd.log import configure_logging
-from syncd.timezones import windows_zone_id
+from syncd.runtime.log import configure_logging
 
 # --- the PHI canary -----------------------------------------------------------------------------
 
@@ -366,7 +366,9 @@ class ExecChild(_Process):
 #: its own stdout/stderr file and nothing of the server's but the imported modules.
 _FORK_SERVER = r"""
 import json, os, runpy, sys, traceback
-import syncd.app, syncd.cli, syncd.daemon, syncd.engine, syncd.status  # the slow part, once
+# the slow part, once
+import syncd.runtime.app, syncd.runtime.cli, syncd.runtime.daemon, syncd.runtime.status
+import syncd.sync.engine
 import httpx._transports.default as transport
 
 # Each child would parse the CA bundle again (0.2 s) for a TLS context that plain http to the

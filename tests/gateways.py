@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from datetime import datetime
 
-from syncd.domain import CreateSession, Guest, RemoteSession
+from syncd.core.domain import CreateSession, Guest, RemoteSession
 from syncd.ports import SessionGateway
 
 

@@ -22,11 +22,11 @@ from syncd.adapters.ledger import create_ledger_engine, migrate
 from syncd.adapters.ledger import metadata as ledger_metadata
 from syncd.adapters.outbox import create_outbox_engine, outbox_table_ddl
 from syncd.adapters.sample_ehr import SampleEhr
-from syncd.app import App, build_app
 from syncd.emulator import Emulator
 from syncd.emulator.state import SessionRecord
-from syncd.engine import PassReport
-from syncd.settings import Settings, load_settings
+from syncd.runtime.app import App, build_app
+from syncd.runtime.settings import Settings, load_settings
+from syncd.sync.engine import PassReport
 
 ZONE = "America/New_York"
 

@@ -42,8 +42,8 @@ from chaos import (
 )
 from harness import World, guest, row, world
 
-from syncd.crashpoints import ENV as CRASHPOINT_ENV
 from syncd.emulator import MUTATING_METHODS, Emulator
+from syncd.testing.crashpoints import ENV as CRASHPOINT_ENV
 
 ENGINE_POINTS = ("before_call", "after_call", "after_commit")
 EMULATOR_POINTS = {"request_received": "before_apply", "applied_unanswered": "after_apply"}

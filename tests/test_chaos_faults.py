@@ -25,9 +25,9 @@ from harness import World, world
 
 from syncd.adapters.ledger import OperationRecord
 from syncd.adapters.securevideo import SecureVideoClient
-from syncd.app import App
+from syncd.core.errors import TemporaryError
 from syncd.emulator import Emulator, RecordedCall
-from syncd.errors import TemporaryError
+from syncd.runtime.app import App
 
 
 class DuplicateWatch:

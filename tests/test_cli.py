@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from harness import World, guest, row, world
 
-from syncd.cli import main
+from syncd.runtime.cli import main
 
 T = datetime(2027, 2, 10, 9, 0)
 
@@ -224,7 +224,7 @@ def test_a_database_error_at_start_quotes_no_value() -> None:
 
 
 def test_the_degraded_line_quotes_no_value() -> None:
-    from syncd.daemon import _first_line
+    from syncd.runtime.daemon import _first_line
 
     line = _first_line(Exception("invalid input syntax for type timestamp: 'Zelda Canary'\nDETAIL"))
     assert line == "invalid input syntax for type timestamp: '…'"

@@ -3,11 +3,11 @@
 An outbox table or column name built to break out of SQL quoting, a base URL that would send the
 API credentials over plain http or to the cloud metadata service, a secret pasted into a URL: each
 stops the start with exit 2 and one line on stderr naming the setting, and no secret ever appears
-in what the process prints.  ``syncd.settings`` validates these (unit-tested in
+in what the process prints.  ``syncd.runtime.settings`` validates these (unit-tested in
 test_settings.py); this is the end-to-end half, through real processes.
 
-Fast form: every attack against both commands through ``syncd.cli.main`` in this process (the
-same code path after the interpreter start), and one of them and the baseline as real
+Fast form: every attack against both commands through ``syncd.runtime.cli.main`` in this
+process (the same code path after the interpreter start), and one of them and the baseline as real
 processes.  Long form (``--long``): every attack against both commands as real processes.
 """
 
@@ -25,7 +25,7 @@ import pytest
 
 from syncd.adapters.outbox import create_outbox_engine
 from syncd.adapters.sample_ehr import SampleEhr
-from syncd.cli import main
+from syncd.runtime.cli import main
 
 #: Canary secrets: any of them in the output is a leak.
 API_SECRET = "Sekr1t-API-5ecret-canary"

@@ -28,9 +28,9 @@ from syncd.adapters.dberrors import classify
 from syncd.adapters.ledger import create_ledger_engine, migrate
 from syncd.adapters.outbox import create_outbox_engine
 from syncd.adapters.sample_ehr import SampleEhr
-from syncd.daemon import DEGRADED_LOG_INTERVAL, PassRunner
-from syncd.domain import CreateSession, RemoteSession
+from syncd.core.domain import CreateSession, RemoteSession
 from syncd.ports import SessionGateway
+from syncd.runtime.daemon import DEGRADED_LOG_INTERVAL, PassRunner
 
 pytestmark = pytest.mark.postgres
 

@@ -31,11 +31,10 @@ from harness import World, guest, row, world
 from prometheus_client.parser import text_string_to_metric_families
 
 from syncd.adapters.dberrors import classify
-from syncd.app import App, build_app
-from syncd.cli import main
-from syncd.daemon import PassRunner
-from syncd.engine import SyncEngine
-from syncd.health import (
+from syncd.runtime.app import App, build_app
+from syncd.runtime.cli import main
+from syncd.runtime.daemon import PassRunner
+from syncd.runtime.health import (
     HEARTBEAT_STALE_AFTER,
     HealthServer,
     Monitor,
@@ -43,7 +42,8 @@ from syncd.health import (
     maybe_serve_health,
     read_heartbeat,
 )
-from syncd.settings import Settings, load_settings
+from syncd.runtime.settings import Settings, load_settings
+from syncd.sync.engine import SyncEngine
 
 # Tomorrow, clinic time: inside SecureVideo's active window whenever the suite runs.
 T = (datetime.now(UTC) + timedelta(days=1)).replace(tzinfo=None, hour=15, minute=0, microsecond=0)

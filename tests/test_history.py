@@ -19,10 +19,10 @@ from harness import World, guest, row, world
 from syncd.adapters.ledger import BookedAppointment
 from syncd.adapters.securevideo import SecureVideoClient
 from syncd.adapters.securevideo_wire import HistoryPage, RejectedRecord, parse_history
-from syncd.cli import main
+from syncd.core.errors import PermanentError
 from syncd.emulator.state import SessionRecord
-from syncd.errors import PermanentError
-from syncd.history import (
+from syncd.runtime.cli import main
+from syncd.sync.billing import (
     Period,
     PeriodError,
     build_report,
@@ -298,7 +298,7 @@ def test_month_report_matches_the_emulator_and_flags_dupl_orphans_no_shows(w: Wo
     assert [n.appointment_id for n in report.no_shows] == ["A4", "A6"]
 
     # With the outcome collector's record, A6 is known to have become billable.
-    from syncd.outcomes import OutcomeCollector
+    from syncd.sync.visits import OutcomeCollector
 
     class Clock:
         def now(self) -> datetime:

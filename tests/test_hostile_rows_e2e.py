@@ -30,8 +30,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from procs import Syncd
 
-from syncd.errors import InvalidRowError
-from syncd.rows import parse_row
+from syncd.core.errors import InvalidRowError
+from syncd.core.rows import parse_row
 
 T = datetime(2027, 2, 10, 9, 0)
 CANARIES = ("Zelda", "Canary", "@phi.example", "1555777")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import structlog
 
-from syncd.log import MASKED, SAFE_KEYS, configure_logging, get_logger, mask_unsafe_fields
+from syncd.runtime.log import MASKED, SAFE_KEYS, configure_logging, get_logger, mask_unsafe_fields
 
 CANARY = "Zelda Canary"
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)$")

@@ -42,7 +42,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from syncd.app import App
+from syncd.runtime.app import App
 
 BASE = datetime(2027, 3, 1, 9, 0)  # naive, America/New_York
 PROVIDERS = {"prov-001": 1001, "prov-002": 1002, "prov-003": 1003}

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from syncd.health import Monitor
-from syncd.settings import load_settings
+from syncd.runtime.health import Monitor
+from syncd.runtime.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ROOT / "syncd"

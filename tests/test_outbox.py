@@ -19,9 +19,9 @@ from syncd.adapters.outbox import (
     create_outbox_engine,
     outbox_table_ddl,
 )
-from syncd.errors import ConfigError, InvalidRowError
+from syncd.core.errors import ConfigError, InvalidRowError
+from syncd.core.rows import parse_row
 from syncd.ports import OutboxRef, OutboxSource
-from syncd.rows import parse_row
 
 CHICAGO = ZoneInfo("America/Chicago")
 GUESTS = json.dumps([{"external_id": "PAT-1", "full_name": "Zelda Canaryfield"}])

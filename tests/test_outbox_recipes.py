@@ -23,10 +23,10 @@ import sqlalchemy as sa
 from conftest import database_or_skip
 
 from syncd.adapters.outbox import OutboxReader, create_outbox_engine
-from syncd.app import App, build_app
 from syncd.emulator import Emulator
 from syncd.emulator.state import SessionRecord
-from syncd.settings import load_settings
+from syncd.runtime.app import App, build_app
+from syncd.runtime.settings import load_settings
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "outbox.md"
 _BLOCK = re.compile(r"^```(\w+) ([\w-]+)\n(.*?)^```$", re.MULTILINE | re.DOTALL)

@@ -33,14 +33,14 @@ from syncd.adapters.ledger import (
     migrate,
 )
 from syncd.adapters.securevideo_wire import HistoryJson, HistoryPage
-from syncd.app import App
-from syncd.cli import main
-from syncd.daemon import PassRunner, run_daemon
-from syncd.domain import RemoteParticipant, RemoteSession
+from syncd.core.domain import RemoteParticipant, RemoteSession
+from syncd.core.errors import TemporaryError
 from syncd.emulator import Emulator
-from syncd.errors import TemporaryError
-from syncd.log import configure_logging
-from syncd.outcomes import (
+from syncd.runtime.app import App
+from syncd.runtime.cli import main
+from syncd.runtime.daemon import PassRunner, run_daemon
+from syncd.runtime.log import configure_logging
+from syncd.sync.visits import (
     CollectionReport,
     OutcomeCollector,
     OutcomeJob,

@@ -32,10 +32,10 @@ from chaos import (
 )
 from harness import ZONE, guest, row, world
 
-from syncd.crashpoints import ENV as CRASHPOINT_ENV
+from syncd.core.errors import InvalidRowError
+from syncd.core.rows import parse_row
 from syncd.emulator.server import Quote
-from syncd.errors import InvalidRowError
-from syncd.rows import parse_row
+from syncd.testing.crashpoints import ENV as CRASHPOINT_ENV
 
 T = datetime(2027, 2, 10, 9, 0)
 

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from syncd.domain import (
+from syncd.core.domain import (
     AddParticipant,
     Appointment,
     AppointmentStatus,
@@ -23,7 +23,7 @@ from syncd.domain import (
     UpdateParticipant,
     describe,
 )
-from syncd.planner import changed_fields, plan, same_schedule
+from syncd.core.planner import changed_fields, plan, same_schedule
 
 NOW = datetime(2027, 1, 10, 12, 0)
 T = datetime(2027, 1, 15, 15, 0)

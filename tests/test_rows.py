@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from syncd.domain import Appointment, AppointmentStatus, Guest
-from syncd.errors import InvalidRowError
-from syncd.rows import parse_row
+from syncd.core.domain import Appointment, AppointmentStatus, Guest
+from syncd.core.errors import InvalidRowError
+from syncd.core.rows import parse_row
 
 CHICAGO = ZoneInfo("America/Chicago")
 NEW_YORK = ZoneInfo("America/New_York")

@@ -31,15 +31,15 @@ from syncd.adapters.securevideo_wire import (
     NewSession,
     SessionJson,
 )
-from syncd.domain import CreateSession, Guest
-from syncd.emulator import Emulator
-from syncd.errors import (
+from syncd.core.domain import CreateSession, Guest
+from syncd.core.errors import (
     AmbiguousError,
     AuthenticationError,
     NotFoundError,
     PermanentError,
     TemporaryError,
 )
+from syncd.emulator import Emulator
 
 BASE = "https://api.securevideo.test/"
 KEY = "key-1234"

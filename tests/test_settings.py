@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from syncd import settings as settings_module
-from syncd.errors import ConfigError
-from syncd.settings import (
+from syncd.core.errors import ConfigError
+from syncd.runtime import settings as settings_module
+from syncd.runtime.settings import (
     CONTRACT_COLUMNS,
     Settings,
     known_env_vars,

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from harness import World, guest, row, world
 
-from syncd.app import App
 from syncd.emulator.state import ParticipantRecord as EmuParticipant
+from syncd.runtime.app import App
 
 T = datetime(2027, 2, 10, 9, 0)  # naive, America/New_York (EST, UTC-5)
 T_UTC = datetime(2027, 2, 10, 14, 0)
@@ -290,7 +290,7 @@ def test_rejected_credentials_stop_the_pass(tmp_path: Path) -> None:
 
 def test_control_without_look_before_create_the_lost_answer_duplicates(w: World) -> None:
     """Proves the test above can fail: trusting the ledger alone re-sends the lost POST."""
-    from syncd.app import build_app
+    from syncd.runtime.app import build_app
 
     app = build_app(w.settings, look_before_create=False)
     w.apps.append(app)

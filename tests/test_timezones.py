@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from syncd.timezones import windows_zone_id, zone
+from syncd.core.zones import windows_zone_id, zone
 
 _FIXED_MESSAGES = {
     "time zone must be a string",

@@ -1,8 +1,9 @@
 """Scenario 8: two ``syncd run`` processes on one ledger (PostgreSQL) and one outbox.
 
 Without coordination both would read SecureVideo, both find no session and both create one.  The
-leader lease (``syncd.lease``) lets one process apply at a time: the other logs "standby" and skips
-its passes, and takes over within the lease's time to live after the holder dies (SIGKILL).
+leader lease (``syncd.sync.lease``) lets one process apply at a time: the other logs "standby"
+and skips its passes, and takes over within the lease's time to live after the holder
+dies (SIGKILL).
 
 The process tests count mutating calls per appointment against what one instance would make; a
 control run with the lease switched off (a hidden flag) shows that the same setup duplicates.
@@ -26,7 +27,7 @@ from procs import Syncd, wait_for
 
 from syncd.adapters.ledger import Ledger, create_ledger_engine, migrate
 from syncd.emulator import RecordedCall
-from syncd.lease import LEASE_NAME, LeaderLease
+from syncd.sync.lease import LEASE_NAME, LeaderLease
 
 T = datetime(2027, 2, 10, 9, 0)
 TTL = 2.0

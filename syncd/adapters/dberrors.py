@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from syncd.errors import TemporaryError
-from syncd.redact import without_quoted_values
+from syncd.core.errors import TemporaryError
+from syncd.core.redact import without_quoted_values
 
 _OUTAGE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError)
 

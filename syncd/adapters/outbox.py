@@ -8,7 +8,7 @@ them for the dialect; no name is ever formatted into SQL text.
 Values come back as the driver returns them, keyed by the *contract's* column names, and every
 column is declared without a SQL type: a type would attach SQLAlchemy's result processors, and the
 SQLite ``DateTime`` processor raises on one malformed timestamp for the whole result.  Parsing and
-validation happen per row in ``syncd.rows``.
+validation happen per row in ``syncd.core.rows``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from syncd.errors import ConfigError
+from syncd.core.errors import ConfigError
 from syncd.ports import CONTRACT_COLUMNS, OutboxRef, OutboxRow
 
 __all__ = [
@@ -219,7 +219,7 @@ def _lenient_psycopg_dates(dbapi_connection: Any, _record: Any) -> None:
 
     psycopg raises on them while fetching, which fails the whole SELECT: one such row would stop
     the outbox for every appointment, and the error text would quote the value.  As text, the
-    row reaches ``syncd.rows``, which parks that one appointment.
+    row reaches ``syncd.core.rows``, which parks that one appointment.
     """
     # Imported here: syncd needs psycopg only when the EHR is on PostgreSQL.
     from psycopg.pq import Format
@@ -306,7 +306,7 @@ def _require_identifier(value: object, what: str) -> None:
 
 def _id_as_text(value: object) -> object:
     """An integer, integral decimal or UUID key as the text the ledger and SecureVideo know it by;
-    anything else as the driver gave it, for ``syncd.rows`` to judge."""
+    anything else as the driver gave it, for ``syncd.core.rows`` to judge."""
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():

@@ -6,7 +6,7 @@ the wire level (``*_raw`` and friends, pydantic models in and out) and, on top o
 
 What callers can rely on:
 
-* Every failure is one of ``syncd.errors``: ``AuthenticationError`` (401/403),
+* Every failure is one of ``syncd.core.errors``: ``AuthenticationError`` (401/403),
   ``PermanentError``/``NotFoundError`` (400, 404, 409, 410, 422, or an answer that does not parse),
   ``TemporaryError`` (429, 503, other statuses, a GET without an answer, a request never sent) and
   ``AmbiguousError`` (a change was sent and its answer lost, or a 500/502/504 answered it: the
@@ -52,8 +52,8 @@ from syncd.adapters.securevideo_wire import (
     describe_validation_error,
     parse_history,
 )
-from syncd.domain import CreateSession, Guest, RemoteParticipant, RemoteSession
-from syncd.errors import (
+from syncd.core.domain import CreateSession, Guest, RemoteParticipant, RemoteSession
+from syncd.core.errors import (
     AmbiguousError,
     AuthenticationError,
     NotFoundError,

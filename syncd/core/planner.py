@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from syncd.domain import (
+from syncd.core.domain import (
     AddParticipant,
     Appointment,
     CancelSession,

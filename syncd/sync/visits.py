@@ -31,9 +31,9 @@ from syncd.adapters.ledger import (
     SessionOutcomeRecord,
 )
 from syncd.adapters.securevideo_wire import HistoryJson, HistoryPage
-from syncd.domain import RemoteSession
-from syncd.engine import Clock, Ledger, SystemClock
-from syncd.errors import AuthenticationError, PermanentError, TemporaryError
+from syncd.core.domain import RemoteSession
+from syncd.core.errors import AuthenticationError, PermanentError, TemporaryError
+from syncd.sync.engine import Clock, Ledger, SystemClock
 
 log = structlog.get_logger("syncd.outcomes")
 

@@ -23,9 +23,9 @@ from decimal import Decimal, InvalidOperation
 from typing import NoReturn
 from zoneinfo import ZoneInfo
 
-from syncd.domain import PRESENCE, Appointment, AppointmentStatus, Delivery, Guest, Presence
-from syncd.errors import InvalidRowError
-from syncd.timezones import windows_zone_id
+from syncd.core.domain import PRESENCE, Appointment, AppointmentStatus, Delivery, Guest, Presence
+from syncd.core.errors import InvalidRowError
+from syncd.core.zones import windows_zone_id
 
 __all__ = ["parse_row"]
 

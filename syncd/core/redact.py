@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from syncd.domain import Appointment
+from syncd.core.domain import Appointment
 
 _EMAIL = re.compile(r"[^\s@\"'<>(),;:]+@[^\s@\"'<>(),;:]+\.[A-Za-z]{2,}")
 _PHONE = re.compile(r"\+?\d[\d\s().-]{6,}\d")

@@ -13,9 +13,9 @@ from syncd.adapters.ledger import Ledger, create_ledger_engine, current_revision
 from syncd.adapters.ledger import migrate as migrate_ledger
 from syncd.adapters.outbox import OutboxReader, create_outbox_engine
 from syncd.adapters.securevideo import ResponseHook, SecureVideoClient
-from syncd.engine import EngineOptions, SyncEngine
-from syncd.errors import SyncdError
-from syncd.settings import Settings
+from syncd.core.errors import SyncdError
+from syncd.runtime.settings import Settings
+from syncd.sync.engine import EngineOptions, SyncEngine
 
 
 class LedgerBehindError(SyncdError):

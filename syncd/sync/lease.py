@@ -30,7 +30,7 @@ from typing import Final
 
 import structlog
 
-from syncd.engine import Ledger
+from syncd.sync.engine import Ledger
 
 log = structlog.get_logger("syncd.lease")
 

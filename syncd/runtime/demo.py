@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from syncd.adapters.sample_ehr import demo_outbox
-from syncd.app import build_app
 from syncd.emulator import Emulator
-from syncd.log import configure_logging
-from syncd.settings import load_settings
+from syncd.runtime.app import build_app
+from syncd.runtime.log import configure_logging
+from syncd.runtime.settings import load_settings
 
 CLINIC_ZONE = "America/Chicago"
 

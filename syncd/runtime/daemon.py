@@ -20,9 +20,9 @@ from typing import TypeVar
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from syncd.engine import PassReport, SyncEngine
-from syncd.lease import LeaderLease
-from syncd.redact import without_quoted_values
+from syncd.core.redact import without_quoted_values
+from syncd.sync.engine import PassReport, SyncEngine
+from syncd.sync.lease import LeaderLease
 
 log = structlog.get_logger("syncd.daemon")
 
@@ -135,7 +135,7 @@ def run_daemon(
     outcomes_interval_seconds: float = 0,
 ) -> int:
     """``outcomes``, when given with a positive interval, runs as a second job (visit outcomes,
-    ``syncd.outcomes``): apart from the pass, so a pass with nothing to do still makes no call."""
+    ``syncd.sync.visits``): apart from the pass, so a pass with nothing to do makes no call."""
     if install_signal_handlers:
         _install(stop)
     scheduler = BackgroundScheduler(timezone=UTC)

@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from syncd import __version__
-from syncd.errors import AuthenticationError, ConfigError, SyncdError
-from syncd.log import STDERR, configure_logging
-from syncd.settings import Settings, load_settings
+from syncd.core.errors import AuthenticationError, ConfigError, SyncdError
+from syncd.runtime.log import STDERR, configure_logging
+from syncd.runtime.settings import Settings, load_settings
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_CANNOT_RUN = 0, 1, 2
 
@@ -64,10 +64,15 @@ def _settings(*, report: bool = False) -> Settings:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from syncd.adapters.dberrors import classify
-    from syncd.app import build_app
-    from syncd.daemon import PassRunner, install_stop_handlers, open_when_available, run_daemon
-    from syncd.health import Monitor, maybe_serve_health
-    from syncd.lease import LeaderLease
+    from syncd.runtime.app import build_app
+    from syncd.runtime.daemon import (
+        PassRunner,
+        install_stop_handlers,
+        open_when_available,
+        run_daemon,
+    )
+    from syncd.runtime.health import Monitor, maybe_serve_health
+    from syncd.sync.lease import LeaderLease
 
     settings = _settings()
     stop = threading.Event()
@@ -94,7 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             on_report=monitor.observe_report,
             on_failure=monitor.observe_failure,
         )
-        from syncd.outcomes import OutcomeCollector, OutcomeJob
+        from syncd.sync.visits import OutcomeCollector, OutcomeJob
 
         outcomes = OutcomeJob(
             OutcomeCollector(ledger=app.ledger, gateway=app.gateway, stop=stop),
@@ -113,8 +118,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_outcomes(args: argparse.Namespace) -> int:
-    from syncd.app import build_app
-    from syncd.outcomes import OutcomeCollector
+    from syncd.runtime.app import build_app
+    from syncd.sync.visits import OutcomeCollector
 
     settings = _settings(report=True)
     with build_app(settings) as app:
@@ -132,13 +137,13 @@ def cmd_outcomes(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from syncd.history import PeriodError, parse_period, render, run_history, skipped_lines
+    from syncd.sync.billing import PeriodError, parse_period, render, run_history, skipped_lines
 
     try:
         period = parse_period(args.month, args.start, args.end)
     except PeriodError as exc:
         return _fail(f"history: {exc}")
-    from syncd.app import build_app
+    from syncd.runtime.app import build_app
 
     settings = _settings(report=True)
     with build_app(settings) as app:
@@ -151,8 +156,8 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_once(args: argparse.Namespace) -> int:
-    from syncd.app import build_app
-    from syncd.lease import LeaderLease
+    from syncd.runtime.app import build_app
+    from syncd.sync.lease import LeaderLease
 
     settings = _settings()
     with build_app(settings, look_before_create=not args.unsafe_skip_look_before_create) as app:
@@ -176,7 +181,7 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from syncd.app import build_app
+    from syncd.runtime.app import build_app
 
     settings = _settings(report=True)
     with build_app(settings) as app:
@@ -207,7 +212,7 @@ def _plain(value: object) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from syncd.status import collect_status, render_status
+    from syncd.runtime.status import collect_status, render_status
 
     settings = _settings(report=True)
     status = collect_status(settings)
@@ -219,7 +224,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from syncd.app import open_ledger
+    from syncd.runtime.app import open_ledger
 
     settings = _settings(report=True)
     ledger = open_ledger(settings)
@@ -259,7 +264,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from syncd.check import run_checks
+    from syncd.runtime.check import run_checks
 
     try:
         settings = _settings(report=True)
@@ -270,7 +275,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_healthcheck(args: argparse.Namespace) -> int:
-    from syncd.health import heartbeat_path, read_heartbeat
+    from syncd.runtime.health import heartbeat_path, read_heartbeat
 
     settings = _settings(report=True)
     healthy, line = read_heartbeat(heartbeat_path(settings))
@@ -279,7 +284,7 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from syncd.demo import run_demo
+    from syncd.runtime.demo import run_demo
 
     return run_demo(args.dir)
 

@@ -45,7 +45,7 @@ from pydantic_settings import (
 
 from syncd.adapters.dburl import MASK as _MASK
 from syncd.adapters.dburl import is_valid_url, masked_url
-from syncd.errors import ConfigError
+from syncd.core.errors import ConfigError
 from syncd.ports import CONTRACT_COLUMNS
 
 __all__ = [

@@ -44,13 +44,13 @@ from prometheus_client.registry import Collector
 
 from syncd import __version__
 from syncd.adapters.dberrors import describe_database_error
-from syncd.errors import AuthenticationError, SyncdError
-from syncd.settings import Settings
+from syncd.core.errors import AuthenticationError, SyncdError
+from syncd.runtime.settings import Settings
 
 if TYPE_CHECKING:
-    from syncd.app import App
-    from syncd.daemon import PassRunner
-    from syncd.engine import PassReport
+    from syncd.runtime.app import App
+    from syncd.runtime.daemon import PassRunner
+    from syncd.sync.engine import PassReport
 
 __all__ = [
     "HEARTBEAT_FILE",

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from syncd.adapters.outbox import OutboxReader, create_outbox_engine
-from syncd.app import open_ledger
-from syncd.settings import Settings
+from syncd.runtime.app import open_ledger
+from syncd.runtime.settings import Settings
 
 
 def collect_status(settings: Settings, *, parked_limit: int = 100) -> dict[str, Any]:

@@ -30,8 +30,7 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from syncd.adapters.ledger import AppointmentRecord, LedgerRepository, ParticipantRecord
-from syncd.crashpoints import crashpoint
-from syncd.domain import (
+from syncd.core.domain import (
     AddParticipant,
     Appointment,
     CancelSession,
@@ -46,7 +45,7 @@ from syncd.domain import (
     describe,
     guest_fingerprint,
 )
-from syncd.errors import (
+from syncd.core.errors import (
     AmbiguousError,
     AuthenticationError,
     InvalidRowError,
@@ -54,10 +53,11 @@ from syncd.errors import (
     PermanentError,
     TemporaryError,
 )
-from syncd.planner import is_outside_active_window, plan
+from syncd.core.planner import is_outside_active_window, plan
+from syncd.core.redact import redact
+from syncd.core.rows import MAX_ID_LENGTH, parse_row
 from syncd.ports import OutboxRef, OutboxSource, SessionGateway
-from syncd.redact import redact
-from syncd.rows import MAX_ID_LENGTH, parse_row
+from syncd.testing.crashpoints import crashpoint
 
 log = structlog.get_logger("syncd.engine")
 

@@ -23,8 +23,8 @@ from typing import Any, Final, Literal
 
 from syncd.adapters.ledger import BookedAppointment
 from syncd.adapters.securevideo_wire import HistoryJson, HistoryPage
-from syncd.engine import Ledger
-from syncd.outcomes import OutcomeGateway
+from syncd.sync.engine import Ledger
+from syncd.sync.visits import OutcomeGateway
 
 DUPLICATE: Final = "DUPL"
 ORPHAN: Final = "ORPHAN"

@@ -8,8 +8,8 @@ from syncd.adapters.dberrors import describe_database_error
 from syncd.adapters.ledger import create_ledger_engine, current_revision, head_revision
 from syncd.adapters.outbox import OutboxReader, create_outbox_engine
 from syncd.adapters.securevideo import SecureVideoClient
-from syncd.errors import AuthenticationError, ConfigError, SyncdError
-from syncd.settings import Settings
+from syncd.core.errors import AuthenticationError, ConfigError, SyncdError
+from syncd.runtime.settings import Settings
 
 Check = Callable[[Settings], str]
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from syncd.domain import CreateSession, Guest, RemoteSession
+from syncd.core.domain import CreateSession, Guest, RemoteSession
 
 #: The outbox contract's columns, in the contract's order.  The reader maps each to the EHR's own
 #: name (``SYNCD_OUTBOX__COLUMNS__<NAME>``).
@@ -29,7 +29,7 @@ CONTRACT_COLUMNS: tuple[str, ...] = (
 
 
 class SessionGateway(Protocol):
-    """SecureVideo, in domain terms.  Raises the errors of ``syncd.errors``."""
+    """SecureVideo, in domain terms.  Raises the errors of ``syncd.core.errors``."""
 
     def list_host_sessions(self, host_external_id: str) -> list[RemoteSession]:
         """Active sessions (cancelled ones included) of the host user with this ExternalId."""
