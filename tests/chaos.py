@@ -31,7 +31,7 @@ from zoneinfo import ZoneInfo
 import structlog
 from harness import ZONE, World, row
 
-from syncd.core.zones import windows_zone_id
+from syncd.adapters.windows_zones import windows_zone_id
 from syncd.emulator import Emulator
 from syncd.runtime.log import configure_logging
 

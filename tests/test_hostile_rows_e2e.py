@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from procs import Syncd
 
+from syncd.adapters.windows_zones import windows_zone_id
 from syncd.core.errors import InvalidRowError
 from syncd.core.rows import parse_row
 
@@ -285,7 +286,11 @@ def test_hostile_rows_beside_good_ones(
         for x in junk_rows:
             record = records[x.key]
             try:
-                parse_row(rows[x.event_id].values, zone=app.settings.outbox.zone)
+                parse_row(
+                    rows[x.event_id].values,
+                    windows_zone=windows_zone_id,
+                    zone=app.settings.outbox.zone,
+                )
             except InvalidRowError as err:
                 assert record.state == "parked", x.hostile
                 assert record.reason is not None and f"field '{err.field}'" in record.reason

@@ -19,6 +19,7 @@ from syncd.adapters.outbox import (
     create_outbox_engine,
     outbox_table_ddl,
 )
+from syncd.adapters.windows_zones import windows_zone_id
 from syncd.core.errors import ConfigError, InvalidRowError
 from syncd.core.rows import parse_row
 from syncd.ports import OutboxRef, OutboxSource
@@ -136,7 +137,7 @@ def test_rows_are_keyed_by_contract_names_with_raw_values(
     assert isinstance(values["created_at"], str)
     assert values["is_recorded"] == 0
     assert values["participants"] == GUESTS
-    appt = parse_row(values, zone=CHICAGO)
+    appt = parse_row(values, windows_zone=windows_zone_id, zone=CHICAGO)
     assert appt.event_id == 2
     assert appt.starts_at == datetime(2027, 6, 1, 14, 2)
 
@@ -177,11 +178,11 @@ def test_a_malformed_timestamp_does_not_fail_the_batch(engine: sa.Engine, outbox
     assert bad["starts_at"] == "next tuesday-ish"
     assert bad["created_at"] == "garbage"
     with pytest.raises(InvalidRowError) as err:
-        parse_row(bad, zone=CHICAGO)
+        parse_row(bad, windows_zone=windows_zone_id, zone=CHICAGO)
     assert err.value.field == "starts_at"
     assert err.value.appointment_id == "APT-BAD"
     for good in (rows[0], rows[1], rows[3], rows[4]):
-        parse_row(good.values, zone=CHICAGO)
+        parse_row(good.values, windows_zone=windows_zone_id, zone=CHICAGO)
 
 
 def test_remapped_column_names(engine: sa.Engine) -> None:
@@ -213,7 +214,7 @@ def test_remapped_column_names(engine: sa.Engine) -> None:
     assert reader.max_event_id() == 11
     (row,) = reader.rows([11])
     assert set(row.values) == set(CONTRACT_COLUMNS)
-    appt = parse_row(row.values, zone=ZoneInfo("America/New_York"))
+    appt = parse_row(row.values, windows_zone=windows_zone_id, zone=ZoneInfo("America/New_York"))
     assert appt.appointment_id == "V-1"
     assert appt.provider_external_id == "DR-7"
     assert appt.starts_at == datetime(2027, 3, 14, 6, 30)

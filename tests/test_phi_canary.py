@@ -32,6 +32,7 @@ from chaos import (
 )
 from harness import ZONE, guest, row, world
 
+from syncd.adapters.windows_zones import windows_zone_id
 from syncd.core.errors import InvalidRowError
 from syncd.core.rows import parse_row
 from syncd.emulator.server import Quote
@@ -59,7 +60,7 @@ def spawner() -> ForkServer:
 def test_the_parser_names_fields_not_values() -> None:
     for bad in BAD_ROWS:
         with pytest.raises(InvalidRowError) as caught:
-            parse_row(bad | {"event_id": 1}, zone=ZoneInfo(ZONE))
+            parse_row(bad | {"event_id": 1}, windows_zone=windows_zone_id, zone=ZoneInfo(ZONE))
         text = f"{caught.value}\n{caught.value!r}\n{caught.value.problem}"
         assert canary_hits(text, f"{bad['appointment_id']} exception text") == []
 

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from syncd.adapters.windows_zones import windows_zone_id
 from syncd.core.domain import Appointment, AppointmentStatus, Guest
 from syncd.core.errors import InvalidRowError
 from syncd.core.rows import parse_row
@@ -83,7 +84,7 @@ def make(mutate: Callable[[Row, Guests], object] | None = None) -> Row:
 
 
 def parse(values: Row, zone: ZoneInfo = CHICAGO, prefix: str = "") -> Appointment:
-    return parse_row(values, zone=zone, session_id_prefix=prefix)
+    return parse_row(values, windows_zone=windows_zone_id, zone=zone, session_id_prefix=prefix)
 
 
 def assert_phi_free(err: InvalidRowError) -> None:
@@ -748,7 +749,7 @@ def test_junk_rows_parse_or_raise_invalid_row(
 ) -> None:
     values = {**values, "participants": participants}
     try:
-        appt = parse_row(values, zone=zone, session_id_prefix=prefix)
+        appt = parse_row(values, windows_zone=windows_zone_id, zone=zone, session_id_prefix=prefix)
     except InvalidRowError as err:
         assert err.field
     else:
@@ -779,7 +780,7 @@ def test_junk_around_patient_data_never_reaches_the_message(
         values = base_row()
         mutate(values, base_guests())
     try:
-        parse_row(values, zone=zone)
+        parse_row(values, windows_zone=windows_zone_id, zone=zone)
     except InvalidRowError as err:
         assert_phi_free(err)
 
@@ -804,7 +805,7 @@ def test_one_spoilt_value_never_reaches_the_message(
     assert isinstance(guests, list)
     mutate(values, guests)
     try:
-        parse_row(values, zone=zone)
+        parse_row(values, windows_zone=windows_zone_id, zone=zone)
     except InvalidRowError as err:
         assert_phi_free(err)
 
@@ -830,7 +831,7 @@ def test_well_formed_rows_keep_their_guests(
     ]
     values = make(lambda v, g: v.update(participants=guests, starts_at=local))
     try:
-        appt = parse_row(values, zone=zone)
+        appt = parse_row(values, windows_zone=windows_zone_id, zone=zone)
     except InvalidRowError as err:
         # only a time in a DST gap is refused here
         assert err.field == "starts_at"

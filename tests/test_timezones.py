@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from syncd.core.zones import windows_zone_id, zone
+from syncd.adapters.windows_zones import windows_zone_id
+from syncd.core.zones import zone
 
 _FIXED_MESSAGES = {
     "time zone must be a string",

@@ -17,7 +17,7 @@ import json
 import math
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import NoReturn
@@ -25,7 +25,9 @@ from zoneinfo import ZoneInfo
 
 from syncd.core.domain import PRESENCE, Appointment, AppointmentStatus, Delivery, Guest, Presence
 from syncd.core.errors import InvalidRowError
-from syncd.core.zones import windows_zone_id
+
+#: An IANA name (or a Windows id) to the Windows id SecureVideo takes; ``ValueError`` if none.
+WindowsZone = Callable[[str], str]
 
 __all__ = ["parse_row"]
 
@@ -56,7 +58,11 @@ _CENT = Decimal("0.01")
 
 
 def parse_row(
-    values: Mapping[str, object], *, zone: ZoneInfo, session_id_prefix: str = ""
+    values: Mapping[str, object],
+    *,
+    zone: ZoneInfo,
+    windows_zone: WindowsZone,
+    session_id_prefix: str = "",
 ) -> Appointment:
     """Validate one outbox row and turn it into the appointment it describes.
 
@@ -68,6 +74,9 @@ def parse_row(
     to UTC as it is.  The result is naive UTC with seconds and microseconds dropped, as
     SecureVideo's ``ScheduleTs`` reports it.
 
+    ``windows_zone`` turns a participant's zone into a Windows id (``ValueError`` when there is
+    none); the table behind it is an adapter's.
+
     Raises ``InvalidRowError``; when the appointment id itself is unusable the error names the row
     as ``"event <event_id>"``.
     """
@@ -76,7 +85,7 @@ def parse_row(
     label = f"event {event_id}" if event_id is not None else "event ?"
     if isinstance(raw_appointment_id, str) and _id_problem(raw_appointment_id) is None:
         label = raw_appointment_id
-    row = _Row(label)
+    row = _Row(label, windows_zone)
 
     if event_id is None:
         row.fail("event_id", "missing or not an integer")
@@ -108,8 +117,9 @@ def parse_row(
 class _Row:
     """The checks, bound to the label that every error of this row carries."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, windows_zone: WindowsZone) -> None:
         self.label = label
+        self._windows_zone = windows_zone
 
     def fail(self, field: str, problem: str) -> NoReturn:
         # ``from None`` everywhere below: a chained driver/codec exception can carry the raw value
@@ -351,7 +361,7 @@ class _Row:
         if not isinstance(value, str):
             self.fail(field, "must be text")
         try:
-            return windows_zone_id(value)
+            return self._windows_zone(value)
         except ValueError:
             self.fail(field, "not an IANA time zone with a Windows id, nor a Windows time zone id")
 

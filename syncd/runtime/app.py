@@ -13,6 +13,7 @@ from syncd.adapters.ledger import Ledger, create_ledger_engine, current_revision
 from syncd.adapters.ledger import migrate as migrate_ledger
 from syncd.adapters.outbox import OutboxReader, create_outbox_engine
 from syncd.adapters.securevideo import ResponseHook, SecureVideoClient
+from syncd.adapters.windows_zones import windows_zone_id
 from syncd.core.errors import SyncdError
 from syncd.runtime.settings import Settings
 from syncd.sync.engine import EngineOptions, SyncEngine
@@ -56,6 +57,7 @@ def engine_options(settings: Settings, *, look_before_create: bool = True) -> En
         pass_retry_budget_seconds=s.pass_retry_budget_seconds,
         zone=settings.outbox.zone,
         session_id_prefix=settings.outbox.session_id_prefix,
+        windows_zone=windows_zone_id,
         look_before_create=look_before_create,
     )
 

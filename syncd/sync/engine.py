@@ -55,7 +55,7 @@ from syncd.core.errors import (
 )
 from syncd.core.planner import is_outside_active_window, plan
 from syncd.core.redact import redact
-from syncd.core.rows import MAX_ID_LENGTH, parse_row
+from syncd.core.rows import MAX_ID_LENGTH, WindowsZone, parse_row
 from syncd.ports import OutboxRef, OutboxSource, SessionGateway
 from syncd.testing.crashpoints import crashpoint
 
@@ -107,6 +107,7 @@ class EngineOptions:
     pass_retry_budget_seconds: float = 120.0
     zone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
     session_id_prefix: str = ""
+    windows_zone: WindowsZone = field(kw_only=True)
     #: Off only for the crash sweep's control run, to prove that test can see duplicates.
     look_before_create: bool = True
     #: A pass that drains a backlog logs ``backlog_progress`` at most this often.
@@ -482,6 +483,7 @@ class SyncEngine:
                 appt = parse_row(
                     row.values,
                     zone=self.options.zone,
+                    windows_zone=self.options.windows_zone,
                     session_id_prefix=self.options.session_id_prefix,
                 )
             except InvalidRowError as err:
@@ -1070,7 +1072,10 @@ class SyncEngine:
                 continue
             try:
                 appt = parse_row(
-                    row.values, zone=opts.zone, session_id_prefix=opts.session_id_prefix
+                    row.values,
+                    zone=opts.zone,
+                    windows_zone=opts.windows_zone,
+                    session_id_prefix=opts.session_id_prefix,
                 )
             except InvalidRowError as err:
                 previews.append(Preview(aid, problem=str(err)))
