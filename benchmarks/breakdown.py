@@ -87,14 +87,14 @@ def main() -> int:
         calls: list[float] = []
         rows: list[float] = []
         turns: list[tuple[float, float, float]] = []
-        original_begin = ledger_module.Ledger.begin
+        original_begin = ledger_module.SqlLedger.begin
 
         @contextmanager
-        def begin(self: ledger_module.Ledger) -> Iterator[ledger_module.LedgerRepository]:
+        def begin(self: ledger_module.SqlLedger) -> Iterator[ledger_module.SqlTransaction]:
             asked = time.perf_counter()
-            with original_begin(self) as repo:
+            with original_begin(self) as tx:
                 entered = time.perf_counter()
-                yield repo
+                yield tx
                 body = time.perf_counter()
             turns.append((entered - asked, body - entered, time.perf_counter() - body))
 
@@ -117,7 +117,7 @@ def main() -> int:
                 migrate(engine)
                 engine.dispose()
             app = build_app(settings, on_response=lambda _m, _t, _s, took: calls.append(took))
-            ledger_module.Ledger.begin = begin  # type: ignore[method-assign]
+            ledger_module.SqlLedger.begin = begin  # type: ignore[method-assign]
             SyncEngine._sync_one = timed(SyncEngine._sync_one, rows)  # type: ignore[method-assign]
             before = resource.getrusage(resource.RUSAGE_SELF)
             started = time.perf_counter()

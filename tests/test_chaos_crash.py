@@ -201,8 +201,8 @@ def test_crash_sweep(tmp_path: Path, spawner: ForkServer, long_run: bool) -> Non
         # The last word is a brand-new interpreter's, not a fork's.
         final = ExecChild(["once"], sweep.env, sweep.out)
         differences = sweep.quiescence(final)
-        with w.app().ledger.begin() as repo:
-            open_intents = repo.open_intents()
+        with w.app().ledger.begin() as tx:
+            open_intents = tx.operations.open_intents()
         calls = len(w.emulator.mutating_calls())
         sessions = len(w.emulator.state.sessions())
 

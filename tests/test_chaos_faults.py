@@ -61,8 +61,8 @@ def app_with(w: World, *, read_timeout: float = 2.0, **sync: object) -> App:
 
 
 def open_intent_ids(app: App) -> set[int]:
-    with app.ledger.begin() as repo:
-        return {op.id for op in repo.open_intents()}
+    with app.ledger.begin() as tx:
+        return {op.id for op in tx.operations.open_intents()}
 
 
 # --- scenario 2: lost answers ---------------------------------------------------------------
@@ -105,9 +105,11 @@ def test_lost_answers_are_resolved_and_counted(tmp_path: Path, long_run: bool) -
         final = app.engine.run_pass()
         injected = faults.injected
         differences = remote_differences(w.emulator, model)
-        with app.ledger.begin() as repo:
-            journal = [op for aid in sorted(model.bookings) for op in repo.operations(aid)]
-            parked = repo.parked()
+        with app.ledger.begin() as tx:
+            journal = [
+                op for aid in sorted(model.bookings) for op in tx.operations.of_appointment(aid)
+            ]
+            parked = tx.appointments.parked()
         leftover = open_intent_ids(app)
         calls = w.emulator.mutating_calls()
     events = log_events(logs.getvalue())
@@ -189,21 +191,23 @@ def test_overload_honours_retry_after_and_drains(tmp_path: Path, long_run: bool)
         injected = faults.injected
         faults.clear()
         faults.on_request(watch)  # clear() removed it
-        with app.ledger.begin() as repo:
-            parked_in_storm = len(repo.parked())
-            backlog = repo.pending_count()
+        with app.ledger.begin() as tx:
+            parked_in_storm = len(tx.appointments.parked())
+            backlog = tx.appointments.pending_count()
         # After the storm: the backlog drains by itself, pass after pass.
         drain_passes = 0
         while True:
             report = app.engine.run_pass()
             drain_passes += 1
-            with app.ledger.begin() as repo:
-                pending, parked = repo.pending_count(), repo.parked()
+            with app.ledger.begin() as tx:
+                pending, parked = tx.appointments.pending_count(), tx.appointments.parked()
             if (report.clean and pending == 0) or drain_passes == 20:
                 break
             time.sleep(0.2)  # deferred appointments come due again after their Retry-After
-        with app.ledger.begin() as repo:
-            journal = [op for aid in sorted(model.bookings) for op in repo.operations(aid)]
+        with app.ledger.begin() as tx:
+            journal = [
+                op for aid in sorted(model.bookings) for op in tx.operations.of_appointment(aid)
+            ]
         differences = remote_differences(w.emulator, model)
 
     early = early_requests(storm_calls, retry_after)

@@ -91,9 +91,9 @@ def test_create_then_a_second_pass_makes_no_call_at_all(w: World) -> None:
     again = w.run_pass()
     assert w.emulator.calls == []
     assert sum(again.outcomes.values()) == 0
-    with w.apps[-1].ledger.begin() as repo:
-        assert repo.counts_by_state()["synced"] == 1
-        assert repo.cursor() == event_id
+    with w.apps[-1].ledger.begin() as tx:
+        assert tx.appointments.counts_by_state()["synced"] == 1
+        assert tx.cursor.get() == event_id
 
 
 def test_reschedule(w: World) -> None:
@@ -219,8 +219,8 @@ def test_every_bad_row_is_parked_alone_and_the_good_one_flows(
     assert report.outcomes == {"parked": len(BAD_ROWS), "synced": 1}
     assert len(w.live("GOOD")) == 1
     assert all(w.live(aid) == [] for aid in expected)
-    with w.apps[-1].ledger.begin() as repo:
-        parked = {p.appointment_id: p.reason or "" for p in repo.parked()}
+    with w.apps[-1].ledger.begin() as tx:
+        parked = {p.appointment_id: p.reason or "" for p in tx.appointments.parked()}
     assert set(parked) == set(expected)
     for aid, field in expected.items():
         assert aid in parked[aid]
@@ -248,8 +248,8 @@ def test_apply_then_drop_on_create_ends_with_exactly_one_session(w: World) -> No
     assert report.outcomes == {"synced": 1}
     assert len(w.live("A1")) == 1
     assert [c.method for c in w.emulator.mutating_calls()] == ["POST"]
-    with w.apps[-1].ledger.begin() as repo:
-        journal = repo.operations("A1")
+    with w.apps[-1].ledger.begin() as tx:
+        journal = tx.operations.of_appointment("A1")
     # the lost answer's intent, resolved by reading the host's sessions, not by a second POST
     assert (journal[0].op, journal[0].state) == ("create", "resolved")
 

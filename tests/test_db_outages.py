@@ -131,10 +131,10 @@ def test_ledger_dies_between_remote_success_and_commit(pg: PrivatePostgres, tmp_
         assert not [e for e in logs if e["event"] == "pass_failed"]
 
         assert_exactly_one_each(w, ids)
-        with app.ledger.begin() as repo:
-            assert repo.open_intents() == []
-            journal = repo.operations(first)
-            assert repo.counts_by_state()["synced"] == len(ids)
+        with app.ledger.begin() as tx:
+            assert tx.operations.open_intents() == []
+            journal = tx.operations.of_appointment(first)
+            assert tx.appointments.counts_by_state()["synced"] == len(ids)
         # The intent of the create whose outcome was lost stayed open through the outage and was
         # resolved by reading SecureVideo again, not by a second POST.
         assert [(op.op, op.state) for op in journal] == [("create", "resolved")]
@@ -203,9 +203,9 @@ def test_ehr_database_dies_mid_pass(pg: PrivatePostgres, tmp_path: Path) -> None
             assert runner.degraded is None
             assert [e["event"] for e in logs].count("degraded") == 1
             assert_exactly_one_each(w, ids)
-            with app.ledger.begin() as repo:
-                assert repo.open_intents() == []
-                assert repo.counts_by_state()["synced"] == len(ids)
+            with app.ledger.begin() as tx:
+                assert tx.operations.open_intents() == []
+                assert tx.appointments.counts_by_state()["synced"] == len(ids)
     finally:
         ehr.dispose()
 

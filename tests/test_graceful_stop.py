@@ -43,8 +43,8 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
 
 def open_intents(w: World) -> list[str]:
     app = w.app()
-    with app.ledger.begin() as repo:
-        found = [f"{op.appointment_id}:{op.op}:{op.state}" for op in repo.open_intents()]
+    with app.ledger.begin() as tx:
+        found = [f"{op.appointment_id}:{op.op}:{op.state}" for op in tx.operations.open_intents()]
     app.close()
     w.apps.remove(app)
     return found

@@ -170,8 +170,8 @@ def write_good(w: World) -> str:
 
 def check(w: World, written: list[Written], good: list[str], out: str) -> None:
     app = w.apps[-1]
-    with app.ledger.begin() as repo:
-        records = repo.get_many([x.key for x in written] + good)
+    with app.ledger.begin() as tx:
+        records = tx.appointments.get_many([x.key for x in written] + good)
     for x in written:
         record = records[x.key]
         what = f"{x.hostile.name} ({x.key})"
@@ -281,8 +281,8 @@ def test_hostile_rows_beside_good_ones(
 
         app = w.apps[-1]
         rows = {r.event_id: r for r in app.outbox.rows([x.event_id for x in junk_rows])}
-        with app.ledger.begin() as repo:
-            records = repo.get_many([x.key for x in junk_rows])
+        with app.ledger.begin() as tx:
+            records = tx.appointments.get_many([x.key for x in junk_rows])
         for x in junk_rows:
             record = records[x.key]
             try:

@@ -20,12 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.adapters.ledger import (
     _INSERT_INTENT,
-    TEXT_LIMIT,
-    AppointmentRecord,
-    Ledger,
     LedgerRepository,
-    OperationRecord,
-    ParticipantRecord,
+    SqlLedger,
     create_ledger_engine,
     current_revision,
     downgrade,
@@ -36,6 +32,7 @@ from syncd.adapters.ledger import (
     migrate,
     script_location,
 )
+from syncd.ports.ledger import TEXT_LIMIT, AppointmentRecord, OperationRecord, ParticipantRecord
 
 T0 = datetime(2025, 3, 1, 12, 0, 0)
 T1 = T0 + timedelta(minutes=1)
@@ -49,8 +46,6 @@ EXPECTED_COLUMNS = {
         "appointment_id",
         "last_event_id",
         "applied_event_id",
-        "desired_fingerprint",
-        "applied_fingerprint",
         "state",
         "attempts",
         "reason",
@@ -82,7 +77,6 @@ EXPECTED_COLUMNS = {
         "session_id",
         "participation_id",
         "packet_id",
-        "fingerprint",
         "updated_at",
     },
     "lease": {"name", "holder", "expires_at", "updated_at"},
@@ -139,7 +133,7 @@ def test_migrate_empty_to_head_to_base_and_back(fresh_ledger_url: str) -> None:
         assert not is_at_head(engine)
 
         migrate(engine)
-        assert current_revision(engine) == head_revision() == "0002_visit_outcomes"
+        assert current_revision(engine) == head_revision() == "0003_drop_unread_fingerprints"
         assert is_at_head(engine)
         assert set(EXPECTED_COLUMNS) <= set(inspect(engine).get_table_names())
         migrate(engine)  # already there: nothing to do
@@ -187,7 +181,7 @@ def test_migrate_leaves_logging_alone(fresh_ledger_url: str) -> None:
 
 def test_script_location_and_head() -> None:
     assert (script_location() / "env.py").is_file()
-    assert head_revision() == "0002_visit_outcomes"
+    assert head_revision() == "0003_drop_unread_fingerprints"
 
 
 # --- schema --------------------------------------------------------------------------------------
@@ -265,13 +259,11 @@ def test_cursor_row_comes_back_when_missing(ledger_sessions: sessionmaker[Sessio
 
 def test_note_events_inserts_pending(ledger_sessions: sessionmaker[Session]) -> None:
     with tx(ledger_sessions) as repo:
-        assert repo.note_events({"a1": 5, "a2": 7}, {"a1": FP}, now=T0) == 2
+        assert repo.note_events({"a1": 5, "a2": 7}, now=T0) == 2
         assert repo.get("a1") == AppointmentRecord(
             appointment_id="a1",
             last_event_id=5,
             applied_event_id=None,
-            desired_fingerprint=FP,
-            applied_fingerprint=None,
             state="pending",
             attempts=0,
             reason=None,
@@ -282,8 +274,6 @@ def test_note_events_inserts_pending(ledger_sessions: sessionmaker[Session]) -> 
             updated_at=T0,
             parked_at=None,
         )
-        a2 = repo.get("a2")
-        assert a2 is not None and a2.desired_fingerprint is None
         assert repo.get("nope") is None
         assert repo.last_events(["a1", "a2", "nope"]) == {"a1": 5, "a2": 7}
         assert repo.note_events({}, now=T0) == 0
@@ -294,17 +284,17 @@ def test_note_events_ignores_old_rows_and_resets_on_newer(
 ) -> None:
     later = T0 + timedelta(hours=1)
     with tx(ledger_sessions) as repo:
-        repo.note_events({"a": 5}, {"a": FP}, now=T0)
+        repo.note_events({"a": 5}, now=T0)
         repo.schedule_retry("a", attempts=3, next_attempt_at=later, reason="503", now=T0)
     with tx(ledger_sessions) as repo:
         assert repo.note_events({"a": 5}, now=T1) == 0
-        assert repo.note_events({"a": 4}, {"a": "0" * 64}, now=T1) == 0
+        assert repo.note_events({"a": 4}, now=T1) == 0
     before = record(ledger_sessions, "a")
     assert (before.attempts, before.reason, before.next_attempt_at) == (3, "503", later)
-    assert (before.desired_fingerprint, before.updated_at) == (FP, T0)
+    assert before.updated_at == T0
 
     with tx(ledger_sessions) as repo:
-        assert repo.note_events({"a": 6}, {"a": "e" * 64}, now=T1) == 1
+        assert repo.note_events({"a": 6}, now=T1) == 1
     after = record(ledger_sessions, "a")
     assert after.last_event_id == 6
     assert (after.state, after.attempts, after.reason, after.next_attempt_at) == (
@@ -313,7 +303,7 @@ def test_note_events_ignores_old_rows_and_resets_on_newer(
         None,
         None,
     )
-    assert (after.desired_fingerprint, after.created_at, after.updated_at) == ("e" * 64, T0, T1)
+    assert (after.created_at, after.updated_at) == (T0, T1)
 
 
 def test_newer_event_unparks(ledger_sessions: sessionmaker[Session]) -> None:
@@ -391,9 +381,7 @@ def test_due_orders_pages_and_waits_for_back_off(ledger_sessions: sessionmaker[S
         repo.schedule_retry(
             "c", attempts=1, next_attempt_at=T0 - timedelta(seconds=1), reason="r", now=T0
         )
-        repo.mark_synced(
-            "d", event_id=1, fingerprint=FP, session_id=None, host_external_id=None, now=T0
-        )
+        repo.mark_synced("d", event_id=1, session_id=None, host_external_id=None, now=T0)
         repo.park("e", reason="r", now=T0)
     with tx(ledger_sessions) as repo:
         assert ids(repo.due(T0, 10)) == ["a", "c"]
@@ -415,14 +403,12 @@ def test_due_orders_pages_and_waits_for_back_off(ledger_sessions: sessionmaker[S
 
 def test_mark_synced(ledger_sessions: sessionmaker[Session]) -> None:
     with tx(ledger_sessions) as repo:
-        repo.note_events({"a": 3}, {"a": FP}, now=T0)
+        repo.note_events({"a": 3}, now=T0)
         repo.schedule_retry("a", attempts=2, next_attempt_at=T1, reason="503", now=T0)
-        assert repo.mark_synced(
-            "a", event_id=3, fingerprint=FP, session_id=77, host_external_id="dr-1", now=T1
-        )
+        assert repo.mark_synced("a", event_id=3, session_id=77, host_external_id="dr-1", now=T1)
     synced = record(ledger_sessions, "a")
     assert synced.state == "synced"
-    assert (synced.applied_event_id, synced.applied_fingerprint) == (3, FP)
+    assert synced.applied_event_id == 3
     assert (synced.session_id, synced.host_external_id) == (77, "dr-1")
     assert (synced.attempts, synced.reason, synced.next_attempt_at) == (0, None, None)
     assert synced.updated_at == T1
@@ -436,12 +422,10 @@ def test_mark_synced_keeps_pending_when_a_newer_event_arrived(
     with tx(ledger_sessions) as repo:
         repo.note_events({"a": 3}, now=T0)
         repo.note_events({"a": 4}, now=T1)  # arrived while event 3 was being applied
-        assert not repo.mark_synced(
-            "a", event_id=3, fingerprint=FP, session_id=77, host_external_id="dr-1", now=T2
-        )
+        assert not repo.mark_synced("a", event_id=3, session_id=77, host_external_id="dr-1", now=T2)
     kept = record(ledger_sessions, "a")
     assert (kept.state, kept.last_event_id) == ("pending", 4)
-    assert (kept.applied_event_id, kept.applied_fingerprint, kept.session_id) == (3, FP, 77)
+    assert (kept.applied_event_id, kept.session_id) == (3, 77)
     with tx(ledger_sessions) as repo:
         assert ids(repo.due(T2, 10)) == ["a"]
 
@@ -585,14 +569,13 @@ def journal_one_of_each(repo: LedgerRepository, aid: str) -> None:
     repo.set_session(aid, session_id=None, host_external_id="dr-1", now=T0)
     repo.record_outcome(op, state="applied", detail=None, session_id=9001, now=T1)
     people = [
-        ParticipantRecord(aid, f"pat-{n}", 9001, 70 + n, None if n else 5, FP, T1) for n in (0, 1)
+        ParticipantRecord(aid, f"pat-{n}", 9001, 70 + n, None if n else 5, T1) for n in (0, 1)
     ]
     repo.replace_participants(aid, people, clear=False)
     repo.replace_participants(aid, people[:1])
     repo.mark_synced(
         aid,
         event_id=3,
-        fingerprint=FP,
         session_id=9001,
         host_external_id="dr-1",
         now=T1,
@@ -612,10 +595,8 @@ def journal_one_of_each(repo: LedgerRepository, aid: str) -> None:
     assert repo.forget_session(aid, 9001, now=T2)
     repo.delete_participants_of(aid)
     repo.mark_skipped(aid, event_id=3, reason="status leaves SecureVideo alone", now=T2)
-    assert repo.note_events({aid: 4, "other": 1}, {aid: FP}, now=T2) == 2
-    repo.mark_synced(
-        aid, event_id=2, fingerprint=FP, session_id=None, host_external_id=None, now=T2
-    )
+    assert repo.note_events({aid: 4, "other": 1}, now=T2) == 2
+    repo.mark_synced(aid, event_id=2, session_id=None, host_external_id=None, now=T2)
 
 
 def test_the_sqlite_ledgers_direct_statements_store_what_sqlalchemy_stores(
@@ -623,13 +604,13 @@ def test_the_sqlite_ledgers_direct_statements_store_what_sqlalchemy_stores(
 ) -> None:
     """On SQLite, ``Ledger.begin()`` runs the hot-path statements on the driver's cursor; the rows
     must be exactly those SQLAlchemy's own execution writes."""
-    direct = Ledger(create_ledger_engine(f"sqlite:///{tmp_path}/direct.db"))
+    direct = SqlLedger(create_ledger_engine(f"sqlite:///{tmp_path}/direct.db"))
     plain = create_ledger_engine(f"sqlite:///{tmp_path}/plain.db")
     try:
         migrate(direct.engine)
         migrate(plain)
-        with direct.begin() as repo:
-            journal_one_of_each(repo, "A1")
+        with direct.begin() as tx:
+            journal_one_of_each(tx.repo, "A1")
         with make_sessionmaker(plain).begin() as session:
             journal_one_of_each(LedgerRepository(session), "A1")
         assert any(key[0] == "sqlite" for key in _INSERT_INTENT._plans)  # it did run directly
@@ -653,17 +634,17 @@ def test_the_sqlite_ledgers_direct_statements_store_what_sqlalchemy_stores(
 def test_the_sqlite_ledgers_direct_statements_fail_as_sqlalchemy_errors_without_values(
     tmp_path: Path,
 ) -> None:
-    ledger = Ledger(create_ledger_engine(f"sqlite:///{tmp_path}/ledger.db"))
+    ledger = SqlLedger(create_ledger_engine(f"sqlite:///{tmp_path}/ledger.db"))
     try:
         migrate(ledger.engine)
         canary = "canary-7f3a@phi.example"
-        twice = [ParticipantRecord("A1", canary, 9001, 70, None, FP, T1)] * 2
-        with pytest.raises(IntegrityError) as caught, ledger.begin() as repo:
-            repo.note_events({"A1": 1}, now=T0)
-            repo.replace_participants("A1", twice, clear=False)
+        twice = [ParticipantRecord("A1", canary, 9001, 70, None, T1)] * 2
+        with pytest.raises(IntegrityError) as caught, ledger.begin() as tx:
+            tx.appointments.note_events({"A1": 1}, now=T0)
+            tx.participants.replace("A1", twice, clear=False)
         assert canary not in str(caught.value)
-        with ledger.begin() as repo:  # rolled back, and the connection still serves
-            assert repo.get("A1") is None
+        with ledger.begin() as tx:  # rolled back, and the connection still serves
+            assert tx.appointments.get("A1") is None
     finally:
         ledger.dispose()
 
@@ -671,9 +652,7 @@ def test_the_sqlite_ledgers_direct_statements_fail_as_sqlalchemy_errors_without_
 def test_unknown_appointments_raise(ledger_sessions: sessionmaker[Session]) -> None:
     with tx(ledger_sessions) as repo:
         with pytest.raises(LookupError):
-            repo.mark_synced(
-                "nope", event_id=1, fingerprint=FP, session_id=None, host_external_id=None, now=T0
-            )
+            repo.mark_synced("nope", event_id=1, session_id=None, host_external_id=None, now=T0)
         with pytest.raises(LookupError):
             repo.mark_skipped("nope", event_id=1, reason="r", now=T0)
         with pytest.raises(LookupError):
@@ -790,7 +769,6 @@ def test_participants(ledger_sessions: sessionmaker[Session]) -> None:
                 session_id=77,
                 participation_id=None,
                 packet_id=12,
-                fingerprint=FP,
                 now=T0,
             )
         repo.upsert_participant(
@@ -799,15 +777,14 @@ def test_participants(ledger_sessions: sessionmaker[Session]) -> None:
             session_id=77,
             participation_id=501,
             packet_id=None,
-            fingerprint="e" * 64,
             now=T1,
         )
     with tx(ledger_sessions) as repo:
         known = repo.participants(["a", "b"])
         assert known == {
             "a": {
-                "pt-1": ParticipantRecord("a", "pt-1", 77, 501, None, "e" * 64, T1),
-                "pt-2": ParticipantRecord("a", "pt-2", 77, None, 12, FP, T0),
+                "pt-1": ParticipantRecord("a", "pt-1", 77, 501, None, T1),
+                "pt-2": ParticipantRecord("a", "pt-2", 77, None, 12, T0),
             },
             "b": {},
         }

@@ -295,9 +295,9 @@ class SyncLoop(RuleBasedStateMachine):
             self.app.engine.run_pass()
             STATS["passes"] += 1
             self.w.emulator.faults.clear()
-            with self.app.ledger.begin() as repo:
-                pending = repo.pending_count()
-                parked = repo.parked()
+            with self.app.ledger.begin() as tx:
+                pending = tx.appointments.pending_count()
+                parked = tx.appointments.parked()
             assert parked == [], [(p.appointment_id, p.reason) for p in parked]
             if pending == 0:
                 break

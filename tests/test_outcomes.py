@@ -27,9 +27,11 @@ from syncd.adapters.ledger import (
     OutcomeTarget,
     ParticipantOutcomeRecord,
     SessionOutcomeRecord,
+    SqlTransaction,
     create_ledger_engine,
     current_revision,
     downgrade,
+    head_revision,
     migrate,
 )
 from syncd.adapters.securevideo_wire import HistoryJson, HistoryPage
@@ -74,9 +76,9 @@ VIEW_COLUMNS = [
 
 
 @contextmanager
-def tx(sessions: sessionmaker[Session]) -> Iterator[LedgerRepository]:
+def tx(sessions: sessionmaker[Session]) -> Iterator[SqlTransaction]:
     with sessions.begin() as session:
-        yield LedgerRepository(session)
+        yield SqlTransaction(LedgerRepository(session))
 
 
 def view(engine: Engine, appointment_id: str | None = None) -> list[dict[str, Any]]:
@@ -164,7 +166,7 @@ def test_migration_0002_up_down_up_keeps_appointments(fresh_ledger_url: str) -> 
                 {"t": T0},
             )
         migrate(engine)
-        assert current_revision(engine) == "0002_visit_outcomes"
+        assert current_revision(engine) == head_revision()
         inspector = inspect(engine)
         assert "schedule_ts" in {c["name"] for c in inspector.get_columns("appointment")}
         assert "ix_appointment_schedule_ts" in {
@@ -194,7 +196,7 @@ def test_migration_0002_up_down_up_keeps_appointments(fresh_ledger_url: str) -> 
             assert conn.execute(text("SELECT session_id FROM appointment")).scalar_one() == 9
 
         migrate(engine)
-        assert current_revision(engine) == "0002_visit_outcomes"
+        assert current_revision(engine) == head_revision()
     finally:
         engine.dispose()
 
@@ -203,13 +205,12 @@ def test_migration_0002_up_down_up_keeps_appointments(fresh_ledger_url: str) -> 
 
 
 def settle_appointment(
-    repo: LedgerRepository, aid: str, sid: int | None, when: datetime | None, event: int = 1
+    tx: SqlTransaction, aid: str, sid: int | None, when: datetime | None, event: int = 1
 ) -> None:
-    repo.note_events({aid: event}, now=T0)
-    repo.mark_synced(
+    tx.appointments.note_events({aid: event}, now=T0)
+    tx.appointments.mark_synced(
         aid,
         event_id=event,
-        fingerprint="f" * 64,
         session_id=sid,
         host_external_id="prov-001" if sid else None,
         now=T0,
@@ -220,19 +221,19 @@ def settle_appointment(
 def test_targets_are_managed_sessions_not_final_yet(
     ledger_sessions: sessionmaker[Session],
 ) -> None:
-    with tx(ledger_sessions) as repo:
-        settle_appointment(repo, "new", 1, T0)
-        settle_appointment(repo, "observed", 2, T0)
-        settle_appointment(repo, "final", 3, T0)
-        settle_appointment(repo, "rebooked", 4, T0 + timedelta(days=1))
-        settle_appointment(repo, "cancelled", None, None)
-        settle_appointment(repo, "legacy", 6, None)
-        repo.put_session_outcome(session_row("observed", 2, schedule_ts=T0 + timedelta(hours=1)))
-        repo.put_session_outcome(session_row("final", 3, final_at=T0))
-        repo.put_session_outcome(session_row("rebooked", 40, final_at=T0))
-        repo.put_session_outcome(session_row("legacy", 6, schedule_ts=T0 - timedelta(days=9)))
-    with tx(ledger_sessions) as repo:
-        targets = repo.outcome_targets()
+    with tx(ledger_sessions) as t:
+        settle_appointment(t, "new", 1, T0)
+        settle_appointment(t, "observed", 2, T0)
+        settle_appointment(t, "final", 3, T0)
+        settle_appointment(t, "rebooked", 4, T0 + timedelta(days=1))
+        settle_appointment(t, "cancelled", None, None)
+        settle_appointment(t, "legacy", 6, None)
+        t.visits.put_session(session_row("observed", 2, schedule_ts=T0 + timedelta(hours=1)))
+        t.visits.put_session(session_row("final", 3, final_at=T0))
+        t.visits.put_session(session_row("rebooked", 40, final_at=T0))
+        t.visits.put_session(session_row("legacy", 6, schedule_ts=T0 - timedelta(days=9)))
+    with tx(ledger_sessions) as t:
+        targets = t.visits.targets()
     assert targets == [
         OutcomeTarget("legacy", 6, "prov-001", T0 - timedelta(days=9)),
         OutcomeTarget("new", 1, "prov-001", T0),
@@ -246,22 +247,20 @@ def test_targets_are_managed_sessions_not_final_yet(
 def test_outcome_rows_upsert_delete_and_show_in_the_view(
     ledger_sessions: sessionmaker[Session], ledger_engine: Engine
 ) -> None:
-    with tx(ledger_sessions) as repo:
-        settle_appointment(repo, "a1", 9, T0)
-        repo.put_session_outcome(session_row())
-        repo.put_participant_outcome(participant_row(ext="pat-1"))
-        repo.put_participant_outcome(participant_row(ext="pat-2", participation_id=700002))
+    with tx(ledger_sessions) as t:
+        settle_appointment(t, "a1", 9, T0)
+        t.visits.put_session(session_row())
+        t.visits.put_participant(participant_row(ext="pat-1"))
+        t.visits.put_participant(participant_row(ext="pat-2", participation_id=700002))
     later = T0 + timedelta(hours=1)
-    with tx(ledger_sessions) as repo:
-        repo.put_session_outcome(session_row(billable_ts=later, billable_status_cd="BILL"))
-        repo.put_participant_outcome(
-            participant_row(ext="pat-1", rsvp="Confirmed", changed_at=later)
-        )
-    with tx(ledger_sessions) as repo:
-        assert repo.session_outcomes(["a1", "zz"]) == {
+    with tx(ledger_sessions) as t:
+        t.visits.put_session(session_row(billable_ts=later, billable_status_cd="BILL"))
+        t.visits.put_participant(participant_row(ext="pat-1", rsvp="Confirmed", changed_at=later))
+    with tx(ledger_sessions) as t:
+        assert t.visits.sessions(["a1", "zz"]) == {
             "a1": session_row(billable_ts=later, billable_status_cd="BILL")
         }
-        parts = repo.participant_outcomes(["a1", "zz"])
+        parts = t.visits.participants(["a1", "zz"])
         assert parts["zz"] == {}
         assert parts["a1"]["pat-1"].rsvp == "Confirmed"
 
@@ -274,8 +273,8 @@ def test_outcome_rows_upsert_delete_and_show_in_the_view(
     # the row's changed_at is the later of the session's and the participant's
     assert [r["changed_at"] for r in rows] == [later, T0]
 
-    with tx(ledger_sessions) as repo:
-        assert repo.delete_participant_outcomes("a1", ["pat-1", "pat-2", "nobody"]) == 2
+    with tx(ledger_sessions) as t:
+        assert t.visits.delete_participants("a1", ["pat-1", "pat-2", "nobody"]) == 2
     (alone,) = view(ledger_engine, "a1")
     assert alone["participant_external_id"] is None and alone["session_id"] == 9
 
@@ -283,11 +282,11 @@ def test_outcome_rows_upsert_delete_and_show_in_the_view(
 def test_sessions_map_to_appointments_through_every_record(
     ledger_sessions: sessionmaker[Session],
 ) -> None:
-    with tx(ledger_sessions) as repo:
-        settle_appointment(repo, "current", 10, T0)
-        settle_appointment(repo, "moved", 12, T0)
+    with tx(ledger_sessions) as t:
+        settle_appointment(t, "current", 10, T0)
+        settle_appointment(t, "moved", 12, T0)
         # "moved" first had session 11, made by an applied create and since replaced
-        op = repo.record_intent(
+        op = t.operations.record_intent(
             appointment_id="moved",
             event_id=1,
             op="create",
@@ -297,8 +296,8 @@ def test_sessions_map_to_appointments_through_every_record(
             now=T0,
             pid=None,
         )
-        repo.record_outcome(op, state="applied", detail=None, session_id=11, now=T0)
-        failed = repo.record_intent(
+        t.operations.record_result(op, state="applied", detail=None, session_id=11, now=T0)
+        failed = t.operations.record_intent(
             appointment_id="ghost",
             event_id=1,
             op="create",
@@ -308,27 +307,27 @@ def test_sessions_map_to_appointments_through_every_record(
             now=T0,
             pid=None,
         )
-        repo.record_outcome(failed, state="failed", detail="400", session_id=13, now=T0)
-        settle_appointment(repo, "seen", 14, T0)
-        repo.put_session_outcome(session_row("seen", 15))
-    with tx(ledger_sessions) as repo:
-        found = repo.appointments_of_sessions([10, 11, 12, 13, 15, 99])
+        t.operations.record_result(failed, state="failed", detail="400", session_id=13, now=T0)
+        settle_appointment(t, "seen", 14, T0)
+        t.visits.put_session(session_row("seen", 15))
+    with tx(ledger_sessions) as t:
+        found = t.visits.appointments_of_sessions([10, 11, 12, 13, 15, 99])
     assert found == {10: "current", 11: "moved", 12: "moved", 15: "seen"}
 
 
 def test_booked_between(ledger_sessions: sessionmaker[Session]) -> None:
     feb = datetime(2027, 2, 1)
-    with tx(ledger_sessions) as repo:
-        settle_appointment(repo, "in", 1, feb + timedelta(days=3))
-        settle_appointment(repo, "edge", 2, feb)
-        settle_appointment(repo, "march", 3, datetime(2027, 3, 1))
-        settle_appointment(repo, "cancelled", None, None)
-        settle_appointment(repo, "legacy", 5, None)
-        repo.put_session_outcome(
+    with tx(ledger_sessions) as t:
+        settle_appointment(t, "in", 1, feb + timedelta(days=3))
+        settle_appointment(t, "edge", 2, feb)
+        settle_appointment(t, "march", 3, datetime(2027, 3, 1))
+        settle_appointment(t, "cancelled", None, None)
+        settle_appointment(t, "legacy", 5, None)
+        t.visits.put_session(
             session_row("legacy", 5, schedule_ts=feb + timedelta(days=5), billable_ts=feb)
         )
-    with tx(ledger_sessions) as repo:
-        booked = repo.booked_between(feb, datetime(2027, 3, 1))
+    with tx(ledger_sessions) as t:
+        booked = t.visits.booked_between(feb, datetime(2027, 3, 1))
     assert [(b.appointment_id, b.session_id, b.billable_ts) for b in booked] == [
         ("edge", 2, None),
         ("in", 1, None),
@@ -478,8 +477,8 @@ def test_outcomes_follow_rsvps_connections_billing_and_survive_ageing_out(w: Wor
     (session,) = w.live("A1")
     sid = session.session_id
     p1, p2 = (p.participation_id for p in session.participants[1:])
-    with w.apps[-1].ledger.begin() as repo:
-        appointment = repo.get("A1")
+    with w.apps[-1].ledger.begin() as tx:
+        appointment = tx.appointments.get("A1")
     assert appointment is not None and appointment.schedule_ts == T_UTC
     collector = collector_for(w)
     state = w.emulator.state

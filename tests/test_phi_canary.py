@@ -131,8 +131,8 @@ def test_no_canary_leaves_the_ehr(tmp_path: Path, spawner: ForkServer) -> None:
         ledger_files = sorted(tmp_path.glob("ledger.sqlite3*"))
         ledger_bytes = b"".join(p.read_bytes() for p in ledger_files)
         ledger_rows = sqlite_dump(tmp_path / "ledger.sqlite3")
-        with w.app().ledger.begin() as repo:
-            parked = [p.appointment_id for p in repo.parked()]
+        with w.app().ledger.begin() as tx:
+            parked = [p.appointment_id for p in tx.appointments.parked()]
 
     text = out.read_text()
     events = log_events(text)

@@ -133,17 +133,17 @@ def exercise_everything(tmp_path: Path) -> None:
         assert app.outbox.check_shape() == []
         assert app.outbox.max_event_id() is not None
         now = T0
-        with app.ledger.begin() as repo:
-            repo.counts_by_state()
-            repo.parked()
-            repo.oldest_pending_since()
-            repo.pending_count()
-            repo.open_intents()
-            repo.operations("A1")
-            repo.get("A1")
-            repo.note_events({"A9": 100}, {"A9": "f" * 64}, now=now)
-            repo.set_session("A9", session_id=7, host_external_id="prov-001", now=now)
-            op = repo.record_intent(
+        with app.ledger.begin() as tx:
+            tx.appointments.counts_by_state()
+            tx.appointments.parked()
+            tx.appointments.oldest_pending_since()
+            tx.appointments.pending_count()
+            tx.operations.open_intents()
+            tx.operations.of_appointment("A1")
+            tx.appointments.get("A1")
+            tx.appointments.note_events({"A9": 100}, now=now)
+            tx.appointments.set_session("A9", session_id=7, host_external_id="prov-001", now=now)
+            op = tx.operations.record_intent(
                 appointment_id="A9",
                 event_id=100,
                 op="create",
@@ -153,31 +153,29 @@ def exercise_everything(tmp_path: Path) -> None:
                 now=now,
                 pid=1,
             )
-            repo.record_outcome(op, state="applied", detail=None, session_id=7, now=now)
-            repo.resolve_open("A9", now)
-            repo.upsert_participant(
+            tx.operations.record_result(op, state="applied", detail=None, session_id=7, now=now)
+            tx.operations.resolve_open("A9", now)
+            tx.participants.upsert(
                 "A9",
                 "pat-9",
                 session_id=7,
                 participation_id=70,
                 packet_id=None,
-                fingerprint="f" * 64,
                 now=now,
             )
-            repo.upsert_participant(
+            tx.participants.upsert(
                 "A9",
                 "pat-9",
                 session_id=7,
                 participation_id=71,
                 packet_id=None,
-                fingerprint="e" * 64,
                 now=now,
             )
-            repo.participants(["A9"])
-            repo.delete_participant("A9", "pat-9")
-            repo.delete_participants_of("A9")
-            repo.with_open_operations(["A9"])
-            repo.replace_participants(
+            tx.participants.of_appointments(["A9"])
+            tx.participants.delete("A9", "pat-9")
+            tx.participants.delete_all_of("A9")
+            tx.operations.with_open(["A9"])
+            tx.participants.replace(
                 "A9",
                 [
                     ParticipantRecord(
@@ -186,41 +184,39 @@ def exercise_everything(tmp_path: Path) -> None:
                         session_id=7,
                         participation_id=72,
                         packet_id=None,
-                        fingerprint="d" * 64,
                         updated_at=now,
                     )
                 ],
             )
-            repo.schedule_retry(
+            tx.appointments.schedule_retry(
                 "A9", attempts=1, next_attempt_at=now, reason="r", now=now, event_id=100
             )
-            repo.due(now, 10, after_appointment_id="A0")
-            repo.park("A9", reason="r", attempts=2, now=now, event_id=100)
-            repo.unpark("A9", now)
-            repo.park("A9", reason="r", now=now)
-            repo.unpark_all(now)
-            repo.mark_skipped("A9", event_id=100, reason="status noshow", now=now)
-            repo.mark_synced(
+            tx.appointments.due(now, 10, after_appointment_id="A0")
+            tx.appointments.park("A9", reason="r", attempts=2, now=now, event_id=100)
+            tx.appointments.unpark("A9", now)
+            tx.appointments.park("A9", reason="r", now=now)
+            tx.appointments.unpark_all(now)
+            tx.appointments.mark_skipped("A9", event_id=100, reason="status noshow", now=now)
+            tx.appointments.mark_synced(
                 "A9",
                 event_id=100,
-                fingerprint="f" * 64,
                 session_id=7,
                 host_external_id="prov-001",
                 now=now,
             )
-            repo.set_cursor(repo.cursor() + 1, now=now)
-            repo.try_acquire_lease("daemon", "host-1", 30, now)
-            repo.try_acquire_lease("daemon", "host-2", 30, now)
-            repo.release_lease("daemon", "host-1")
-            repo.put_session_outcome(sample(SessionOutcomeRecord, appointment_id="A9"))
-            repo.put_session_outcome(sample(SessionOutcomeRecord, appointment_id="A9"))
-            repo.put_participant_outcome(sample(ParticipantOutcomeRecord, appointment_id="A9"))
-            repo.session_outcomes(["A9"])
-            repo.participant_outcomes(["A9"])
-            repo.outcome_targets()
-            repo.appointments_of_sessions([7])
-            repo.booked_between(now - timedelta(days=1), now + timedelta(days=1))
-            repo.delete_participant_outcomes("A9", ["x-1"])
+            tx.cursor.advance(tx.cursor.get() + 1)
+            tx.leases.try_acquire("daemon", "host-1", 30, now)
+            tx.leases.try_acquire("daemon", "host-2", 30, now)
+            tx.leases.release("daemon", "host-1")
+            tx.visits.put_session(sample(SessionOutcomeRecord, appointment_id="A9"))
+            tx.visits.put_session(sample(SessionOutcomeRecord, appointment_id="A9"))
+            tx.visits.put_participant(sample(ParticipantOutcomeRecord, appointment_id="A9"))
+            tx.visits.sessions(["A9"])
+            tx.visits.participants(["A9"])
+            tx.visits.targets()
+            tx.visits.appointments_of_sessions([7])
+            tx.visits.booked_between(now - timedelta(days=1), now + timedelta(days=1))
+            tx.visits.delete_participants("A9", ["x-1"])
 
 
 def public_methods(*classes: type) -> set[str]:

@@ -224,8 +224,8 @@ def test_bad_input_parks_that_appointment_and_the_good_one_flows(
     assert report.outcomes["synced"] == 1
     assert len(w.live("GOOD")) == 1
     assert w.live("BAD") == []
-    with w.apps[-1].ledger.begin() as repo:
-        (parked,) = repo.parked()
+    with w.apps[-1].ledger.begin() as tx:
+        (parked,) = tx.appointments.parked()
     assert parked.appointment_id == "BAD"
     assert parked.reason is not None
     assert "BAD" in parked.reason
@@ -269,8 +269,8 @@ def test_attempts_exhausted_parks_with_the_reason(tmp_path: Path) -> None:
         w.write(row("A1", starts=T, guests=[guest(1)]))
         report = w.run_pass()
         assert report.outcomes == {"parked": 1}
-        with w.apps[-1].ledger.begin() as repo:
-            (parked,) = repo.parked()
+        with w.apps[-1].ledger.begin() as tx:
+            (parked,) = tx.appointments.parked()
         assert parked.reason is not None and "503" in parked.reason
 
 
@@ -283,9 +283,9 @@ def test_rejected_credentials_stop_the_pass(tmp_path: Path) -> None:
         report = app.engine.run_pass()
         assert report.auth_error is not None
         assert not report.clean
-        with app.ledger.begin() as repo:
-            assert repo.parked() == []
-            assert repo.pending_count() == 1
+        with app.ledger.begin() as tx:
+            assert tx.appointments.parked() == []
+            assert tx.appointments.pending_count() == 1
 
 
 def test_control_without_look_before_create_the_lost_answer_duplicates(w: World) -> None:

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from harness import World, guest, row, world
 from procs import Syncd, wait_for
 
-from syncd.adapters.ledger import Ledger, create_ledger_engine, migrate
+from syncd.adapters.ledger import SqlLedger, create_ledger_engine, migrate
 from syncd.emulator import RecordedCall
 from syncd.sync.lease import LEASE_NAME, LeaderLease
 
@@ -198,14 +198,14 @@ class Clock:
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
+def ledger(tmp_path: Path) -> Iterator[SqlLedger]:
     engine = create_ledger_engine(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
     migrate(engine)
-    yield Ledger(engine)
+    yield SqlLedger(engine)
     engine.dispose()
 
 
-def lease(ledger: Ledger, clock: Clock, holder: str) -> LeaderLease:
+def lease(ledger: SqlLedger, clock: Clock, holder: str) -> LeaderLease:
     return LeaderLease(
         ledger,
         ttl_seconds=30,
@@ -215,7 +215,7 @@ def lease(ledger: Ledger, clock: Clock, holder: str) -> LeaderLease:
     )
 
 
-def test_one_holder_at_a_time_and_takeover_after_the_ttl(ledger: Ledger) -> None:
+def test_one_holder_at_a_time_and_takeover_after_the_ttl(ledger: SqlLedger) -> None:
     clock = Clock()
     a, b = lease(ledger, clock, "a"), lease(ledger, clock, "b")
     assert a.acquire()
@@ -233,7 +233,7 @@ def test_one_holder_at_a_time_and_takeover_after_the_ttl(ledger: Ledger) -> None
     assert not a.may_act()
 
 
-def test_may_act_keeps_a_margin_before_expiry(ledger: Ledger) -> None:
+def test_may_act_keeps_a_margin_before_expiry(ledger: SqlLedger) -> None:
     clock = Clock()
     a = lease(ledger, clock, "a")
     assert a.acquire()
@@ -243,7 +243,7 @@ def test_may_act_keeps_a_margin_before_expiry(ledger: Ledger) -> None:
     assert not a.may_act()  # the lease still runs, but a call started now could outlive it
 
 
-def test_release_lets_another_take_over_at_once(ledger: Ledger) -> None:
+def test_release_lets_another_take_over_at_once(ledger: SqlLedger) -> None:
     clock = Clock()
     a, b = lease(ledger, clock, "a"), lease(ledger, clock, "b")
     assert a.acquire()
@@ -252,7 +252,7 @@ def test_release_lets_another_take_over_at_once(ledger: Ledger) -> None:
     assert b.acquire()
 
 
-def test_heartbeat_renews_during_a_long_pass(ledger: Ledger) -> None:
+def test_heartbeat_renews_during_a_long_pass(ledger: SqlLedger) -> None:
     a = LeaderLease(ledger, ttl_seconds=0.3, holder="a")
     b = LeaderLease(ledger, ttl_seconds=0.3, holder="b")
     assert a.acquire()
@@ -270,6 +270,6 @@ def test_an_engine_that_may_not_act_makes_no_mutating_call(tmp_path: Path) -> No
         report = w.app().engine.run_pass(may_act=lambda: False)
         assert w.emulator.mutating_calls() == []
         assert report.interrupted
-        with w.apps[-1].ledger.begin() as repo:
-            assert repo.pending_count() == 3
+        with w.apps[-1].ledger.begin() as tx:
+            assert tx.appointments.pending_count() == 3
         assert w.run_pass().outcomes["synced"] == 3

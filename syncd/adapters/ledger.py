@@ -58,6 +58,27 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.types import TypeEngine
 
+from syncd.ports.ledger import (
+    APPLIED,
+    APPOINTMENT_STATES,
+    INTENT,
+    OPEN_OPERATION_STATES,
+    OPERATION_STATES,
+    PARKED,
+    PENDING,
+    RESOLVED,
+    SKIPPED,
+    SYNCED,
+    TEXT_LIMIT,
+    AppointmentRecord,
+    BookedAppointment,
+    OperationRecord,
+    OutcomeTarget,
+    ParticipantOutcomeRecord,
+    ParticipantRecord,
+    SessionOutcomeRecord,
+)
+
 __all__ = [
     "APPOINTMENT_STATES",
     "OPERATION_STATES",
@@ -80,25 +101,6 @@ __all__ = [
     "script_location",
 ]
 
-
-PENDING: Final = "pending"
-SYNCED: Final = "synced"
-PARKED: Final = "parked"
-SKIPPED: Final = "skipped"
-APPOINTMENT_STATES: Final = (PENDING, SYNCED, PARKED, SKIPPED)
-
-INTENT: Final = "intent"
-APPLIED: Final = "applied"
-FAILED: Final = "failed"
-AMBIGUOUS: Final = "ambiguous"
-RESOLVED: Final = "resolved"
-OPERATION_STATES: Final = (INTENT, APPLIED, FAILED, AMBIGUOUS, RESOLVED)
-#: Operations whose remote effect is unknown until the engine re-reads SecureVideo.
-OPEN_OPERATION_STATES: Final = (INTENT, AMBIGUOUS)
-
-#: Width of the free-text ``reason``/``detail`` columns.  Longer texts are cut rather than allowed
-#: to fail the bookkeeping transaction (PostgreSQL and strict MariaDB reject over-long values).
-TEXT_LIMIT: Final = 1000
 
 #: Keeps IN lists well below every backend's bind-parameter limit (SQLite's is the lowest).
 IN_CHUNK: Final = 500
@@ -165,8 +167,6 @@ class AppointmentRow(Base):
     appointment_id: Mapped[str] = mapped_column(_identifier(96), primary_key=True)
     last_event_id: Mapped[int] = mapped_column(BigInteger)
     applied_event_id: Mapped[int | None] = mapped_column(BigInteger)
-    desired_fingerprint: Mapped[str | None] = mapped_column(String(64))
-    applied_fingerprint: Mapped[str | None] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     reason: Mapped[str | None] = mapped_column(String(TEXT_LIMIT))
@@ -212,7 +212,6 @@ class ParticipantRow(Base):
     session_id: Mapped[int] = mapped_column(BigInteger)
     participation_id: Mapped[int | None] = mapped_column(BigInteger)
     packet_id: Mapped[int | None] = mapped_column(Integer)
-    fingerprint: Mapped[str] = mapped_column(String(64))
     updated_at: Mapped[datetime] = mapped_column(_TIMESTAMP)
 
 
@@ -352,7 +351,6 @@ _RENEW_APPOINTMENT = _Prepared(
     )
     .values(
         last_event_id=bindparam("b_event"),
-        desired_fingerprint=bindparam("b_print"),
         state=PENDING,
         attempts=0,
         reason=None,
@@ -412,7 +410,6 @@ def _settle_statement(columns: tuple[str, ...], *, guarded: bool) -> _Prepared:
 
 _SYNCED_COLUMNS: tuple[str, ...] = (
     "applied_event_id",
-    "applied_fingerprint",
     "session_id",
     "host_external_id",
     "schedule_ts",
@@ -427,116 +424,6 @@ _sess_out_t = cast(Table, SessionOutcomeRow.__table__)
 _part_out_t = cast(Table, ParticipantOutcomeRow.__table__)
 
 _CURSOR_ID: Final = 1
-
-
-# --- records -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AppointmentRecord:
-    appointment_id: str
-    #: the newest outbox event seen for this appointment
-    last_event_id: int
-    #: the newest event fully handled (synced or skipped)
-    applied_event_id: int | None
-    desired_fingerprint: str | None
-    applied_fingerprint: str | None
-    #: one of :data:`APPOINTMENT_STATES`
-    state: str
-    attempts: int
-    reason: str | None
-    next_attempt_at: datetime | None
-    #: the live SecureVideo session syncd manages for this appointment, and its host
-    session_id: int | None
-    host_external_id: str | None
-    created_at: datetime
-    updated_at: datetime
-    parked_at: datetime | None
-    #: the managed session's time (UTC) when last settled; None before migration 0002
-    schedule_ts: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class OperationRecord:
-    id: int
-    appointment_id: str
-    event_id: int
-    op: str
-    session_id: int | None
-    participant_external_id: str | None
-    #: one of :data:`OPERATION_STATES`
-    state: str
-    attempt: int
-    detail: str | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    pid: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class ParticipantRecord:
-    appointment_id: str
-    external_id: str
-    session_id: int
-    participation_id: int | None
-    #: what syncd last sent: SecureVideo never reports a participant's PacketId
-    packet_id: int | None
-    fingerprint: str
-    updated_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class SessionOutcomeRecord:
-    """The billing values SecureVideo last reported for an appointment's managed session."""
-
-    appointment_id: str
-    session_id: int
-    host_external_id: str | None
-    schedule_ts: datetime | None
-    schedule_type: str | None
-    billable_ts: datetime | None
-    duration_minutes: int | None
-    wait_time: int | None
-    billable_status_cd: str | None
-    #: when ``GET /history`` gave the values after the session left the active list
-    final_at: datetime | None
-    #: when any value above last changed
-    changed_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class ParticipantOutcomeRecord:
-    """A managed participant's answer and first connection, as SecureVideo last reported them."""
-
-    appointment_id: str
-    participant_external_id: str
-    session_id: int
-    participation_id: int | None
-    rsvp: str | None
-    connection_ts: datetime | None
-    changed_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class OutcomeTarget:
-    """A managed session whose outcome is not final yet."""
-
-    appointment_id: str
-    session_id: int
-    host_external_id: str
-    #: the appointment's, else the one last observed for this session; None when neither is known
-    schedule_ts: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class BookedAppointment:
-    """An appointment with a managed session, for the billing report."""
-
-    appointment_id: str
-    session_id: int
-    schedule_ts: datetime
-    #: what the outcome collector recorded for this session, if anything
-    billable_ts: datetime | None
 
 
 _R = TypeVar("_R")
@@ -668,27 +555,23 @@ class LedgerRepository:
     def note_events(
         self,
         events: Mapping[str, int],
-        fingerprints: Mapping[str, str] | None = None,
         *,
         now: datetime,
     ) -> int:
         """Record the newest outbox event of each appointment; returns how many now need work.
 
         A new appointment enters ``pending``.  A known one with an older event becomes ``pending``
-        afresh — attempts, reason and back-off cleared, un-parked — and its desired fingerprint
-        replaced (None when none is given).  Equal or older event ids change nothing.  The count
-        is of appointments inserted or moved to a newer event.
+        afresh — attempts, reason and back-off cleared, un-parked.  Equal or older event ids change
+        nothing.  The count is of appointments inserted or moved to a newer event.
         """
         if not events:
             return 0
         now = _utc(now)
-        prints = fingerprints or {}
         known = self.last_events(events.keys())
         fresh = [
             {
                 "appointment_id": aid,
                 "last_event_id": ev,
-                "desired_fingerprint": prints.get(aid),
                 "state": PENDING,
                 "attempts": 0,
                 "created_at": now,
@@ -698,7 +581,7 @@ class LedgerRepository:
             if aid not in known
         ]
         newer = [
-            {"b_id": aid, "b_event": ev, "b_print": prints.get(aid)}
+            {"b_id": aid, "b_event": ev}
             for aid, ev in events.items()
             if aid in known and ev > known[aid]
         ]
@@ -738,7 +621,6 @@ class LedgerRepository:
         appointment_id: str,
         *,
         event_id: int,
-        fingerprint: str,
         session_id: int | None,
         host_external_id: str | None,
         now: datetime,
@@ -750,7 +632,6 @@ class LedgerRepository:
         """
         applied = {
             "applied_event_id": event_id,
-            "applied_fingerprint": fingerprint,
             "session_id": session_id,
             "host_external_id": host_external_id,
             "schedule_ts": None if schedule_ts is None else _utc(schedule_ts),
@@ -1014,14 +895,12 @@ class LedgerRepository:
         session_id: int,
         participation_id: int | None,
         packet_id: int | None,
-        fingerprint: str,
         now: datetime,
     ) -> None:
         values = {
             "session_id": session_id,
             "participation_id": participation_id,
             "packet_id": packet_id,
-            "fingerprint": fingerprint,
             "updated_at": _utc(now),
         }
         c = _part_t.c
@@ -1070,7 +949,6 @@ class LedgerRepository:
                         "session_id": p.session_id,
                         "participation_id": p.participation_id,
                         "packet_id": p.packet_id,
-                        "fingerprint": p.fingerprint,
                         "updated_at": _utc(p.updated_at),
                     }
                     for p in participants
@@ -1340,8 +1218,8 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
-class Ledger:
-    """The ledger database.  ``with ledger.begin() as repo:`` is one transaction, framed by the
+class SqlLedger:
+    """The ledger database.  ``with ledger.begin() as tx:`` is one transaction, framed by the
     caller: it commits when the block ends and rolls back if it raises."""
 
     def __init__(self, engine: Engine) -> None:
@@ -1360,25 +1238,25 @@ class Ledger:
         self._open = False
 
     @contextmanager
-    def begin(self) -> Iterator[LedgerRepository]:
+    def begin(self) -> Iterator[SqlTransaction]:
         # A Core connection, not an ORM Session: the repository only runs Core statements, and
         # the Session's unit-of-work machinery cost more per statement than SQLite itself.
         if not self._sqlite:
             with self.engine.begin() as connection:
-                yield LedgerRepository(connection)
+                yield SqlTransaction(LedgerRepository(connection))
             return
         with self._turn:
             if self._open:
                 # A transaction inside another one of the same thread: its own connection.
                 with self.engine.begin() as nested:
-                    yield LedgerRepository(nested)
+                    yield SqlTransaction(LedgerRepository(nested))
                 return
             if self._shared is None or self._shared.closed or self._shared.invalidated:
                 self._shared = self.engine.connect()
             connection = self._shared
             self._open = True
             try:
-                yield LedgerRepository(connection, direct=True)
+                yield SqlTransaction(LedgerRepository(connection, direct=True))
             except BaseException:
                 _end(connection, commit=False)
                 raise
@@ -1510,3 +1388,87 @@ def head_revision() -> str:
 
 def is_at_head(engine: Engine) -> bool:
     return current_revision(engine) == head_revision()
+
+
+class _Cursor:
+    def __init__(self, repo: LedgerRepository) -> None:
+        self._repo = repo
+
+    def get(self) -> int:
+        return self._repo.cursor()
+
+    def advance(self, event_id: int) -> None:
+        self._repo.set_cursor(event_id)
+
+
+class _Appointments:
+    def __init__(self, repo: LedgerRepository) -> None:
+        r = repo
+        self.last_events = r.last_events
+        self.note_events = r.note_events
+        self.mark_synced = r.mark_synced
+        self.due = r.due
+        self.get = r.get
+        self.get_many = r.get_many
+        self.mark_skipped = r.mark_skipped
+        self.schedule_retry = r.schedule_retry
+        self.park = r.park
+        self.unpark = r.unpark
+        self.unpark_all = r.unpark_all
+        self.set_session = r.set_session
+        self.forget_session = r.forget_session
+        self.counts_by_state = r.counts_by_state
+        self.parked = r.parked
+        self.oldest_pending_since = r.oldest_pending_since
+        self.pending_count = r.pending_count
+        self._repo = r
+
+
+class _Operations:
+    def __init__(self, repo: LedgerRepository) -> None:
+        self.record_intent = repo.record_intent
+        self.record_result = repo.record_outcome
+        self.open_intents = repo.open_intents
+        self.of_appointment = repo.operations
+        self.with_open = repo.with_open_operations
+        self.resolve_open = repo.resolve_open
+
+
+class _Participants:
+    def __init__(self, repo: LedgerRepository) -> None:
+        self.of_appointments = repo.participants
+        self.upsert = repo.upsert_participant
+        self.delete = repo.delete_participant
+        self.delete_all_of = repo.delete_participants_of
+        self.replace = repo.replace_participants
+
+
+class _Leases:
+    def __init__(self, repo: LedgerRepository) -> None:
+        self.try_acquire = repo.try_acquire_lease
+        self.release = repo.release_lease
+
+
+class _Visits:
+    def __init__(self, repo: LedgerRepository) -> None:
+        self.targets = repo.outcome_targets
+        self.sessions = repo.session_outcomes
+        self.participants = repo.participant_outcomes
+        self.put_session = repo.put_session_outcome
+        self.put_participant = repo.put_participant_outcome
+        self.delete_participants = repo.delete_participant_outcomes
+        self.appointments_of_sessions = repo.appointments_of_sessions
+        self.booked_between = repo.booked_between
+
+
+class SqlTransaction:
+    """One transaction, through the port's small repositories."""
+
+    def __init__(self, repo: LedgerRepository) -> None:
+        self.repo = repo
+        self.cursor = _Cursor(repo)
+        self.appointments = _Appointments(repo)
+        self.operations = _Operations(repo)
+        self.participants = _Participants(repo)
+        self.leases = _Leases(repo)
+        self.visits = _Visits(repo)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import time
+from datetime import UTC, datetime
 from typing import Protocol
 
 
@@ -12,3 +13,13 @@ class Clock(Protocol):
         ...
 
     def monotonic(self) -> float: ...
+
+
+class SystemClock:
+    """The machine's clock.  Standard library only, so it lives beside its protocol."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC).replace(tzinfo=None)
+
+    def monotonic(self) -> float:
+        return time.monotonic()

@@ -5,16 +5,18 @@ Entry points (the CLI, the daemon, the demo) ask for an `App` and never build ad
 
 from __future__ import annotations
 
+import random
 import threading
 from dataclasses import dataclass, field
 from typing import Self
 
-from syncd.adapters.ledger import Ledger, create_ledger_engine, current_revision, head_revision
+from syncd.adapters.ledger import SqlLedger, create_ledger_engine, current_revision, head_revision
 from syncd.adapters.ledger import migrate as migrate_ledger
 from syncd.adapters.outbox import OutboxReader, create_outbox_engine
 from syncd.adapters.securevideo import ResponseHook, SecureVideoClient
 from syncd.adapters.windows_zones import windows_zone_id
 from syncd.core.errors import SyncdError
+from syncd.core.retry import RetryPolicy
 from syncd.runtime.settings import Settings
 from syncd.sync.engine import EngineOptions, SyncEngine
 
@@ -26,7 +28,7 @@ class LedgerBehindError(SyncdError):
 @dataclass
 class App:
     settings: Settings
-    ledger: Ledger
+    ledger: SqlLedger
     outbox: OutboxReader
     gateway: SecureVideoClient
     engine: SyncEngine
@@ -45,15 +47,24 @@ class App:
         self.close()
 
 
-def engine_options(settings: Settings, *, look_before_create: bool = True) -> EngineOptions:
+def engine_options(
+    settings: Settings,
+    *,
+    look_before_create: bool = True,
+    rng: random.Random | None = None,
+) -> EngineOptions:
+    """``rng``: the back-off's jitter; tests seed it."""
     s = settings.sync
     return EngineOptions(
         concurrency=s.concurrency,
-        max_attempts=s.max_attempts,
         batch_size=s.batch_size,
         reread_window=settings.outbox.reread_window,
-        base_backoff_seconds=s.base_backoff_seconds,
-        max_backoff_seconds=s.max_backoff_seconds,
+        retry=RetryPolicy(
+            base_seconds=s.base_backoff_seconds,
+            cap_seconds=s.max_backoff_seconds,
+            max_attempts=s.max_attempts,
+            rng=rng or random.Random(),
+        ),
         pass_retry_budget_seconds=s.pass_retry_budget_seconds,
         zone=settings.outbox.zone,
         session_id_prefix=settings.outbox.session_id_prefix,
@@ -62,11 +73,11 @@ def engine_options(settings: Settings, *, look_before_create: bool = True) -> En
     )
 
 
-def open_ledger(settings: Settings, *, auto_migrate: bool = True) -> Ledger:
+def open_ledger(settings: Settings, *, auto_migrate: bool = True) -> SqlLedger:
     """The ledger, at head.  SQLite is migrated on start; a server database must be migrated
     deliberately (``syncd migrate``), because replicas racing to migrate is a known failure."""
     engine = create_ledger_engine(settings.ledger.url)
-    ledger = Ledger(engine)
+    ledger = SqlLedger(engine)
     try:
         if engine.dialect.name == "sqlite" and auto_migrate:
             migrate_ledger(engine)
@@ -89,6 +100,7 @@ def build_app(
     stop: threading.Event | None = None,
     look_before_create: bool = True,
     on_response: ResponseHook | None = None,
+    rng: random.Random | None = None,
 ) -> App:
     """``on_response`` sees every SecureVideo response (the metrics' latency histogram)."""
     outbox_url = settings.require_outbox_url()
@@ -119,7 +131,7 @@ def build_app(
         outbox=outbox,
         ledger=ledger,
         gateway=gateway,
-        options=engine_options(settings, look_before_create=look_before_create),
+        options=engine_options(settings, look_before_create=look_before_create, rng=rng),
         stop=stop,
     )
     return App(

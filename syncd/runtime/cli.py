@@ -232,11 +232,11 @@ def cmd_retry(args: argparse.Namespace) -> int:
         from datetime import UTC, datetime
 
         now = datetime.now(UTC).replace(tzinfo=None)
-        with ledger.begin() as repo:
+        with ledger.begin() as tx:
             if args.all_parked:
-                count = repo.unpark_all(now)
+                count = tx.appointments.unpark_all(now)
             elif args.appointment_id:
-                count = 1 if repo.unpark(args.appointment_id, now) else 0
+                count = 1 if tx.appointments.unpark(args.appointment_id, now) else 0
             else:
                 return _fail("retry: give an APPOINTMENT_ID or --all-parked")
     finally:

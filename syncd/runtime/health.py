@@ -407,9 +407,9 @@ class Monitor:
             return cached[1]
         values: dict[str, float] | None
         try:
-            with app.ledger.begin() as repo:
-                counts = repo.counts_by_state()
-                oldest = repo.oldest_pending_since()
+            with app.ledger.begin() as tx:
+                counts = tx.appointments.counts_by_state()
+                oldest = tx.appointments.oldest_pending_since()
         except Exception:  # noqa: BLE001 - a scrape must not fail; /healthz names the outage
             values = None
         else:
@@ -462,8 +462,8 @@ def _probe_databases(app: App, clock: Callable[[], float]) -> Check:
 
 
 def _read_ledger(app: App) -> None:
-    with app.ledger.begin() as repo:
-        repo.cursor()
+    with app.ledger.begin() as tx:
+        tx.cursor.get()
 
 
 def _read_outbox(app: App) -> None:

@@ -13,11 +13,11 @@ from syncd.runtime.settings import Settings
 def collect_status(settings: Settings, *, parked_limit: int = 100) -> dict[str, Any]:
     ledger = open_ledger(settings)
     try:
-        with ledger.begin() as repo:
-            cursor = repo.cursor()
-            counts = repo.counts_by_state()
-            parked = repo.parked(parked_limit)
-            oldest = repo.oldest_pending_since()
+        with ledger.begin() as tx:
+            cursor = tx.cursor.get()
+            counts = tx.appointments.counts_by_state()
+            parked = tx.appointments.parked(parked_limit)
+            oldest = tx.appointments.oldest_pending_since()
     finally:
         ledger.dispose()
     newest: int | None = None

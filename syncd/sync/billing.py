@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Final, Literal
 
-from syncd.adapters.ledger import BookedAppointment
 from syncd.adapters.securevideo_wire import HistoryJson, HistoryPage
-from syncd.sync.engine import Ledger
+from syncd.ports.ledger import BookedAppointment, Ledger
 from syncd.sync.visits import OutcomeGateway
 
 DUPLICATE: Final = "DUPL"
@@ -254,9 +253,9 @@ def run_history(
     else:
         page = gateway.history_page(start=period.first, end=period.last)
     ids = {r.session_id for r in page.records}
-    with ledger.begin() as repo:
-        appointment_of = repo.appointments_of_sessions(ids)
-        booked = repo.booked_between(period.start, period.end)
+    with ledger.begin() as tx:
+        appointment_of = tx.visits.appointments_of_sessions(ids)
+        booked = tx.visits.booked_between(period.start, period.end)
     return build_report(period, page, appointment_of, booked, now=now)
 
 

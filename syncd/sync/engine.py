@@ -12,24 +12,21 @@ from __future__ import annotations
 
 import contextvars
 import os
-import random
 import threading
-import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import partial
-from typing import Protocol, TypeVar
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 import structlog
 
-from syncd.adapters.ledger import AppointmentRecord, LedgerRepository, ParticipantRecord
 from syncd.core.domain import (
     AddParticipant,
     Appointment,
@@ -43,7 +40,6 @@ from syncd.core.domain import (
     RescheduleSession,
     UpdateParticipant,
     describe,
-    guest_fingerprint,
 )
 from syncd.core.errors import (
     AmbiguousError,
@@ -55,8 +51,12 @@ from syncd.core.errors import (
 )
 from syncd.core.planner import is_outside_active_window, plan
 from syncd.core.redact import redact
+from syncd.core.retry import RetryPolicy, counts_as_failure
 from syncd.core.rows import MAX_ID_LENGTH, WindowsZone, parse_row
-from syncd.ports import OutboxRef, OutboxSource, SessionGateway
+from syncd.ports.clock import Clock, SystemClock
+from syncd.ports.ledger import AppointmentRecord, Ledger, LedgerTransaction, ParticipantRecord
+from syncd.ports.outbox import OutboxRef, OutboxSource
+from syncd.ports.securevideo import SessionGateway
 from syncd.testing.crashpoints import crashpoint
 
 log = structlog.get_logger("syncd.engine")
@@ -67,43 +67,19 @@ Work = tuple[AppointmentRecord, Appointment]
 _HostIndex = dict[str, list[RemoteSession]] | Exception
 #: Given a call's answer: how to mark the appointment synced in the outcome's transaction, or None
 #: when SecureVideo does not match yet.
-Settler = Callable[[RemoteSession | None], Callable[[LedgerRepository], None] | None]
+Settler = Callable[[RemoteSession | None], Callable[[LedgerTransaction], None] | None]
 
 #: After this many plan → apply rounds without converging, something disagrees with the planner
 #: (an API that silently ignores a field, say): park rather than loop and spam the patient.
 MAX_ROUNDS = 3
 
 
-class Ledger(Protocol):
-    """Ledger transactions; the caller frames each one: ``with ledger.begin() as repo``."""
-
-    def begin(self) -> AbstractContextManager[LedgerRepository]: ...
-
-
-class Clock(Protocol):
-    def now(self) -> datetime:
-        """Naive UTC, like every timestamp SecureVideo and the ledger use."""
-        ...
-
-    def monotonic(self) -> float: ...
-
-
-class SystemClock:
-    def now(self) -> datetime:
-        return datetime.now(UTC).replace(tzinfo=None)
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-
 @dataclass(frozen=True, slots=True)
 class EngineOptions:
     concurrency: int = 4
-    max_attempts: int = 8
     batch_size: int = 500
     reread_window: int = 1000
-    base_backoff_seconds: float = 0.5
-    max_backoff_seconds: float = 60.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     pass_retry_budget_seconds: float = 120.0
     zone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
     session_id_prefix: str = ""
@@ -339,8 +315,8 @@ class SyncEngine:
         """
         opts = self.options
         if self._cursor is None:
-            with self.ledger.begin() as repo:
-                self._cursor = repo.cursor()
+            with self.ledger.begin() as tx:
+                self._cursor = tx.cursor.get()
         position = max(0, self._cursor - opts.reread_window)
         became_pending = 0
         while True:
@@ -354,13 +330,13 @@ class SyncEngine:
             unseen = {a: e for a, e in newest.items() if e > self._seen.get(a, -1)}
             top = refs[-1].event_id
             if unseen or top > self._cursor:
-                with self.ledger.begin() as repo:
-                    known = repo.last_events(unseen.keys()) if unseen else {}
+                with self.ledger.begin() as tx:
+                    known = tx.appointments.last_events(unseen.keys()) if unseen else {}
                     newer = {a: e for a, e in unseen.items() if e > known.get(a, -1)}
                     if newer:
-                        became_pending += repo.note_events(newer, now=self.clock.now())
+                        became_pending += tx.appointments.note_events(newer, now=self.clock.now())
                     if top > self._cursor:
-                        repo.set_cursor(top)
+                        tx.cursor.advance(top)
                 # Only after the commit: what is remembered must be in the ledger.
                 for a, e in unseen.items():
                     self._seen[a] = max(e, known.get(a, -1))
@@ -377,8 +353,8 @@ class SyncEngine:
     def _due_batches(self) -> Iterator[list[AppointmentRecord]]:
         after: str | None = None
         while True:
-            with self.ledger.begin() as repo:
-                batch = repo.due(self.clock.now(), self.options.batch_size, after)
+            with self.ledger.begin() as tx:
+                batch = tx.appointments.due(self.clock.now(), self.options.batch_size, after)
             if not batch:
                 return
             yield batch
@@ -400,9 +376,9 @@ class SyncEngine:
         }
         hosts.request(needed)
         ids = [appt.appointment_id for _, appt in work]
-        with self.ledger.begin() as repo:
-            known = repo.participants(ids)
-            unresolved = repo.with_open_operations(ids)
+        with self.ledger.begin() as tx:
+            known = tx.participants.of_appointments(ids)
+            unresolved = tx.operations.with_open(ids)
 
         def sync(item: Work) -> Outcome:
             record, appt = item
@@ -431,8 +407,8 @@ class SyncEngine:
             progress.finished = True
 
     def _begin_apply(self, progress: PassProgress) -> None:
-        with self.ledger.begin() as repo:
-            total = repo.pending_count()
+        with self.ledger.begin() as tx:
+            total = tx.appointments.pending_count()
         with self._progress_lock:
             progress.total = total
             progress.apply_started_at = self.clock.monotonic()
@@ -557,7 +533,7 @@ class SyncEngine:
             except PermanentError as exc:
                 return self._park_appt(appt, f"appointment {aid}: {exc.message}")
             except TemporaryError as exc:
-                read_failures += _failed_attempt(exc)
+                read_failures += counts_as_failure(exc)
                 outcome = self._back_off(appt, max(read_failures, call_failures), exc, deadline)
                 if outcome is not None:
                     return outcome
@@ -620,7 +596,7 @@ class SyncEngine:
                     )
                 except TemporaryError as exc:
                     unresolved = unresolved or isinstance(exc, AmbiguousError)
-                    call_failures += _failed_attempt(exc)
+                    call_failures += counts_as_failure(exc)
                     outcome = self._back_off(appt, call_failures, exc, deadline)
                     if outcome is not None:
                         return outcome
@@ -655,7 +631,7 @@ class SyncEngine:
         unresolved: bool,
         settled: list[bool],
     ) -> Settler:
-        def settle(result: RemoteSession | None) -> Callable[[LedgerRepository], None] | None:
+        def settle(result: RemoteSession | None) -> Callable[[LedgerTransaction], None] | None:
             after = _after(view, op, result)
             current = (
                 result.session_id
@@ -668,8 +644,8 @@ class SyncEngine:
 
             mark = self._synced_writer(appt, after, unresolved=unresolved)
 
-            def write(repo: LedgerRepository) -> None:
-                mark(repo)
+            def write(tx: LedgerTransaction) -> None:
+                mark(tx)
                 settled.append(True)
 
             return write
@@ -691,8 +667,8 @@ class SyncEngine:
         desc = describe(op)
         session_id = None if isinstance(op, CreateSession) else getattr(op, "session_id", None)
         participant = desc.get("participant_external_id")
-        with self.ledger.begin() as repo:
-            op_id = repo.record_intent(
+        with self.ledger.begin() as tx:
+            op_id = tx.operations.record_intent(
                 appointment_id=appt.appointment_id,
                 event_id=appt.event_id,
                 op=op.kind,
@@ -707,7 +683,7 @@ class SyncEngine:
                 # must not leave it under a host the ledger never heard of, where no later pass
                 # looks once the provider changes again (found by the crash sweep).  Every other
                 # live session was cancelled, and that committed, before a create is planned.
-                repo.set_session(
+                tx.appointments.set_session(
                     appt.appointment_id,
                     session_id=None,
                     host_external_id=op.host_external_id,
@@ -729,8 +705,10 @@ class SyncEngine:
             duration_ms = int((self.clock.monotonic() - started) * 1000)
             report.operations[f"{op.kind}:{outcome}"] += 1
             if outcome != "applied":
-                with self.ledger.begin() as repo:
-                    repo.record_outcome(op_id, state=outcome, detail=detail, now=self.clock.now())
+                with self.ledger.begin() as tx:
+                    tx.operations.record_result(
+                        op_id, state=outcome, detail=detail, now=self.clock.now()
+                    )
                 log.warning(
                     "operation",
                     appointment_id=appt.appointment_id,
@@ -751,13 +729,13 @@ class SyncEngine:
             settling=settle is not None,
             participants_on_file=participants_on_file,
         )
-        with self.ledger.begin() as repo:
-            repo.record_outcome(
+        with self.ledger.begin() as tx:
+            tx.operations.record_result(
                 op_id, state="applied", detail=None, session_id=new_session_id, now=self.clock.now()
             )
-            effects(repo)
+            effects(tx)
             if settle is not None:
-                settle(repo)
+                settle(tx)
         crashpoint("after_commit")
         log.info(
             "operation",
@@ -796,7 +774,7 @@ class SyncEngine:
         *,
         settling: bool = False,
         participants_on_file: bool = True,
-    ) -> Callable[[LedgerRepository], None]:
+    ) -> Callable[[LedgerTransaction], None]:
         """What to keep in the ledger that SecureVideo won't tell us later: the session and
         packet ids.  Records and fingerprints are made here, outside the transaction.
 
@@ -814,21 +792,20 @@ class SyncEngine:
                         session_id=result.session_id,
                         participation_id=ids.get(g.external_id),
                         packet_id=g.packet_id,
-                        fingerprint=guest_fingerprint(g),
                         updated_at=now,
                     )
                     for g in op.guests
                 ]
 
-                def created(repo: LedgerRepository) -> None:
+                def created(tx: LedgerTransaction) -> None:
                     if not settling:
-                        repo.set_session(
+                        tx.appointments.set_session(
                             aid,
                             session_id=result.session_id,
                             host_external_id=op.host_external_id,
                             now=now,
                         )
-                    repo.replace_participants(aid, people, clear=participants_on_file)
+                    tx.participants.replace(aid, people, clear=participants_on_file)
 
                 return created
             case AddParticipant() | UpdateParticipant() if result is not None:
@@ -837,27 +814,25 @@ class SyncEngine:
                     (p.participation_id for p in result.guests if p.external_id == external_id),
                     None,
                 )
-                fingerprint = guest_fingerprint(op.guest)
 
-                def remembered(repo: LedgerRepository) -> None:
-                    repo.upsert_participant(
+                def remembered(tx: LedgerTransaction) -> None:
+                    tx.participants.upsert(
                         aid,
                         external_id,
                         session_id=result.session_id,
                         participation_id=pid,
                         packet_id=op.guest.packet_id,
-                        fingerprint=fingerprint,
                         now=now,
                     )
 
                 return remembered
             case RemoveParticipant():
-                return lambda repo: repo.delete_participant(aid, op.external_id)
+                return lambda tx: tx.participants.delete(aid, op.external_id)
             case CancelSession():
 
-                def cancelled(repo: LedgerRepository) -> None:
-                    if repo.forget_session(aid, op.session_id, now=now):
-                        repo.delete_participants_of(aid)
+                def cancelled(tx: LedgerTransaction) -> None:
+                    if tx.appointments.forget_session(aid, op.session_id, now=now):
+                        tx.participants.delete_all_of(aid)
 
                 return cancelled
             case _:
@@ -884,19 +859,14 @@ class SyncEngine:
         """Wait and return None to try again in this pass, or an outcome to stop here."""
         opts = self.options
         reason = f"appointment {appt.appointment_id}: {redact(exc.message, appt)}"
-        if attempts >= opts.max_attempts:
+        if opts.retry.exhausted(attempts):
             return self._park_appt(
                 appt, f"{reason} (gave up after {attempts} attempts)", attempts=attempts
             )
-        delay = backoff(
-            attempts,
-            base=opts.base_backoff_seconds,
-            cap=opts.max_backoff_seconds,
-            retry_after=exc.retry_after,
-        )
+        delay = opts.retry.delay(attempts, retry_after=exc.retry_after)
         if self.clock.monotonic() + delay > deadline or self.stop.is_set():
-            with self.ledger.begin() as repo:
-                repo.schedule_retry(
+            with self.ledger.begin() as tx:
+                tx.appointments.schedule_retry(
                     appt.appointment_id,
                     attempts=attempts,
                     next_attempt_at=self.clock.now() + timedelta(seconds=delay),
@@ -917,8 +887,8 @@ class SyncEngine:
         until = self.clock.now() + timedelta(seconds=delay)
         # stop.wait, not sleep: a shutdown request ends the wait at once.
         if self.stop.wait(delay):
-            with self.ledger.begin() as repo:
-                repo.schedule_retry(
+            with self.ledger.begin() as tx:
+                tx.appointments.schedule_retry(
                     appt.appointment_id,
                     attempts=attempts,
                     next_attempt_at=until,
@@ -938,8 +908,8 @@ class SyncEngine:
         unresolved: bool = True,
     ) -> Outcome:
         mark = self._synced_writer(appt, observed, unresolved=unresolved)
-        with self.ledger.begin() as repo:
-            mark(repo)
+        with self.ledger.begin() as tx:
+            mark(tx)
         return Outcome.SYNCED if applied else Outcome.UNCHANGED
 
     def _synced_writer(
@@ -948,7 +918,7 @@ class SyncEngine:
         observed: Sequence[RemoteSession],
         *,
         unresolved: bool,
-    ) -> Callable[[LedgerRepository], None]:
+    ) -> Callable[[LedgerTransaction], None]:
         """Marks the appointment synced; what it writes is worked out here, before the ledger
         is taken, so that the transaction (and SQLite's one writer) is held for the writes only.
         """
@@ -958,15 +928,13 @@ class SyncEngine:
             if not s.is_cancelled and s.host_external_id == appt.provider_external_id
         ]
         session = live[0] if live and appt.presence is Presence.LIVE else None
-        fingerprint = appt.fingerprint()
         aid = appt.appointment_id
 
-        def write(repo: LedgerRepository) -> None:
+        def write(tx: LedgerTransaction) -> None:
             now = self.clock.now()
-            repo.mark_synced(
+            tx.appointments.mark_synced(
                 aid,
                 event_id=appt.event_id,
-                fingerprint=fingerprint,
                 session_id=session.session_id if session else None,
                 host_external_id=session.host_external_id if session else None,
                 now=now,
@@ -976,13 +944,13 @@ class SyncEngine:
             if unresolved:
                 # Calls whose answer was lost are settled now that SecureVideo was read and
                 # matches.
-                repo.resolve_open(aid, now)
+                tx.operations.resolve_open(aid, now)
 
         return write
 
     def _skip(self, appt: Appointment, reason: str) -> Outcome:
-        with self.ledger.begin() as repo:
-            repo.mark_skipped(
+        with self.ledger.begin() as tx:
+            tx.appointments.mark_skipped(
                 appt.appointment_id, event_id=appt.event_id, reason=reason, now=self.clock.now()
             )
         log.info("appointment_skipped", appointment_id=appt.appointment_id, reason=reason)
@@ -996,8 +964,8 @@ class SyncEngine:
         field_name: str | None = None,
         attempts: int | None = None,
     ) -> Outcome:
-        with self.ledger.begin() as repo:
-            repo.park(
+        with self.ledger.begin() as tx:
+            tx.appointments.park(
                 appt.appointment_id,
                 reason=reason,
                 attempts=attempts,
@@ -1013,8 +981,8 @@ class SyncEngine:
         return Outcome.PARKED
 
     def _park(self, record: AppointmentRecord, reason: str, *, field_name: str) -> None:
-        with self.ledger.begin() as repo:
-            repo.park(
+        with self.ledger.begin() as tx:
+            tx.appointments.park(
                 record.appointment_id,
                 reason=reason,
                 now=self.clock.now(),
@@ -1040,8 +1008,8 @@ class SyncEngine:
     def preview(self) -> list[Preview]:
         """What a pass would do, without a mutating call or a ledger write (``syncd plan``)."""
         opts = self.options
-        with self.ledger.begin() as repo:
-            cursor = repo.cursor()
+        with self.ledger.begin() as tx:
+            cursor = tx.cursor.get()
         position = max(0, cursor - opts.reread_window)
         wanted: dict[str, int] = {}
         while True:
@@ -1055,13 +1023,16 @@ class SyncEngine:
         previews: list[Preview] = []
         report = PassReport(pass_id="dry-run")  # noqa: S106 - an id, not a password
         hosts = _HostSessions(self.gateway, report, self._submit)
-        with self.ledger.begin() as repo:
-            records = repo.get_many(list(wanted))
+        with self.ledger.begin() as tx:
+            records = tx.appointments.get_many(list(wanted))
             newer = {
                 a: e for a, e in wanted.items() if a not in records or e > records[a].last_event_id
             }
-            due = {r.appointment_id: r.last_event_id for r in repo.due(self.clock.now(), 100_000)}
-            participants = repo.participants(list(newer | due))
+            due = {
+                r.appointment_id: r.last_event_id
+                for r in tx.appointments.due(self.clock.now(), 100_000)
+            }
+            participants = tx.participants.of_appointments(list(newer | due))
         todo = {**due, **newer}
         rows = {r.event_id: r for r in self.outbox.rows(list(todo.values()))}
         parsed: list[tuple[Appointment, AppointmentRecord | None]] = []
@@ -1108,7 +1079,7 @@ def _always() -> bool:
     return True
 
 
-def _nothing(_repo: LedgerRepository) -> None:
+def _nothing(_repo: LedgerTransaction) -> None:
     pass
 
 
@@ -1130,21 +1101,6 @@ def _ledger_key(ref: OutboxRef) -> str:
     if not aid or len(aid) > MAX_ID_LENGTH or not aid.isprintable() or aid != aid.strip():
         return f"event:{ref.event_id}"
     return aid
-
-
-def _failed_attempt(exc: TemporaryError) -> int:
-    """1 for a failed attempt; 0 when SecureVideo only asked syncd to wait (``Retry-After`` on a
-    429 or 503, or a request held back for one): that is pacing, not this appointment failing,
-    and a sustained throttle must delay the backlog, not park it."""
-    return 0 if exc.retry_after is not None and exc.retry_after > 0 else 1
-
-
-def backoff(attempt: int, *, base: float, cap: float, retry_after: float | None) -> float:
-    """Full-jitter exponential backoff; SecureVideo's ``Retry-After`` wins when it asks for more."""
-    if retry_after is not None:
-        # A little spread so that many waiting appointments don't return in the same instant.
-        return max(0.0, retry_after) + random.uniform(0, base / 10)
-    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
 
 
 def _hosts_of(appt: Appointment, recorded_host: str | None) -> list[str]:

@@ -2,7 +2,7 @@
 
 Two daemons working the same backlog would each read SecureVideo, each find no session, and each
 create one.  So every pass starts by taking (or renewing) one named lease row in the ledger, which
-the ledger hands to one holder at a time (``LedgerRepository.try_acquire_lease``); a process that
+the ledger hands to one holder at a time (``LedgerTransaction.try_acquire_lease``); a process that
 does not get it skips the pass.  During the pass a heartbeat thread renews the lease every third
 of its time to live, and the engine asks :meth:`LeaderLease.may_act` before every mutating call.
 
@@ -30,7 +30,7 @@ from typing import Final
 
 import structlog
 
-from syncd.sync.engine import Ledger
+from syncd.ports.ledger import Ledger
 
 log = structlog.get_logger("syncd.lease")
 
@@ -75,8 +75,8 @@ class LeaderLease:
         Database errors propagate: the caller treats them as an outage.
         """
         sent = self._monotonic()
-        with self.ledger.begin() as repo:
-            taken = repo.try_acquire_lease(self.name, self.holder, self.ttl, self._wall())
+        with self.ledger.begin() as tx:
+            taken = tx.leases.try_acquire(self.name, self.holder, self.ttl, self._wall())
         with self._lock:
             self._valid_until = sent + self.ttl if taken else float("-inf")
         return taken
@@ -120,7 +120,7 @@ class LeaderLease:
         with self._lock:
             self._valid_until = float("-inf")
         try:
-            with self.ledger.begin() as repo:
-                repo.release_lease(self.name, self.holder)
+            with self.ledger.begin() as tx:
+                tx.leases.release(self.name, self.holder)
         except Exception as exc:  # noqa: BLE001 - expiry covers a release that could not be made
             log.warning("lease_release_failed", error_type=type(exc).__name__)

@@ -25,15 +25,16 @@ from typing import Final, Protocol, TypeVar
 
 import structlog
 
-from syncd.adapters.ledger import (
+from syncd.adapters.securevideo_wire import HistoryJson, HistoryPage
+from syncd.core.domain import RemoteSession
+from syncd.core.errors import AuthenticationError, PermanentError, TemporaryError
+from syncd.ports.clock import Clock, SystemClock
+from syncd.ports.ledger import (
+    Ledger,
     OutcomeTarget,
     ParticipantOutcomeRecord,
     SessionOutcomeRecord,
 )
-from syncd.adapters.securevideo_wire import HistoryJson, HistoryPage
-from syncd.core.domain import RemoteSession
-from syncd.core.errors import AuthenticationError, PermanentError, TemporaryError
-from syncd.sync.engine import Clock, Ledger, SystemClock
 
 log = structlog.get_logger("syncd.outcomes")
 
@@ -291,15 +292,15 @@ class OutcomeCollector:
         report = CollectionReport()
         started = self.clock.monotonic()
         now = self.clock.now()
-        with self.ledger.begin() as repo:
-            targets = repo.outcome_targets()
+        with self.ledger.begin() as tx:
+            targets = tx.visits.targets()
         report.targets = len(targets)
         if not targets:
             return report
         ids = [t.appointment_id for t in targets]
-        with self.ledger.begin() as repo:
-            sessions = repo.session_outcomes(ids)
-            participants = repo.participant_outcomes(ids)
+        with self.ledger.begin() as tx:
+            sessions = tx.visits.sessions(ids)
+            participants = tx.visits.participants(ids)
 
         listed_since = now - LISTED_FOR
         listed = [t for t in targets if t.schedule_ts is None or t.schedule_ts >= listed_since]
@@ -371,13 +372,13 @@ class OutcomeCollector:
         writes, gone = observe_participants(participants.get(aid, {}), aid, remote, now)
         if row is None and not writes and not gone:
             return
-        with self.ledger.begin() as repo:
+        with self.ledger.begin() as tx:
             if row is not None:
-                repo.put_session_outcome(row)
+                tx.visits.put_session(row)
             for p in writes:
-                repo.put_participant_outcome(p)
+                tx.visits.put_participant(p)
             if gone:
-                repo.delete_participant_outcomes(aid, gone)
+                tx.visits.delete_participants(aid, gone)
         report.sessions_changed += row is not None
         report.participants_changed += len(writes) + len(gone)
 
@@ -423,8 +424,8 @@ class OutcomeCollector:
             self._write_final(row, report)
 
     def _write_final(self, row: SessionOutcomeRecord, report: CollectionReport) -> None:
-        with self.ledger.begin() as repo:
-            repo.put_session_outcome(row)
+        with self.ledger.begin() as tx:
+            tx.visits.put_session(row)
         report.finalized += 1
 
 
