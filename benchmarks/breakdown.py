@@ -4,7 +4,7 @@ The emulator runs in a process of its own with a fixed latency L; the engine run
 real client, ledger and outbox, on N new appointments (one create each).  Printed: the pass's
 wall time and B / wall, syncd's CPU per row (user and system), the SecureVideo call's wall time
 as the client saw it, and per ledger transaction the wait to enter it (SQLite's one writer is
-taken in turns), its body and its commit.  It wraps ``Ledger.begin`` and ``SyncEngine._sync_one``
+taken in turns), its body and its commit.  It wraps ``SqlLedger.begin`` and ``Reconciler.reconcile``
 to time them: a diagnostic, not a measure of the product (drain.py is).
 
     .venv/bin/python benchmarks/breakdown.py --concurrency 16 --latency 0.05
@@ -34,7 +34,7 @@ from syncd.adapters.sample_ehr import SampleEhr
 from syncd.runtime.app import build_app
 from syncd.runtime.log import configure_logging
 from syncd.runtime.settings import load_settings
-from syncd.sync.engine import SyncEngine
+from syncd.sync.reconcile import Reconciler
 
 EMULATOR = """
 import sys, time
@@ -118,7 +118,7 @@ def main() -> int:
                 engine.dispose()
             app = build_app(settings, on_response=lambda _m, _t, _s, took: calls.append(took))
             ledger_module.SqlLedger.begin = begin  # type: ignore[method-assign]
-            SyncEngine._sync_one = timed(SyncEngine._sync_one, rows)  # type: ignore[method-assign]
+            Reconciler.reconcile = timed(Reconciler.reconcile, rows)  # type: ignore[method-assign]
             before = resource.getrusage(resource.RUSAGE_SELF)
             started = time.perf_counter()
             report = app.engine.run_pass()

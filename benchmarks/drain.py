@@ -158,7 +158,7 @@ def run_once(env: dict[str, str]) -> Run:
 def startup_seconds(env: dict[str, str]) -> float:
     started = time.monotonic()
     subprocess.run(
-        [sys.executable, "-c", "import syncd.runtime.cli, syncd.runtime.app, syncd.sync.engine"],
+        [sys.executable, "-c", "import syncd.runtime.cli, syncd.runtime.app, syncd.sync.passes"],
         env={**os.environ, **env},
         check=True,
     )
@@ -259,10 +259,10 @@ def local_cost(args: argparse.Namespace, concurrency: int, work: Backlog) -> dic
 
     from syncd.adapters.outbox import OutboxReader
     from syncd.emulator import EmulatorState
-    from syncd.runtime.app import engine_options, open_ledger
+    from syncd.runtime.app import open_ledger, sync_options
     from syncd.runtime.log import configure_logging
     from syncd.runtime.settings import load_settings
-    from syncd.sync.engine import SyncEngine
+    from syncd.sync.passes import Synchronizer
 
     configure_logging("json", "WARNING")
     hosts = [
@@ -280,11 +280,11 @@ def local_cost(args: argparse.Namespace, concurrency: int, work: Backlog) -> dic
         )
         ledger = open_ledger(settings)
         gateway = DirectGateway(state)
-        engine = SyncEngine(
+        engine = Synchronizer(
             outbox=OutboxReader(create_outbox_engine(ehr_url)),
             ledger=ledger,
             gateway=gateway,
-            options=engine_options(settings),
+            options=sync_options(settings),
         )
         if work.prep:
             ehr.append_many(work.prep)

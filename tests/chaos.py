@@ -368,7 +368,7 @@ _FORK_SERVER = r"""
 import json, os, runpy, sys, traceback
 # the slow part, once
 import syncd.runtime.app, syncd.runtime.cli, syncd.runtime.daemon, syncd.runtime.status
-import syncd.sync.engine
+import syncd.sync.passes
 import httpx._transports.default as transport
 
 # Each child would parse the CA bundle again (0.2 s) for a TLS context that plain http to the

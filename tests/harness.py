@@ -7,7 +7,7 @@ root, and every request crosses a loopback socket to the emulator.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,9 +24,10 @@ from syncd.adapters.outbox import create_outbox_engine, outbox_table_ddl
 from syncd.adapters.sample_ehr import SampleEhr
 from syncd.emulator import Emulator
 from syncd.emulator.state import SessionRecord
+from syncd.ports.securevideo import SessionGateway
 from syncd.runtime.app import App, build_app
 from syncd.runtime.settings import Settings, load_settings
-from syncd.sync.engine import PassReport
+from syncd.sync.report import PassReport
 
 ZONE = "America/New_York"
 
@@ -73,11 +74,16 @@ class World:
     tmp: Path
     apps: list[App] = field(default_factory=list)
 
-    def app(self, **overrides: Any) -> App:
+    def app(
+        self,
+        *,
+        wrap_gateway: Callable[[SessionGateway], SessionGateway] | None = None,
+        **overrides: Any,
+    ) -> App:
         settings = self.settings
         if overrides:
             settings = load_settings(**(_as_overrides(self.settings) | overrides))
-        app = build_app(settings)
+        app = build_app(settings, wrap_gateway=wrap_gateway)
         self.apps.append(app)
         return app
 

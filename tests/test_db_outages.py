@@ -104,9 +104,14 @@ def assert_exactly_one_each(w: World, ids: list[str]) -> None:
 def test_ledger_dies_between_remote_success_and_commit(pg: PrivatePostgres, tmp_path: Path) -> None:
     ledger_url = fresh_ledger(pg)
     with world(tmp_path) as w:
-        app = w.app(ledger={"url": ledger_url})
-        hooked = HookedGateway(app.gateway, hook=lambda _kind: pg.stop())
-        app.engine.gateway = hooked
+        hooks: list[HookedGateway] = []
+
+        def hook(inner: SessionGateway) -> SessionGateway:
+            hooks.append(HookedGateway(inner, hook=lambda _kind: pg.stop()))
+            return hooks[-1]
+
+        app = w.app(ledger={"url": ledger_url}, wrap_gateway=hook)
+        (hooked,) = hooks
         ids = [f"A{i}" for i in range(6)]
         w.write(*booked(6))
         clock = FakeClock()
@@ -161,13 +166,15 @@ def test_a_failed_pass_leaves_no_worker_behind(pg: PrivatePostgres, tmp_path: Pa
     """
     ledger_url = fresh_ledger(pg)
     with world(tmp_path, concurrency=2) as w:
-        app = w.app(ledger={"url": ledger_url})
-        app.engine.gateway = SlowCreateOf(
-            app.gateway,
-            "S1",
-            2.0,
-            hook=lambda _kind: pg.stop(),
-            when=lambda kind, count: kind == "create" and count == 1,
+        app = w.app(
+            ledger={"url": ledger_url},
+            wrap_gateway=lambda inner: SlowCreateOf(
+                inner,
+                "S1",
+                2.0,
+                hook=lambda _kind: pg.stop(),
+                when=lambda kind, count: kind == "create" and count == 1,
+            ),
         )
         w.write(row("S0", starts=T, guests=[guest(1)]), row("S1", starts=T, guests=[guest(2)]))
         runner = PassRunner(app.engine, classify=classify)
@@ -185,9 +192,14 @@ def test_ehr_database_dies_mid_pass(pg: PrivatePostgres, tmp_path: Path) -> None
     try:
         # Batches of two: the pass reads the outbox again after the first batch is applied.
         with world(tmp_path, batch_size=2) as w:
-            app = w.app(outbox={"url": ehr_url, "timezone": ZONE})
-            hooked = HookedGateway(app.gateway, hook=lambda _kind: pg.stop())
-            app.engine.gateway = hooked
+            hooks: list[HookedGateway] = []
+
+            def hook(inner: SessionGateway) -> SessionGateway:
+                hooks.append(HookedGateway(inner, hook=lambda _kind: pg.stop()))
+                return hooks[-1]
+
+            app = w.app(outbox={"url": ehr_url, "timezone": ZONE}, wrap_gateway=hook)
+            assert len(hooks) == 1
             ids = [f"E{i}" for i in range(6)]
             ehr.append(booked(6, "E"))
             runner = PassRunner(app.engine, classify=classify)

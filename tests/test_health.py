@@ -43,7 +43,7 @@ from syncd.runtime.health import (
     read_heartbeat,
 )
 from syncd.runtime.settings import Settings, load_settings
-from syncd.sync.engine import SyncEngine
+from syncd.sync.passes import Synchronizer
 
 # Tomorrow, clinic time: inside SecureVideo's active window whenever the suite runs.
 T = (datetime.now(UTC) + timedelta(days=1)).replace(tzinfo=None, hour=15, minute=0, microsecond=0)
@@ -371,7 +371,7 @@ def test_a_backlog_drain_logs_progress_at_a_bounded_rate(w: World) -> None:
     app = w.app()
     clock = SteppingClock()
     interval = 10.0
-    engine = SyncEngine(
+    engine = Synchronizer(
         outbox=app.outbox,
         ledger=app.ledger,
         gateway=app.gateway,

@@ -262,8 +262,13 @@ class SyncLoop(RuleBasedStateMachine):
         def die(_kind: str) -> None:
             raise SimulatedCrash
 
-        self.app.engine.gateway = HookedGateway(
-            self.app.gateway, hook=die, when=lambda _kind, count: count == after
+        # The crashing process: an App whose gateway dies after the chosen call.
+        self.app.close()
+        self.w.apps.remove(self.app)
+        self.app = self.w.app(
+            wrap_gateway=lambda inner: HookedGateway(
+                inner, hook=die, when=lambda _kind, count: count == after
+            )
         )
         try:
             self.app.engine.run_pass()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Self
 
@@ -17,8 +18,10 @@ from syncd.adapters.securevideo import ResponseHook, SecureVideoClient
 from syncd.adapters.windows_zones import windows_zone_id
 from syncd.core.errors import SyncdError
 from syncd.core.retry import RetryPolicy
+from syncd.ports.securevideo import SessionGateway
 from syncd.runtime.settings import Settings
-from syncd.sync.engine import EngineOptions, SyncEngine
+from syncd.sync.execute import Checkpoint, no_checkpoint
+from syncd.sync.passes import Synchronizer, SyncOptions
 
 
 class LedgerBehindError(SyncdError):
@@ -31,7 +34,7 @@ class App:
     ledger: SqlLedger
     outbox: OutboxReader
     gateway: SecureVideoClient
-    engine: SyncEngine
+    engine: Synchronizer
     stop: threading.Event = field(default_factory=threading.Event)
 
     def close(self) -> None:
@@ -47,15 +50,14 @@ class App:
         self.close()
 
 
-def engine_options(
+def sync_options(
     settings: Settings,
     *,
-    look_before_create: bool = True,
     rng: random.Random | None = None,
-) -> EngineOptions:
+) -> SyncOptions:
     """``rng``: the back-off's jitter; tests seed it."""
     s = settings.sync
-    return EngineOptions(
+    return SyncOptions(
         concurrency=s.concurrency,
         batch_size=s.batch_size,
         reread_window=settings.outbox.reread_window,
@@ -69,7 +71,6 @@ def engine_options(
         zone=settings.outbox.zone,
         session_id_prefix=settings.outbox.session_id_prefix,
         windows_zone=windows_zone_id,
-        look_before_create=look_before_create,
     )
 
 
@@ -101,8 +102,13 @@ def build_app(
     look_before_create: bool = True,
     on_response: ResponseHook | None = None,
     rng: random.Random | None = None,
+    wrap_gateway: Callable[[SessionGateway], SessionGateway] | None = None,
 ) -> App:
-    """``on_response`` sees every SecureVideo response (the metrics' latency histogram)."""
+    """``on_response`` sees every SecureVideo response (the metrics' latency histogram).
+
+    ``look_before_create=False`` is the control run of the tests that prove syncd looks before
+    it creates: the engine is given a gateway that finds no existing session.  ``wrap_gateway``
+    puts a test's gateway between the engine and SecureVideo (a fault at a chosen call)."""
     outbox_url = settings.require_outbox_url()
     key, secret = settings.require_credentials()
     stop = stop or threading.Event()
@@ -122,18 +128,33 @@ def build_app(
         # The engine's concurrency is SecureVideo's load: the requests on the wire at once.
         max_in_flight=settings.sync.concurrency,
     )
+    seen: SessionGateway = gateway
+    if not look_before_create:
+        from syncd.testing.blind import BlindGateway
+
+        seen = BlindGateway(gateway)
+    if wrap_gateway is not None:
+        seen = wrap_gateway(seen)
     outbox = OutboxReader(
         create_outbox_engine(outbox_url),
         table=settings.outbox.table,
         columns=settings.outbox.columns,
     )
-    engine = SyncEngine(
+    engine = Synchronizer(
         outbox=outbox,
         ledger=ledger,
-        gateway=gateway,
-        options=engine_options(settings, look_before_create=look_before_create, rng=rng),
+        gateway=seen,
+        options=sync_options(settings, rng=rng),
         stop=stop,
+        checkpoint=_checkpoint(),
     )
     return App(
         settings=settings, ledger=ledger, outbox=outbox, gateway=gateway, engine=engine, stop=stop
     )
+
+
+def _checkpoint() -> Checkpoint:
+    """The crash sweep's kill points, only when its variable is set: otherwise nothing at all."""
+    from syncd.testing import crashpoints
+
+    return crashpoints.crashpoint if crashpoints.armed() else no_checkpoint

@@ -21,8 +21,9 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from syncd.core.redact import without_quoted_values
-from syncd.sync.engine import PassReport, SyncEngine
 from syncd.sync.lease import LeaderLease
+from syncd.sync.passes import Synchronizer
+from syncd.sync.report import PassReport
 
 log = structlog.get_logger("syncd.daemon")
 
@@ -41,7 +42,7 @@ class PassRunner:
 
     def __init__(
         self,
-        engine: SyncEngine,
+        engine: Synchronizer,
         *,
         classify: Callable[[BaseException], str | None],
         on_report: Callable[[PassReport], None] | None = None,

@@ -50,7 +50,7 @@ from syncd.runtime.settings import Settings
 if TYPE_CHECKING:
     from syncd.runtime.app import App
     from syncd.runtime.daemon import PassRunner
-    from syncd.sync.engine import PassReport
+    from syncd.sync.report import PassReport
 
 __all__ = [
     "HEARTBEAT_FILE",

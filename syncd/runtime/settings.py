@@ -33,7 +33,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
     NestedSecretsSettingsSource,
@@ -47,6 +46,13 @@ from syncd.adapters.dburl import MASK as _MASK
 from syncd.adapters.dburl import is_valid_url, masked_url
 from syncd.core.errors import ConfigError
 from syncd.ports import CONTRACT_COLUMNS
+from syncd.runtime.setting_errors import (
+    ENV_PREFIX,
+    NESTED_DELIMITER,
+    config_error,
+    one_line,
+    settings_error,
+)
 
 __all__ = [
     "CONFIG_FILE_ENV",
@@ -66,8 +72,6 @@ __all__ = [
     "load_settings",
 ]
 
-ENV_PREFIX = "SYNCD_"
-NESTED_DELIMITER = "__"
 CONFIG_FILE_ENV = "SYNCD_CONFIG_FILE"
 SECRETS_DIR_ENV = "SYNCD_SECRETS_DIR"
 DEFAULT_CONFIG_FILE = Path("config/syncd.toml")
@@ -83,9 +87,6 @@ _IDENTIFIER_RE = re.compile(_IDENTIFIER)
 _TABLE_RE = re.compile(rf"{_IDENTIFIER}(\.{_IDENTIFIER})?")
 
 # Fields whose input is never echoed in an error: URLs can embed passwords, keys are credentials.
-_UNECHOED_FIELDS = frozenset({"url", "base_url", "api_key", "api_secret"})
-_NUMBER_RE = re.compile(r"-?[0-9]+(\.[0-9]+)?")
-_ECHO_MAX = 60
 
 
 def _require_identifier(value: str, what: str) -> str:
@@ -465,18 +466,18 @@ class Settings(BaseSettings):
                     )
                 )
             except (SettingsError, OSError) as exc:
-                raise ConfigError(SECRETS_DIR_ENV, f"{secrets_dir}: {_one_line(exc)}") from None
+                raise ConfigError(SECRETS_DIR_ENV, f"{secrets_dir}: {one_line(exc)}") from None
         toml_file = config_file_path()
         if toml_file is not None:
             try:
                 sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(
-                    CONFIG_FILE_ENV, f"{toml_file} is not valid TOML: {_one_line(exc)}"
+                    CONFIG_FILE_ENV, f"{toml_file} is not valid TOML: {one_line(exc)}"
                 ) from None
             except (OSError, UnicodeDecodeError) as exc:
                 raise ConfigError(
-                    CONFIG_FILE_ENV, f"{toml_file} cannot be read: {_one_line(exc)}"
+                    CONFIG_FILE_ENV, f"{toml_file} cannot be read: {one_line(exc)}"
                 ) from None
         return tuple(sources)
 
@@ -559,100 +560,6 @@ def _check_unknown_env(environ: Mapping[str, str]) -> None:
         )
 
 
-def _one_line(value: object) -> str:
-    return " ".join(str(value).split())
-
-
-def _env_name(loc: tuple[int | str, ...]) -> str:
-    # Dict-key errors carry a "[key]" marker in loc that has no place in a variable name.
-    parts = [str(part).upper() for part in loc if not str(part).startswith("[")]
-    return ENV_PREFIX + NESTED_DELIMITER.join(parts) if parts else "SYNCD_*"
-
-
-def _problem(error: ErrorDetails) -> str:
-    kind = error["type"]
-    ctx = error.get("ctx") or {}
-    if kind == "missing":
-        return "is required"
-    if kind == "extra_forbidden":
-        return "is not a known setting; check the spelling against config/syncd.toml"
-    if kind in {"value_error", "assertion_error"} and "error" in ctx:
-        return str(ctx["error"])
-    bounds = {
-        "greater_than_equal": ("ge", "must be at least {}"),
-        "greater_than": ("gt", "must be greater than {}"),
-        "less_than_equal": ("le", "must be at most {}"),
-        "less_than": ("lt", "must be less than {}"),
-        "string_too_short": ("min_length", "must be at least {} characters long"),
-        "string_too_long": ("max_length", "must be at most {} characters long"),
-    }
-    if kind in bounds:
-        key, template = bounds[kind]
-        return template.format(ctx.get(key))
-    simple = {
-        "int_parsing": "must be a whole number",
-        "int_type": "must be a whole number",
-        "int_from_float": "must be a whole number",
-        "float_parsing": "must be a number",
-        "float_type": "must be a number",
-        "bool_parsing": "must be true or false",
-        "bool_type": "must be true or false",
-        "string_type": "must be a string",
-        "dict_type": "must be a table (TOML) or a JSON object",
-        "model_type": "must be a table (TOML) or a JSON object",
-        "model_attributes_type": "must be a table (TOML) or a JSON object",
-        "json_invalid": "is not valid JSON",
-    }
-    if kind in simple:
-        return simple[kind]
-    if kind == "literal_error":
-        return f"must be one of {ctx.get('expected')}"
-    return str(error["msg"])
-
-
-def _render_input(error: ErrorDetails, value: object) -> str:
-    last = next((str(p) for p in reversed(error["loc"]) if not str(p).startswith("[")), "")
-    if (
-        error["type"] in {"missing", "extra_forbidden"}
-        or last in _UNECHOED_FIELDS
-        or not isinstance(value, str | int | float | bool)
-    ):
-        return ""
-    # Environment values arrive as strings; "0" reads better than "'0'" for a number.
-    is_number = isinstance(value, str) and _NUMBER_RE.fullmatch(value)
-    shown = str(value) if is_number else repr(value)
-    if len(shown) > _ECHO_MAX:
-        shown = shown[: _ECHO_MAX - 3] + "..."
-    return f" (got {shown})"
-
-
-def _config_error(exc: ValidationError) -> ConfigError:
-    # Messages are built from errors(include_input=False); inputs are added back only for fields
-    # that cannot hold a secret, through _render_input.
-    safe = exc.errors(include_input=False, include_url=False)
-    raw = exc.errors(include_url=False)
-    rendered = [
-        (_env_name(err["loc"]), _one_line(_problem(err) + _render_input(err, full.get("input"))))
-        for err, full in zip(safe, raw, strict=True)
-    ]
-    (first_name, first_problem), *rest = rendered
-    problem = "; ".join([first_problem, *(f"{name}: {text}" for name, text in rest)])
-    return ConfigError(first_name, problem)
-
-
-def _settings_error(exc: SettingsError) -> ConfigError:
-    match = re.search(r'field "([^"]+)"', str(exc))
-    if match:
-        # The parse failure's cause may quote the value, so only the field is named.
-        name = _env_name((match.group(1),))
-        return ConfigError(
-            name,
-            f"a {name}__* value could not be parsed: mappings such as SYNCD_OUTBOX__COLUMNS must "
-            "be JSON objects (or set one key at a time, e.g. SYNCD_OUTBOX__COLUMNS__STATUS)",
-        )
-    return ConfigError("settings", _one_line(exc))
-
-
 def load_settings(**overrides: Any) -> Settings:
     """Build the settings from all sources; every problem becomes one ConfigError line.
 
@@ -662,8 +569,8 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        raise _config_error(exc) from None
+        raise config_error(exc) from None
     except SettingsError as exc:
-        raise _settings_error(exc) from None
+        raise settings_error(exc) from None
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError("settings", _one_line(exc)) from None
+        raise ConfigError("settings", one_line(exc)) from None

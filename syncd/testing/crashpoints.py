@@ -21,7 +21,7 @@ __all__ = ["ENV", "POINTS", "crashpoint"]
 #: Not ``SYNCD_…``: settings refuse unknown variables with that prefix, as misspelt settings.
 ENV = "SYNCDTEST_CRASHPOINT"
 
-#: Where the engine calls ``crashpoint`` (``SyncEngine._apply``):
+#: Where the executor calls ``crashpoint`` (``syncd.sync.execute.Executor.apply``):
 #: ``before_call`` the intent is committed, the request has not left;
 #: ``after_call`` SecureVideo answered, the outcome is not committed yet;
 #: ``after_commit`` the outcome and its effects are committed.
@@ -44,6 +44,11 @@ def crashpoint(name: str) -> None:
         reached = _count == _target[1]
     if reached:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def armed() -> bool:
+    """Whether this process was started with a crash point to reach."""
+    return bool(os.environ.get(ENV))
 
 
 def _parse(spec: str | None) -> tuple[str, int] | None:

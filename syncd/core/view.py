@@ -1,0 +1,107 @@
+"""What syncd knows SecureVideo shows, worked out from answers instead of read again.
+
+Pure functions over ``RemoteSession``s: after a call succeeds its answer (or, for a cancel or a
+removal, the call itself) tells how the sessions now stand, so the next plan needs no new read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+from syncd.core.domain import (
+    AddParticipant,
+    CancelSession,
+    CreateSession,
+    Guest,
+    Operation,
+    RemoteParticipant,
+    RemoteSession,
+    RemoveParticipant,
+    UpdateParticipant,
+)
+
+#: per ParticipantExternalId: the participation syncd made, and the PacketId it sent there
+KnownPackets = Mapping[str, tuple[int | None, int | None]]
+
+
+def with_known_packets(
+    observed: Sequence[RemoteSession], known: KnownPackets
+) -> list[RemoteSession]:
+    """Fill in the PacketIds SecureVideo does not report, from what syncd last sent to that same
+    participation."""
+    if not known:
+        return list(observed)
+    return [
+        replace(s, participants=tuple(_with_packet(p, known) for p in s.participants))
+        for s in observed
+    ]
+
+
+def _with_packet(p: RemoteParticipant, known: KnownPackets) -> RemoteParticipant:
+    if p.packet_known or not p.external_id or p.external_id not in known:
+        return p
+    participation_id, packet_id = known[p.external_id]
+    if participation_id != p.participation_id:
+        return p
+    return replace(p, packet_id=packet_id, packet_known=True)
+
+
+def session_id_of(op: Operation) -> int | None:
+    """The session an operation acts on; None for a create (the session does not exist yet)."""
+    return None if isinstance(op, CreateSession) else getattr(op, "session_id", None)
+
+
+def after(
+    view: Sequence[RemoteSession], op: Operation, result: RemoteSession | None
+) -> list[RemoteSession]:
+    """The observed sessions as they stand after ``op`` succeeded with answer ``result``."""
+    sid = session_id_of(op)
+    out = list(view)
+    if result is not None:
+        if isinstance(op, CreateSession):
+            host = op.host_external_id
+        else:
+            host = next((s.host_external_id for s in view if s.session_id == sid), "")
+        answered = _with_sent_packets(replace(result, host_external_id=host), op)
+        return [s for s in out if s.session_id != answered.session_id] + [answered]
+    if isinstance(op, CancelSession):
+        return [replace(s, schedule_type="Cancelled") if s.session_id == sid else s for s in out]
+    if isinstance(op, RemoveParticipant):
+        return [
+            replace(
+                s,
+                participants=tuple(
+                    p for p in s.participants if p.participation_id != op.participation_id
+                ),
+            )
+            if s.session_id == sid
+            else s
+            for s in out
+        ]
+    return out
+
+
+def _with_sent_packets(result: RemoteSession, op: Operation) -> RemoteSession:
+    """SecureVideo's answer does not report PacketIds: mark the ones this call just sent."""
+    if isinstance(op, AddParticipant | UpdateParticipant):
+        sent = {op.guest.external_id: op.guest}
+    elif isinstance(op, CreateSession):
+        sent = {g.external_id: g for g in op.guests}
+    else:
+        return result
+    host, *guests = result.participants
+    # The host is the first participant and never one of the guests sent.
+    marked = [_sent(p, sent) for p in guests]
+    if isinstance(op, AddParticipant | UpdateParticipant):
+        marked = [_sent(host, sent), *marked]
+    else:
+        marked = [host, *marked]
+    return replace(result, participants=tuple(marked))
+
+
+def _sent(p: RemoteParticipant, sent: Mapping[str, Guest]) -> RemoteParticipant:
+    guest = sent.get(p.external_id) if p.external_id else None
+    if guest is None:
+        return p
+    return replace(p, packet_id=guest.packet_id, packet_known=True)

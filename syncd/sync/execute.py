@@ -1,0 +1,269 @@
+"""The executor: one operation as intent → call → result.
+
+The intent is committed before the request leaves and the result after a definite answer, so a
+crash or a lost answer leaves an open intent that the next attempt resolves by reading
+SecureVideo again, never by sending the same POST blindly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+
+import structlog
+
+from syncd.core.domain import (
+    AddParticipant,
+    Appointment,
+    CancelSession,
+    CreateSession,
+    Operation,
+    RemoteSession,
+    RemoveParticipant,
+    RescheduleSession,
+    UpdateParticipant,
+    describe,
+)
+from syncd.core.errors import AmbiguousError, AuthenticationError, PermanentError, TemporaryError
+from syncd.core.redact import redact
+from syncd.core.view import session_id_of
+from syncd.ports.clock import Clock
+from syncd.ports.ledger import APPLIED, Ledger, LedgerTransaction, ParticipantRecord
+from syncd.ports.securevideo import SessionGateway
+from syncd.sync.book import Write
+from syncd.sync.report import PassReport
+
+log = structlog.get_logger("syncd.engine")
+
+#: Given a call's answer: the writes that settle the appointment in the same commit as the
+#: call's result, or None when SecureVideo does not match yet.
+Finish = Callable[[RemoteSession | None], Write | None]
+#: Called at the instants whose crash behaviour matters (see ``syncd.testing.crashpoints``).
+Checkpoint = Callable[[str], None]
+
+
+def no_checkpoint(_name: str) -> None:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """SecureVideo's answer (None for a cancel or removal), and whether the appointment was
+    settled in the same commit."""
+
+    result: RemoteSession | None
+    settled: bool
+
+
+def call(gateway: SessionGateway, op: Operation) -> RemoteSession | None:
+    match op:
+        case CreateSession():
+            return gateway.create_session(op)
+        case RescheduleSession():
+            return gateway.reschedule_session(op.session_id, op.schedule_ts)
+        case CancelSession():
+            gateway.cancel_session(op.session_id)
+            return None
+        case AddParticipant():
+            return gateway.add_participant(op.session_id, op.guest)
+        case UpdateParticipant():
+            return gateway.update_participant(op.participation_id, op.guest)
+        case RemoveParticipant():
+            gateway.remove_participant(op.participation_id)
+            return None
+
+
+class Executor:
+    def __init__(
+        self,
+        ledger: Ledger,
+        gateway: SessionGateway,
+        clock: Clock,
+        *,
+        checkpoint: Checkpoint = no_checkpoint,
+    ) -> None:
+        self._ledger = ledger
+        self._gateway = gateway
+        self._clock = clock
+        self._checkpoint = checkpoint
+
+    def apply(
+        self,
+        op: Operation,
+        appt: Appointment,
+        attempt: int,
+        report: PassReport,
+        *,
+        finish: Finish | None = None,
+    ) -> Applied:
+        """Raises what the call raised, after journalling it as failed or ambiguous."""
+        op_id = self._record_intent(op, appt, attempt)
+        started = self._clock.monotonic()
+        self._checkpoint("before_call")
+        try:
+            result = call(self._gateway, op)
+        except (TemporaryError, PermanentError, AuthenticationError) as exc:
+            self._record_failure(op, appt, attempt, op_id, exc, started, report)
+            raise
+        duration_ms = int((self._clock.monotonic() - started) * 1000)
+        report.operations[f"{op.kind}:{APPLIED}"] += 1
+        self._checkpoint("after_call")
+        session_id = result.session_id if result is not None else session_id_of(op)
+        settle = finish(result) if finish is not None else None
+        effects = self._effects(op, appt, result, settling=settle is not None)
+        with self._ledger.begin() as tx:
+            tx.operations.record_result(
+                op_id, state=APPLIED, detail=None, session_id=session_id, now=self._clock.now()
+            )
+            effects(tx)
+            if settle is not None:
+                settle(tx)
+        self._checkpoint("after_commit")
+        log.info(
+            "operation",
+            appointment_id=appt.appointment_id,
+            op=op.kind,
+            session_id=session_id,
+            outcome=APPLIED,
+            attempt=attempt,
+            duration_ms=duration_ms,
+        )
+        return Applied(result, settled=settle is not None)
+
+    def _record_intent(self, op: Operation, appt: Appointment, attempt: int) -> int:
+        participant = describe(op).get("participant_external_id")
+        now = self._clock.now()
+        with self._ledger.begin() as tx:
+            op_id = tx.operations.record_intent(
+                appointment_id=appt.appointment_id,
+                event_id=appt.event_id,
+                op=op.kind,
+                session_id=session_id_of(op),
+                participant_external_id=str(participant) if participant else None,
+                attempt=attempt,
+                now=now,
+                pid=os.getpid(),
+            )
+            if isinstance(op, CreateSession):
+                # With the intent, not the result: a crash after SecureVideo created the session
+                # must not leave it under a host the ledger never heard of, where no later pass
+                # looks once the provider changes again.  Every other live session was cancelled,
+                # and that committed, before a create is planned.
+                tx.appointments.set_session(
+                    appt.appointment_id,
+                    session_id=None,
+                    host_external_id=op.host_external_id,
+                    now=now,
+                )
+        return op_id
+
+    def _record_failure(
+        self,
+        op: Operation,
+        appt: Appointment,
+        attempt: int,
+        op_id: int,
+        exc: Exception,
+        started: float,
+        report: PassReport,
+    ) -> None:
+        duration_ms = int((self._clock.monotonic() - started) * 1000)
+        if isinstance(exc, AmbiguousError):
+            state, detail = "ambiguous", redact(exc.message, appt)
+        else:
+            state, detail = "failed", redact(str(exc), appt)
+        report.operations[f"{op.kind}:{state}"] += 1
+        with self._ledger.begin() as tx:
+            tx.operations.record_result(op_id, state=state, detail=detail, now=self._clock.now())
+        log.warning(
+            "operation",
+            appointment_id=appt.appointment_id,
+            op=op.kind,
+            session_id=session_id_of(op),
+            outcome=state,
+            attempt=attempt,
+            duration_ms=duration_ms,
+            reason=detail,
+        )
+
+    def _effects(
+        self, op: Operation, appt: Appointment, result: RemoteSession | None, *, settling: bool
+    ) -> Write:
+        """What to keep that SecureVideo won't tell later: the session and packet ids, worked out
+        here, outside the transaction.  ``settling``: the appointment is marked synced in the
+        same transaction, which records the session too."""
+        now = self._clock.now()
+        aid = appt.appointment_id
+        match op:
+            case CreateSession() if result is not None:
+                return _created(aid, op, result, now, record_session=not settling)
+            case AddParticipant() | UpdateParticipant() if result is not None:
+                ids = {p.external_id: p.participation_id for p in result.guests}
+                record = ParticipantRecord(
+                    appointment_id=aid,
+                    external_id=op.guest.external_id,
+                    session_id=result.session_id,
+                    participation_id=ids.get(op.guest.external_id),
+                    packet_id=op.guest.packet_id,
+                    updated_at=now,
+                )
+                return partial(_remembered, record)
+            case RemoveParticipant():
+                return partial(_removed, aid, op.external_id)
+            case CancelSession():
+                return partial(_cancelled, aid, op.session_id, now)
+            case _:
+                return _nothing
+
+
+def _created(
+    aid: str, op: CreateSession, result: RemoteSession, now: datetime, *, record_session: bool
+) -> Write:
+    ids = {p.external_id: p.participation_id for p in result.guests}
+    people = [
+        ParticipantRecord(
+            appointment_id=aid,
+            external_id=g.external_id,
+            session_id=result.session_id,
+            participation_id=ids.get(g.external_id),
+            packet_id=g.packet_id,
+            updated_at=now,
+        )
+        for g in op.guests
+    ]
+
+    def write(tx: LedgerTransaction) -> None:
+        if record_session:
+            tx.appointments.set_session(
+                aid, session_id=result.session_id, host_external_id=op.host_external_id, now=now
+            )
+        tx.participants.replace(aid, people)
+
+    return write
+
+
+def _remembered(p: ParticipantRecord, tx: LedgerTransaction) -> None:
+    tx.participants.upsert(
+        p.appointment_id,
+        p.external_id,
+        session_id=p.session_id,
+        participation_id=p.participation_id,
+        packet_id=p.packet_id,
+        now=p.updated_at,
+    )
+
+
+def _removed(aid: str, external_id: str, tx: LedgerTransaction) -> None:
+    tx.participants.delete(aid, external_id)
+
+
+def _cancelled(aid: str, session_id: int, now: datetime, tx: LedgerTransaction) -> None:
+    if tx.appointments.forget_session(aid, session_id, now=now):
+        tx.participants.delete_all_of(aid)
+
+
+def _nothing(_tx: LedgerTransaction) -> None:
+    pass

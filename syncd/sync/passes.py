@@ -1,0 +1,255 @@
+"""One sync pass: ingest the outbox into the ledger, then reconcile every due appointment.
+
+The imperative shell around the pure planner.  The pieces, each in its module: ``ingest`` notes
+newer outbox rows in the ledger, ``load`` parses the due appointments' rows, ``queue`` feeds them
+to the workers, ``reconcile`` decides one appointment's calls, ``execute`` makes each call as
+intent → call → result, ``book`` writes where each appointment ended up.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, wait
+from dataclasses import dataclass, field
+from functools import partial
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from syncd.core.domain import Appointment, Presence
+from syncd.core.retry import RetryPolicy
+from syncd.core.rows import WindowsZone
+from syncd.ports.clock import Clock, SystemClock
+from syncd.ports.ledger import AppointmentRecord, Ledger, ParticipantRecord
+from syncd.ports.outbox import OutboxRow, OutboxSource
+from syncd.ports.securevideo import SessionGateway
+from syncd.sync.book import AppointmentBook
+from syncd.sync.execute import Checkpoint, Executor, no_checkpoint
+from syncd.sync.hosts import HostSessions, hosts_of
+from syncd.sync.ingest import Ingest
+from syncd.sync.load import RowReading, Work, load
+from syncd.sync.preview import preview
+from syncd.sync.queue import ProgressLog, WorkQueue, results
+from syncd.sync.reconcile import PassScope, Reconciler
+from syncd.sync.report import Disposition, PassProgress, PassReport, Preview
+
+log = structlog.get_logger("syncd.engine")
+
+
+@dataclass(frozen=True, slots=True)
+class SyncOptions:
+    #: SecureVideo requests in flight at once (the gateway bounds them); twice as many
+    #: appointments are in progress, so that one's ledger writes overlap another's call
+    concurrency: int = 4
+    batch_size: int = 500
+    reread_window: int = 1000
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    pass_retry_budget_seconds: float = 120.0
+    zone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
+    session_id_prefix: str = ""
+    windows_zone: WindowsZone = field(kw_only=True)
+    #: A pass that drains a backlog logs ``backlog_progress`` at most this often.
+    progress_log_interval_seconds: float = 10.0
+
+    @property
+    def reading(self) -> RowReading:
+        return RowReading(self.zone, self.windows_zone, self.session_id_prefix)
+
+
+def _always() -> bool:
+    return True
+
+
+class Synchronizer:
+    def __init__(
+        self,
+        *,
+        outbox: OutboxSource,
+        ledger: Ledger,
+        gateway: SessionGateway,
+        options: SyncOptions,
+        clock: Clock | None = None,
+        stop: threading.Event | None = None,
+        checkpoint: Checkpoint = no_checkpoint,
+    ) -> None:
+        self.outbox = outbox
+        self.ledger = ledger
+        self.gateway = gateway
+        self.options = options
+        self.clock = clock or SystemClock()
+        self.stop = stop or threading.Event()
+        self._queue = WorkQueue(2 * options.concurrency)
+        self._ingest = Ingest(
+            outbox,
+            ledger,
+            self.clock,
+            batch_size=options.batch_size,
+            reread_window=options.reread_window,
+        )
+        self._book = AppointmentBook(ledger, self.clock)
+        self._reconciler = Reconciler(
+            book=self._book,
+            executor=Executor(ledger, gateway, self.clock, checkpoint=checkpoint),
+            clock=self.clock,
+            retry=options.retry,
+            stop=self.stop,
+            retry_budget_seconds=options.pass_retry_budget_seconds,
+        )
+        self._progress = ProgressLog(self.clock, options.progress_log_interval_seconds)
+
+    @property
+    def progress(self) -> PassProgress | None:
+        """The running (or last) pass's progress, for the health endpoint."""
+        return self._progress.current
+
+    def close(self) -> None:
+        self._queue.close()
+
+    def run_pass(self, *, may_act: Callable[[], bool] | None = None) -> PassReport:
+        """One pass.  ``may_act`` is asked before every mutating call (the daemon's leader lease):
+        once it says no, the pass stops as if interrupted, leaving the rest to the lease holder."""
+        report = PassReport(pass_id=uuid.uuid4().hex[:12])
+        started = self.clock.monotonic()
+        allowed = may_act or _always
+        scope = PassScope(
+            report=report,
+            hosts=HostSessions(self.gateway, self._queue.submit),
+            halted=lambda: self.stop.is_set() or not allowed(),
+        )
+        with structlog.contextvars.bound_contextvars(pass_id=report.pass_id):
+            progress = self._progress.start(report.pass_id)
+            try:
+                report.ingested = self._ingest.run()
+                self._apply_due(scope)
+            finally:
+                progress.finished = True
+                report.reads = scope.hosts.reads
+            report.interrupted = report.interrupted or scope.halted()
+            report.duration_ms = int((self.clock.monotonic() - started) * 1000)
+            if report.ingested or sum(report.outcomes.values()) or report.auth_error:
+                log.info(
+                    "pass_finished",
+                    counts=dict(report.outcomes),
+                    ops=dict(report.operations),
+                    rows=report.ingested,
+                    reads=report.reads,
+                    lag_seconds=report.lag_seconds,
+                    duration_ms=report.duration_ms,
+                    error=report.auth_error,
+                )
+        return report
+
+    def _apply_due(self, scope: PassScope) -> None:
+        """Reconcile every due appointment.  Two batches in the pool at most: the next one is
+        read, parsed and queued while the workers still have this one, and memory stays bounded
+        by two batches."""
+        report = scope.report
+        queued: deque[list[Future[Disposition]]] = deque()
+        try:
+            for index, batch in enumerate(self._due_batches()):
+                if scope.stopped():
+                    report.interrupted = scope.halted()
+                    break
+                if index == 0:
+                    # One count per pass, and only when something is due: idle passes stay free.
+                    with self.ledger.begin() as tx:
+                        self._progress.begin_apply(tx.appointments.pending_count())
+                queued.append(self._start_batch(batch, scope))
+                while len(queued) > 1:
+                    report.outcomes.update(d.value for d in results(queued.popleft()))
+            while queued:
+                report.outcomes.update(d.value for d in results(queued.popleft()))
+        finally:
+            # Every worker finishes before a failure (a database outage) leaves the pass: a
+            # worker still running after the pass ended could race the next pass on the same
+            # appointment.
+            wait([f for futures in queued for f in futures])
+            scope.hosts.wait()
+
+    def _due_batches(self) -> Iterator[list[AppointmentRecord]]:
+        after: str | None = None
+        while True:
+            with self.ledger.begin() as tx:
+                batch = tx.appointments.due(self.clock.now(), self.options.batch_size, after)
+            if not batch:
+                return
+            yield batch
+            after = batch[-1].appointment_id
+
+    def _start_batch(
+        self, batch: list[AppointmentRecord], scope: PassScope
+    ) -> list[Future[Disposition]]:
+        """Load and parse a batch, read the hosts it needs, and queue its appointments."""
+        work = self._load(batch, scope.report)
+        self._progress.advance(len(batch) - len(work))  # the bad rows are done too
+        if not work:
+            return []
+        scope.hosts.request(
+            h
+            for record, appt in work
+            if appt.presence is not Presence.LEAVE_ALONE
+            for h in hosts_of(appt, record.host_external_id)
+        )
+        ids = [appt.appointment_id for _, appt in work]
+        with self.ledger.begin() as tx:
+            known = tx.participants.of_appointments(ids)
+            unresolved = tx.operations.with_open(ids)
+        return [
+            self._queue.submit(partial(self._reconcile, record, appt, known, scope, unresolved))
+            for record, appt in work
+        ]
+
+    def _reconcile(
+        self,
+        record: AppointmentRecord,
+        appt: Appointment,
+        known: dict[str, dict[str, ParticipantRecord]],
+        scope: PassScope,
+        unresolved: set[str],
+    ) -> Disposition:
+        mine = known.get(appt.appointment_id, {})
+        try:
+            return self._reconciler.reconcile(
+                record,
+                appt,
+                {k: (p.participation_id, p.packet_id) for k, p in mine.items()},
+                scope,
+                unresolved=appt.appointment_id in unresolved,
+            )
+        finally:
+            self._progress.advance(1)
+
+    def _load(self, batch: list[AppointmentRecord], report: PassReport) -> list[Work]:
+        """Parse the batch's rows; park the bad ones."""
+        now = self.clock.now()
+
+        def lag(row: OutboxRow) -> None:
+            created = self.options.reading.created_at(row)
+            if created is not None:
+                report.saw_lag((now - created).total_seconds())
+
+        work, bad = load(batch, self.outbox, self.options.reading, on_row=lag)
+        for b in bad:
+            self._book.parked(
+                b.record.appointment_id,
+                b.record.last_event_id,
+                b.reason,
+                field_name=b.field,
+            )
+            report.count(Disposition.PARKED)
+        return work
+
+    def preview(self) -> list[Preview]:
+        """What a pass would do, without a mutating call or a ledger write (``syncd plan``)."""
+        return preview(
+            outbox=self.outbox,
+            ledger=self.ledger,
+            hosts=HostSessions(self.gateway, self._queue.submit),
+            clock=self.clock,
+            reading=self.options.reading,
+            batch_size=self.options.batch_size,
+            reread_window=self.options.reread_window,
+        )

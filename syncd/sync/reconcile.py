@@ -1,0 +1,300 @@
+"""The reconciler: one appointment's turn in a pass.
+
+Plan from what SecureVideo shows, apply the plan one operation at a time, and after an answer that
+may or may not have been applied, look again before planning again.  Rounds are bounded: a plan
+that does not converge parks the appointment rather than loop and message the patient.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import structlog
+
+from syncd.core.domain import Appointment, CreateSession, Operation, Presence, RemoteSession
+from syncd.core.errors import (
+    AmbiguousError,
+    AuthenticationError,
+    NotFoundError,
+    PermanentError,
+    TemporaryError,
+)
+from syncd.core.planner import is_outside_active_window, plan
+from syncd.core.redact import redact
+from syncd.core.retry import RetryPolicy, counts_as_failure
+from syncd.core.view import KnownPackets, after, with_known_packets
+from syncd.ports.clock import Clock
+from syncd.ports.ledger import AppointmentRecord
+from syncd.sync.book import AppointmentBook, Write
+from syncd.sync.execute import Executor
+from syncd.sync.hosts import HostSessions, hosts_of
+from syncd.sync.report import Disposition, PassReport
+
+log = structlog.get_logger("syncd.engine")
+
+#: After this many plan → apply rounds without converging, something disagrees with the planner
+#: (an API that silently ignores a field, say): park rather than loop and spam the patient.
+MAX_ROUNDS = 3
+
+
+@dataclass(slots=True)
+class PassScope:
+    """What the appointments of one pass share."""
+
+    report: PassReport
+    hosts: HostSessions
+    #: shutdown asked for, or this process may no longer act (its leader lease lapsed)
+    halted: Callable[[], bool]
+    auth_failed: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def stopped(self) -> bool:
+        return self.halted() or self.auth_failed.is_set()
+
+    def reject_credentials(self, exc: AuthenticationError) -> Disposition:
+        """SecureVideo refused the credentials: the pass stops, and says so once."""
+        with self._lock:
+            first = not self.auth_failed.is_set()
+            self.auth_failed.set()
+        if first:
+            self.report.auth_error = str(exc)
+            log.error("credentials_rejected", error=str(exc))
+        return Disposition.INTERRUPTED
+
+
+@dataclass(slots=True)
+class _Turn:
+    """One appointment's state while the reconciler works on it."""
+
+    appt: Appointment
+    hosts: list[str]
+    known: KnownPackets
+    #: calls whose answer was lost are on file: resolve them once SecureVideo matches
+    unresolved: bool
+    #: the session the ledger says syncd manages
+    managed: int | None
+    deadline: float
+    #: failures in a row of each step; a success of that step starts its count again
+    read_failures: int
+    call_failures: int
+    fresh_read: bool = False
+    rounds: int = 0
+    #: a call was made: the disposition is "synced", not "unchanged"
+    acted: bool = False
+    progressed: set[Operation] = field(default_factory=set)
+
+
+#: What one step of a turn says: the turn ends with this disposition, or goes on (None).
+Step = Disposition | None
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        book: AppointmentBook,
+        executor: Executor,
+        clock: Clock,
+        retry: RetryPolicy,
+        stop: threading.Event,
+        retry_budget_seconds: float,
+    ) -> None:
+        self._book = book
+        self._executor = executor
+        self._clock = clock
+        self._retry = retry
+        self._stop = stop
+        self._budget = retry_budget_seconds
+
+    def reconcile(
+        self,
+        record: AppointmentRecord,
+        appt: Appointment,
+        known: KnownPackets,
+        scope: PassScope,
+        *,
+        unresolved: bool,
+    ) -> Disposition:
+        if appt.presence is Presence.LEAVE_ALONE:
+            return self._book.skipped(appt, "status leaves SecureVideo alone")
+        turn = _Turn(
+            appt=appt,
+            hosts=hosts_of(appt, record.host_external_id),
+            known=known,
+            unresolved=unresolved,
+            managed=record.session_id,
+            deadline=self._clock.monotonic() + self._budget,
+            read_failures=record.attempts,
+            call_failures=record.attempts,
+        )
+        while True:
+            if scope.stopped():
+                return Disposition.INTERRUPTED
+            observed = self._observe(turn, scope)
+            if isinstance(observed, Disposition):
+                return observed
+            if observed is None:
+                continue
+            decided = self._plan_and_apply(turn, observed, scope)
+            if decided is not None:
+                return decided
+
+    def _observe(self, turn: _Turn, scope: PassScope) -> list[RemoteSession] | Step:
+        """The appointment's sessions as SecureVideo shows them; a disposition when the turn
+        ends here, None to try again after a back-off."""
+        appt = turn.appt
+        aid = appt.appointment_id
+        try:
+            if turn.fresh_read:
+                observed = scope.hosts.fresh(turn.hosts, appt.external_session_id)
+            else:
+                observed = scope.hosts.sessions(turn.hosts, appt.external_session_id)
+        except AuthenticationError as exc:
+            return scope.reject_credentials(exc)
+        except NotFoundError as exc:
+            return self._park(
+                appt,
+                f"appointment {aid}: field 'provider_external_id': SecureVideo does not "
+                f"know this host ({exc.message})",
+                field_name="provider_external_id",
+            )
+        except PermanentError as exc:
+            return self._park(appt, f"appointment {aid}: {exc.message}")
+        except TemporaryError as exc:
+            turn.read_failures += counts_as_failure(exc)
+            turn.fresh_read = True
+            return self._back_off(turn, max(turn.read_failures, turn.call_failures), exc)
+        turn.read_failures = 0
+        return with_known_packets(observed, turn.known)
+
+    def _plan_and_apply(self, turn: _Turn, observed: list[RemoteSession], scope: PassScope) -> Step:
+        appt = turn.appt
+        now = self._clock.now()
+        if (
+            appt.presence is Presence.LIVE
+            and is_outside_active_window(appt, now)
+            and all(s.is_cancelled for s in observed)
+        ):
+            return self._book.skipped(appt, "starts before SecureVideo's active window")
+        ops = plan(appt, observed, now=now, managed_session_id=turn.managed)
+        if not ops:
+            return self._book.synced(appt, observed, applied=turn.acted, unresolved=turn.unresolved)
+        turn.rounds += 1
+        turn.acted = True
+        if turn.rounds > MAX_ROUNDS:
+            kinds = ", ".join(sorted({op.kind for op in ops}))
+            return self._park(
+                appt,
+                f"appointment {appt.appointment_id}: does not converge after {MAX_ROUNDS} "
+                f"rounds ({kinds})",
+            )
+        return self._apply_round(turn, ops, observed, scope)
+
+    def _apply_round(
+        self, turn: _Turn, ops: Sequence[Operation], observed: list[RemoteSession], scope: PassScope
+    ) -> Step:
+        """Apply one plan in order.  None: plan again (from a fresh read)."""
+        appt = turn.appt
+        view = observed
+        for index, op in enumerate(ops):
+            if scope.halted():
+                return Disposition.INTERRUPTED
+            # After the last call, if its answer shows SecureVideo matching, the appointment is
+            # settled in the same commit as that call's result.
+            last = index == len(ops) - 1
+            finish = self._finisher(turn, view, op) if last else None
+            try:
+                applied = self._executor.apply(
+                    op, appt, turn.call_failures + 1, scope.report, finish=finish
+                )
+            except AuthenticationError as exc:
+                return scope.reject_credentials(exc)
+            except PermanentError as exc:
+                msg = redact(exc.message, appt)
+                return self._park(
+                    appt, f"appointment {appt.appointment_id}: SecureVideo refused {op.kind}: {msg}"
+                )
+            except TemporaryError as exc:
+                return self._after_failed_call(turn, exc)
+            if applied.settled:
+                return Disposition.SYNCED
+            view = after(view, op, applied.result)
+            if op not in turn.progressed:
+                # Progress.  An op applied a second time is not (an API ignoring it): that loop
+                # stays bounded by max_attempts.
+                turn.progressed.add(op)
+                turn.call_failures = 0
+            if isinstance(op, CreateSession) and applied.result is not None:
+                turn.managed = applied.result.session_id
+        turn.fresh_read = True
+        return None
+
+    def _after_failed_call(self, turn: _Turn, exc: TemporaryError) -> Step:
+        turn.unresolved = turn.unresolved or isinstance(exc, AmbiguousError)
+        turn.call_failures += counts_as_failure(exc)
+        # Whatever was known may be stale now (an ambiguous call may have applied): look again
+        # before planning again.
+        turn.fresh_read = True
+        # A round cut short by a failed call says nothing about convergence; max_attempts
+        # bounds those.
+        turn.rounds -= 1
+        return self._back_off(turn, turn.call_failures, exc)
+
+    def _finisher(
+        self, turn: _Turn, view: list[RemoteSession], op: Operation
+    ) -> Callable[[RemoteSession | None], Write | None]:
+        def finish(result: RemoteSession | None) -> Write | None:
+            now_shows = after(view, op, result)
+            managed = (
+                result.session_id
+                if isinstance(op, CreateSession) and result is not None
+                else turn.managed
+            )
+            # The answers carry the new state: plan against them to confirm convergence.
+            if plan(turn.appt, now_shows, now=self._clock.now(), managed_session_id=managed):
+                return None
+            return self._book.synced_write(turn.appt, now_shows, unresolved=turn.unresolved)
+
+        return finish
+
+    def _back_off(self, turn: _Turn, attempts: int, exc: TemporaryError) -> Step:
+        """Wait and return None to try again in this turn, or a disposition to stop here."""
+        appt = turn.appt
+        reason = f"appointment {appt.appointment_id}: {redact(exc.message, appt)}"
+        if self._retry.exhausted(attempts):
+            return self._park(
+                appt, f"{reason} (gave up after {attempts} attempts)", attempts=attempts
+            )
+        delay = self._retry.delay(attempts, retry_after=exc.retry_after)
+        until = self._clock.now() + timedelta(seconds=delay)
+        if self._clock.monotonic() + delay > turn.deadline or self._stop.is_set():
+            self._book.deferred(appt, attempts, until, reason)
+            log.warning(
+                "appointment_deferred",
+                appointment_id=appt.appointment_id,
+                attempts=attempts,
+                reason=reason,
+                delay_seconds=round(delay, 3),
+            )
+            return Disposition.RETRY
+        # The wait outlives a shutdown: the next start must not send before SecureVideo's
+        # Retry-After has passed.  stop.wait, not sleep: a shutdown request ends the wait at once.
+        if self._stop.wait(delay):
+            self._book.deferred(appt, attempts, until, reason)
+            return Disposition.INTERRUPTED
+        return None
+
+    def _park(
+        self,
+        appt: Appointment,
+        reason: str,
+        *,
+        field_name: str | None = None,
+        attempts: int | None = None,
+    ) -> Disposition:
+        return self._book.parked(
+            appt.appointment_id, appt.event_id, reason, field_name=field_name, attempts=attempts
+        )
