@@ -1,0 +1,375 @@
+"""The reconciler and the executor on fakes: no socket, no database, no wall clock.
+
+Every path of one appointment's turn — converging, an ambiguous answer and the adopted create, a
+refused call, refused credentials, a host SecureVideo does not know, a back-off that runs out of
+budget, shutdown between operations, a plan that never converges — is driven here through the
+in-memory ledger and the fake SecureVideo of ``syncd.testing``; the end-to-end suite covers the
+same paths through HTTP and real databases.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import pytest
+
+from syncd.core.domain import (
+    Appointment,
+    AppointmentStatus,
+    CreateSession,
+    Guest,
+    RemoteSession,
+)
+from syncd.core.errors import AmbiguousError, PermanentError, TemporaryError
+from syncd.core.retry import RetryPolicy
+from syncd.ports.ledger import AppointmentRecord
+from syncd.sync.book import AppointmentBook
+from syncd.sync.execute import Executor
+from syncd.sync.hosts import HostSessions
+from syncd.sync.queue import WorkQueue
+from syncd.sync.reconcile import MAX_ROUNDS, PassScope, Reconciler
+from syncd.sync.report import Disposition, PassReport
+from syncd.testing.clock import ManualClock
+from syncd.testing.gateway import FakeSecureVideo
+from syncd.testing.ledger import InMemoryLedger
+
+START = datetime(2030, 1, 8, 15, 0)
+
+
+def appointment(
+    aid: str = "A1",
+    *,
+    event_id: int = 1,
+    starts_at: datetime = START,
+    status: AppointmentStatus = AppointmentStatus.BOOKED,
+    host: str = "prov-001",
+    guests: tuple[Guest, ...] = (Guest("pt-1", full_name="Zelda Canary"),),
+) -> Appointment:
+    return Appointment(
+        event_id=event_id,
+        appointment_id=aid,
+        external_session_id=aid,
+        provider_external_id=host,
+        status=status,
+        starts_at=starts_at,
+        guests=guests,
+    )
+
+
+class IgnoresReschedules(FakeSecureVideo):
+    """An API that answers a reschedule without applying it: the plan never converges."""
+
+    def reschedule_session(self, session_id: int, schedule_ts: datetime) -> RemoteSession:
+        return self.session(session_id)
+
+
+class ChecksTheIntent(FakeSecureVideo):
+    """Looks in the ledger while a create is on the wire: its intent must be committed."""
+
+    ledger: InMemoryLedger
+
+    def create_session(self, op: CreateSession) -> RemoteSession:
+        with self.ledger.begin() as tx:
+            journal = tx.operations.of_appointment(op.external_session_id)
+            record = tx.appointments.get(op.external_session_id)
+        self.seen = [(o.op, o.state) for o in journal]
+        self.host_on_file = record.host_external_id if record else None
+        return super().create_session(op)
+
+
+@dataclass
+class Rig:
+    """One pass's worth of collaborators, built from fakes."""
+
+    gateway: FakeSecureVideo = field(default_factory=FakeSecureVideo)
+    ledger: InMemoryLedger = field(default_factory=InMemoryLedger)
+    clock: ManualClock = field(default_factory=ManualClock)
+    stop: threading.Event = field(default_factory=threading.Event)
+    retry: RetryPolicy = field(
+        default_factory=lambda: RetryPolicy(base_seconds=0.0, rng=random.Random(1))
+    )
+    budget_seconds: float = 120.0
+    checkpoints: list[str] = field(default_factory=list)
+    queue: WorkQueue = field(default_factory=lambda: WorkQueue(2))
+
+    def reconciler(self) -> Reconciler:
+        return Reconciler(
+            book=AppointmentBook(self.ledger, self.clock),
+            executor=Executor(
+                self.ledger, self.gateway, self.clock, checkpoint=self.checkpoints.append
+            ),
+            clock=self.clock,
+            retry=self.retry,
+            stop=self.stop,
+            retry_budget_seconds=self.budget_seconds,
+        )
+
+    def scope(self, *, may_act: bool = True) -> PassScope:
+        return PassScope(
+            report=PassReport(pass_id="unit"),
+            hosts=HostSessions(self.gateway, self.queue.submit),
+            halted=lambda: self.stop.is_set() or not may_act,
+        )
+
+    def record(self, appt: Appointment) -> AppointmentRecord:
+        with self.ledger.begin() as tx:
+            tx.appointments.note_events({appt.appointment_id: appt.event_id}, now=self.clock.now())
+            record = tx.appointments.get(appt.appointment_id)
+        assert record is not None
+        return record
+
+    def turn(self, appt: Appointment, scope: PassScope | None = None) -> Disposition:
+        """One appointment's turn, as a pass gives it: hosts requested first."""
+        scope = scope or self.scope()
+        record = self.record(appt)
+        with self.ledger.begin() as tx:
+            known = tx.participants.of_appointments([appt.appointment_id])[appt.appointment_id]
+            unresolved = bool(tx.operations.with_open([appt.appointment_id]))
+        scope.hosts.request([appt.provider_external_id, *filter(None, [record.host_external_id])])
+        return self.reconciler().reconcile(
+            record,
+            appt,
+            {k: (p.participation_id, p.packet_id) for k, p in known.items()},
+            scope,
+            unresolved=unresolved,
+        )
+
+    def state(self, aid: str = "A1") -> AppointmentRecord:
+        with self.ledger.begin() as tx:
+            record = tx.appointments.get(aid)
+        assert record is not None
+        return record
+
+    def journal(self, aid: str = "A1") -> list[tuple[str, str]]:
+        with self.ledger.begin() as tx:
+            return [(o.op, o.state) for o in tx.operations.of_appointment(aid)]
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    r = Rig()
+    yield r
+    r.queue.close()
+
+
+def kinds(gateway: FakeSecureVideo) -> list[str]:
+    return [c.kind for c in gateway.mutations()]
+
+
+# --- converging --------------------------------------------------------------------------------
+
+
+def test_a_new_appointment_is_created_and_settled_in_the_create_s_commit(rig: Rig) -> None:
+    assert rig.turn(appointment()) is Disposition.SYNCED
+    assert kinds(rig.gateway) == ["create"]
+    state = rig.state()
+    assert state.state == "synced" and state.session_id is not None
+    assert state.host_external_id == "prov-001" and state.schedule_ts == START
+    assert rig.journal() == [("create", "applied")]
+    assert rig.checkpoints == ["before_call", "after_call", "after_commit"]
+
+
+def test_an_appointment_that_already_matches_makes_no_call(rig: Rig) -> None:
+    rig.turn(appointment())
+    before = len(rig.gateway.mutations())
+    assert rig.turn(appointment(event_id=2)) is Disposition.UNCHANGED
+    assert len(rig.gateway.mutations()) == before
+
+
+def test_a_reschedule_is_one_call(rig: Rig) -> None:
+    rig.turn(appointment())
+    later = START + timedelta(hours=2)
+    assert rig.turn(appointment(event_id=2, starts_at=later)) is Disposition.SYNCED
+    assert kinds(rig.gateway) == ["create", "reschedule"]
+    assert rig.state().schedule_ts == later
+
+
+def test_fulfilled_leaves_securevideo_alone(rig: Rig) -> None:
+    assert rig.turn(appointment(status=AppointmentStatus.FULFILLED)) is Disposition.SKIPPED
+    assert rig.gateway.calls == []
+    assert rig.state().state == "skipped"
+
+
+def test_a_visit_long past_is_not_created(rig: Rig) -> None:
+    rig.clock.advance(timedelta(days=2))
+    assert rig.turn(appointment()) is Disposition.SKIPPED
+    assert kinds(rig.gateway) == []
+
+
+# --- lost answers and retries -----------------------------------------------------------------
+
+
+def test_the_intent_is_committed_before_the_create_leaves(rig: Rig) -> None:
+    gateway = ChecksTheIntent()
+    gateway.ledger = rig.ledger
+    rig.gateway = gateway
+    rig.turn(appointment())
+    assert gateway.seen == [("create", "intent")]
+    # The host is on file with the intent: a crash after SecureVideo created the session must not
+    # leave it where no later pass looks.
+    assert gateway.host_on_file == "prov-001"
+
+
+def test_a_create_whose_answer_is_lost_is_adopted_not_sent_again(rig: Rig) -> None:
+    rig.gateway.lose_answer("create")
+    assert rig.turn(appointment()) is Disposition.SYNCED
+    assert [(c.kind, c.outcome) for c in rig.gateway.mutations()] == [("create", "ambiguous")]
+    assert rig.gateway.live_by_external_session_id() == {"A1": [rig.state().session_id]}
+    # The open intent was resolved by reading SecureVideo again.
+    assert rig.journal() == [("create", "resolved")]
+
+
+def test_a_temporary_failure_is_retried_within_the_turn(rig: Rig) -> None:
+    rig.gateway.fail_next("create", TemporaryError("503 from SecureVideo"), times=2)
+    assert rig.turn(appointment()) is Disposition.SYNCED
+    assert [c.outcome for c in rig.gateway.mutations()] == ["failed", "failed", "applied"]
+    assert rig.journal() == [("create", "failed"), ("create", "failed"), ("create", "applied")]
+
+
+def test_attempts_exhausted_park_with_the_reason(rig: Rig) -> None:
+    rig.retry = RetryPolicy(base_seconds=0.0, max_attempts=3, rng=random.Random(1))
+    rig.gateway.fail_next("create", TemporaryError("503 from SecureVideo"), times=10)
+    assert rig.turn(appointment()) is Disposition.PARKED
+    state = rig.state()
+    assert state.state == "parked" and state.attempts == 3
+    assert state.reason == "appointment A1: 503 from SecureVideo (gave up after 3 attempts)"
+    assert len(rig.gateway.mutations()) == 3
+
+
+def test_a_wait_beyond_the_pass_budget_is_deferred_to_a_later_pass(rig: Rig) -> None:
+    rig.budget_seconds = 0.0
+    rig.retry = RetryPolicy(base_seconds=30.0, rng=random.Random(1))
+    rig.gateway.fail_next("list", TemporaryError("503 from SecureVideo"))
+    assert rig.turn(appointment()) is Disposition.RETRY
+    state = rig.state()
+    assert state.state == "pending" and state.attempts == 1
+    assert state.next_attempt_at is not None and state.next_attempt_at > rig.clock.now()
+    assert kinds(rig.gateway) == []
+
+
+def test_retry_after_is_pacing_not_a_failed_attempt(rig: Rig) -> None:
+    rig.budget_seconds = 0.0
+    rig.gateway.fail_next("create", TemporaryError("429", retry_after=5.0))
+    assert rig.turn(appointment()) is Disposition.RETRY
+    assert rig.state().attempts == 0
+
+
+# --- refusals ------------------------------------------------------------------------------------
+
+
+def test_a_refused_call_parks_with_securevideo_s_message_redacted(rig: Rig) -> None:
+    rig.gateway.fail_next("create", PermanentError("400: Zelda Canary has no e-mail"))
+    assert rig.turn(appointment()) is Disposition.PARKED
+    reason = rig.state().reason
+    assert reason == "appointment A1: SecureVideo refused create: 400: [redacted] has no e-mail"
+
+
+def test_an_unknown_host_parks_naming_the_provider_field(rig: Rig) -> None:
+    assert rig.turn(appointment(host="prov-nobody")) is Disposition.PARKED
+    reason = rig.state().reason
+    assert reason is not None and "field 'provider_external_id'" in reason
+
+
+def test_refused_credentials_stop_the_pass_and_are_reported_once(rig: Rig) -> None:
+    rig.gateway.refuse_credentials()
+    scope = rig.scope()
+    assert rig.turn(appointment("A1"), scope) is Disposition.INTERRUPTED
+    assert rig.turn(appointment("A2"), scope) is Disposition.INTERRUPTED
+    assert scope.report.auth_error is not None and scope.auth_failed.is_set()
+    assert rig.state("A1").state == "pending"
+
+
+# --- stopping ------------------------------------------------------------------------------------
+
+
+class StopsAfterCancel(FakeSecureVideo):
+    """Asks for shutdown while the cancel is on the wire."""
+
+    stop: threading.Event
+
+    def cancel_session(self, session_id: int) -> None:
+        super().cancel_session(session_id)
+        self.stop.set()
+
+
+def test_shutdown_between_operations_keeps_what_was_applied(rig: Rig) -> None:
+    rig.turn(appointment())
+    gateway = StopsAfterCancel()
+    gateway.stop = rig.stop
+    # Move the fake's state over: a provider change is cancel + create under the new host.
+    for s in rig.gateway.sessions():
+        gateway.preload(
+            CreateSession(
+                external_session_id=s.external_session_id or "",
+                host_external_id=s.host_external_id or "prov-001",
+                schedule_ts=s.schedule_ts,
+                topic=None,
+                is_recorded=False,
+                guests=appointment().guests,
+            )
+        )
+    rig.gateway = gateway
+    rig.ledger = InMemoryLedger()
+    moved = appointment(event_id=2, host="prov-002")
+    with rig.ledger.begin() as tx:
+        tx.appointments.note_events({"A1": 1}, now=rig.clock.now())
+        (session,) = gateway.sessions("prov-001")
+        tx.appointments.set_session(
+            "A1", session_id=session.session_id, host_external_id="prov-001", now=rig.clock.now()
+        )
+    assert rig.turn(moved) is Disposition.INTERRUPTED
+    assert kinds(gateway) == ["cancel"]  # the create is left for the next pass
+    assert rig.journal() == [("cancel", "applied")]
+    assert rig.state().session_id is None  # the cancel's result is committed
+
+
+def test_a_lapsed_lease_stops_before_the_next_call(rig: Rig) -> None:
+    assert rig.turn(appointment(), rig.scope(may_act=False)) is Disposition.INTERRUPTED
+    assert kinds(rig.gateway) == []
+
+
+# --- convergence ---------------------------------------------------------------------------------
+
+
+def test_a_plan_that_never_converges_is_parked_after_the_bounded_rounds(rig: Rig) -> None:
+    rig.gateway = IgnoresReschedules()
+    rig.turn(appointment())
+    later = START + timedelta(hours=1)
+    assert rig.turn(appointment(event_id=2, starts_at=later)) is Disposition.PARKED
+    assert kinds(rig.gateway) == ["create"] + ["reschedule"] * MAX_ROUNDS
+    reason = rig.state().reason
+    assert reason == f"appointment A1: does not converge after {MAX_ROUNDS} rounds (reschedule)"
+
+
+def test_a_cancelled_session_is_followed_by_a_new_one_with_the_same_external_id(rig: Rig) -> None:
+    rig.turn(appointment())
+    rig.turn(appointment(event_id=2, status=AppointmentStatus.CANCELLED))
+    assert rig.turn(appointment(event_id=3)) is Disposition.SYNCED
+    assert kinds(rig.gateway) == ["create", "cancel", "create"]
+    assert len(rig.gateway.live_by_external_session_id()["A1"]) == 1
+
+
+# --- the executor alone ---------------------------------------------------------------------------
+
+
+def test_the_executor_journals_an_ambiguous_answer_and_raises_it(rig: Rig) -> None:
+    rig.gateway.lose_answer("create")
+    appt = appointment()
+    rig.record(appt)
+    op = CreateSession(
+        external_session_id="A1",
+        host_external_id="prov-001",
+        schedule_ts=START,
+        topic=None,
+        is_recorded=False,
+        guests=appt.guests,
+    )
+    report = PassReport(pass_id="unit")
+    with pytest.raises(AmbiguousError):
+        Executor(rig.ledger, rig.gateway, rig.clock).apply(op, appt, 1, report)
+    assert rig.journal() == [("create", "ambiguous")]
+    assert report.operations == {"create:ambiguous": 1}
