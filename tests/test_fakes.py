@@ -3,7 +3,10 @@ the hand-moved clock.  No database, no socket, no wall clock."""
 
 from __future__ import annotations
 
+import json
+import random
 import threading
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -18,7 +21,9 @@ from syncd.core.errors import (
     TemporaryError,
 )
 from syncd.core.planner import plan
-from syncd.ports import Clock, Ledger, SessionGateway
+from syncd.core.retry import RetryPolicy
+from syncd.ports import Clock, Ledger, OutboxRef, OutboxRow, SessionGateway
+from syncd.sync.engine import EngineOptions, SyncEngine
 from syncd.testing.clock import ManualClock
 from syncd.testing.gateway import Call, FakeSecureVideo, HookedGateway
 from syncd.testing.ledger import InMemoryLedger
@@ -402,3 +407,77 @@ def test_the_clock_moves_only_when_told() -> None:
         manual.advance(-1)
     manual.set(NOW)  # the wall clock jumps back; monotonic time does not
     assert (clock.now(), clock.monotonic()) == (NOW, 1090.5)
+
+
+# --- together: the real engine on the fakes ---------------------------------------------------
+
+
+class ListOutbox:
+    """The outbox port over a list: just enough to feed the engine."""
+
+    def __init__(self) -> None:
+        self.stored: list[OutboxRow] = []
+
+    def add(self, appointment_id: str, starts_at: datetime) -> None:
+        event_id = len(self.stored) + 1
+        guests = [{"external_id": "pat-1", "full_name": "Test Patient One", "deliver": "N"}]
+        values = {
+            "event_id": event_id,
+            "appointment_id": appointment_id,
+            "provider_external_id": "prov-001",
+            "status": "booked",
+            "starts_at": starts_at,
+            "topic": None,
+            "is_recorded": False,
+            "participants": json.dumps(guests),
+            "created_at": starts_at,
+        }
+        self.stored.append(OutboxRow(event_id, values))
+
+    def refs_after(self, event_id: int, limit: int) -> list[OutboxRef]:
+        newer = [r for r in self.stored if r.event_id > event_id][:limit]
+        return [OutboxRef(r.event_id, str(r.values["appointment_id"])) for r in newer]
+
+    def rows(self, event_ids: Sequence[int]) -> list[OutboxRow]:
+        wanted = set(event_ids)
+        return [r for r in self.stored if r.event_id in wanted]
+
+
+def test_the_engine_runs_on_the_fakes_through_a_failure_and_a_lost_answer() -> None:
+    clock = ManualClock(NOW)
+    outbox = ListOutbox()
+    for n in range(1, 4):
+        outbox.add(f"a{n:02d}", NOW + timedelta(hours=5))
+    fake = FakeSecureVideo()
+    fake.fail_next("create", TemporaryError("503 (scripted)"))
+    fake.lose_answer("create")
+    ledger = InMemoryLedger()
+    engine = SyncEngine(
+        outbox=outbox,
+        ledger=ledger,
+        gateway=fake,
+        clock=clock,
+        options=EngineOptions(
+            concurrency=1,
+            # A seeded back-off of at most 10 ms: the in-pass retry waits on the real clock.
+            retry=RetryPolicy(base_seconds=0.01, rng=random.Random(7)),
+            windows_zone=lambda _zone: "UTC",
+        ),
+    )
+    try:
+        engine.run_pass()
+    finally:
+        engine.close()
+    # Every appointment has exactly one session: the lost answer's was adopted, not duplicated.
+    assert sorted(len(ids) for ids in fake.live_by_external_session_id().values()) == [1, 1, 1]
+    # Two workers share the scripts, so which appointment met which is not fixed; what was met is.
+    outcomes = sorted((c.kind, c.outcome) for c in fake.mutations())
+    assert outcomes == [
+        ("create", "ambiguous"),
+        ("create", "applied"),
+        ("create", "applied"),
+        ("create", "failed"),
+    ]
+    with ledger.begin() as tx:
+        assert tx.appointments.counts_by_state()["synced"] == 3
+        assert tx.operations.open_intents() == []
