@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 import threading
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -22,11 +21,12 @@ from syncd.core.errors import (
 )
 from syncd.core.planner import plan
 from syncd.core.retry import RetryPolicy
-from syncd.ports import Clock, Ledger, OutboxRef, OutboxRow, SessionGateway
-from syncd.sync.engine import EngineOptions, SyncEngine
+from syncd.ports import Clock, Ledger, SessionGateway
+from syncd.sync.passes import Synchronizer, SyncOptions
 from syncd.testing.clock import ManualClock
 from syncd.testing.gateway import Call, FakeSecureVideo, HookedGateway
 from syncd.testing.ledger import InMemoryLedger
+from syncd.testing.outbox import InMemoryOutbox
 
 NOW = datetime(2030, 1, 7, 9, 0)
 STARTS = datetime(2030, 1, 8, 15, 30)
@@ -412,52 +412,35 @@ def test_the_clock_moves_only_when_told() -> None:
 # --- together: the real engine on the fakes ---------------------------------------------------
 
 
-class ListOutbox:
-    """The outbox port over a list: just enough to feed the engine."""
-
-    def __init__(self) -> None:
-        self.stored: list[OutboxRow] = []
-
-    def add(self, appointment_id: str, starts_at: datetime) -> None:
-        event_id = len(self.stored) + 1
-        guests = [{"external_id": "pat-1", "full_name": "Test Patient One", "deliver": "N"}]
-        values = {
-            "event_id": event_id,
-            "appointment_id": appointment_id,
-            "provider_external_id": "prov-001",
-            "status": "booked",
-            "starts_at": starts_at,
-            "topic": None,
-            "is_recorded": False,
-            "participants": json.dumps(guests),
-            "created_at": starts_at,
-        }
-        self.stored.append(OutboxRow(event_id, values))
-
-    def refs_after(self, event_id: int, limit: int) -> list[OutboxRef]:
-        newer = [r for r in self.stored if r.event_id > event_id][:limit]
-        return [OutboxRef(r.event_id, str(r.values["appointment_id"])) for r in newer]
-
-    def rows(self, event_ids: Sequence[int]) -> list[OutboxRow]:
-        wanted = set(event_ids)
-        return [r for r in self.stored if r.event_id in wanted]
+def booked_row(appointment_id: str, starts_at: datetime) -> dict[str, object]:
+    guests = [{"external_id": "pat-1", "full_name": "Test Patient One", "deliver": "N"}]
+    return {
+        "appointment_id": appointment_id,
+        "provider_external_id": "prov-001",
+        "status": "booked",
+        "starts_at": starts_at,
+        "topic": None,
+        "is_recorded": False,
+        "participants": json.dumps(guests),
+        "created_at": starts_at,
+    }
 
 
 def test_the_engine_runs_on_the_fakes_through_a_failure_and_a_lost_answer() -> None:
     clock = ManualClock(NOW)
-    outbox = ListOutbox()
+    outbox = InMemoryOutbox()
     for n in range(1, 4):
-        outbox.add(f"a{n:02d}", NOW + timedelta(hours=5))
+        outbox.append(booked_row(f"a{n:02d}", NOW + timedelta(hours=5)))
     fake = FakeSecureVideo()
     fake.fail_next("create", TemporaryError("503 (scripted)"))
     fake.lose_answer("create")
     ledger = InMemoryLedger()
-    engine = SyncEngine(
+    engine = Synchronizer(
         outbox=outbox,
         ledger=ledger,
         gateway=fake,
         clock=clock,
-        options=EngineOptions(
+        options=SyncOptions(
             concurrency=1,
             # A seeded back-off of at most 10 ms: the in-pass retry waits on the real clock.
             retry=RetryPolicy(base_seconds=0.01, rng=random.Random(7)),
