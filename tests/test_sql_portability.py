@@ -4,6 +4,10 @@ No SQL Server runs here.  Instead every statement the reader and the repositorie
 while they work (against SQLite), compiled with SQLAlchemy's ``mssql`` dialect — the one
 ``mssql+pyodbc`` uses — and checked for what T-SQL rejects.  A raw ``text()`` statement would
 bypass the dialect altogether, so none is allowed outside a dialect switch (the migration locks).
+
+Capturing listens to SQLAlchemy's statement events, and a watched SQLite ledger runs every statement
+through SQLAlchemy; unwatched, it hands its prepared statements to the driver itself.  The last
+test shows, with the driver's own trace, that both paths send SQLite the same statements.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from syncd.adapters.ledger import (
     ParticipantRecord,
     SessionOutcomeRecord,
     SqlLedger,
+    create_ledger_engine,
+    migrate,
 )
 from syncd.adapters.ledger.appointments import SqlAppointments
 from syncd.adapters.ledger.cursor import SqlCursor
@@ -297,3 +303,54 @@ def test_the_check_finds_what_sql_server_rejects(statement: Any, problem: str | 
         assert found == []
     else:
         assert any(p.startswith(problem) for p in found), found
+
+
+def traced_sqlite_ledger(path: Path, *, fast_path: bool) -> tuple[SqlLedger, list[str]]:
+    """A migrated SQLite ledger, and the list its driver appends every statement it runs to."""
+    engine = create_ledger_engine(f"sqlite:///{path}")
+    trace: list[str] = []
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.set_trace_callback(trace.append)
+
+    # A pool event, not a statement listener: it leaves the ledger's choice of path alone.
+    sa.event.listen(engine, "connect", on_connect)
+    ledger = SqlLedger(engine, fast_path=fast_path)
+    migrate(engine)
+    trace.clear()
+    return ledger, trace
+
+
+def test_the_sqlite_fast_path_sends_the_driver_the_statements_checked_above(
+    tmp_path: Path,
+) -> None:
+    """The check above sees what SQLAlchemy runs; the fast path must run nothing else.
+
+    SQLite's trace shows each statement as the driver ran it, values bound in: the fast path's
+    trace must equal SQLAlchemy's, watched as above or with the fast path off.
+    """
+    traces: dict[str, list[str]] = {}
+    ran: dict[str, int] = {}
+    for name, fast_path, watched in (
+        ("fast", True, False),
+        ("watched", True, True),
+        ("sqlalchemy", False, False),
+    ):
+        ledger, trace = traced_sqlite_ledger(tmp_path / f"{name}.db", fast_path=fast_path)
+        log = StatementLog()
+        if watched:
+            sa.event.listen(ledger.engine, "before_execute", log)
+        try:
+            every_ledger_method(ledger)
+        finally:
+            ledger.dispose()
+        # The cursor's row carries the wall-clock time it moved at; SQLAlchemy always runs it.
+        traces[name] = [sql for sql in trace if "sync_cursor" not in sql]
+        ran[name] = ledger.fast_path.ran if ledger.fast_path is not None else 0
+        if watched:
+            assert {i.caller for i in log.issued} >= {"SqlAppointments.note_events"}
+
+    assert ran["fast"] > 0  # the fast path did run statements itself
+    assert ran["watched"] == ran["sqlalchemy"] == 0
+    assert any(sql.startswith("INSERT INTO operation") for sql in traces["fast"])
+    assert traces["fast"] == traces["watched"] == traces["sqlalchemy"]
