@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,10 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, delete, event, insert, inspect, select, text
+from sqlalchemy import Engine, String, column, delete, event, insert, inspect, select, text
+from sqlalchemy import table as sa_table
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.sql.expression import TableClause
 
 from syncd.adapters.ledger import (
     SqlLedger,
@@ -173,6 +176,189 @@ def test_migrate_leaves_logging_alone(fresh_ledger_url: str) -> None:
     finally:
         engine.dispose()
         logger.removeHandler(handler)
+
+
+#: Rows as a ledger at 0002 holds them, fingerprints included (the ones 0003 drops).
+AT_0002: dict[str, list[dict[str, Any]]] = {
+    "appointment": [
+        {
+            "appointment_id": "A1",
+            "last_event_id": 7,
+            "applied_event_id": 6,
+            "desired_fingerprint": FP,
+            "applied_fingerprint": FP,
+            "state": "synced",
+            "attempts": 0,
+            "reason": None,
+            "next_attempt_at": None,
+            "session_id": 9001,
+            "host_external_id": "dr-1",
+            "created_at": T0,
+            "updated_at": T1,
+            "parked_at": None,
+            "schedule_ts": T2,
+        },
+        {
+            "appointment_id": "A2",
+            "last_event_id": 8,
+            "applied_event_id": None,
+            "desired_fingerprint": None,
+            "applied_fingerprint": None,
+            "state": "parked",
+            "attempts": 8,
+            "reason": "gave up",
+            "next_attempt_at": None,
+            "session_id": None,
+            "host_external_id": None,
+            "created_at": T0,
+            "updated_at": T1,
+            "parked_at": T1,
+            "schedule_ts": None,
+        },
+    ],
+    "participant": [
+        {
+            "appointment_id": "A1",
+            "external_id": "pat-1",
+            "session_id": 9001,
+            "participation_id": 70,
+            "packet_id": 5,
+            "fingerprint": FP,
+            "updated_at": T1,
+        }
+    ],
+    "operation": [
+        {
+            "id": 1,
+            "appointment_id": "A1",
+            "event_id": 6,
+            "op": "create",
+            "session_id": 9001,
+            "participant_external_id": None,
+            "state": "applied",
+            "attempt": 1,
+            "detail": None,
+            "started_at": T0,
+            "finished_at": T1,
+            "pid": 42,
+        }
+    ],
+    "lease": [{"name": "daemon", "holder": "host-a", "expires_at": T2, "updated_at": T1}],
+    "session_outcome": [
+        {
+            "appointment_id": "A1",
+            "session_id": 9001,
+            "host_external_id": "dr-1",
+            "schedule_ts": T2,
+            "schedule_type": "Scheduled",
+            "billable_ts": T2,
+            "duration_minutes": 30,
+            "wait_time": 2,
+            "billable_status_cd": "B",
+            "final_at": None,
+            "changed_at": T1,
+        }
+    ],
+    "participant_outcome": [
+        {
+            "appointment_id": "A1",
+            "participant_external_id": "pat-1",
+            "session_id": 9001,
+            "participation_id": 70,
+            "rsvp": "Accepted",
+            "connection_ts": T2,
+            "changed_at": T1,
+        }
+    ],
+}
+#: What 0003 drops, per table; the downgrade brings the columns back without their old values.
+FINGERPRINTS = {
+    "appointment": ("desired_fingerprint", "applied_fingerprint"),
+    "participant": ("fingerprint",),
+}
+
+
+def old_table(name: str, columns: Collection[str]) -> TableClause:
+    """A lightweight table of just ``columns``, typed as the models type them (the dropped
+    fingerprints as strings), so that values are stored and read as the ledger does."""
+    model = metadata.tables[name].c
+    return sa_table(name, *(column(c, model[c].type if c in model else String()) for c in columns))
+
+
+def rows_of(engine: Engine, name: str, columns: Collection[str]) -> list[dict[str, Any]]:
+    """A table's rows by primary key, just ``columns`` of them."""
+    table = old_table(name, columns)
+    key = {"appointment_id", "external_id", "participant_external_id", "name", "id"}
+    order = [table.c[c] for c in columns if c in key]
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(select(table).order_by(*order))]
+
+
+def test_migration_0003_keeps_every_row_up_and_down(fresh_ledger_url: str) -> None:
+    ledger = SqlLedger(create_ledger_engine(fresh_ledger_url))
+    engine = ledger.engine
+    try:
+        migrate(engine, "0002_visit_outcomes")
+        with engine.begin() as conn:
+            for name, rows in AT_0002.items():
+                conn.execute(insert(old_table(name, rows[0])), rows)
+            cursor = old_table("sync_cursor", ["last_event_id"])
+            conn.execute(cursor.update().values(last_event_id=8))
+
+        migrate(engine)
+        assert current_revision(engine) == "0003_drop_unread_fingerprints"
+        with engine.connect() as conn:  # the batch rebuild kept constraints and indexes
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(context, metadata) == []
+        kept = {
+            name: [
+                {k: v for k, v in r.items() if k not in FINGERPRINTS.get(name, ())} for r in rows
+            ]
+            for name, rows in AT_0002.items()
+        }
+        for name, rows in kept.items():
+            assert rows_of(engine, name, rows[0]) == rows, name
+        with ledger.begin() as tx:  # and the port reads them
+            assert tx.cursor.get() == 8
+            assert tx.appointments.get("A1") == AppointmentRecord(**kept["appointment"][0])
+            assert tx.participants.of_appointments(["A1"])["A1"] == {
+                "pat-1": ParticipantRecord(**kept["participant"][0])
+            }
+            assert tx.operations.of_appointment("A1") == [OperationRecord(**kept["operation"][0])]
+            assert not tx.leases.try_acquire("daemon", "host-b", 30, T1)
+            # written at head: the downgrade must make room for it in the old NOT NULL column
+            tx.participants.upsert(
+                "A1", "pat-2", session_id=9001, participation_id=71, packet_id=None, now=T2
+            )
+
+        downgrade(engine, "0002_visit_outcomes")
+        assert current_revision(engine) == "0002_visit_outcomes"
+        back = {name: [dict(r) for r in rows] for name, rows in AT_0002.items()}
+        for row in back["appointment"]:
+            row.update(desired_fingerprint=None, applied_fingerprint=None)
+        back["participant"][0]["fingerprint"] = ""
+        back["participant"].append(
+            {
+                "appointment_id": "A1",
+                "external_id": "pat-2",
+                "session_id": 9001,
+                "participation_id": 71,
+                "packet_id": None,
+                "fingerprint": "",
+                "updated_at": T2,
+            }
+        )
+        for name, rows in back.items():
+            assert rows_of(engine, name, rows[0]) == rows, name
+
+        migrate(engine)
+        assert is_at_head(engine)
+        with ledger.begin() as tx:
+            assert tx.appointments.get("A1") == AppointmentRecord(**kept["appointment"][0])
+            assert set(tx.participants.of_appointments(["A1"])["A1"]) == {"pat-1", "pat-2"}
+            assert tx.visits.sessions(["A1"])["A1"].billable_ts == T2
+    finally:
+        ledger.dispose()
 
 
 def test_script_location_and_head() -> None:
