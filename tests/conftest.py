@@ -22,7 +22,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from syncd.adapters.ledger import create_ledger_engine, make_sessionmaker, metadata, migrate
+from syncd.adapters.ledger import (
+    SqlLedger,
+    create_ledger_engine,
+    make_sessionmaker,
+    metadata,
+    migrate,
+)
 
 # =================================================================================================
 # Databases
@@ -176,17 +182,31 @@ def ledger_engine(ledger_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
-@pytest.fixture
-def ledger_sessions(ledger_engine: Engine) -> sessionmaker[Session]:
-    """Sessions on the module's ledger, emptied before each test (the cursor back at 0)."""
-    with ledger_engine.begin() as conn:
+def _empty_ledger(engine: Engine) -> None:
+    """Every ledger table emptied, the cursor back at 0 as the migration leaves it."""
+    with engine.begin() as conn:
         for table in reversed(metadata.sorted_tables):
             conn.execute(delete(table))
             if table.name == "sync_cursor":
-                # as the migration leaves it
                 conn.execute(
                     insert(table).values(id=1, last_event_id=0, updated_at=datetime(2000, 1, 1))
                 )
+
+
+@pytest.fixture
+def ledger(ledger_engine: Engine) -> Iterator[SqlLedger]:
+    """The module's ledger through the port (``with ledger.begin() as tx``), emptied first."""
+    _empty_ledger(ledger_engine)
+    opened = SqlLedger(ledger_engine)
+    yield opened
+    # Closes the SQLite ledger's shared connection; the module's engine opens new ones on demand.
+    opened.dispose()
+
+
+@pytest.fixture
+def ledger_sessions(ledger_engine: Engine) -> sessionmaker[Session]:
+    """Sessions on the module's ledger, emptied before each test (the cursor back at 0)."""
+    _empty_ledger(ledger_engine)
     return make_sessionmaker(ledger_engine)
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -14,13 +13,12 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, delete, event, insert, inspect, select, text
+from sqlalchemy import Engine, String, column, delete, event, insert, inspect, select, text
+from sqlalchemy import table as sa_table
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.expression import TableClause
 
 from syncd.adapters.ledger import (
-    _INSERT_INTENT,
-    LedgerRepository,
     SqlLedger,
     create_ledger_engine,
     current_revision,
@@ -32,7 +30,13 @@ from syncd.adapters.ledger import (
     migrate,
     script_location,
 )
-from syncd.ports.ledger import TEXT_LIMIT, AppointmentRecord, OperationRecord, ParticipantRecord
+from syncd.ports.ledger import (
+    TEXT_LIMIT,
+    AppointmentRecord,
+    LedgerTransaction,
+    OperationRecord,
+    ParticipantRecord,
+)
 
 T0 = datetime(2025, 3, 1, 12, 0, 0)
 T1 = T0 + timedelta(minutes=1)
@@ -106,19 +110,13 @@ EXPECTED_COLUMNS = {
 PHI_HINTS = ("first_name", "last_name", "full_name", "email", "phone", "sms", "topic", "birth")
 
 
-@contextmanager
-def tx(sessions: sessionmaker[Session]) -> Iterator[LedgerRepository]:
-    with sessions.begin() as session:
-        yield LedgerRepository(session)
-
-
 def ids(records: list[AppointmentRecord]) -> list[str]:
     return [r.appointment_id for r in records]
 
 
-def record(sessions: sessionmaker[Session], appointment_id: str) -> AppointmentRecord:
-    with tx(sessions) as repo:
-        found = repo.get(appointment_id)
+def record(ledger: SqlLedger, appointment_id: str) -> AppointmentRecord:
+    with ledger.begin() as tx:
+        found = tx.appointments.get(appointment_id)
     assert found is not None
     return found
 
@@ -127,7 +125,8 @@ def record(sessions: sessionmaker[Session], appointment_id: str) -> AppointmentR
 
 
 def test_migrate_empty_to_head_to_base_and_back(fresh_ledger_url: str) -> None:
-    engine = create_ledger_engine(fresh_ledger_url)
+    ledger = SqlLedger(create_ledger_engine(fresh_ledger_url))
+    engine = ledger.engine
     try:
         assert current_revision(engine) is None
         assert not is_at_head(engine)
@@ -145,10 +144,10 @@ def test_migrate_empty_to_head_to_base_and_back(fresh_ledger_url: str) -> None:
 
         migrate(engine)
         assert is_at_head(engine)
-        with tx(make_sessionmaker(engine)) as repo:
-            assert repo.cursor() == 0
+        with ledger.begin() as tx:
+            assert tx.cursor.get() == 0
     finally:
-        engine.dispose()
+        ledger.dispose()
 
 
 def test_migrate_leaves_logging_alone(fresh_ledger_url: str) -> None:
@@ -177,6 +176,189 @@ def test_migrate_leaves_logging_alone(fresh_ledger_url: str) -> None:
     finally:
         engine.dispose()
         logger.removeHandler(handler)
+
+
+#: Rows as a ledger at 0002 holds them, fingerprints included (the ones 0003 drops).
+AT_0002: dict[str, list[dict[str, Any]]] = {
+    "appointment": [
+        {
+            "appointment_id": "A1",
+            "last_event_id": 7,
+            "applied_event_id": 6,
+            "desired_fingerprint": FP,
+            "applied_fingerprint": FP,
+            "state": "synced",
+            "attempts": 0,
+            "reason": None,
+            "next_attempt_at": None,
+            "session_id": 9001,
+            "host_external_id": "dr-1",
+            "created_at": T0,
+            "updated_at": T1,
+            "parked_at": None,
+            "schedule_ts": T2,
+        },
+        {
+            "appointment_id": "A2",
+            "last_event_id": 8,
+            "applied_event_id": None,
+            "desired_fingerprint": None,
+            "applied_fingerprint": None,
+            "state": "parked",
+            "attempts": 8,
+            "reason": "gave up",
+            "next_attempt_at": None,
+            "session_id": None,
+            "host_external_id": None,
+            "created_at": T0,
+            "updated_at": T1,
+            "parked_at": T1,
+            "schedule_ts": None,
+        },
+    ],
+    "participant": [
+        {
+            "appointment_id": "A1",
+            "external_id": "pat-1",
+            "session_id": 9001,
+            "participation_id": 70,
+            "packet_id": 5,
+            "fingerprint": FP,
+            "updated_at": T1,
+        }
+    ],
+    "operation": [
+        {
+            "id": 1,
+            "appointment_id": "A1",
+            "event_id": 6,
+            "op": "create",
+            "session_id": 9001,
+            "participant_external_id": None,
+            "state": "applied",
+            "attempt": 1,
+            "detail": None,
+            "started_at": T0,
+            "finished_at": T1,
+            "pid": 42,
+        }
+    ],
+    "lease": [{"name": "daemon", "holder": "host-a", "expires_at": T2, "updated_at": T1}],
+    "session_outcome": [
+        {
+            "appointment_id": "A1",
+            "session_id": 9001,
+            "host_external_id": "dr-1",
+            "schedule_ts": T2,
+            "schedule_type": "Scheduled",
+            "billable_ts": T2,
+            "duration_minutes": 30,
+            "wait_time": 2,
+            "billable_status_cd": "B",
+            "final_at": None,
+            "changed_at": T1,
+        }
+    ],
+    "participant_outcome": [
+        {
+            "appointment_id": "A1",
+            "participant_external_id": "pat-1",
+            "session_id": 9001,
+            "participation_id": 70,
+            "rsvp": "Accepted",
+            "connection_ts": T2,
+            "changed_at": T1,
+        }
+    ],
+}
+#: What 0003 drops, per table; the downgrade brings the columns back without their old values.
+FINGERPRINTS = {
+    "appointment": ("desired_fingerprint", "applied_fingerprint"),
+    "participant": ("fingerprint",),
+}
+
+
+def old_table(name: str, columns: Collection[str]) -> TableClause:
+    """A lightweight table of just ``columns``, typed as the models type them (the dropped
+    fingerprints as strings), so that values are stored and read as the ledger does."""
+    model = metadata.tables[name].c
+    return sa_table(name, *(column(c, model[c].type if c in model else String()) for c in columns))
+
+
+def rows_of(engine: Engine, name: str, columns: Collection[str]) -> list[dict[str, Any]]:
+    """A table's rows by primary key, just ``columns`` of them."""
+    table = old_table(name, columns)
+    key = {"appointment_id", "external_id", "participant_external_id", "name", "id"}
+    order = [table.c[c] for c in columns if c in key]
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(select(table).order_by(*order))]
+
+
+def test_migration_0003_keeps_every_row_up_and_down(fresh_ledger_url: str) -> None:
+    ledger = SqlLedger(create_ledger_engine(fresh_ledger_url))
+    engine = ledger.engine
+    try:
+        migrate(engine, "0002_visit_outcomes")
+        with engine.begin() as conn:
+            for name, rows in AT_0002.items():
+                conn.execute(insert(old_table(name, rows[0])), rows)
+            cursor = old_table("sync_cursor", ["last_event_id"])
+            conn.execute(cursor.update().values(last_event_id=8))
+
+        migrate(engine)
+        assert current_revision(engine) == "0003_drop_unread_fingerprints"
+        with engine.connect() as conn:  # the batch rebuild kept constraints and indexes
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(context, metadata) == []
+        kept = {
+            name: [
+                {k: v for k, v in r.items() if k not in FINGERPRINTS.get(name, ())} for r in rows
+            ]
+            for name, rows in AT_0002.items()
+        }
+        for name, rows in kept.items():
+            assert rows_of(engine, name, rows[0]) == rows, name
+        with ledger.begin() as tx:  # and the port reads them
+            assert tx.cursor.get() == 8
+            assert tx.appointments.get("A1") == AppointmentRecord(**kept["appointment"][0])
+            assert tx.participants.of_appointments(["A1"])["A1"] == {
+                "pat-1": ParticipantRecord(**kept["participant"][0])
+            }
+            assert tx.operations.of_appointment("A1") == [OperationRecord(**kept["operation"][0])]
+            assert not tx.leases.try_acquire("daemon", "host-b", 30, T1)
+            # written at head: the downgrade must make room for it in the old NOT NULL column
+            tx.participants.upsert(
+                "A1", "pat-2", session_id=9001, participation_id=71, packet_id=None, now=T2
+            )
+
+        downgrade(engine, "0002_visit_outcomes")
+        assert current_revision(engine) == "0002_visit_outcomes"
+        back = {name: [dict(r) for r in rows] for name, rows in AT_0002.items()}
+        for row in back["appointment"]:
+            row.update(desired_fingerprint=None, applied_fingerprint=None)
+        back["participant"][0]["fingerprint"] = ""
+        back["participant"].append(
+            {
+                "appointment_id": "A1",
+                "external_id": "pat-2",
+                "session_id": 9001,
+                "participation_id": 71,
+                "packet_id": None,
+                "fingerprint": "",
+                "updated_at": T2,
+            }
+        )
+        for name, rows in back.items():
+            assert rows_of(engine, name, rows[0]) == rows, name
+
+        migrate(engine)
+        assert is_at_head(engine)
+        with ledger.begin() as tx:
+            assert tx.appointments.get("A1") == AppointmentRecord(**kept["appointment"][0])
+            assert set(tx.participants.of_appointments(["A1"])["A1"]) == {"pat-1", "pat-2"}
+            assert tx.visits.sessions(["A1"])["A1"].billable_ts == T2
+    finally:
+        ledger.dispose()
 
 
 def test_script_location_and_head() -> None:
@@ -214,53 +396,54 @@ def test_indexes_and_checks_are_named(ledger_engine: Engine) -> None:
     assert "ck_appointment_state" in checks
 
 
-def test_states_are_checked_by_the_database(ledger_sessions: sessionmaker[Session]) -> None:
+def test_states_are_checked_by_the_database(ledger: SqlLedger) -> None:
     appointment = metadata.tables["appointment"]
     # MariaDB reports a failed CHECK as an OperationalError, the others as an IntegrityError.
-    with pytest.raises(DBAPIError), ledger_sessions.begin() as session:
-        LedgerRepository(session).note_events({"a": 1}, now=T0)
-        session.execute(appointment.update().values(state="bogus"))
+    with ledger.begin() as tx:
+        tx.appointments.note_events({"a": 1}, now=T0)
+    with pytest.raises(DBAPIError), ledger.engine.begin() as conn:
+        conn.execute(appointment.update().values(state="bogus"))
 
 
-def test_ids_are_case_sensitive(ledger_sessions: sessionmaker[Session]) -> None:
-    with tx(ledger_sessions) as repo:
-        assert repo.note_events({"Ab-1": 1, "ab-1": 2}, now=T0) == 2
-        assert repo.last_events(["Ab-1", "ab-1", "AB-1"]) == {"Ab-1": 1, "ab-1": 2}
+def test_ids_are_case_sensitive(ledger: SqlLedger) -> None:
+    with ledger.begin() as tx:
+        assert tx.appointments.note_events({"Ab-1": 1, "ab-1": 2}, now=T0) == 2
+        assert tx.appointments.last_events(["Ab-1", "ab-1", "AB-1"]) == {"Ab-1": 1, "ab-1": 2}
 
 
 # --- cursor --------------------------------------------------------------------------------------
 
 
-def test_cursor_only_moves_forward(ledger_sessions: sessionmaker[Session]) -> None:
-    with tx(ledger_sessions) as repo:
-        assert repo.cursor() == 0
-        repo.set_cursor(10)
-    with tx(ledger_sessions) as repo:
-        assert repo.cursor() == 10
-        repo.set_cursor(5)
-        assert repo.cursor() == 10
-        repo.set_cursor(11)
-    with tx(ledger_sessions) as repo:
-        assert repo.cursor() == 11
+def test_cursor_only_moves_forward(ledger: SqlLedger) -> None:
+    with ledger.begin() as tx:
+        assert tx.cursor.get() == 0
+        tx.cursor.advance(10)
+    with ledger.begin() as tx:
+        assert tx.cursor.get() == 10
+        tx.cursor.advance(5)
+        assert tx.cursor.get() == 10
+        tx.cursor.advance(11)
+    with ledger.begin() as tx:
+        assert tx.cursor.get() == 11
 
 
-def test_cursor_row_comes_back_when_missing(ledger_sessions: sessionmaker[Session]) -> None:
-    with ledger_sessions.begin() as session:
-        session.execute(delete(metadata.tables["sync_cursor"]))
-    with tx(ledger_sessions) as repo:
-        assert repo.cursor() == 0
-        repo.set_cursor(7)
-    with tx(ledger_sessions) as repo:
-        assert repo.cursor() == 7
+def test_cursor_row_comes_back_when_missing(ledger: SqlLedger) -> None:
+    with ledger.engine.begin() as conn:
+        conn.execute(delete(metadata.tables["sync_cursor"]))
+    with ledger.begin() as tx:
+        assert tx.cursor.get() == 0
+        tx.cursor.advance(7)
+    with ledger.begin() as tx:
+        assert tx.cursor.get() == 7
 
 
 # --- noting events -------------------------------------------------------------------------------
 
 
-def test_note_events_inserts_pending(ledger_sessions: sessionmaker[Session]) -> None:
-    with tx(ledger_sessions) as repo:
-        assert repo.note_events({"a1": 5, "a2": 7}, now=T0) == 2
-        assert repo.get("a1") == AppointmentRecord(
+def test_note_events_inserts_pending(ledger: SqlLedger) -> None:
+    with ledger.begin() as tx:
+        assert tx.appointments.note_events({"a1": 5, "a2": 7}, now=T0) == 2
+        assert tx.appointments.get("a1") == AppointmentRecord(
             appointment_id="a1",
             last_event_id=5,
             applied_event_id=None,
@@ -274,28 +457,28 @@ def test_note_events_inserts_pending(ledger_sessions: sessionmaker[Session]) -> 
             updated_at=T0,
             parked_at=None,
         )
-        assert repo.get("nope") is None
-        assert repo.last_events(["a1", "a2", "nope"]) == {"a1": 5, "a2": 7}
-        assert repo.note_events({}, now=T0) == 0
+        assert tx.appointments.get("nope") is None
+        assert tx.appointments.last_events(["a1", "a2", "nope"]) == {"a1": 5, "a2": 7}
+        assert tx.appointments.note_events({}, now=T0) == 0
 
 
 def test_note_events_ignores_old_rows_and_resets_on_newer(
-    ledger_sessions: sessionmaker[Session],
+    ledger: SqlLedger,
 ) -> None:
     later = T0 + timedelta(hours=1)
-    with tx(ledger_sessions) as repo:
-        repo.note_events({"a": 5}, now=T0)
-        repo.schedule_retry("a", attempts=3, next_attempt_at=later, reason="503", now=T0)
-    with tx(ledger_sessions) as repo:
-        assert repo.note_events({"a": 5}, now=T1) == 0
-        assert repo.note_events({"a": 4}, now=T1) == 0
-    before = record(ledger_sessions, "a")
+    with ledger.begin() as tx:
+        tx.appointments.note_events({"a": 5}, now=T0)
+        tx.appointments.schedule_retry("a", attempts=3, next_attempt_at=later, reason="503", now=T0)
+    with ledger.begin() as tx:
+        assert tx.appointments.note_events({"a": 5}, now=T1) == 0
+        assert tx.appointments.note_events({"a": 4}, now=T1) == 0
+    before = record(ledger, "a")
     assert (before.attempts, before.reason, before.next_attempt_at) == (3, "503", later)
     assert before.updated_at == T0
 
-    with tx(ledger_sessions) as repo:
-        assert repo.note_events({"a": 6}, now=T1) == 1
-    after = record(ledger_sessions, "a")
+    with ledger.begin() as tx:
+        assert tx.appointments.note_events({"a": 6}, now=T1) == 1
+    after = record(ledger, "a")
     assert after.last_event_id == 6
     assert (after.state, after.attempts, after.reason, after.next_attempt_at) == (
         "pending",
@@ -306,16 +489,16 @@ def test_note_events_ignores_old_rows_and_resets_on_newer(
     assert (after.created_at, after.updated_at) == (T0, T1)
 
 
-def test_newer_event_unparks(ledger_sessions: sessionmaker[Session]) -> None:
-    with tx(ledger_sessions) as repo:
-        repo.note_events({"a": 1}, now=T0)
-        repo.park("a", reason="SecureVideo refused create: 400", attempts=8, now=T0)
-    with tx(ledger_sessions) as repo:
-        assert repo.note_events({"a": 1}, now=T1) == 0
-    assert record(ledger_sessions, "a").state == "parked"
-    with tx(ledger_sessions) as repo:
-        assert repo.note_events({"a": 2}, now=T1) == 1
-    fresh = record(ledger_sessions, "a")
+def test_newer_event_unparks(ledger: SqlLedger) -> None:
+    with ledger.begin() as tx:
+        tx.appointments.note_events({"a": 1}, now=T0)
+        tx.appointments.park("a", reason="SecureVideo refused create: 400", attempts=8, now=T0)
+    with ledger.begin() as tx:
+        assert tx.appointments.note_events({"a": 1}, now=T1) == 0
+    assert record(ledger, "a").state == "parked"
+    with ledger.begin() as tx:
+        assert tx.appointments.note_events({"a": 2}, now=T1) == 1
+    fresh = record(ledger, "a")
     assert (fresh.state, fresh.parked_at, fresh.attempts, fresh.reason) == (
         "pending",
         None,
@@ -325,11 +508,11 @@ def test_newer_event_unparks(ledger_sessions: sessionmaker[Session]) -> None:
 
 
 def test_note_events_in_batches_without_per_row_selects(
-    ledger_sessions: sessionmaker[Session], ledger_engine: Engine
+    ledger: SqlLedger, ledger_engine: Engine
 ) -> None:
     appointment_ids = [f"appt-{i:05d}" for i in range(1200)]
-    with tx(ledger_sessions) as repo:
-        assert repo.note_events(dict.fromkeys(appointment_ids, 10), now=T0) == 1200
+    with ledger.begin() as tx:
+        assert tx.appointments.note_events(dict.fromkeys(appointment_ids, 10), now=T0) == 1200
 
     newest = {a: (11 if i % 2 == 0 else 10) for i, a in enumerate(appointment_ids)}
     selects: list[str] = []
@@ -340,31 +523,31 @@ def test_note_events_in_batches_without_per_row_selects(
 
     event.listen(ledger_engine, "before_cursor_execute", count)
     try:
-        with tx(ledger_sessions) as repo:
-            assert repo.note_events(newest, now=T1) == 600
+        with ledger.begin() as tx:
+            assert tx.appointments.note_events(newest, now=T1) == 600
     finally:
         event.remove(ledger_engine, "before_cursor_execute", count)
     assert len(selects) == 3  # one per chunk of 500 ids
 
-    with tx(ledger_sessions) as repo:
-        assert repo.last_events(appointment_ids) == newest
-        assert len(repo.get_many(appointment_ids)) == 1200
-        assert repo.pending_count() == 1200
+    with ledger.begin() as tx:
+        assert tx.appointments.last_events(appointment_ids) == newest
+        assert len(tx.appointments.get_many(appointment_ids)) == 1200
+        assert tx.appointments.pending_count() == 1200
 
 
-def test_aware_timestamps_are_stored_as_naive_utc(ledger_sessions: sessionmaker[Session]) -> None:
+def test_aware_timestamps_are_stored_as_naive_utc(ledger: SqlLedger) -> None:
     plus_one = timezone(timedelta(hours=1))
-    with tx(ledger_sessions) as repo:
-        repo.note_events({"a": 1}, now=datetime(2025, 3, 1, 13, 0, tzinfo=plus_one))
-        repo.schedule_retry(
+    with ledger.begin() as tx:
+        tx.appointments.note_events({"a": 1}, now=datetime(2025, 3, 1, 13, 0, tzinfo=plus_one))
+        tx.appointments.schedule_retry(
             "a",
             attempts=1,
             next_attempt_at=T1.replace(tzinfo=UTC),
             reason="503",
             now=T0.replace(tzinfo=UTC),
         )
-        assert ids(repo.due(T1.replace(tzinfo=UTC), 10)) == ["a"]
-    stored = record(ledger_sessions, "a")
+        assert ids(tx.appointments.due(T1.replace(tzinfo=UTC), 10)) == ["a"]
+    stored = record(ledger, "a")
     assert (stored.created_at, stored.next_attempt_at) == (T0, T1)
     assert stored.created_at.tzinfo is None
 
@@ -372,90 +555,96 @@ def test_aware_timestamps_are_stored_as_naive_utc(ledger_sessions: sessionmaker[
 # --- due -----------------------------------------------------------------------------------------
 
 
-def test_due_orders_pages_and_waits_for_back_off(ledger_sessions: sessionmaker[Session]) -> None:
-    with tx(ledger_sessions) as repo:
-        repo.note_events(dict.fromkeys(["e", "d", "c", "b", "a"], 1), now=T0)
-        repo.schedule_retry(
+def test_due_orders_pages_and_waits_for_back_off(ledger: SqlLedger) -> None:
+    with ledger.begin() as tx:
+        tx.appointments.note_events(dict.fromkeys(["e", "d", "c", "b", "a"], 1), now=T0)
+        tx.appointments.schedule_retry(
             "b", attempts=1, next_attempt_at=T0 + timedelta(minutes=10), reason="r", now=T0
         )
-        repo.schedule_retry(
+        tx.appointments.schedule_retry(
             "c", attempts=1, next_attempt_at=T0 - timedelta(seconds=1), reason="r", now=T0
         )
-        repo.mark_synced("d", event_id=1, session_id=None, host_external_id=None, now=T0)
-        repo.park("e", reason="r", now=T0)
-    with tx(ledger_sessions) as repo:
-        assert ids(repo.due(T0, 10)) == ["a", "c"]
-        assert ids(repo.due(T0 + timedelta(minutes=10), 10)) == ["a", "b", "c"]
+        tx.appointments.mark_synced("d", event_id=1, session_id=None, host_external_id=None, now=T0)
+        tx.appointments.park("e", reason="r", now=T0)
+    with ledger.begin() as tx:
+        assert ids(tx.appointments.due(T0, 10)) == ["a", "c"]
+        assert ids(tx.appointments.due(T0 + timedelta(minutes=10), 10)) == ["a", "b", "c"]
         later = T0 + timedelta(hours=1)
-        assert ids(repo.due(later, 2)) == ["a", "b"]
-        assert ids(repo.due(later, 2, "b")) == ["c"]
-        assert repo.due(later, 2, "c") == []
+        assert ids(tx.appointments.due(later, 2)) == ["a", "b"]
+        assert ids(tx.appointments.due(later, 2, "b")) == ["c"]
+        assert tx.appointments.due(later, 2, "c") == []
         # Sub-second back-off is honoured on every backend (MariaDB keeps microseconds too).
-        repo.schedule_retry(
+        tx.appointments.schedule_retry(
             "a", attempts=1, next_attempt_at=T0 + timedelta(microseconds=500), reason="r", now=T0
         )
-        assert ids(repo.due(T0, 10)) == ["c"]
-        assert ids(repo.due(T0 + timedelta(microseconds=500), 10)) == ["a", "c"]
+        assert ids(tx.appointments.due(T0, 10)) == ["c"]
+        assert ids(tx.appointments.due(T0 + timedelta(microseconds=500), 10)) == ["a", "c"]
 
 
 # --- settling ------------------------------------------------------------------------------------
 
 
-def test_mark_synced(ledger_sessions: sessionmaker[Session]) -> None:
-    with tx(ledger_sessions) as repo:
-        repo.note_events({"a": 3}, now=T0)
-        repo.schedule_retry("a", attempts=2, next_attempt_at=T1, reason="503", now=T0)
-        assert repo.mark_synced("a", event_id=3, session_id=77, host_external_id="dr-1", now=T1)
-    synced = record(ledger_sessions, "a")
+def test_mark_synced(ledger: SqlLedger) -> None:
+    with ledger.begin() as tx:
+        tx.appointments.note_events({"a": 3}, now=T0)
+        tx.appointments.schedule_retry("a", attempts=2, next_attempt_at=T1, reason="503", now=T0)
+        assert tx.appointments.mark_synced(
+            "a", event_id=3, session_id=77, host_external_id="dr-1", now=T1
+        )
+    synced = record(ledger, "a")
     assert synced.state == "synced"
     assert synced.applied_event_id == 3
     assert (synced.session_id, synced.host_external_id) == (77, "dr-1")
     assert (synced.attempts, synced.reason, synced.next_attempt_at) == (0, None, None)
     assert synced.updated_at == T1
-    with tx(ledger_sessions) as repo:
-        assert repo.due(T2, 10) == []
+    with ledger.begin() as tx:
+        assert tx.appointments.due(T2, 10) == []
 
 
 def test_mark_synced_keeps_pending_when_a_newer_event_arrived(
-    ledger_sessions: sessionmaker[Session],
+    ledger: SqlLedger,
 ) -> None:
-    with tx(ledger_sessions) as repo:
-        repo.note_events({"a": 3}, now=T0)
-        repo.note_events({"a": 4}, now=T1)  # arrived while event 3 was being applied
-        assert not repo.mark_synced("a", event_id=3, session_id=77, host_external_id="dr-1", now=T2)
-    kept = record(ledger_sessions, "a")
+    with ledger.begin() as tx:
+        tx.appointments.note_events({"a": 3}, now=T0)
+        tx.appointments.note_events({"a": 4}, now=T1)  # arrived while event 3 was being applied
+        assert not tx.appointments.mark_synced(
+            "a", event_id=3, session_id=77, host_external_id="dr-1", now=T2
+        )
+    kept = record(ledger, "a")
     assert (kept.state, kept.last_event_id) == ("pending", 4)
     assert (kept.applied_event_id, kept.session_id) == (3, 77)
-    with tx(ledger_sessions) as repo:
-        assert ids(repo.due(T2, 10)) == ["a"]
+    with ledger.begin() as tx:
+        assert ids(tx.appointments.due(T2, 10)) == ["a"]
 
 
-def test_mark_skipped(ledger_sessions: sessionmaker[Session]) -> None:
-    with tx(ledger_sessions) as repo:
-        repo.note_events({"a": 2, "b": 1}, now=T0)
-        assert repo.mark_skipped("a", event_id=2, reason="status fulfilled", now=T1)
-        repo.note_events({"b": 2}, now=T1)
-        assert not repo.mark_skipped("b", event_id=1, reason="status noshow", now=T1)
-    skipped = record(ledger_sessions, "a")
+def test_mark_skipped(ledger: SqlLedger) -> None:
+    with ledger.begin() as tx:
+        tx.appointments.note_events({"a": 2, "b": 1}, now=T0)
+        assert tx.appointments.mark_skipped("a", event_id=2, reason="status fulfilled", now=T1)
+        tx.appointments.note_events({"b": 2}, now=T1)
+        assert not tx.appointments.mark_skipped("b", event_id=1, reason="status noshow", now=T1)
+    skipped = record(ledger, "a")
     assert (skipped.state, skipped.applied_event_id, skipped.reason) == (
         "skipped",
         2,
         "status fulfilled",
     )
-    kept = record(ledger_sessions, "b")
+    kept = record(ledger, "b")
     assert (kept.state, kept.applied_event_id, kept.reason) == ("pending", 1, None)
-    with tx(ledger_sessions) as repo:
-        assert ids(repo.due(T2, 10)) == ["b"]
-        assert repo.note_events({"a": 3}, now=T2) == 1
-        assert ids(repo.due(T2, 10)) == ["a", "b"]
+    with ledger.begin() as tx:
+        assert ids(tx.appointments.due(T2, 10)) == ["b"]
+        assert tx.appointments.note_events({"a": 3}, now=T2) == 1
+        assert ids(tx.appointments.due(T2, 10)) == ["a", "b"]
 
 
-def test_schedule_retry_and_its_guard(ledger_sessions: sessionmaker[Session]) -> None:
+def test_schedule_retry_and_its_guard(ledger: SqlLedger) -> None:
     later = T0 + timedelta(hours=1)
-    with tx(ledger_sessions) as repo:
-        repo.note_events({"a": 1}, now=T0)
-        assert repo.schedule_retry("a", attempts=1, next_attempt_at=later, reason="503", now=T0)
-        got = repo.get("a")
+    with ledger.begin() as tx:
+        tx.appointments.note_events({"a": 1}, now=T0)
+        assert tx.appointments.schedule_retry(
+            "a", attempts=1, next_attempt_at=later, reason="503", now=T0
+        )
+        got = tx.appointments.get("a")
         assert got is not None
         assert (got.state, got.attempts, got.next_attempt_at, got.reason) == (
             "pending",
@@ -463,46 +652,53 @@ def test_schedule_retry_and_its_guard(ledger_sessions: sessionmaker[Session]) ->
             later,
             "503",
         )
-        repo.note_events({"a": 2}, now=T1)
+        tx.appointments.note_events({"a": 2}, now=T1)
         # The failure belonged to event 1: event 2 keeps its fresh start.
-        assert not repo.schedule_retry(
+        assert not tx.appointments.schedule_retry(
             "a", attempts=2, next_attempt_at=later, reason="503", now=T1, event_id=1
         )
-        got = repo.get("a")
+        got = tx.appointments.get("a")
         assert got is not None and (got.attempts, got.next_attempt_at) == (0, None)
-        assert repo.schedule_retry(
+        assert tx.appointments.schedule_retry(
             "a", attempts=1, next_attempt_at=later, reason="429", now=T1, event_id=2
         )
-        got = repo.get("a")
+        got = tx.appointments.get("a")
         assert got is not None and (got.attempts, got.reason) == (1, "429")
 
 
-def test_long_reasons_are_cut(ledger_sessions: sessionmaker[Session]) -> None:
-    with tx(ledger_sessions) as repo:
-        repo.note_events({"a": 1}, now=T0)
-        repo.schedule_retry("a", attempts=1, next_attempt_at=T1, reason="x" * 5000, now=T0)
-    assert record(ledger_sessions, "a").reason == "x" * TEXT_LIMIT
+def test_long_reasons_are_cut(ledger: SqlLedger) -> None:
+    with ledger.begin() as tx:
+        tx.appointments.note_events({"a": 1}, now=T0)
+        tx.appointments.schedule_retry(
+            "a", attempts=1, next_attempt_at=T1, reason="x" * 5000, now=T0
+        )
+    assert record(ledger, "a").reason == "x" * TEXT_LIMIT
 
 
-def test_park_unpark_and_reporting(ledger_sessions: sessionmaker[Session]) -> None:
-    with tx(ledger_sessions) as repo:
-        repo.note_events({"a": 1, "b": 1, "c": 1, "d": 1}, now=T0)
-        assert repo.park("b", reason="bad row", now=T1)
-        assert repo.park("a", reason="gave up", attempts=8, now=T0)
-        repo.mark_skipped("d", event_id=1, reason="status fulfilled", now=T0)
-    with tx(ledger_sessions) as repo:
-        assert ids(repo.parked()) == ["a", "b"]  # longest parked first
-        assert ids(repo.parked(limit=1)) == ["a"]
-        a = repo.parked()[0]
+def test_park_unpark_and_reporting(ledger: SqlLedger) -> None:
+    with ledger.begin() as tx:
+        tx.appointments.note_events({"a": 1, "b": 1, "c": 1, "d": 1}, now=T0)
+        assert tx.appointments.park("b", reason="bad row", now=T1)
+        assert tx.appointments.park("a", reason="gave up", attempts=8, now=T0)
+        tx.appointments.mark_skipped("d", event_id=1, reason="status fulfilled", now=T0)
+    with ledger.begin() as tx:
+        assert ids(tx.appointments.parked()) == ["a", "b"]  # longest parked first
+        assert ids(tx.appointments.parked(limit=1)) == ["a"]
+        a = tx.appointments.parked()[0]
         assert (a.state, a.reason, a.attempts, a.parked_at) == ("parked", "gave up", 8, T0)
-        assert repo.counts_by_state() == {"pending": 1, "synced": 0, "parked": 2, "skipped": 1}
-        assert repo.pending_count() == 1
-        assert ids(repo.due(T2, 10)) == ["c"]
+        assert tx.appointments.counts_by_state() == {
+            "pending": 1,
+            "synced": 0,
+            "parked": 2,
+            "skipped": 1,
+        }
+        assert tx.appointments.pending_count() == 1
+        assert ids(tx.appointments.due(T2, 10)) == ["c"]
 
-        assert repo.unpark("a", T2)
-        assert not repo.unpark("a", T2)
-        assert not repo.unpark("c", T2)  # pending, not parked
-        back = repo.get("a")
+        assert tx.appointments.unpark("a", T2)
+        assert not tx.appointments.unpark("a", T2)
+        assert not tx.appointments.unpark("c", T2)  # pending, not parked
+        back = tx.appointments.get("a")
         assert back is not None
         assert (back.state, back.attempts, back.reason, back.parked_at, back.updated_at) == (
             "pending",
@@ -511,52 +707,55 @@ def test_park_unpark_and_reporting(ledger_sessions: sessionmaker[Session]) -> No
             None,
             T2,
         )
-        assert repo.unpark_all(T2) == 1
-        assert repo.counts_by_state()["parked"] == 0
-        assert ids(repo.due(T2, 10)) == ["a", "b", "c"]
+        assert tx.appointments.unpark_all(T2) == 1
+        assert tx.appointments.counts_by_state()["parked"] == 0
+        assert ids(tx.appointments.due(T2, 10)) == ["a", "b", "c"]
 
 
-def test_park_guard(ledger_sessions: sessionmaker[Session]) -> None:
-    with tx(ledger_sessions) as repo:
-        repo.note_events({"a": 1}, now=T0)
-        repo.note_events({"a": 2}, now=T1)
-        assert not repo.park("a", reason="bad row", now=T1, event_id=1)
-        assert repo.get("a") is not None and repo.counts_by_state()["parked"] == 0
-        assert repo.park("a", reason="bad row", now=T1, event_id=2)
-        assert repo.counts_by_state()["parked"] == 1
+def test_park_guard(ledger: SqlLedger) -> None:
+    with ledger.begin() as tx:
+        tx.appointments.note_events({"a": 1}, now=T0)
+        tx.appointments.note_events({"a": 2}, now=T1)
+        assert not tx.appointments.park("a", reason="bad row", now=T1, event_id=1)
+        assert (
+            tx.appointments.get("a") is not None
+            and tx.appointments.counts_by_state()["parked"] == 0
+        )
+        assert tx.appointments.park("a", reason="bad row", now=T1, event_id=2)
+        assert tx.appointments.counts_by_state()["parked"] == 1
 
 
-def test_set_session(ledger_sessions: sessionmaker[Session]) -> None:
-    with tx(ledger_sessions) as repo:
-        repo.note_events({"a": 1}, now=T0)
-        repo.set_session("a", session_id=9001, host_external_id="dr-1", now=T1)
-        got = repo.get("a")
+def test_set_session(ledger: SqlLedger) -> None:
+    with ledger.begin() as tx:
+        tx.appointments.note_events({"a": 1}, now=T0)
+        tx.appointments.set_session("a", session_id=9001, host_external_id="dr-1", now=T1)
+        got = tx.appointments.get("a")
         assert got is not None
         assert (got.session_id, got.host_external_id, got.state) == (9001, "dr-1", "pending")
-        repo.set_session("a", session_id=None, host_external_id=None, now=T2)
-        got = repo.get("a")
+        tx.appointments.set_session("a", session_id=None, host_external_id=None, now=T2)
+        got = tx.appointments.get("a")
         assert got is not None and (got.session_id, got.host_external_id) == (None, None)
 
 
 def test_forget_session_only_forgets_the_session_on_file(
-    ledger_sessions: sessionmaker[Session],
+    ledger: SqlLedger,
 ) -> None:
-    with tx(ledger_sessions) as repo:
-        repo.note_events({"a": 1}, now=T0)
-        repo.set_session("a", session_id=9001, host_external_id="dr-1", now=T1)
-        assert not repo.forget_session("a", 9002, now=T2)  # another session: kept
-        got = repo.get("a")
+    with ledger.begin() as tx:
+        tx.appointments.note_events({"a": 1}, now=T0)
+        tx.appointments.set_session("a", session_id=9001, host_external_id="dr-1", now=T1)
+        assert not tx.appointments.forget_session("a", 9002, now=T2)  # another session: kept
+        got = tx.appointments.get("a")
         assert got is not None and got.session_id == 9001
-        assert repo.forget_session("a", 9001, now=T2)
-        got = repo.get("a")
+        assert tx.appointments.forget_session("a", 9001, now=T2)
+        got = tx.appointments.get("a")
         assert got is not None and (got.session_id, got.host_external_id) == (None, None)
         assert got.updated_at == T2
 
 
-def journal_one_of_each(repo: LedgerRepository, aid: str) -> None:
+def journal_one_of_each(tx: LedgerTransaction, aid: str) -> None:
     """Every statement the engine runs per appointment, as the engine runs them."""
-    repo.note_events({aid: 3}, now=T0)
-    op = repo.record_intent(
+    tx.appointments.note_events({aid: 3}, now=T0)
+    op = tx.operations.record_intent(
         appointment_id=aid,
         event_id=3,
         op="create",
@@ -566,14 +765,14 @@ def journal_one_of_each(repo: LedgerRepository, aid: str) -> None:
         now=T0,
         pid=42,
     )
-    repo.set_session(aid, session_id=None, host_external_id="dr-1", now=T0)
-    repo.record_outcome(op, state="applied", detail=None, session_id=9001, now=T1)
+    tx.appointments.set_session(aid, session_id=None, host_external_id="dr-1", now=T0)
+    tx.operations.record_result(op, state="applied", detail=None, session_id=9001, now=T1)
     people = [
         ParticipantRecord(aid, f"pat-{n}", 9001, 70 + n, None if n else 5, T1) for n in (0, 1)
     ]
-    repo.replace_participants(aid, people, clear=False)
-    repo.replace_participants(aid, people[:1])
-    repo.mark_synced(
+    tx.participants.replace(aid, people, clear=False)
+    tx.participants.replace(aid, people[:1])
+    tx.appointments.mark_synced(
         aid,
         event_id=3,
         session_id=9001,
@@ -581,7 +780,7 @@ def journal_one_of_each(repo: LedgerRepository, aid: str) -> None:
         now=T1,
         schedule_ts=T2,
     )
-    op2 = repo.record_intent(
+    op2 = tx.operations.record_intent(
         appointment_id=aid,
         event_id=3,
         op="cancel",
@@ -591,12 +790,12 @@ def journal_one_of_each(repo: LedgerRepository, aid: str) -> None:
         now=T1,
         pid=42,
     )
-    repo.record_outcome(op2, state="failed", detail="SecureVideo answered 503", now=T2)
-    assert repo.forget_session(aid, 9001, now=T2)
-    repo.delete_participants_of(aid)
-    repo.mark_skipped(aid, event_id=3, reason="status leaves SecureVideo alone", now=T2)
-    assert repo.note_events({aid: 4, "other": 1}, now=T2) == 2
-    repo.mark_synced(aid, event_id=2, session_id=None, host_external_id=None, now=T2)
+    tx.operations.record_result(op2, state="failed", detail="SecureVideo answered 503", now=T2)
+    assert tx.appointments.forget_session(aid, 9001, now=T2)
+    tx.participants.delete_all_of(aid)
+    tx.appointments.mark_skipped(aid, event_id=3, reason="status leaves SecureVideo alone", now=T2)
+    assert tx.appointments.note_events({aid: 4, "other": 1}, now=T2) == 2
+    tx.appointments.mark_synced(aid, event_id=2, session_id=None, host_external_id=None, now=T2)
 
 
 def test_the_sqlite_ledgers_direct_statements_store_what_sqlalchemy_stores(
@@ -605,15 +804,16 @@ def test_the_sqlite_ledgers_direct_statements_store_what_sqlalchemy_stores(
     """On SQLite, ``Ledger.begin()`` runs the hot-path statements on the driver's cursor; the rows
     must be exactly those SQLAlchemy's own execution writes."""
     direct = SqlLedger(create_ledger_engine(f"sqlite:///{tmp_path}/direct.db"))
-    plain = create_ledger_engine(f"sqlite:///{tmp_path}/plain.db")
+    plain = SqlLedger(create_ledger_engine(f"sqlite:///{tmp_path}/plain.db"), fast_path=False)
     try:
         migrate(direct.engine)
-        migrate(plain)
+        migrate(plain.engine)
         with direct.begin() as tx:
-            journal_one_of_each(tx.repo, "A1")
-        with make_sessionmaker(plain).begin() as session:
-            journal_one_of_each(LedgerRepository(session), "A1")
-        assert any(key[0] == "sqlite" for key in _INSERT_INTENT._plans)  # it did run directly
+            journal_one_of_each(tx, "A1")
+        with plain.begin() as tx:
+            journal_one_of_each(tx, "A1")
+        assert direct.fast_path is not None and direct.fast_path.ran > 0  # it did run directly
+        assert plain.fast_path is None
 
         def dump(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
             with engine.connect() as conn:
@@ -625,7 +825,7 @@ def test_the_sqlite_ledgers_direct_statements_store_what_sqlalchemy_stores(
 
         stored = dump(direct.engine)
         assert stored["operation"] and stored["appointment"]
-        assert stored == dump(plain)
+        assert stored == dump(plain.engine)
     finally:
         direct.dispose()
         plain.dispose()
@@ -649,42 +849,49 @@ def test_the_sqlite_ledgers_direct_statements_fail_as_sqlalchemy_errors_without_
         ledger.dispose()
 
 
-def test_unknown_appointments_raise(ledger_sessions: sessionmaker[Session]) -> None:
-    with tx(ledger_sessions) as repo:
+def test_unknown_appointments_raise(ledger: SqlLedger) -> None:
+    with ledger.begin() as tx:
         with pytest.raises(LookupError):
-            repo.mark_synced("nope", event_id=1, session_id=None, host_external_id=None, now=T0)
+            tx.appointments.mark_synced(
+                "nope", event_id=1, session_id=None, host_external_id=None, now=T0
+            )
         with pytest.raises(LookupError):
-            repo.mark_skipped("nope", event_id=1, reason="r", now=T0)
+            tx.appointments.mark_skipped("nope", event_id=1, reason="r", now=T0)
         with pytest.raises(LookupError):
-            repo.schedule_retry("nope", attempts=1, next_attempt_at=T0, reason="r", now=T0)
+            tx.appointments.schedule_retry(
+                "nope", attempts=1, next_attempt_at=T0, reason="r", now=T0
+            )
         with pytest.raises(LookupError):
-            repo.park("nope", reason="r", now=T0)
+            tx.appointments.park("nope", reason="r", now=T0)
         with pytest.raises(LookupError):
-            repo.set_session("nope", session_id=1, host_external_id="h", now=T0)
+            tx.appointments.set_session("nope", session_id=1, host_external_id="h", now=T0)
         with pytest.raises(LookupError):
-            repo.record_outcome(123456, state="applied", detail=None, now=T0)
-        assert repo.get_many(["nope"]) == {}
+            tx.operations.record_result(123456, state="applied", detail=None, now=T0)
+        assert tx.appointments.get_many(["nope"]) == {}
 
 
-def test_repository_never_commits(ledger_sessions: sessionmaker[Session]) -> None:
-    with ledger_sessions() as session:
-        repo = LedgerRepository(session)
-        repo.note_events({"a": 1}, now=T0)
-        repo.set_cursor(9)
-        repo.try_acquire_lease("leader", "me", 30, T0)
-        session.rollback()
-    with tx(ledger_sessions) as repo:
-        assert repo.get("a") is None
-        assert repo.cursor() == 0
-        assert repo.try_acquire_lease("leader", "someone-else", 30, T0)
+class AbandonedError(Exception):
+    """Raised to leave a transaction: the ledger rolls it back."""
+
+
+def test_repositories_never_commit(ledger: SqlLedger) -> None:
+    with pytest.raises(AbandonedError), ledger.begin() as tx:
+        tx.appointments.note_events({"a": 1}, now=T0)
+        tx.cursor.advance(9)
+        tx.leases.try_acquire("leader", "me", 30, T0)
+        raise AbandonedError
+    with ledger.begin() as tx:
+        assert tx.appointments.get("a") is None
+        assert tx.cursor.get() == 0
+        assert tx.leases.try_acquire("leader", "someone-else", 30, T0)
 
 
 # --- the operation journal -----------------------------------------------------------------------
 
 
-def test_operation_journal(ledger_sessions: sessionmaker[Session]) -> None:
-    with tx(ledger_sessions) as repo:
-        first = repo.record_intent(
+def test_operation_journal(ledger: SqlLedger) -> None:
+    with ledger.begin() as tx:
+        first = tx.operations.record_intent(
             appointment_id="a",
             event_id=3,
             op="create",
@@ -694,7 +901,7 @@ def test_operation_journal(ledger_sessions: sessionmaker[Session]) -> None:
             now=T0,
             pid=4242,
         )
-        second = repo.record_intent(
+        second = tx.operations.record_intent(
             appointment_id="a",
             event_id=3,
             op="add_participant",
@@ -704,7 +911,7 @@ def test_operation_journal(ledger_sessions: sessionmaker[Session]) -> None:
             now=T0,
             pid=4242,
         )
-        third = repo.record_intent(
+        third = tx.operations.record_intent(
             appointment_id="b",
             event_id=4,
             op="cancel",
@@ -715,9 +922,9 @@ def test_operation_journal(ledger_sessions: sessionmaker[Session]) -> None:
             pid=None,
         )
     assert first < second < third
-    with tx(ledger_sessions) as repo:
-        assert [o.id for o in repo.open_intents()] == [first, second, third]
-        assert repo.open_intents()[0] == OperationRecord(
+    with ledger.begin() as tx:
+        assert [o.id for o in tx.operations.open_intents()] == [first, second, third]
+        assert tx.operations.open_intents()[0] == OperationRecord(
             id=first,
             appointment_id="a",
             event_id=3,
@@ -731,39 +938,39 @@ def test_operation_journal(ledger_sessions: sessionmaker[Session]) -> None:
             finished_at=None,
             pid=4242,
         )
-        repo.record_outcome(first, state="applied", detail=None, session_id=77, now=T1)
-        repo.record_outcome(second, state="ambiguous", detail="read timed out", now=T1)
-        assert [o.id for o in repo.open_intents()] == [second, third]
-        created = repo.operations("a")[0]
+        tx.operations.record_result(first, state="applied", detail=None, session_id=77, now=T1)
+        tx.operations.record_result(second, state="ambiguous", detail="read timed out", now=T1)
+        assert [o.id for o in tx.operations.open_intents()] == [second, third]
+        created = tx.operations.of_appointment("a")[0]
         assert (created.state, created.session_id, created.finished_at) == ("applied", 77, T1)
-        unsure = repo.operations("a")[1]
+        unsure = tx.operations.of_appointment("a")[1]
         assert (unsure.state, unsure.detail, unsure.session_id) == (
             "ambiguous",
             "read timed out",
             77,
         )
 
-        assert repo.resolve_open("a", T2) == 1
-        assert [o.id for o in repo.open_intents()] == [third]
-        resolved = repo.operations("a")[1]
+        assert tx.operations.resolve_open("a", T2) == 1
+        assert [o.id for o in tx.operations.open_intents()] == [third]
+        resolved = tx.operations.of_appointment("a")[1]
         assert (resolved.state, resolved.finished_at) == ("resolved", T2)
-        assert repo.resolve_open("a", T2) == 0
+        assert tx.operations.resolve_open("a", T2) == 0
 
         for bad in ("intent", "bogus"):
             with pytest.raises(ValueError):
-                repo.record_outcome(third, state=bad, detail=None, now=T2)
-        repo.record_outcome(third, state="failed", detail="y" * 3000, now=T2)
-        assert repo.operations("b")[0].detail == "y" * TEXT_LIMIT
-        assert repo.open_intents() == []
+                tx.operations.record_result(third, state=bad, detail=None, now=T2)
+        tx.operations.record_result(third, state="failed", detail="y" * 3000, now=T2)
+        assert tx.operations.of_appointment("b")[0].detail == "y" * TEXT_LIMIT
+        assert tx.operations.open_intents() == []
 
 
 # --- participants --------------------------------------------------------------------------------
 
 
-def test_participants(ledger_sessions: sessionmaker[Session]) -> None:
-    with tx(ledger_sessions) as repo:
+def test_participants(ledger: SqlLedger) -> None:
+    with ledger.begin() as tx:
         for external_id in ("pt-1", "pt-2"):
-            repo.upsert_participant(
+            tx.participants.upsert(
                 "a",
                 external_id,
                 session_id=77,
@@ -771,7 +978,7 @@ def test_participants(ledger_sessions: sessionmaker[Session]) -> None:
                 packet_id=12,
                 now=T0,
             )
-        repo.upsert_participant(
+        tx.participants.upsert(
             "a",
             "pt-1",
             session_id=77,
@@ -779,8 +986,8 @@ def test_participants(ledger_sessions: sessionmaker[Session]) -> None:
             packet_id=None,
             now=T1,
         )
-    with tx(ledger_sessions) as repo:
-        known = repo.participants(["a", "b"])
+    with ledger.begin() as tx:
+        known = tx.participants.of_appointments(["a", "b"])
         assert known == {
             "a": {
                 "pt-1": ParticipantRecord("a", "pt-1", 77, 501, None, T1),
@@ -788,62 +995,60 @@ def test_participants(ledger_sessions: sessionmaker[Session]) -> None:
             },
             "b": {},
         }
-        repo.delete_participant("a", "pt-2")
-        assert set(repo.participants(["a"])["a"]) == {"pt-1"}
-        repo.delete_participants_of("a")
-        assert repo.participants(["a"]) == {"a": {}}
+        tx.participants.delete("a", "pt-2")
+        assert set(tx.participants.of_appointments(["a"])["a"]) == {"pt-1"}
+        tx.participants.delete_all_of("a")
+        assert tx.participants.of_appointments(["a"]) == {"a": {}}
 
 
 # --- leases --------------------------------------------------------------------------------------
 
 
-def test_lease_acquire_renew_expire_release(ledger_sessions: sessionmaker[Session]) -> None:
+def test_lease_acquire_renew_expire_release(ledger: SqlLedger) -> None:
     def at(seconds: int) -> datetime:
         return T0 + timedelta(seconds=seconds)
 
-    with tx(ledger_sessions) as repo:
-        assert repo.try_acquire_lease("leader", "host-a", 30, at(0))
-    with tx(ledger_sessions) as repo:
-        assert not repo.try_acquire_lease("leader", "host-b", 30, at(10))
-    with tx(ledger_sessions) as repo:
-        assert repo.try_acquire_lease("leader", "host-a", 30, at(20))  # renewed until 50
-    with tx(ledger_sessions) as repo:
-        assert not repo.try_acquire_lease("leader", "host-b", 30, at(45))
-    with tx(ledger_sessions) as repo:
-        assert repo.try_acquire_lease("leader", "host-b", 30, at(51))  # expired: taken over
-    with tx(ledger_sessions) as repo:
-        assert not repo.release_lease("leader", "host-a")
-        assert not repo.try_acquire_lease("leader", "host-a", 30, at(52))
-        assert repo.try_acquire_lease("other", "host-a", 30, at(52))  # leases are independent
-    with tx(ledger_sessions) as repo:
-        assert repo.release_lease("leader", "host-b")
-    with tx(ledger_sessions) as repo:
-        assert repo.try_acquire_lease("leader", "host-a", 30, at(53))
-    with ledger_sessions.begin() as session:
+    with ledger.begin() as tx:
+        assert tx.leases.try_acquire("leader", "host-a", 30, at(0))
+    with ledger.begin() as tx:
+        assert not tx.leases.try_acquire("leader", "host-b", 30, at(10))
+    with ledger.begin() as tx:
+        assert tx.leases.try_acquire("leader", "host-a", 30, at(20))  # renewed until 50
+    with ledger.begin() as tx:
+        assert not tx.leases.try_acquire("leader", "host-b", 30, at(45))
+    with ledger.begin() as tx:
+        assert tx.leases.try_acquire("leader", "host-b", 30, at(51))  # expired: taken over
+    with ledger.begin() as tx:
+        assert not tx.leases.release("leader", "host-a")
+        assert not tx.leases.try_acquire("leader", "host-a", 30, at(52))
+        assert tx.leases.try_acquire("other", "host-a", 30, at(52))  # leases are independent
+    with ledger.begin() as tx:
+        assert tx.leases.release("leader", "host-b")
+    with ledger.begin() as tx:
+        assert tx.leases.try_acquire("leader", "host-a", 30, at(53))
+    with ledger.engine.connect() as conn:
         lease = metadata.tables["lease"]
-        rows = session.execute(select(lease.c.holder, lease.c.expires_at).order_by(lease.c.name))
+        rows = conn.execute(select(lease.c.holder, lease.c.expires_at).order_by(lease.c.name))
         assert [tuple(r) for r in rows] == [("host-a", at(83)), ("host-a", at(82))]
 
 
-def test_lease_race_has_one_winner(ledger_sessions: sessionmaker[Session]) -> None:
+def test_lease_race_has_one_winner(ledger: SqlLedger) -> None:
     outcome: dict[str, object] = {}
 
     def contender() -> None:
         try:
-            with tx(ledger_sessions) as repo:
-                outcome["won"] = repo.try_acquire_lease("leader", "two", 30, T0)
+            with ledger.begin() as tx:
+                outcome["won"] = tx.leases.try_acquire("leader", "two", 30, T0)
                 # A lost INSERT race must not have poisoned the transaction (PostgreSQL).
-                outcome["cursor"] = repo.cursor()
+                outcome["cursor"] = tx.cursor.get()
         except Exception as exc:
             outcome["error"] = repr(exc)
 
-    with ledger_sessions() as first:
-        first.begin()
-        assert LedgerRepository(first).try_acquire_lease("leader", "one", 30, T0)
+    with ledger.begin() as first:
+        assert first.leases.try_acquire("leader", "one", 30, T0)
         thread = threading.Thread(target=contender)
         thread.start()
         time.sleep(0.3)  # let the contender reach the lease row and wait on it
-        first.commit()
     thread.join(timeout=30)
     assert outcome == {"won": False, "cursor": 0}
 

@@ -23,7 +23,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from syncd.adapters.dberrors import classify
 from syncd.adapters.ledger import (
-    LedgerRepository,
     OutcomeTarget,
     ParticipantOutcomeRecord,
     SessionOutcomeRecord,
@@ -77,8 +76,9 @@ VIEW_COLUMNS = [
 
 @contextmanager
 def tx(sessions: sessionmaker[Session]) -> Iterator[SqlTransaction]:
+    # The repositories on the session's connection; the session frames the transaction.
     with sessions.begin() as session:
-        yield SqlTransaction(LedgerRepository(session))
+        yield SqlTransaction(session.connection())
 
 
 def view(engine: Engine, appointment_id: str | None = None) -> list[dict[str, Any]]:

@@ -1,9 +1,13 @@
-"""The outbox reader's and the ledger repository's SQL, compiled for SQL Server.
+"""The outbox reader's and the ledger repositories' SQL, compiled for SQL Server.
 
-No SQL Server runs here.  Instead every statement the reader and the repository issue is captured
+No SQL Server runs here.  Instead every statement the reader and the repositories issue is captured
 while they work (against SQLite), compiled with SQLAlchemy's ``mssql`` dialect — the one
 ``mssql+pyodbc`` uses — and checked for what T-SQL rejects.  A raw ``text()`` statement would
 bypass the dialect altogether, so none is allowed outside a dialect switch (the migration locks).
+
+Capturing listens to SQLAlchemy's statement events, and a watched SQLite ledger runs every statement
+through SQLAlchemy; unwatched, it hands its prepared statements to the driver itself.  The last
+test shows, with the driver's own trace, that both paths send SQLite the same statements.
 """
 
 from __future__ import annotations
@@ -25,12 +29,21 @@ from harness import guest, row, world
 from sqlalchemy.sql.elements import ClauseElement, TextClause
 
 from syncd.adapters.ledger import (
-    LedgerRepository,
     ParticipantOutcomeRecord,
     ParticipantRecord,
     SessionOutcomeRecord,
+    SqlLedger,
+    create_ledger_engine,
+    migrate,
 )
+from syncd.adapters.ledger.appointments import SqlAppointments
+from syncd.adapters.ledger.cursor import SqlCursor
+from syncd.adapters.ledger.leases import SqlLeases
+from syncd.adapters.ledger.operations import SqlOperations
+from syncd.adapters.ledger.participants import SqlParticipants
+from syncd.adapters.ledger.visits import SqlVisits
 from syncd.adapters.outbox import OutboxReader
+from syncd.ports.ledger import LedgerTransaction
 
 #: the dialect mssql+pyodbc compiles with; creating it needs no driver
 SQL_SERVER = sa.dialects.registry.load("mssql")()
@@ -55,6 +68,16 @@ FORBIDDEN: dict[str, re.Pattern[str]] = {
 #: Public methods that issue no SQL of their own.
 NO_SQL = {"OutboxReader.dispose"}
 
+#: The ledger's repositories, one per property of the port's transaction.
+REPOSITORIES: tuple[type, ...] = (
+    SqlCursor,
+    SqlAppointments,
+    SqlOperations,
+    SqlParticipants,
+    SqlLeases,
+    SqlVisits,
+)
+
 
 @dataclasses.dataclass
 class Issued:
@@ -63,7 +86,7 @@ class Issued:
 
 
 class StatementLog:
-    """Every statement executed on any engine from inside an OutboxReader or LedgerRepository
+    """Every statement executed on any engine from inside an OutboxReader or ledger repository
     method, with the outermost such method (the public entry point)."""
 
     def __init__(self) -> None:
@@ -76,7 +99,7 @@ class StatementLog:
         frame: types.FrameType | None = sys._getframe(1)
         while frame is not None:
             owner = frame.f_locals.get("self")
-            if isinstance(owner, OutboxReader | LedgerRepository):
+            if isinstance(owner, (OutboxReader, *REPOSITORIES)):
                 on_stack.append(f"{type(owner).__name__}.{frame.f_code.co_name}")
             frame = frame.f_back
         if on_stack and isinstance(clause, ClauseElement):
@@ -132,91 +155,98 @@ def exercise_everything(tmp_path: Path) -> None:
         app = w.apps[-1]
         assert app.outbox.check_shape() == []
         assert app.outbox.max_event_id() is not None
-        now = T0
-        with app.ledger.begin() as tx:
-            tx.appointments.counts_by_state()
-            tx.appointments.parked()
-            tx.appointments.oldest_pending_since()
-            tx.appointments.pending_count()
-            tx.operations.open_intents()
-            tx.operations.of_appointment("A1")
-            tx.appointments.get("A1")
-            tx.appointments.note_events({"A9": 100}, now=now)
-            tx.appointments.set_session("A9", session_id=7, host_external_id="prov-001", now=now)
-            op = tx.operations.record_intent(
-                appointment_id="A9",
-                event_id=100,
-                op="create",
-                session_id=None,
-                participant_external_id=None,
-                attempt=1,
-                now=now,
-                pid=1,
-            )
-            tx.operations.record_result(op, state="applied", detail=None, session_id=7, now=now)
-            tx.operations.resolve_open("A9", now)
-            tx.participants.upsert(
-                "A9",
-                "pat-9",
-                session_id=7,
-                participation_id=70,
-                packet_id=None,
-                now=now,
-            )
-            tx.participants.upsert(
-                "A9",
-                "pat-9",
-                session_id=7,
-                participation_id=71,
-                packet_id=None,
-                now=now,
-            )
-            tx.participants.of_appointments(["A9"])
-            tx.participants.delete("A9", "pat-9")
-            tx.participants.delete_all_of("A9")
-            tx.operations.with_open(["A9"])
-            tx.participants.replace(
-                "A9",
-                [
-                    ParticipantRecord(
-                        appointment_id="A9",
-                        external_id="pat-9",
-                        session_id=7,
-                        participation_id=72,
-                        packet_id=None,
-                        updated_at=now,
-                    )
-                ],
-            )
-            tx.appointments.schedule_retry(
-                "A9", attempts=1, next_attempt_at=now, reason="r", now=now, event_id=100
-            )
-            tx.appointments.due(now, 10, after_appointment_id="A0")
-            tx.appointments.park("A9", reason="r", attempts=2, now=now, event_id=100)
-            tx.appointments.unpark("A9", now)
-            tx.appointments.park("A9", reason="r", now=now)
-            tx.appointments.unpark_all(now)
-            tx.appointments.mark_skipped("A9", event_id=100, reason="status noshow", now=now)
-            tx.appointments.mark_synced(
-                "A9",
-                event_id=100,
-                session_id=7,
-                host_external_id="prov-001",
-                now=now,
-            )
-            tx.cursor.advance(tx.cursor.get() + 1)
-            tx.leases.try_acquire("daemon", "host-1", 30, now)
-            tx.leases.try_acquire("daemon", "host-2", 30, now)
-            tx.leases.release("daemon", "host-1")
-            tx.visits.put_session(sample(SessionOutcomeRecord, appointment_id="A9"))
-            tx.visits.put_session(sample(SessionOutcomeRecord, appointment_id="A9"))
-            tx.visits.put_participant(sample(ParticipantOutcomeRecord, appointment_id="A9"))
-            tx.visits.sessions(["A9"])
-            tx.visits.participants(["A9"])
-            tx.visits.targets()
-            tx.visits.appointments_of_sessions([7])
-            tx.visits.booked_between(now - timedelta(days=1), now + timedelta(days=1))
-            tx.visits.delete_participants("A9", ["x-1"])
+        every_ledger_method(app.ledger)
+
+
+def every_ledger_method(ledger: SqlLedger) -> None:
+    """Each repository method once or twice (both branches of an upsert), at fixed times."""
+    now = T0
+    with ledger.begin() as tx:
+        ports = [n for n, v in vars(LedgerTransaction).items() if isinstance(v, property)]
+        assert {type(getattr(tx, n)) for n in ports} == set(REPOSITORIES)
+        tx.appointments.counts_by_state()
+        tx.appointments.parked()
+        tx.appointments.oldest_pending_since()
+        tx.appointments.pending_count()
+        tx.operations.open_intents()
+        tx.operations.of_appointment("A1")
+        tx.appointments.get("A1")
+        tx.appointments.note_events({"A9": 100}, now=now)
+        tx.appointments.set_session("A9", session_id=7, host_external_id="prov-001", now=now)
+        op = tx.operations.record_intent(
+            appointment_id="A9",
+            event_id=100,
+            op="create",
+            session_id=None,
+            participant_external_id=None,
+            attempt=1,
+            now=now,
+            pid=1,
+        )
+        tx.operations.record_result(op, state="applied", detail=None, session_id=7, now=now)
+        tx.operations.resolve_open("A9", now)
+        tx.participants.upsert(
+            "A9",
+            "pat-9",
+            session_id=7,
+            participation_id=70,
+            packet_id=None,
+            now=now,
+        )
+        tx.participants.upsert(
+            "A9",
+            "pat-9",
+            session_id=7,
+            participation_id=71,
+            packet_id=None,
+            now=now,
+        )
+        tx.participants.of_appointments(["A9"])
+        tx.participants.delete("A9", "pat-9")
+        tx.participants.delete_all_of("A9")
+        tx.operations.with_open(["A9"])
+        tx.participants.replace(
+            "A9",
+            [
+                ParticipantRecord(
+                    appointment_id="A9",
+                    external_id="pat-9",
+                    session_id=7,
+                    participation_id=72,
+                    packet_id=None,
+                    updated_at=now,
+                )
+            ],
+        )
+        tx.appointments.schedule_retry(
+            "A9", attempts=1, next_attempt_at=now, reason="r", now=now, event_id=100
+        )
+        tx.appointments.due(now, 10, after_appointment_id="A0")
+        tx.appointments.park("A9", reason="r", attempts=2, now=now, event_id=100)
+        tx.appointments.unpark("A9", now)
+        tx.appointments.park("A9", reason="r", now=now)
+        tx.appointments.unpark_all(now)
+        tx.appointments.mark_skipped("A9", event_id=100, reason="status noshow", now=now)
+        tx.appointments.mark_synced(
+            "A9",
+            event_id=100,
+            session_id=7,
+            host_external_id="prov-001",
+            now=now,
+        )
+        tx.cursor.advance(tx.cursor.get() + 1)
+        tx.leases.try_acquire("daemon", "host-1", 30, now)
+        tx.leases.try_acquire("daemon", "host-2", 30, now)
+        tx.leases.release("daemon", "host-1")
+        tx.visits.put_session(sample(SessionOutcomeRecord, appointment_id="A9"))
+        tx.visits.put_session(sample(SessionOutcomeRecord, appointment_id="A9"))
+        tx.visits.put_participant(sample(ParticipantOutcomeRecord, appointment_id="A9"))
+        tx.visits.sessions(["A9"])
+        tx.visits.participants(["A9"])
+        tx.visits.targets()
+        tx.visits.appointments_of_sessions([7])
+        tx.visits.booked_between(now - timedelta(days=1), now + timedelta(days=1))
+        tx.visits.delete_participants("A9", ["x-1"])
 
 
 def public_methods(*classes: type) -> set[str]:
@@ -233,7 +263,7 @@ def test_every_statement_compiles_for_sql_server_without_dialect_only_syntax(
 ) -> None:
     exercise_everything(tmp_path)
 
-    missed = public_methods(OutboxReader, LedgerRepository) - NO_SQL - statements.methods
+    missed = public_methods(OutboxReader, *REPOSITORIES) - NO_SQL - statements.methods
     assert not missed, f"exercise these in exercise_everything(): {sorted(missed)}"
     bad = {
         f"{i.caller}: {problem}"
@@ -273,3 +303,54 @@ def test_the_check_finds_what_sql_server_rejects(statement: Any, problem: str | 
         assert found == []
     else:
         assert any(p.startswith(problem) for p in found), found
+
+
+def traced_sqlite_ledger(path: Path, *, fast_path: bool) -> tuple[SqlLedger, list[str]]:
+    """A migrated SQLite ledger, and the list its driver appends every statement it runs to."""
+    engine = create_ledger_engine(f"sqlite:///{path}")
+    trace: list[str] = []
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.set_trace_callback(trace.append)
+
+    # A pool event, not a statement listener: it leaves the ledger's choice of path alone.
+    sa.event.listen(engine, "connect", on_connect)
+    ledger = SqlLedger(engine, fast_path=fast_path)
+    migrate(engine)
+    trace.clear()
+    return ledger, trace
+
+
+def test_the_sqlite_fast_path_sends_the_driver_the_statements_checked_above(
+    tmp_path: Path,
+) -> None:
+    """The check above sees what SQLAlchemy runs; the fast path must run nothing else.
+
+    SQLite's trace shows each statement as the driver ran it, values bound in: the fast path's
+    trace must equal SQLAlchemy's, watched as above or with the fast path off.
+    """
+    traces: dict[str, list[str]] = {}
+    ran: dict[str, int] = {}
+    for name, fast_path, watched in (
+        ("fast", True, False),
+        ("watched", True, True),
+        ("sqlalchemy", False, False),
+    ):
+        ledger, trace = traced_sqlite_ledger(tmp_path / f"{name}.db", fast_path=fast_path)
+        log = StatementLog()
+        if watched:
+            sa.event.listen(ledger.engine, "before_execute", log)
+        try:
+            every_ledger_method(ledger)
+        finally:
+            ledger.dispose()
+        # The cursor's row carries the wall-clock time it moved at; SQLAlchemy always runs it.
+        traces[name] = [sql for sql in trace if "sync_cursor" not in sql]
+        ran[name] = ledger.fast_path.ran if ledger.fast_path is not None else 0
+        if watched:
+            assert {i.caller for i in log.issued} >= {"SqlAppointments.note_events"}
+
+    assert ran["fast"] > 0  # the fast path did run statements itself
+    assert ran["watched"] == ran["sqlalchemy"] == 0
+    assert any(sql.startswith("INSERT INTO operation") for sql in traces["fast"])
+    assert traces["fast"] == traces["watched"] == traces["sqlalchemy"]
