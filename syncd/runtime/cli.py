@@ -83,10 +83,6 @@ def cmd_run(args: argparse.Namespace, wiring: Wiring) -> int:
     settings = _settings()
     stop = threading.Event()
     install_stop_handlers(stop)
-    if args.unsafe_no_lease:
-        from syncd.runtime.app import Wiring
-
-        wiring = Wiring(lease=False)
     daemon = open_daemon(settings, stop=stop, wiring=wiring)
     if daemon is None:
         return EXIT_OK
@@ -136,8 +132,7 @@ def cmd_once(args: argparse.Namespace, wiring: Wiring) -> int:
     from syncd.runtime.daemon import run_one_pass
 
     settings = _settings()
-    look = not args.unsafe_skip_look_before_create
-    with build_app(settings, wiring=wiring, look_before_create=look) as app:
+    with build_app(settings, wiring=wiring) as app:
         report = run_one_pass(app.engine, app.lease)
     if report is None:
         # Not a failure to fix (exit 2): the running instance does this work.
@@ -275,16 +270,8 @@ def _parser() -> argparse.ArgumentParser:
         cmd.set_defaults(func=func)
         return cmd
 
-    run = add("run", cmd_run, "Run as a daemon: a pass every SYNCD_SYNC__POLL_INTERVAL_SECONDS.")
-    # Only for the two-instance test's control run: proves that test can see duplicates.
-    run.add_argument("--unsafe-no-lease", action="store_true", help=argparse.SUPPRESS)
-    once = add(
-        "once", cmd_once, "Run one pass and exit (0 all applied, 1 some parked, 2 cannot run)."
-    )
-    # Only for the crash sweep's control run: proves that test can see duplicates.
-    once.add_argument(
-        "--unsafe-skip-look-before-create", action="store_true", help=argparse.SUPPRESS
-    )
+    add("run", cmd_run, "Run as a daemon: a pass every SYNCD_SYNC__POLL_INTERVAL_SECONDS.")
+    add("once", cmd_once, "Run one pass and exit (0 all applied, 1 some parked, 2 cannot run).")
     plan = add("plan", cmd_plan, "Show what the next pass would do; changes nothing.")
     plan.add_argument(
         "--detailed-exitcode", action="store_true", help="Exit 2 when changes are pending."
