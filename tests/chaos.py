@@ -339,12 +339,13 @@ class _Process:
 
 
 class ExecChild(_Process):
-    """``python -m syncd ARGS``: a brand-new interpreter."""
+    """``python -m syncd.testing.control ARGS``: the CLI in a brand-new interpreter, wired by the
+    control entry point, which arms the crash points from the environment."""
 
     def __init__(self, argv: list[str], env: Mapping[str, str], output: Path) -> None:
         with output.open("ab") as out:
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "syncd", *argv],
+                [sys.executable, "-m", "syncd.testing.control", *argv],
                 env=dict(env),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -397,7 +398,7 @@ for line in sys.stdin:
         os.environ.update(request["env"])
         sys.argv = ["syncd", *request["argv"]]
         try:
-            runpy.run_module("syncd", run_name="__main__", alter_sys=True)
+            runpy.run_module("syncd.testing.control", run_name="__main__", alter_sys=True)
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -495,7 +496,7 @@ def wait_or_kill(child: Child, timeout: float) -> int:
 
 
 def run_syncd(argv: list[str], env: Mapping[str, str], output: Path, timeout: float = 60) -> int:
-    """``python -m syncd ARGS`` to its end; returns the exit code."""
+    """``python -m syncd.testing.control ARGS`` to its end; returns the exit code."""
     return wait_or_kill(ExecChild(argv, env, output), timeout)
 
 

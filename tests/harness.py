@@ -25,7 +25,7 @@ from syncd.adapters.sample_ehr import SampleEhr
 from syncd.emulator import Emulator
 from syncd.emulator.state import SessionRecord
 from syncd.ports.securevideo import SessionGateway
-from syncd.runtime.app import App, build_app
+from syncd.runtime.app import App, Wiring, build_app
 from syncd.runtime.settings import Settings, load_settings
 from syncd.sync.report import PassReport
 
@@ -83,7 +83,7 @@ class World:
         settings = self.settings
         if overrides:
             settings = load_settings(**(_as_overrides(self.settings) | overrides))
-        app = build_app(settings, wrap_gateway=wrap_gateway)
+        app = build_app(settings, wiring=Wiring(gateway=wrap_gateway))
         self.apps.append(app)
         return app
 

@@ -27,12 +27,14 @@ def wait_for(condition: Callable[[], bool], seconds: float = 60, step: float = 0
 
 
 class Syncd:
-    """``python -m syncd <args>`` with stdout and stderr collected by reader threads."""
+    """``python -m syncd <args>`` with stdout and stderr collected by reader threads.
 
-    def __init__(self, env: dict[str, str], *args: str) -> None:
+    ``module``: another entry point with syncd's command line (``syncd.testing.control``)."""
+
+    def __init__(self, env: dict[str, str], *args: str, module: str = "syncd") -> None:
         self.args = args
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "syncd", *args],
+            [sys.executable, "-m", module, *args],
             env={**os.environ, **env},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

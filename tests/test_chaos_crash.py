@@ -233,12 +233,13 @@ def test_crash_sweep(tmp_path: Path, spawner: ForkServer, long_run: bool) -> Non
 def test_control_without_look_before_create_the_sweep_sees_duplicates(
     tmp_path: Path, spawner: ForkServer
 ) -> None:
-    """The same crash, ``after_call`` on a create, with ``--unsafe-skip-look-before-create``: the
-    ledger alone does not know the session exists, so the restart creates it again."""
+    """The same crash, ``after_call`` on a create, with the engine blind to existing sessions
+    (``syncd.testing.control --blind``): the ledger alone does not know the session exists, so
+    the restart creates it again."""
     out = tmp_path / "syncd.log"
     with world(tmp_path) as w:
         env = syncd_env(w, LOG__LEVEL="DEBUG")
-        unsafe = ["once", "--unsafe-skip-look-before-create"]
+        unsafe = ["--blind", "once"]
         for n in range(1, 4):
             w.write(row(f"X{n}", starts=datetime(2027, 2, 10, 9, 0), guests=[guest(n)]))
             crashed = spawner.spawn(unsafe, env | {CRASHPOINT_ENV: "after_call:1"}, out)

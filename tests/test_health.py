@@ -1,7 +1,8 @@
 """Health, metrics and progress, end to end: the real engine, emulator and SQLite EHR, real HTTP.
 
-The listener is started the way ``syncd run`` starts it (``maybe_serve_health`` around a real
-``PassRunner`` whose hooks feed the ``Monitor``) and read over a loopback socket with urllib.
+The daemon is wired by the composition root, as ``syncd run`` wires it (``open_daemon``: the pass
+runner and the client report to one ``HealthState``), the listener started the way ``syncd run``
+starts it (``maybe_serve_health``), and read over a loopback socket with urllib.
 """
 
 from __future__ import annotations
@@ -30,14 +31,13 @@ import structlog
 from harness import World, guest, row, world
 from prometheus_client.parser import text_string_to_metric_families
 
-from syncd.adapters.dberrors import classify
-from syncd.runtime.app import App, build_app
+from syncd.runtime.app import App, Wiring, open_daemon
 from syncd.runtime.cli import main
 from syncd.runtime.daemon import PassRunner
 from syncd.runtime.health import (
     HEARTBEAT_STALE_AFTER,
     HealthServer,
-    Monitor,
+    HealthState,
     heartbeat_path,
     maybe_serve_health,
     read_heartbeat,
@@ -75,7 +75,7 @@ def settings_for(w: World, tmp: Path, *, enabled: bool = True, secret: str = "de
 @dataclass
 class Daemon:
     settings: Settings
-    monitor: Monitor
+    health: HealthState
     app: App
     runner: PassRunner
     server: HealthServer | None
@@ -105,21 +105,21 @@ class Daemon:
 
 @contextmanager
 def daemon(
-    w: World, tmp: Path, *, enabled: bool = True, secret: str = "demo", **monitor: Any
+    w: World, tmp: Path, *, enabled: bool = True, secret: str = "demo", **limits: Any
 ) -> Iterator[Daemon]:
-    """What ``syncd run`` wires together, minus the scheduler: the test calls the runner."""
+    """What ``syncd run`` wires together, minus the scheduler and the lease: the test calls the
+    runner.  ``limits``: the health state's clock, ``stale_after`` or ``check_ttl``."""
     settings = settings_for(w, tmp, enabled=enabled, secret=secret)
-    mon = Monitor(settings, **monitor)
-    app = build_app(settings, on_response=mon.observe_response)
-    w.apps.append(app)
-    runner = PassRunner(
-        app.engine,
-        classify=classify,
-        on_report=mon.observe_report,
-        on_failure=mon.observe_failure,
+    wired = open_daemon(
+        settings,
+        stop=threading.Event(),
+        wiring=Wiring(lease=False),
+        health=HealthState.for_settings(settings, **limits),
     )
-    with maybe_serve_health(settings, app, runner, mon) as server:
-        yield Daemon(settings, mon, app, runner, server)
+    assert wired is not None
+    w.apps.append(wired.app)
+    with maybe_serve_health(settings, wired.health) as server:
+        yield Daemon(settings, wired.health, wired.app, wired.runner, server)
 
 
 @pytest.fixture
@@ -287,9 +287,9 @@ def test_no_successful_pass_for_too_long_is_unhealthy(w: World, tmp_path: Path) 
     now = [1000.0]
     with daemon(w, tmp_path, clock=lambda: now[0], stale_after=100.0) as d:
         d.runner()
-        assert d.monitor.liveness().ok
+        assert d.health.liveness().ok
         now[0] += 101
-        verdict = d.monitor.liveness()
+        verdict = d.health.liveness()
         assert not verdict.ok
         assert verdict.reasons == ("no successful pass for 101 s (limit 100 s)",)
 
@@ -305,9 +305,9 @@ def test_the_listener_stops_and_frees_its_port(w: World, tmp_path: Path) -> None
 
 def test_metric_labels_never_take_an_id_or_an_address(w: World, tmp_path: Path) -> None:
     with daemon(w, tmp_path) as d:
-        d.monitor.observe_response("GET", "/session/12345", 200, 0.1)
-        d.monitor.observe_response("GET", "/session?participantEmail=a@b.example", 200, 0.1)
-        d.monitor.observe_response("GET", "/session/{sessionId}", None, 0.1)
+        d.health.report_response("GET", "/session/12345", 200, 0.1)
+        d.health.report_response("GET", "/session?participantEmail=a@b.example", 200, 0.1)
+        d.health.report_response("GET", "/session/{sessionId}", None, 0.1)
         m = d.metrics()
         other = ("syncd_api_request_duration_seconds_count", label(method="GET", endpoint="other"))
         assert m[other] == 2
@@ -449,7 +449,7 @@ def test_syncd_run_serves_health_and_metrics_and_stops_on_sigterm(w: World, tmp_
         finally:
             daemon.send_signal(signal.SIGTERM)
             code = daemon.wait(60)
-    # The wiring of `syncd run`: the runner's hooks and the client's on_response reach the monitor.
+    # The wiring of `syncd run`: the runner and the client report to the one health state.
     assert families[("syncd_operations_total", label(kind="create", outcome="applied"))] == 1
     created = label(method="POST", endpoint="/session/0?externalId=…")
     assert families[("syncd_api_request_duration_seconds_count", created)] == 1

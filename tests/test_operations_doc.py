@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd.runtime.health import Monitor
+from syncd.runtime.health import HealthState
 from syncd.runtime.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,10 +128,10 @@ def test_every_logged_field_is_named_in_its_events_section() -> None:
 
 def test_every_metric_is_documented(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SYNCD_CONFIG_FILE", "")
-    monitor = Monitor(load_settings())
-    names = {m.name for m in monitor.registry.collect()}
+    health = HealthState.for_settings(load_settings())
+    names = {m.name for m in health.registry.collect()}
     # Counters are collected under their base name; the doc uses the exported _total name.
-    types = {m.name: m.type for m in monitor.registry.collect()}
+    types = {m.name: m.type for m in health.registry.collect()}
     exported = {
         f"{n}_total" if types[n] == "counter" else n for n in names if n.startswith("syncd")
     }

@@ -290,9 +290,10 @@ def test_rejected_credentials_stop_the_pass(tmp_path: Path) -> None:
 
 def test_control_without_look_before_create_the_lost_answer_duplicates(w: World) -> None:
     """Proves the test above can fail: trusting the ledger alone re-sends the lost POST."""
-    from syncd.runtime.app import build_app
+    from syncd.runtime.app import Wiring, build_app
+    from syncd.testing.blind import BlindGateway
 
-    app = build_app(w.settings, look_before_create=False)
+    app = build_app(w.settings, wiring=Wiring(gateway=BlindGateway))
     w.apps.append(app)
     w.emulator.faults.drop_after_apply_next(1, methods=("POST",))
     w.write(row("A1", starts=T, guests=[guest(1)]))

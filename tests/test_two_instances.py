@@ -6,7 +6,8 @@ and skips its passes, and takes over within the lease's time to live after the h
 dies (SIGKILL).
 
 The process tests count mutating calls per appointment against what one instance would make; a
-control run with the lease switched off (a hidden flag) shows that the same setup duplicates.
+control run with the lease left out (``python -m syncd.testing.control --no-lease run``, the same
+command through the same composition root) shows that the same setup duplicates.
 The unit tests below pin the lease's rules on a SQLite ledger with fake clocks.
 """
 
@@ -173,7 +174,8 @@ def test_control_without_the_lease_two_daemons_duplicate(w: World, long_run: boo
         pytest.skip("long form only: pytest --long")
     w.emulator.faults.latency(0.15)
     env = env_of(w)
-    daemons = [Syncd(env, "run", "--unsafe-no-lease"), Syncd(env, "run", "--unsafe-no-lease")]
+    control = "syncd.testing.control"
+    daemons = [Syncd(env, "--no-lease", "run", module=control) for _ in range(2)]
     try:
         for d in daemons:
             assert d.wait_event("daemon_started"), d.err
@@ -273,3 +275,37 @@ def test_an_engine_that_may_not_act_makes_no_mutating_call(tmp_path: Path) -> No
         with w.apps[-1].ledger.begin() as tx:
             assert tx.appointments.pending_count() == 3
         assert w.run_pass().outcomes["synced"] == 3
+
+
+# --- the control entry point --------------------------------------------------------------
+
+
+def test_the_control_leaves_out_only_the_lease(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While another instance holds the lease, ``syncd once`` does nothing; the same command
+    through the control with ``--no-lease`` applies; ``syncd`` itself has no such switch."""
+    from syncd.runtime.cli import main as syncd_main
+    from syncd.testing.control import main as control_main
+
+    with world(tmp_path) as w:
+        for key, value in w.env().items():
+            monkeypatch.setenv(key, value)
+        other = LeaderLease(w.app().ledger, ttl_seconds=600, holder="another-instance")
+        assert other.acquire()
+        w.write(*booked("C", 2))
+
+        assert syncd_main(["once"]) == 1
+        assert "another syncd instance holds the leader lease" in capsys.readouterr().err
+        assert w.emulator.mutating_calls() == []
+
+        assert control_main(["--no-lease", "once"]) == 0
+        assert all_live(w, ["C0", "C1"])
+        capsys.readouterr()
+        assert syncd_main(["once"]) == 1  # the other instance still holds the lease
+        assert "another syncd instance holds the leader lease" in capsys.readouterr().err
+
+        for argv in (["run", "--unsafe-no-lease"], ["once", "--unsafe-skip-look-before-create"]):
+            with pytest.raises(SystemExit) as refused:
+                syncd_main(argv)
+            assert refused.value.code == 2  # argparse: no such option

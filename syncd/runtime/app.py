@@ -1,31 +1,56 @@
-"""The composition root: settings are read once, here, and every part is wired from them.
+"""The composition root: settings are read once, by the caller, and every part is wired here.
 
-Entry points (the CLI, the daemon, the demo) ask for an `App` and never build adapters themselves.
+Entry points (the CLI, the daemon, the demo, ``syncd.testing.control``) ask for what they need —
+an :class:`App`, a :class:`Daemon`, the ledger, the outbox reader, the gateway — and never build
+an adapter themselves.  :class:`Wiring` holds the few choices of how the parts are put together;
+production takes its defaults.
 """
 
 from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Self
 
+from syncd.adapters.dberrors import classify
 from syncd.adapters.ledger import SqlLedger, create_ledger_engine, current_revision, head_revision
-from syncd.adapters.ledger import migrate as migrate_ledger
+from syncd.adapters.ledger import migrate as migrate_schema
 from syncd.adapters.outbox import OutboxReader, create_outbox_engine
 from syncd.adapters.securevideo import ResponseHook, SecureVideoClient
 from syncd.adapters.windows_zones import windows_zone_id
 from syncd.core.errors import SyncdError
 from syncd.core.retry import RetryPolicy
 from syncd.ports.securevideo import SessionGateway
+from syncd.runtime.daemon import PassRunner, open_when_available, run_daemon
+from syncd.runtime.health import HealthState, LedgerCounts, Probes, maybe_serve_health
 from syncd.runtime.settings import Settings
 from syncd.sync.execute import Checkpoint, no_checkpoint
+from syncd.sync.lease import LeaderLease
 from syncd.sync.passes import Synchronizer, SyncOptions
+from syncd.sync.visits import OutcomeCollector, OutcomeJob
 
 
 class LedgerBehindError(SyncdError):
     """The ledger schema is not at the revision this syncd needs; an operator must migrate."""
+
+
+@dataclass(frozen=True, slots=True)
+class Wiring:
+    """How the parts are put together.  Not a setting: operators always get the defaults.
+
+    ``lease``: take the leader lease before a pass.  Only ``syncd.testing.control`` leaves it out,
+    to show that two daemons without it create the same session twice.
+    ``gateway``: what stands between the engine and SecureVideo — a test's fault at a chosen call,
+    or the control run's blindness to existing sessions.
+    ``checkpoint``: called at the executor's crash points (the crash sweep kills the process there).
+    """
+
+    lease: bool = True
+    gateway: Callable[[SessionGateway], SessionGateway] | None = None
+    checkpoint: Checkpoint = no_checkpoint
 
 
 @dataclass
@@ -34,8 +59,15 @@ class App:
     ledger: SqlLedger
     outbox: OutboxReader
     gateway: SecureVideoClient
+    #: the sync engine (the databases' SQLAlchemy engines stay inside the adapters)
     engine: Synchronizer
+    #: None when wired without one (``Wiring(lease=False)``)
+    lease: LeaderLease | None = None
     stop: threading.Event = field(default_factory=threading.Event)
+
+    def outcome_collector(self) -> OutcomeCollector:
+        """Visit outcomes from SecureVideo into the ledger; stops with the app."""
+        return OutcomeCollector(ledger=self.ledger, gateway=self.gateway, stop=self.stop)
 
     def close(self) -> None:
         self.engine.close()
@@ -50,11 +82,10 @@ class App:
         self.close()
 
 
-def sync_options(
-    settings: Settings,
-    *,
-    rng: random.Random | None = None,
-) -> SyncOptions:
+# --- the parts ---------------------------------------------------------------------------------
+
+
+def sync_options(settings: Settings, *, rng: random.Random | None = None) -> SyncOptions:
     """``rng``: the back-off's jitter; tests seed it."""
     s = settings.sync
     return SyncOptions(
@@ -77,13 +108,13 @@ def sync_options(
 def open_ledger(settings: Settings, *, auto_migrate: bool = True) -> SqlLedger:
     """The ledger, at head.  SQLite is migrated on start; a server database must be migrated
     deliberately (``syncd migrate``), because replicas racing to migrate is a known failure."""
-    engine = create_ledger_engine(settings.ledger.url)
-    ledger = SqlLedger(engine)
+    ledger_db = create_ledger_engine(settings.ledger.url)
+    ledger = SqlLedger(ledger_db)
     try:
-        if engine.dialect.name == "sqlite" and auto_migrate:
-            migrate_ledger(engine)
+        if ledger_db.dialect.name == "sqlite" and auto_migrate:
+            migrate_schema(ledger_db)
             return ledger
-        current, head = current_revision(engine), head_revision()
+        current, head = current_revision(ledger_db), head_revision()
         if current != head:
             raise LedgerBehindError(
                 f"SYNCD_LEDGER__URL: the ledger is at revision {current or 'none (empty)'}, "
@@ -95,26 +126,52 @@ def open_ledger(settings: Settings, *, auto_migrate: bool = True) -> SqlLedger:
     return ledger
 
 
-def build_app(
-    settings: Settings,
-    *,
-    stop: threading.Event | None = None,
-    look_before_create: bool = True,
-    on_response: ResponseHook | None = None,
-    rng: random.Random | None = None,
-    wrap_gateway: Callable[[SessionGateway], SessionGateway] | None = None,
-) -> App:
-    """``on_response`` sees every SecureVideo response (the metrics' latency histogram).
-
-    ``look_before_create=False`` is the control run of the tests that prove syncd looks before
-    it creates: the engine is given a gateway that finds no existing session.  ``wrap_gateway``
-    puts a test's gateway between the engine and SecureVideo (a fault at a chosen call)."""
-    outbox_url = settings.require_outbox_url()
-    key, secret = settings.require_credentials()
-    stop = stop or threading.Event()
+@contextmanager
+def ledger_of(settings: Settings) -> Iterator[SqlLedger]:
+    """``open_ledger`` for one command: disposed when the block ends."""
     ledger = open_ledger(settings)
+    try:
+        yield ledger
+    finally:
+        ledger.dispose()
+
+
+def ledger_revisions(settings: Settings) -> tuple[str, str | None, str]:
+    """(dialect, the ledger's revision or None when empty, the revision this syncd needs)."""
+    ledger_db = create_ledger_engine(settings.ledger.url)
+    try:
+        return ledger_db.dialect.name, current_revision(ledger_db), head_revision()
+    finally:
+        ledger_db.dispose()
+
+
+def migrate_ledger(settings: Settings, revision: str = "head") -> tuple[str | None, str | None]:
+    """``syncd migrate``: (the revision before, the revision after)."""
+    ledger_db = create_ledger_engine(settings.ledger.url)
+    try:
+        before = current_revision(ledger_db)
+        migrate_schema(ledger_db, revision)
+        return before, current_revision(ledger_db)
+    finally:
+        ledger_db.dispose()
+
+
+def open_outbox(settings: Settings) -> OutboxReader:
+    """The outbox reader (the one place it is built: daemon, status and check share it)."""
+    return OutboxReader(
+        create_outbox_engine(settings.require_outbox_url()),
+        table=settings.outbox.table,
+        columns=settings.outbox.columns,
+    )
+
+
+def open_gateway(
+    settings: Settings, *, on_response: ResponseHook | None = None
+) -> SecureVideoClient:
+    """``on_response`` sees every SecureVideo response (the health state's evidence and metrics)."""
+    key, secret = settings.require_credentials()
     sv = settings.securevideo
-    gateway = SecureVideoClient(
+    return SecureVideoClient(
         sv.base_url,
         key,
         secret.get_secret_value(),
@@ -128,33 +185,132 @@ def build_app(
         # The engine's concurrency is SecureVideo's load: the requests on the wire at once.
         max_in_flight=settings.sync.concurrency,
     )
-    seen: SessionGateway = gateway
-    if not look_before_create:
-        from syncd.testing.blind import BlindGateway
 
-        seen = BlindGateway(gateway)
-    if wrap_gateway is not None:
-        seen = wrap_gateway(seen)
-    outbox = OutboxReader(
-        create_outbox_engine(outbox_url),
-        table=settings.outbox.table,
-        columns=settings.outbox.columns,
-    )
-    engine = Synchronizer(
+
+def build_app(
+    settings: Settings,
+    *,
+    stop: threading.Event | None = None,
+    on_response: ResponseHook | None = None,
+    rng: random.Random | None = None,
+    wiring: Wiring = Wiring(),  # frozen: one shared default is safe
+) -> App:
+    """``on_response`` sees every SecureVideo response (the metrics' latency histogram);
+    ``rng`` is the back-off's jitter (tests seed it)."""
+    # Both are checked before anything opens, so a missing one is named without a traceback.
+    settings.require_outbox_url()
+    settings.require_credentials()
+    stop = stop or threading.Event()
+    ledger = open_ledger(settings)
+    try:
+        gateway = open_gateway(settings, on_response=on_response)
+        outbox = open_outbox(settings)
+    except BaseException:
+        ledger.dispose()
+        raise
+    sync_engine = Synchronizer(
         outbox=outbox,
         ledger=ledger,
-        gateway=seen,
+        gateway=gateway if wiring.gateway is None else wiring.gateway(gateway),
         options=sync_options(settings, rng=rng),
         stop=stop,
-        checkpoint=_checkpoint(),
+        checkpoint=wiring.checkpoint,
     )
+    lease = None
+    if wiring.lease:
+        lease = LeaderLease(ledger, ttl_seconds=settings.sync.lease_seconds)
     return App(
-        settings=settings, ledger=ledger, outbox=outbox, gateway=gateway, engine=engine, stop=stop
+        settings=settings,
+        ledger=ledger,
+        outbox=outbox,
+        gateway=gateway,
+        engine=sync_engine,
+        lease=lease,
+        stop=stop,
     )
 
 
-def _checkpoint() -> Checkpoint:
-    """The crash sweep's kill points, only when its variable is set: otherwise nothing at all."""
-    from syncd.testing import crashpoints
+# --- the daemon --------------------------------------------------------------------------------
 
-    return crashpoints.crashpoint if crashpoints.armed() else no_checkpoint
+
+@dataclass
+class Daemon:
+    """Everything ``syncd run`` runs, wired: the app, its pass runner, the outcome job, and the
+    one health state they report to and the heartbeat and listener read."""
+
+    app: App
+    health: HealthState
+    runner: PassRunner
+    outcomes: OutcomeJob
+
+    def run(self, *, install_signal_handlers: bool = True) -> int:
+        """Passes until ``app.stop`` is set; the heartbeat (and the listener) run around them."""
+        settings = self.app.settings
+        with maybe_serve_health(settings, self.health):
+            return run_daemon(
+                self.runner,
+                interval_seconds=settings.sync.poll_interval_seconds,
+                stop=self.app.stop,
+                install_signal_handlers=install_signal_handlers,
+                outcomes=self.outcomes,
+                outcomes_interval_seconds=settings.sync.outcomes_interval_seconds,
+            )
+
+    def close(self) -> None:
+        self.app.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def open_daemon(
+    settings: Settings,
+    *,
+    stop: threading.Event,
+    wiring: Wiring = Wiring(),  # frozen: one shared default is safe
+    health: HealthState | None = None,
+) -> Daemon | None:
+    """``syncd run``, wired; None if ``stop`` was set while waiting for the ledger.
+
+    A ledger that is down at start is waited for (logged as degraded), not a crash loop.
+    ``health``: a state with other limits or clocks (tests); by default the documented ones.
+    """
+    health = health or HealthState.for_settings(settings)
+    app = open_when_available(
+        lambda: build_app(settings, stop=stop, on_response=health.report_response, wiring=wiring),
+        classify=classify,
+        stop=stop,
+        retry_seconds=settings.sync.poll_interval_seconds,
+    )
+    if app is None:
+        return None
+    runner = PassRunner(app.engine, classify=classify, lease=app.lease, health=health)
+    outcomes = OutcomeJob(
+        app.outcome_collector(),
+        classify=classify,
+        # A standby instance leaves the collecting to the lease holder, as it does the passes.
+        should_run=lambda: not health.standby,
+    )
+    health.attach(probes_of(app))
+    return Daemon(app=app, health=health, runner=runner, outcomes=outcomes)
+
+
+def probes_of(app: App) -> Probes:
+    """How ``/healthz`` asks the app's databases and SecureVideo again, and reads the gauges."""
+
+    def read_ledger() -> None:
+        with app.ledger.begin() as tx:
+            tx.cursor.get()
+
+    def ledger_counts() -> LedgerCounts:
+        with app.ledger.begin() as tx:
+            return tx.appointments.counts_by_state(), tx.appointments.oldest_pending_since()
+
+    return Probes(
+        databases=(("ledger", read_ledger), ("outbox", app.outbox.max_event_id)),
+        securevideo=app.gateway.probe,
+        ledger_counts=ledger_counts,
+    )

@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from syncd.adapters.dberrors import describe_database_error
-from syncd.adapters.ledger import create_ledger_engine, current_revision, head_revision
-from syncd.adapters.outbox import OutboxReader, create_outbox_engine
-from syncd.adapters.securevideo import SecureVideoClient
 from syncd.core.errors import AuthenticationError, ConfigError, SyncdError
+from syncd.runtime.app import ledger_revisions, open_gateway, open_outbox
 from syncd.runtime.settings import Settings
 
-Check = Callable[[Settings], str]
+#: One item of the checklist: the line to print when it passes; raises when it fails.
+CheckStep = Callable[[Settings], str]
 
 
 def _settings(settings: Settings) -> str:
@@ -21,11 +20,7 @@ def _settings(settings: Settings) -> str:
 
 
 def _outbox(settings: Settings) -> str:
-    reader = OutboxReader(
-        create_outbox_engine(settings.require_outbox_url()),
-        table=settings.outbox.table,
-        columns=settings.outbox.columns,
-    )
+    reader = open_outbox(settings)
     try:
         problems = reader.check_shape()
     finally:
@@ -39,38 +34,26 @@ def _outbox(settings: Settings) -> str:
 
 
 def _ledger(settings: Settings) -> str:
-    engine = create_ledger_engine(settings.ledger.url)
-    try:
-        current, head = current_revision(engine), head_revision()
-    finally:
-        engine.dispose()
+    dialect, current, head = ledger_revisions(settings)
     if current != head:
-        if engine.dialect.name == "sqlite":
+        if dialect == "sqlite":
             return f"ledger at {current or 'empty'}; SQLite is migrated to {head} on start"
         raise SyncdError(f"ledger at {current or 'empty'}, needs {head} — run `syncd migrate`")
     return f"ledger at head ({head})"
 
 
 def _credentials(settings: Settings) -> str:
-    key, secret = settings.require_credentials()
-    sv = settings.securevideo
-    with SecureVideoClient(
-        sv.base_url,
-        key,
-        secret.get_secret_value(),
-        connect_timeout=sv.connect_timeout,
-        read_timeout=sv.read_timeout,
-    ) as client:
+    with open_gateway(settings) as client:
         try:
             client.probe()
         except AuthenticationError as exc:
             raise SyncdError(
                 f"{exc} — check SYNCD_SECUREVIDEO__API_KEY and SYNCD_SECUREVIDEO__API_SECRET"
             ) from None
-    return f"SecureVideo accepted the credentials ({sv.base_url})"
+    return f"SecureVideo accepted the credentials ({settings.securevideo.base_url})"
 
 
-CHECKS: tuple[tuple[str, Check], ...] = (
+CHECKS: tuple[tuple[str, CheckStep], ...] = (
     ("settings", _settings),
     ("outbox", _outbox),
     ("ledger", _ledger),

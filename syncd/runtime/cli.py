@@ -1,4 +1,5 @@
-"""The ``syncd`` command line.  Thin: parse, load settings once, build the App, call one thing.
+"""The ``syncd`` command line.  Thin: parse, load settings once, ask the composition root
+(``syncd.runtime.app``) for what the command needs, run it, map the result to an exit code.
 
 Exit codes: 0 done; 1 some appointments parked or failed (``once``), or a check failed; 2 could not
 run at all (settings, database, credentials) — always with one line on stderr that says why.
@@ -11,6 +12,7 @@ import json
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -19,15 +21,27 @@ from syncd.core.errors import AuthenticationError, ConfigError, SyncdError
 from syncd.runtime.log import STDERR, configure_logging
 from syncd.runtime.settings import Settings, load_settings
 
+if TYPE_CHECKING:
+    from syncd.runtime.app import Wiring
+
 EXIT_OK, EXIT_SOME_FAILED, EXIT_CANNOT_RUN = 0, 1, 2
 
+Command = Callable[[argparse.Namespace, "Wiring"], int]
 
-def main(argv: Sequence[str] | None = None) -> int:
+
+def main(argv: Sequence[str] | None = None, *, wiring: Wiring | None = None) -> int:
+    """``wiring``: how the composition root puts the parts together; the defaults unless
+    ``syncd.testing.control`` asks otherwise."""
     parser = _parser()
     args = parser.parse_args(argv)
-    command: Callable[[argparse.Namespace], int] = args.func
+    command: Command = args.func
     try:
-        return command(args)
+        if wiring is None:
+            # Imported here, not at the top: ``--help`` and ``--version`` stay fast.
+            from syncd.runtime.app import Wiring
+
+            wiring = Wiring()
+        return command(args, wiring)
     except ConfigError as exc:
         return _fail(str(exc))
     except (SyncdError, AuthenticationError) as exc:
@@ -62,68 +76,26 @@ def _settings(*, report: bool = False) -> Settings:
 # --- commands -----------------------------------------------------------------------------
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from syncd.adapters.dberrors import classify
-    from syncd.runtime.app import build_app
-    from syncd.runtime.daemon import (
-        PassRunner,
-        install_stop_handlers,
-        open_when_available,
-        run_daemon,
-    )
-    from syncd.runtime.health import Monitor, maybe_serve_health
-    from syncd.sync.lease import LeaderLease
+def cmd_run(args: argparse.Namespace, wiring: Wiring) -> int:
+    from syncd.runtime.app import open_daemon
+    from syncd.runtime.daemon import install_stop_handlers
 
     settings = _settings()
     stop = threading.Event()
     install_stop_handlers(stop)
-    interval = settings.sync.poll_interval_seconds
-    monitor = Monitor(settings)
-    # A ledger that is down at start is waited for (logged as degraded), not a crash loop.
-    app = open_when_available(
-        lambda: build_app(settings, stop=stop, on_response=monitor.observe_response),
-        classify=classify,
-        stop=stop,
-        retry_seconds=interval,
-    )
-    if app is None:
+    daemon = open_daemon(settings, stop=stop, wiring=wiring)
+    if daemon is None:
         return EXIT_OK
-    with app:
-        lease = None
-        if not args.unsafe_no_lease:
-            lease = LeaderLease(app.ledger, ttl_seconds=settings.sync.lease_seconds)
-        runner = PassRunner(
-            app.engine,
-            classify=classify,
-            lease=lease,
-            on_report=monitor.observe_report,
-            on_failure=monitor.observe_failure,
-        )
-        from syncd.sync.visits import OutcomeCollector, OutcomeJob
-
-        outcomes = OutcomeJob(
-            OutcomeCollector(ledger=app.ledger, gateway=app.gateway, stop=stop),
-            classify=classify,
-            # A standby instance leaves the collecting to the lease holder, as it does the passes.
-            should_run=lambda: not runner.standby,
-        )
-        with maybe_serve_health(settings, app, runner, monitor):
-            return run_daemon(
-                runner,
-                interval_seconds=interval,
-                stop=stop,
-                outcomes=outcomes,
-                outcomes_interval_seconds=settings.sync.outcomes_interval_seconds,
-            )
+    with daemon:
+        return daemon.run()
 
 
-def cmd_outcomes(args: argparse.Namespace) -> int:
+def cmd_outcomes(args: argparse.Namespace, wiring: Wiring) -> int:
     from syncd.runtime.app import build_app
-    from syncd.sync.visits import OutcomeCollector
 
     settings = _settings(report=True)
-    with build_app(settings) as app:
-        report = OutcomeCollector(ledger=app.ledger, gateway=app.gateway).collect()
+    with build_app(settings, wiring=wiring) as app:
+        report = app.outcome_collector().collect()
     print(
         f"outcomes: {report.targets} managed session(s) not final; read {report.hosts_read} "
         f"host(s) ({report.host_failures} failed) and history {report.history_reads} time(s); "
@@ -134,7 +106,7 @@ def cmd_outcomes(args: argparse.Namespace) -> int:
     return EXIT_OK if report.clean else EXIT_SOME_FAILED
 
 
-def cmd_history(args: argparse.Namespace) -> int:
+def cmd_history(args: argparse.Namespace, wiring: Wiring) -> int:
     from datetime import UTC, datetime
 
     from syncd.sync.billing import PeriodError, parse_period, render, run_history, skipped_lines
@@ -146,7 +118,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     from syncd.runtime.app import build_app
 
     settings = _settings(report=True)
-    with build_app(settings) as app:
+    with build_app(settings, wiring=wiring) as app:
         now = datetime.now(UTC).replace(tzinfo=None)
         report = run_history(app.ledger, app.gateway, period, now=now)
     sys.stdout.write(render(report, args.format))
@@ -155,36 +127,30 @@ def cmd_history(args: argparse.Namespace) -> int:
     return EXIT_SOME_FAILED if report.skipped else EXIT_OK
 
 
-def cmd_once(args: argparse.Namespace) -> int:
+def cmd_once(args: argparse.Namespace, wiring: Wiring) -> int:
     from syncd.runtime.app import build_app
-    from syncd.sync.lease import LeaderLease
+    from syncd.runtime.daemon import run_one_pass
 
     settings = _settings()
-    with build_app(settings, look_before_create=not args.unsafe_skip_look_before_create) as app:
-        lease = LeaderLease(app.ledger, ttl_seconds=settings.sync.lease_seconds)
-        if not lease.acquire():
-            # Not a failure to fix (exit 2): the running instance does this work.
-            print(
-                "syncd: another syncd instance holds the leader lease on this ledger; "
-                "nothing was done",
-                file=sys.stderr,
-            )
-            return EXIT_SOME_FAILED
-        try:
-            with lease.heartbeat():
-                report = app.engine.run_pass(may_act=lease.may_act)
-        finally:
-            lease.release()
+    with build_app(settings, wiring=wiring) as app:
+        report = run_one_pass(app.engine, app.lease)
+    if report is None:
+        # Not a failure to fix (exit 2): the running instance does this work.
+        print(
+            "syncd: another syncd instance holds the leader lease on this ledger; nothing was done",
+            file=sys.stderr,
+        )
+        return EXIT_SOME_FAILED
     if report.auth_error is not None:
         return _fail(report.auth_error)
     return EXIT_OK if report.clean else EXIT_SOME_FAILED
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
+def cmd_plan(args: argparse.Namespace, wiring: Wiring) -> int:
     from syncd.runtime.app import build_app
 
     settings = _settings(report=True)
-    with build_app(settings) as app:
+    with build_app(settings, wiring=wiring) as app:
         previews = app.engine.preview()
     pending = False
     for p in previews:
@@ -211,7 +177,7 @@ def _plain(value: object) -> str:
     return str(value)
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def cmd_status(args: argparse.Namespace, wiring: Wiring) -> int:
     from syncd.runtime.status import collect_status, render_status
 
     settings = _settings(report=True)
@@ -223,24 +189,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_retry(args: argparse.Namespace) -> int:
-    from syncd.runtime.app import open_ledger
+def cmd_retry(args: argparse.Namespace, wiring: Wiring) -> int:
+    from datetime import UTC, datetime
+
+    from syncd.runtime.app import ledger_of
 
     settings = _settings(report=True)
-    ledger = open_ledger(settings)
-    try:
-        from datetime import UTC, datetime
-
+    with ledger_of(settings) as ledger:
+        if not (args.all_parked or args.appointment_id):
+            return _fail("retry: give an APPOINTMENT_ID or --all-parked")
         now = datetime.now(UTC).replace(tzinfo=None)
         with ledger.begin() as tx:
             if args.all_parked:
                 count = tx.appointments.unpark_all(now)
-            elif args.appointment_id:
-                count = 1 if tx.appointments.unpark(args.appointment_id, now) else 0
             else:
-                return _fail("retry: give an APPOINTMENT_ID or --all-parked")
-    finally:
-        ledger.dispose()
+                count = 1 if tx.appointments.unpark(args.appointment_id, now) else 0
     if args.appointment_id and not count:
         print(f"{args.appointment_id} is not parked")
         return EXIT_SOME_FAILED
@@ -248,22 +211,16 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_migrate(args: argparse.Namespace) -> int:
-    from syncd.adapters.ledger import create_ledger_engine, current_revision, migrate
+def cmd_migrate(args: argparse.Namespace, wiring: Wiring) -> int:
+    from syncd.runtime.app import migrate_ledger
 
     settings = _settings(report=True)
-    engine = create_ledger_engine(settings.ledger.url)
-    try:
-        before = current_revision(engine)
-        migrate(engine, args.revision)
-        after = current_revision(engine)
-    finally:
-        engine.dispose()
+    before, after = migrate_ledger(settings, args.revision)
     print(f"ledger migrated: {before or 'empty'} -> {after}")
     return EXIT_OK
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def cmd_check(args: argparse.Namespace, wiring: Wiring) -> int:
     from syncd.runtime.check import run_checks
 
     try:
@@ -274,7 +231,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     return run_checks(settings)
 
 
-def cmd_healthcheck(args: argparse.Namespace) -> int:
+def cmd_healthcheck(args: argparse.Namespace, wiring: Wiring) -> int:
     from syncd.runtime.health import heartbeat_path, read_heartbeat
 
     settings = _settings(report=True)
@@ -283,13 +240,13 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
     return EXIT_OK if healthy else EXIT_SOME_FAILED
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_demo(args: argparse.Namespace, wiring: Wiring) -> int:
     from syncd.runtime.demo import run_demo
 
-    return run_demo(args.dir)
+    return run_demo(args.dir, wiring=wiring)
 
 
-def cmd_emulator(args: argparse.Namespace) -> int:
+def cmd_emulator(args: argparse.Namespace, wiring: Wiring) -> int:
     from syncd.emulator import serve
 
     configure_logging("console" if sys.stdout.isatty() else "json", "INFO")
@@ -308,23 +265,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"syncd {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(
-        name: str, func: Callable[[argparse.Namespace], int], help_: str
-    ) -> argparse.ArgumentParser:
+    def add(name: str, func: Command, help_: str) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_, description=help_)
         cmd.set_defaults(func=func)
         return cmd
 
-    run = add("run", cmd_run, "Run as a daemon: a pass every SYNCD_SYNC__POLL_INTERVAL_SECONDS.")
-    # Only for the two-instance test's control run: proves that test can see duplicates.
-    run.add_argument("--unsafe-no-lease", action="store_true", help=argparse.SUPPRESS)
-    once = add(
-        "once", cmd_once, "Run one pass and exit (0 all applied, 1 some parked, 2 cannot run)."
-    )
-    # Only for the crash sweep's control run: proves that test can see duplicates.
-    once.add_argument(
-        "--unsafe-skip-look-before-create", action="store_true", help=argparse.SUPPRESS
-    )
+    add("run", cmd_run, "Run as a daemon: a pass every SYNCD_SYNC__POLL_INTERVAL_SECONDS.")
+    add("once", cmd_once, "Run one pass and exit (0 all applied, 1 some parked, 2 cannot run).")
     plan = add("plan", cmd_plan, "Show what the next pass would do; changes nothing.")
     plan.add_argument(
         "--detailed-exitcode", action="store_true", help="Exit 2 when changes are pending."

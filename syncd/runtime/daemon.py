@@ -21,6 +21,7 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from syncd.core.redact import without_quoted_values
+from syncd.runtime.health import HealthState
 from syncd.sync.lease import LeaderLease
 from syncd.sync.passes import Synchronizer
 from syncd.sync.report import PassReport
@@ -37,7 +38,9 @@ class PassRunner:
     """Runs one pass at a time and turns failures into bounded-rate log lines, never a crash.
 
     ``classify`` names the component an unexpected exception came from ("database", …) so an
-    outage is logged as a degraded state and retried on the next tick, by itself.
+    outage is logged as a degraded state and retried on the next tick, by itself.  What happened
+    is reported to ``health`` (the daemon's one :class:`HealthState`); the runner keeps only
+    what it needs to bound its own log lines.
     """
 
     def __init__(
@@ -45,32 +48,36 @@ class PassRunner:
         engine: Synchronizer,
         *,
         classify: Callable[[BaseException], str | None],
-        on_report: Callable[[PassReport], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         lease: LeaderLease | None = None,
-        on_failure: Callable[[str], None] | None = None,
+        health: HealthState | None = None,
     ) -> None:
         self.engine = engine
         self.classify = classify
-        self.on_report = on_report
-        #: called with the component ("database", "securevideo", "unexpected") of a failed pass
-        self.on_failure = on_failure
-        #: ``clock()`` when the scheduler last ran this runner (a standby's sign of life)
-        self.last_tick_at: float | None = None
         self.clock = clock
         #: None only where one instance is guaranteed (tests, the control run)
         self.lease = lease
-        self.standby = False
+        self.health = health or HealthState()
+        self.health.follow_progress(lambda: engine.progress)
+        if lease is not None:
+            # Until the first tick says otherwise, an instance with a lease expects to lead.
+            self.health.report_leadership(standby=False)
         self._last_standby_log = -DEGRADED_LOG_INTERVAL
-        self.last_report: PassReport | None = None
-        self.last_success_at: datetime | None = None
-        self.degraded: str | None = None
         self._last_degraded_log = -DEGRADED_LOG_INTERVAL
         self._suppressed = 0
 
+    @property
+    def degraded(self) -> str | None:
+        """The component of the last failed pass, until a pass finishes again."""
+        return self.health.degraded
+
+    @property
+    def standby(self) -> bool:
+        return self.health.standby
+
     def __call__(self) -> None:
         structlog.contextvars.clear_contextvars()
-        self.last_tick_at = self.clock()
+        self.health.report_tick()
         try:
             if self.lease is None:
                 report = self.engine.run_pass()
@@ -78,36 +85,31 @@ class PassRunner:
                 self._standby()
                 return
             else:
-                if self.standby:
+                if self.health.standby:
                     log.info("leader", pid=os.getpid())
-                    self.standby = False
+                    self.health.report_leadership(standby=False)
                 with self.lease.heartbeat():
                     report = self.engine.run_pass(may_act=self.lease.may_act)
         except Exception as exc:  # noqa: BLE001 - a daemon outlives any one failed pass
             component = self.classify(exc) or "unexpected"
             self._degrade(component, exc)
-            if self.on_failure is not None:
-                self.on_failure(component)
+            self.health.report_failure(component)
             return
-        self.last_report = report
+        recovered = self.health.report_pass(report)
+        if recovered is not None:
+            log.info("recovered", component=recovered, errors=self._suppressed)
         if report.auth_error is None:
-            if self.degraded is not None:
-                log.info("recovered", component=self.degraded, errors=self._suppressed)
-            self.degraded, self._suppressed = None, 0
-            self.last_success_at = datetime.now(UTC)
-        if self.on_report is not None:
-            self.on_report(report)
+            self._suppressed = 0
 
     def _standby(self) -> None:
         """Another instance holds the lease: skip the pass, saying so at a bounded rate."""
-        self.standby = True
+        self.health.report_leadership(standby=True)
         now = self.clock()
         if now - self._last_standby_log >= DEGRADED_LOG_INTERVAL:
             self._last_standby_log = now
             log.info("standby", pid=os.getpid())
 
     def _degrade(self, component: str, exc: BaseException) -> None:
-        self.degraded = component
         now = self.clock()
         if now - self._last_degraded_log < DEGRADED_LOG_INTERVAL:
             self._suppressed += 1
@@ -175,6 +177,19 @@ def run_daemon(
             runner.lease.release()
         log.info("daemon_stopped")
     return 0
+
+
+def run_one_pass(engine: Synchronizer, lease: LeaderLease | None) -> PassReport | None:
+    """``syncd once``: one pass under the leader lease; None when another instance holds it."""
+    if lease is None:
+        return engine.run_pass()
+    if not lease.acquire():
+        return None
+    try:
+        with lease.heartbeat():
+            return engine.run_pass(may_act=lease.may_act)
+    finally:
+        lease.release()
 
 
 def open_when_available(

@@ -18,7 +18,7 @@ from typing import Any
 
 from syncd.adapters.sample_ehr import demo_outbox
 from syncd.emulator import Emulator
-from syncd.runtime.app import build_app
+from syncd.runtime.app import Wiring, build_app
 from syncd.runtime.log import configure_logging
 from syncd.runtime.settings import load_settings
 
@@ -81,7 +81,7 @@ def edits(tomorrow: datetime) -> list[dict[str, Any]]:
     ]
 
 
-def run_demo(directory: str) -> int:
+def run_demo(directory: str, *, wiring: Wiring | None = None) -> int:
     settings_probe = load_settings()
     configure_logging(settings_probe.log.format, settings_probe.log.level)
     root = Path(directory)
@@ -97,7 +97,7 @@ def run_demo(directory: str) -> int:
             securevideo={"base_url": emulator.base_url, "api_key": "demo", "api_secret": "demo"},
         )
         _say(f"SecureVideo emulator at {emulator.base_url}; EHR and ledger in {root}/")
-        with build_app(settings) as app:
+        with build_app(settings, wiring=wiring or Wiring()) as app:
             outbox.append(first_day(tomorrow))
             _say("pass 1: the EHR has 6 appointments (5 booked, 1 proposed)")
             _summary(app.engine.run_pass(), emulator)

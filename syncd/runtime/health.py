@@ -1,6 +1,9 @@
-"""Health and metrics of ``syncd run``: a heartbeat file, and an optional HTTP listener.
+"""Health and metrics of ``syncd run``: one health state, and the views that read it.
 
-Two views of the same state, for two kinds of reader:
+:class:`HealthState` is the one record of how the daemon is doing.  The pass runner reports to it
+(a pass finished, failed, went on standby, took the lead), the SecureVideo client reports every
+response, and the composition root tells it how to ask again (:class:`Probes`).  Three views read
+it, for three kinds of reader:
 
 * The **heartbeat file** (``<data dir>/heartbeat.json``) is always kept while the daemon runs.  It
   holds the in-memory verdict — are passes succeeding, or is a long pass still making progress —
@@ -28,7 +31,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,15 +51,14 @@ from syncd.core.errors import AuthenticationError, SyncdError
 from syncd.runtime.settings import Settings
 
 if TYPE_CHECKING:
-    from syncd.runtime.app import App
-    from syncd.runtime.daemon import PassRunner
-    from syncd.sync.report import PassReport
+    from syncd.sync.report import PassProgress, PassReport
 
 __all__ = [
     "HEARTBEAT_FILE",
-    "Health",
     "HealthServer",
-    "Monitor",
+    "HealthState",
+    "Probes",
+    "Verdict",
     "heartbeat_path",
     "maybe_serve_health",
     "read_heartbeat",
@@ -71,6 +73,8 @@ HEARTBEAT_INTERVAL = 15.0
 HEARTBEAT_STALE_AFTER = 4 * HEARTBEAT_INTERVAL
 #: The least time without a successful pass that is still healthy, whatever the poll interval.
 MIN_STALE_AFTER = 180.0
+#: The least age at which reachability evidence is checked again, whatever the poll interval.
+MIN_CHECK_TTL = 30.0
 #: Ledger gauges (parked, pending) read at scrape time are reused for this long.
 LEDGER_GAUGE_TTL = 15.0
 
@@ -88,6 +92,13 @@ _ENDPOINT = re.compile(
 )
 OTHER = "other"
 
+_CREDENTIALS_PROBLEM = "SecureVideo rejected the API credentials (see credentials_rejected)"
+_FAILURE_PROBLEMS = {
+    "database": "the last pass could not reach a database (see degraded)",
+    "securevideo": "the last pass could not reach SecureVideo (see degraded)",
+}
+_UNEXPECTED_PROBLEM = "the last pass failed unexpectedly (see pass_failed)"
+
 
 def _label(value: str, pattern: re.Pattern[str]) -> str:
     return value if pattern.fullmatch(value) else OTHER
@@ -101,7 +112,7 @@ def heartbeat_path(settings: Settings) -> Path:
 
 
 @dataclass(frozen=True, slots=True)
-class Check:
+class Reachability:
     """One reachability verdict and where it came from ("pass", "response" or "probe")."""
 
     ok: bool
@@ -119,7 +130,7 @@ class Check:
 
 
 @dataclass(frozen=True, slots=True)
-class Health:
+class Verdict:
     ok: bool
     reasons: tuple[str, ...]
     details: dict[str, Any] = field(default_factory=dict)
@@ -130,46 +141,64 @@ class Health:
         )
 
 
-# --- the monitor -------------------------------------------------------------------------------
+#: Appointments by ledger state, and when the longest-waiting pending one began waiting.
+LedgerCounts = tuple[Mapping[str, int], datetime | None]
 
 
-class Monitor:
-    """What ``syncd run`` has been doing, as metrics and as a health verdict.
+@dataclass(frozen=True, slots=True)
+class Probes:
+    """How the health state asks again when its evidence is old; wired by the composition root.
 
-    Fed by hooks — ``observe_response`` (the SecureVideo client), ``observe_report`` and
-    ``observe_failure`` (the pass runner) — and, once bound to the running App and runner, by the
-    engine's progress on a long pass and the ledger's counts at scrape time.  Thread-safe: hooks
-    run on the scheduler's and the engine's threads, readers on the HTTP server's.
+    ``databases``: (name, read) pairs, each read raising when its database does not answer;
+    ``securevideo``: one cheap authenticated request; ``ledger_counts``: the ledger's gauges.
+    """
+
+    databases: Sequence[tuple[str, Callable[[], object]]]
+    securevideo: Callable[[], object]
+    ledger_counts: Callable[[], LedgerCounts]
+
+
+# --- the health state --------------------------------------------------------------------------
+
+
+class HealthState:
+    """What ``syncd run`` has been doing: the one record behind the heartbeat, /healthz, /metrics.
+
+    Written through the ``report_*`` methods — by the pass runner (on the scheduler's thread) and
+    the SecureVideo client (on the engine's threads) — and read by the heartbeat writer and the
+    HTTP listener on their own threads, so every field is behind one lock.
     """
 
     def __init__(
         self,
-        settings: Settings,
         *,
+        stale_after: float = MIN_STALE_AFTER,
+        check_ttl: float = MIN_CHECK_TTL,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
-        stale_after: float | None = None,
-        check_ttl: float | None = None,
     ) -> None:
-        poll = float(settings.sync.poll_interval_seconds)
         #: no successful pass for longer than this (and no progress) is unhealthy
-        self.stale_after = (
-            stale_after if stale_after is not None else max(MIN_STALE_AFTER, 3 * poll)
-        )
+        self.stale_after = stale_after
         #: reachability evidence younger than this is trusted without asking again
-        self.check_ttl = check_ttl if check_ttl is not None else max(30.0, poll)
+        self.check_ttl = check_ttl
         self.clock = clock
         self.wall = wall
         self._lock = threading.Lock()
         self._probe_lock = threading.Lock()
-        self._app: App | None = None
-        self._runner: PassRunner | None = None
+        self._probes: Probes | None = None
+        self._progress: Callable[[], PassProgress | None] = _no_progress
         self._last_success: float | None = None
-        self._problem: str | None = None
-        self._database: Check | None = None
-        self._securevideo: Check | None = None
+        #: the component of the last failed pass, until a pass finishes with usable credentials
+        self._degraded: str | None = None
+        #: the last pass that finished was refused by SecureVideo (and none has failed since)
+        self._credentials_rejected = False
+        #: None without a leader lease; otherwise whether another instance holds it
+        self._standby: bool | None = None
+        self._last_tick: float | None = None
+        self._database: Reachability | None = None
+        self._securevideo: Reachability | None = None
         self._ledger_snapshot: tuple[float, dict[str, float] | None] | None = None
-        self._heartbeat_due = threading.Event()
+        self._changed = threading.Event()
 
         self.registry = CollectorRegistry()
         r = self.registry
@@ -227,9 +256,35 @@ class Monitor:
         r.register(_LiveGauges(self))
         ProcessCollector(registry=r)
 
-    # --- hooks ---------------------------------------------------------------------------------
+    @classmethod
+    def for_settings(cls, settings: Settings, **overrides: Any) -> HealthState:
+        """The limits the operations guide documents, scaled to the poll interval."""
+        poll = float(settings.sync.poll_interval_seconds)
+        limits: dict[str, Any] = {
+            "stale_after": max(MIN_STALE_AFTER, 3 * poll),
+            "check_ttl": max(MIN_CHECK_TTL, poll),
+        }
+        return cls(**(limits | overrides))
 
-    def observe_response(
+    # --- wiring --------------------------------------------------------------------------------
+
+    def attach(self, probes: Probes) -> None:
+        """Where to ask again when evidence is old, and where the ledger's gauges come from."""
+        with self._lock:
+            self._probes = probes
+
+    def follow_progress(self, progress: Callable[[], PassProgress | None]) -> None:
+        """Where the running pass's progress is read: a long pass that advances is healthy."""
+        with self._lock:
+            self._progress = progress
+
+    def changed(self) -> threading.Event:
+        """Set whenever a pass ends, so the heartbeat is rewritten now, not at the next interval."""
+        return self._changed
+
+    # --- reports -------------------------------------------------------------------------------
+
+    def report_response(
         self, method: str, endpoint: str, status: int | None, duration_s: float
     ) -> None:
         """``SecureVideoClient(on_response=...)``: latency, status class and API evidence."""
@@ -240,8 +295,19 @@ class Monitor:
         with self._lock:
             self._securevideo = _api_verdict(status, self.clock(), "response")
 
-    def observe_report(self, report: PassReport) -> None:
-        """``PassRunner(on_report=...)``: a pass that finished (cleanly or not)."""
+    def report_tick(self) -> None:
+        """The scheduler ran the pass runner (a standby's sign of life)."""
+        with self._lock:
+            self._last_tick = self.clock()
+
+    def report_leadership(self, *, standby: bool) -> None:
+        """A leader lease is in use; ``standby`` while another instance holds it."""
+        with self._lock:
+            self._standby = standby
+
+    def report_pass(self, report: PassReport) -> str | None:
+        """A pass that finished (cleanly or not).  Returns the component that was degraded and
+        has now recovered, if any, for the runner's ``recovered`` line."""
         if report.auth_error is not None:
             result = "credentials_rejected"
         elif report.interrupted:
@@ -262,56 +328,56 @@ class Monitor:
         elif not sum(report.outcomes.values()):
             self.outbox_lag.set(0)
         now = self.clock()
+        recovered: str | None = None
         with self._lock:
             # Ingest reads the ledger and the outbox before anything else: both answered.
-            self._database = Check(True, now, "pass")
+            self._database = Reachability(True, now, "pass")
             if report.auth_error is None:
+                recovered, self._degraded = self._degraded, None
+                self._credentials_rejected = False
                 self._last_success = now
-                self._problem = None
                 self.last_success_ts.set(self.wall())
             else:
-                self._problem = (
-                    "SecureVideo rejected the API credentials (see credentials_rejected)"
-                )
-        self._heartbeat_due.set()
+                self._credentials_rejected = True
+        self._changed.set()
+        return recovered
 
-    def observe_failure(self, component: str) -> None:
-        """``PassRunner(on_failure=...)``: a pass that ended with an exception."""
+    def report_failure(self, component: str) -> None:
+        """A pass that ended with an exception, from ``component`` (see ``dberrors.classify``)."""
         component = _label(component, _WORD)
         self.pass_failures.labels(component).inc()
         self.passes.labels("failed").inc()
         now = self.clock()
         with self._lock:
+            self._degraded = component
+            self._credentials_rejected = False
             if component == "database":
-                self._problem = "the last pass could not reach a database (see degraded)"
-                self._database = Check(False, now, "pass", "the last pass could not reach it")
-            elif component == "securevideo":
-                self._problem = "the last pass could not reach SecureVideo (see degraded)"
-            else:
-                self._problem = "the last pass failed unexpectedly (see pass_failed)"
-        self._heartbeat_due.set()
+                self._database = Reachability(
+                    False, now, "pass", "the last pass could not reach it"
+                )
+        self._changed.set()
 
-    def bind(self, app: App, runner: PassRunner | None = None) -> None:
-        """Read the running pass's progress, the ledger and the databases from ``app``."""
-        with self._lock:
-            self._app, self._runner = app, runner
+    # --- what the reporters read back ----------------------------------------------------------
 
     @property
-    def runner(self) -> PassRunner | None:
-        return self._runner
+    def degraded(self) -> str | None:
+        """The component of the last failed pass, until a pass finishes again."""
+        with self._lock:
+            return self._degraded
 
-    def poke_heartbeat(self) -> threading.Event:
-        """Set to have the heartbeat rewritten now rather than at the next interval."""
-        return self._heartbeat_due
+    @property
+    def standby(self) -> bool:
+        with self._lock:
+            return bool(self._standby)
 
     # --- verdicts ------------------------------------------------------------------------------
 
-    def liveness(self) -> Health:
+    def liveness(self) -> Verdict:
         """The in-memory verdict: are passes succeeding (or a long one progressing)?  No I/O."""
         now = self.clock()
         with self._lock:
-            last_success, problem = self._last_success, self._problem
-            app, runner = self._app, self._runner
+            last_success, problem = self._last_success, self._problem()
+            standby, ticked, progress_of = self._standby, self._last_tick, self._progress
         reasons: list[str] = []
         details: dict[str, Any] = {
             "last_success_age_seconds": (
@@ -319,10 +385,9 @@ class Monitor:
             ),
             "stale_after_seconds": self.stale_after,
         }
-        progress = app.engine.progress if app is not None else None
+        progress = progress_of()
         running = progress is not None and not progress.finished
-        if runner is not None and runner.standby:
-            ticked = runner.last_tick_at
+        if standby:
             details["pass"] = {"state": "standby"}
             if ticked is None or now - ticked > self.stale_after:
                 reasons.append(
@@ -354,9 +419,17 @@ class Monitor:
                     )
         if problem is not None:
             reasons.append(problem)
-        return Health(not reasons, tuple(reasons), details)
+        return Verdict(not reasons, tuple(reasons), details)
 
-    def readiness(self) -> Health:
+    def _problem(self) -> str | None:
+        # Whichever came last wins: a refused pass after an outage is about the credentials.
+        if self._credentials_rejected:
+            return _CREDENTIALS_PROBLEM
+        if self._degraded is None:
+            return None
+        return _FAILURE_PROBLEMS.get(self._degraded, _UNEXPECTED_PROBLEM)
+
+    def readiness(self) -> Verdict:
         """``/healthz``: the liveness verdict plus database and SecureVideo reachability."""
         live = self.liveness()
         database, securevideo = self._checks()
@@ -370,28 +443,28 @@ class Monitor:
             checks[name] = check.as_dict(now)
             if not check.ok:
                 reasons.append(f"{name}: {check.error or 'unreachable'}")
-        return Health(not reasons, tuple(reasons), live.details | {"checks": checks})
+        return Verdict(not reasons, tuple(reasons), live.details | {"checks": checks})
 
     def metrics_text(self) -> bytes:
         return generate_latest(self.registry)
 
     # --- reachability --------------------------------------------------------------------------
 
-    def _checks(self) -> tuple[Check | None, Check | None]:
+    def _checks(self) -> tuple[Reachability | None, Reachability | None]:
         # One prober at a time: concurrent scrapes wait and reuse its answer.
         with self._probe_lock:
             now = self.clock()
             with self._lock:
-                app, database, securevideo = self._app, self._database, self._securevideo
-            if app is None:
+                probes, database, securevideo = self._probes, self._database, self._securevideo
+            if probes is None:
                 return database, securevideo
             if database is None or now - database.at > self.check_ttl:
-                database = _probe_databases(app, self.clock)
+                database = _probe_databases(probes, self.clock)
                 with self._lock:
                     self._database = database
             if securevideo is None or now - securevideo.at > self.check_ttl:
-                # probe() reports its own response through observe_response as well.
-                securevideo = _probe_securevideo(app, self.clock)
+                # The probe's own response is reported through report_response as well.
+                securevideo = _probe_securevideo(probes, self.clock)
                 with self._lock:
                     self._securevideo = securevideo
             return database, securevideo
@@ -400,16 +473,14 @@ class Monitor:
         """Parked and pending counts and the oldest pending age, read at most every 15 s."""
         now = self.clock()
         with self._lock:
-            app, cached = self._app, self._ledger_snapshot
-        if app is None:
+            probes, cached = self._probes, self._ledger_snapshot
+        if probes is None:
             return None
         if cached is not None and now - cached[0] <= LEDGER_GAUGE_TTL:
             return cached[1]
         values: dict[str, float] | None
         try:
-            with app.ledger.begin() as tx:
-                counts = tx.appointments.counts_by_state()
-                oldest = tx.appointments.oldest_pending_since()
+            counts, oldest = probes.ledger_counts()
         except Exception:  # noqa: BLE001 - a scrape must not fail; /healthz names the outage
             values = None
         else:
@@ -424,6 +495,12 @@ class Monitor:
         with self._lock:
             self._ledger_snapshot = (now, values)
         return values
+
+    def standby_gauge(self) -> float | None:
+        """``syncd_standby``: 1 on standby, 0 leading, None (absent) without a lease."""
+        with self._lock:
+            standby = self._standby
+        return None if standby is None else float(standby)
 
     # --- heartbeat -----------------------------------------------------------------------------
 
@@ -441,60 +518,55 @@ class Monitor:
             raise
 
 
-def _api_verdict(status: int | None, at: float, source: str) -> Check:
+def _no_progress() -> PassProgress | None:
+    return None
+
+
+def _api_verdict(status: int | None, at: float, source: str) -> Reachability:
     if status is None:
-        return Check(False, at, source, "no answer (connection failed or timed out)")
+        return Reachability(False, at, source, "no answer (connection failed or timed out)")
     if status in (401, 403):
-        return Check(False, at, source, f"credentials rejected ({status})")
+        return Reachability(False, at, source, f"credentials rejected ({status})")
     if status >= 500:
-        return Check(False, at, source, f"answering {status}")
-    return Check(True, at, source)
+        return Reachability(False, at, source, f"answering {status}")
+    return Reachability(True, at, source)
 
 
-def _probe_databases(app: App, clock: Callable[[], float]) -> Check:
-    for name, probe in (("ledger", _read_ledger), ("outbox", _read_outbox)):
+def _probe_databases(probes: Probes, clock: Callable[[], float]) -> Reachability:
+    for name, read in probes.databases:
         try:
-            probe(app)
+            read()
         except Exception as exc:  # noqa: BLE001 - any failure is the verdict
             described = describe_database_error(exc) or type(exc).__name__
-            return Check(False, clock(), "probe", f"{name}: {described}")
-    return Check(True, clock(), "probe")
+            return Reachability(False, clock(), "probe", f"{name}: {described}")
+    return Reachability(True, clock(), "probe")
 
 
-def _read_ledger(app: App) -> None:
-    with app.ledger.begin() as tx:
-        tx.cursor.get()
-
-
-def _read_outbox(app: App) -> None:
-    app.outbox.max_event_id()
-
-
-def _probe_securevideo(app: App, clock: Callable[[], float]) -> Check:
+def _probe_securevideo(probes: Probes, clock: Callable[[], float]) -> Reachability:
     try:
-        app.gateway.probe()
+        probes.securevideo()
     except AuthenticationError:
-        return Check(False, clock(), "probe", "credentials rejected")
+        return Reachability(False, clock(), "probe", "credentials rejected")
     except SyncdError as exc:
         # The client's messages name the method, the endpoint template and the status only.
-        return Check(False, clock(), "probe", str(exc).splitlines()[0][:200])
-    return Check(True, clock(), "probe")
+        return Reachability(False, clock(), "probe", str(exc).splitlines()[0][:200])
+    return Reachability(True, clock(), "probe")
 
 
 class _LiveGauges(Collector):
     """Gauges computed when scraped: ledger counts (cached) and leadership."""
 
-    def __init__(self, monitor: Monitor) -> None:
-        self._monitor = monitor
+    def __init__(self, health: HealthState) -> None:
+        self._health = health
 
     def describe(self) -> Iterable[Metric]:
         return self._families({})
 
     def collect(self) -> Iterable[Metric]:
-        values = self._monitor.ledger_gauges() or {}
-        runner = self._monitor.runner
-        if runner is not None and runner.lease is not None:
-            values = values | {"standby": 1.0 if runner.standby else 0.0}
+        values = self._health.ledger_gauges() or {}
+        standby = self._health.standby_gauge()
+        if standby is not None:
+            values = values | {"standby": standby}
         return self._families(values)
 
     @staticmethod
@@ -523,7 +595,7 @@ class _LiveGauges(Collector):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    monitor: Monitor
+    health: HealthState
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -535,11 +607,11 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         try:
             if path == "/healthz":
-                health = self.server.monitor.readiness()
-                body = json.dumps(health.as_dict(), indent=1).encode()
-                self._send(200 if health.ok else 503, "application/json", body)
+                verdict = self.server.health.readiness()
+                body = json.dumps(verdict.as_dict(), indent=1).encode()
+                self._send(200 if verdict.ok else 503, "application/json", body)
             elif path == "/metrics":
-                self._send(200, CONTENT_TYPE_LATEST, self.server.monitor.metrics_text())
+                self._send(200, CONTENT_TYPE_LATEST, self.server.health.metrics_text())
             else:
                 self._send(
                     404, "text/plain; charset=utf-8", b"not found: try /healthz or /metrics\n"
@@ -564,12 +636,12 @@ class _Handler(BaseHTTPRequestHandler):
 class HealthServer:
     """``/healthz`` and ``/metrics`` on a daemon thread; ``close()`` stops it and frees the port."""
 
-    def __init__(self, monitor: Monitor, host: str, port: int) -> None:
+    def __init__(self, health: HealthState, host: str, port: int) -> None:
         server_class: type[_Server] = _Server
         if ":" in host:
             server_class = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
         self._httpd = server_class((host, port), _Handler)
-        self._httpd.monitor = monitor
+        self._httpd.health = health
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, name="syncd-health", daemon=True
         )
@@ -592,8 +664,10 @@ class HealthServer:
 class _HeartbeatWriter:
     """Rewrites the heartbeat file every HEARTBEAT_INTERVAL and right after each pass."""
 
-    def __init__(self, monitor: Monitor, path: Path, interval: float = HEARTBEAT_INTERVAL) -> None:
-        self._monitor = monitor
+    def __init__(
+        self, health: HealthState, path: Path, interval: float = HEARTBEAT_INTERVAL
+    ) -> None:
+        self._health = health
         self._path = path
         self._interval = interval
         self._stop = threading.Event()
@@ -606,13 +680,13 @@ class _HeartbeatWriter:
 
     def close(self) -> None:
         self._stop.set()
-        self._monitor.poke_heartbeat().set()
+        self._health.changed().set()
         self._thread.join(timeout=5)
         # A heartbeat left behind would tell `syncd healthcheck` a stopped daemon is fine.
         self._path.unlink(missing_ok=True)
 
     def _run(self) -> None:
-        due = self._monitor.poke_heartbeat()
+        due = self._health.changed()
         while not self._stop.is_set():
             due.clear()
             self._write()
@@ -620,7 +694,7 @@ class _HeartbeatWriter:
 
     def _write(self) -> None:
         try:
-            self._monitor.write_heartbeat(self._path)
+            self._health.write_heartbeat(self._path)
         except OSError as exc:
             if not self._failing:
                 # Once per outage: the file is rewritten every few seconds.
@@ -631,20 +705,17 @@ class _HeartbeatWriter:
 
 
 @contextmanager
-def maybe_serve_health(
-    settings: Settings, app: App, runner: PassRunner, monitor: Monitor
-) -> Iterator[HealthServer | None]:
+def maybe_serve_health(settings: Settings, health: HealthState) -> Iterator[HealthServer | None]:
     """Around ``run_daemon``: keep the heartbeat file, and serve HTTP when enabled.
 
-    The monitor must already be wired into the client (``on_response``) and the runner
-    (``on_report``, ``on_failure``); this binds it to what it reads and starts the threads.
+    ``health`` must already be wired (the composition root does it): reported to by the client and
+    the runner, and attached to its probes.  This only starts the threads that read it.
     """
-    monitor.bind(app, runner)
-    heartbeat = _HeartbeatWriter(monitor, heartbeat_path(settings)).start()
+    heartbeat = _HeartbeatWriter(health, heartbeat_path(settings)).start()
     server: HealthServer | None = None
     try:
         if settings.health.enabled:
-            server = HealthServer(monitor, settings.health.host, settings.health.port).start()
+            server = HealthServer(health, settings.health.host, settings.health.port).start()
             log.info("health_listening", host=settings.health.host, port=server.port)
         yield server
     finally:

@@ -5,29 +5,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from syncd.adapters.outbox import OutboxReader, create_outbox_engine
-from syncd.runtime.app import open_ledger
+from syncd.runtime.app import ledger_of, open_outbox
 from syncd.runtime.settings import Settings
 
 
 def collect_status(settings: Settings, *, parked_limit: int = 100) -> dict[str, Any]:
-    ledger = open_ledger(settings)
-    try:
-        with ledger.begin() as tx:
-            cursor = tx.cursor.get()
-            counts = tx.appointments.counts_by_state()
-            parked = tx.appointments.parked(parked_limit)
-            oldest = tx.appointments.oldest_pending_since()
-    finally:
-        ledger.dispose()
+    with ledger_of(settings) as ledger, ledger.begin() as tx:
+        cursor = tx.cursor.get()
+        counts = tx.appointments.counts_by_state()
+        parked = tx.appointments.parked(parked_limit)
+        oldest = tx.appointments.oldest_pending_since()
     newest: int | None = None
     outbox_error: str | None = None
     if settings.outbox.url:
-        reader = OutboxReader(
-            create_outbox_engine(settings.outbox.url),
-            table=settings.outbox.table,
-            columns=settings.outbox.columns,
-        )
+        reader = open_outbox(settings)
         try:
             newest = reader.max_event_id()
         except Exception as exc:  # noqa: BLE001 - status must still show the ledger's view
