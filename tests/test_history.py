@@ -18,7 +18,7 @@ from harness import World, guest, row, world
 
 from syncd.adapters.ledger import BookedAppointment
 from syncd.adapters.securevideo import SecureVideoClient
-from syncd.adapters.securevideo_wire import HistoryPage, RejectedRecord, parse_history
+from syncd.adapters.securevideo.wire import HistoryPage, RejectedRecord, parse_history
 from syncd.core.errors import PermanentError
 from syncd.emulator.state import SessionRecord
 from syncd.runtime.cli import main

@@ -34,7 +34,7 @@ from syncd.adapters.ledger import (
     head_revision,
     migrate,
 )
-from syncd.adapters.securevideo_wire import HistoryJson, HistoryPage
+from syncd.adapters.securevideo.wire import HistoryJson, HistoryPage
 from syncd.core.domain import RemoteParticipant, RemoteSession
 from syncd.core.errors import TemporaryError
 from syncd.emulator import Emulator

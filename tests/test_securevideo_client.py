@@ -25,7 +25,7 @@ from syncd.adapters.securevideo import (
     parse_retry_after,
     remote_session,
 )
-from syncd.adapters.securevideo_wire import (
+from syncd.adapters.securevideo.wire import (
     SESSIONS,
     NewParticipant,
     NewSession,

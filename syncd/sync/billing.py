@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Final, Literal
 
-from syncd.adapters.securevideo_wire import HistoryJson, HistoryPage
+from syncd.adapters.securevideo.wire import HistoryJson, HistoryPage
 from syncd.ports.ledger import BookedAppointment, Ledger
 from syncd.sync.visits import OutcomeGateway
 

@@ -25,7 +25,7 @@ from typing import Final, Protocol, TypeVar
 
 import structlog
 
-from syncd.adapters.securevideo_wire import HistoryJson, HistoryPage
+from syncd.adapters.securevideo.wire import HistoryJson, HistoryPage
 from syncd.core.domain import RemoteSession
 from syncd.core.errors import AuthenticationError, PermanentError, TemporaryError
 from syncd.ports.clock import Clock, SystemClock

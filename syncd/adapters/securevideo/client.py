@@ -1,4 +1,4 @@
-"""SecureVideo over HTTP: the one place in syncd that speaks httpx.
+"""The SecureVideo client: every documented endpoint, and the gateways the sync layer uses.
 
 ``SecureVideoClient`` offers every documented session, participant, user and history endpoint at
 the wire level (``*_raw`` and friends, pydantic models in and out) and, on top of them, the
@@ -20,23 +20,22 @@ What callers can rely on:
 from __future__ import annotations
 
 import base64
-import email.utils
 import json
-import math
 import queue
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
-import httpx  # noqa: TID251
+import httpx
 from pydantic import TypeAdapter, ValidationError
 
-from syncd.adapters.securevideo_wire import (
+from syncd.adapters.securevideo.gate import Gate, parse_retry_after
+from syncd.adapters.securevideo.mapping import new_participant, remote_session
+from syncd.adapters.securevideo.wire import (
     HISTORY,
     SESSIONS,
     USERS,
@@ -45,14 +44,13 @@ from syncd.adapters.securevideo_wire import (
     HistoryPage,
     NewParticipant,
     NewSession,
-    ParticipantJson,
     Reschedule,
     SessionJson,
     UserJson,
     describe_validation_error,
     parse_history,
 )
-from syncd.core.domain import CreateSession, Guest, RemoteParticipant, RemoteSession
+from syncd.core.domain import CreateSession, Guest, RemoteSession
 from syncd.core.errors import (
     AmbiguousError,
     AuthenticationError,
@@ -61,14 +59,7 @@ from syncd.core.errors import (
     TemporaryError,
 )
 
-__all__ = [
-    "ResponseHook",
-    "SecureVideoClient",
-    "new_participant",
-    "parse_retry_after",
-    "remote_participant",
-    "remote_session",
-]
+__all__ = ["ResponseHook", "SecureVideoClient"]
 
 T = TypeVar("T")
 
@@ -130,7 +121,7 @@ class SecureVideoClient:
         self._base_url = str(url)
         self._clock = clock
         self._on_response = on_response
-        self._gate = _Gate(
+        self._gate = Gate(
             clock=clock,
             sleep=sleep,
             interval=None if rate_limit_per_second is None else 1.0 / rate_limit_per_second,
@@ -554,73 +545,6 @@ class SecureVideoClient:
             ) from None
 
 
-# --- domain mapping ------------------------------------------------------------------------------
-
-
-def new_participant(guest: Guest) -> NewParticipant:
-    """The documented participant body for a guest: a SecureVideo user only by reference."""
-    if guest.is_securevideo_user:
-        return NewParticipant(
-            secure_video_user_id=guest.securevideo_user_id,
-            packet_id=guest.packet_id,
-            svc_id=guest.svc_id,
-            deposit_required=guest.deposit,
-        )
-    return NewParticipant(
-        participant_full_name=guest.full_name,
-        participant_email_address=guest.email,
-        participant_sms_number=guest.sms,
-        participant_default_resolution="high",
-        participant_time_zone_windows_id=guest.time_zone_windows_id,
-        participant_external_id=guest.external_id,
-        should_auto_deliver_code=guest.deliver,
-        packet_id=guest.packet_id,
-        svc_id=guest.svc_id,
-        deposit_required=guest.deposit,
-    )
-
-
-def remote_participant(p: ParticipantJson) -> RemoteParticipant:
-    return RemoteParticipant(
-        participation_id=p.participation_id,
-        external_id=p.participant_external_id or None,
-        full_name=p.participant_full_name or "",
-        email=p.participant_email_address or "",
-        sms=p.participant_sms_number or "",
-        time_zone_windows_id=p.participant_time_zone_windows_id,
-        deliver=p.should_auto_deliver_code or "N",
-        packet_id=p.packet_id,
-        svc_id=p.svc_id,
-        deposit=p.deposit_required,
-        securevideo_user_id=p.secure_video_user_id,
-        packet_known=p.packet_reported,
-        rsvp=p.rsvp or "Unknown",
-        connection_ts=p.connection_ts,
-    )
-
-
-def remote_session(s: SessionJson, host_external_id: str | None = None) -> RemoteSession:
-    """``host_external_id`` defaults to the host participant's ExternalId ("" if it has none):
-    a change's answer does not say which host list the session was read from."""
-    if host_external_id is None:
-        host = s.participants[0].participant_external_id if s.participants else None
-        host_external_id = host or ""
-    return RemoteSession(
-        session_id=s.session_id,
-        external_session_id=s.external_session_id or None,
-        user_id=s.user_id,
-        schedule_ts=s.schedule_ts,
-        schedule_type=s.schedule_type or "",
-        host_external_id=host_external_id,
-        is_recorded=bool(s.is_recorded),
-        participants=tuple(remote_participant(p) for p in s.participants),
-        billable_ts=s.billable_ts,
-        duration_minutes=s.duration_minutes,
-        wait_time=s.wait_time,
-        billable_status_cd=s.billable_status_cd,
-    )
-
-
 # --- helpers -------------------------------------------------------------------------------------
 
 
@@ -647,79 +571,12 @@ class _Route:
         return _Route(self.base_template, self.path, {**self.params, **params})
 
 
-class _Gate:
-    """When the next request may leave: the Retry-After moment and the rate limit, for all threads.
-
-    Each caller reserves a slot under the lock and sleeps outside it.  If a Retry-After arrives
-    while it sleeps and moves the gate past its slot, it reserves again.
-    """
-
-    def __init__(
-        self,
-        *,
-        clock: Callable[[], float],
-        sleep: Callable[[float], None],
-        interval: float | None,
-        max_wait: float,
-    ) -> None:
-        self._clock = clock
-        self._sleep = sleep
-        self._interval = interval
-        self._max_wait = max_wait
-        self._lock = threading.Lock()
-        self._not_before = -math.inf
-        self._next_slot = -math.inf
-
-    def hold_off(self, seconds: float) -> None:
-        with self._lock:
-            self._not_before = max(self._not_before, self._clock() + seconds)
-
-    def wait_turn(self, where: str) -> None:
-        while True:
-            with self._lock:
-                now = self._clock()
-                at = max(now, self._not_before, self._next_slot)
-                if at - now > self._max_wait:
-                    raise TemporaryError(
-                        f"{where}: not sent: SecureVideo asked to wait {at - now:.1f} s more",
-                        retry_after=at - now,
-                    )
-                if self._interval is not None:
-                    self._next_slot = at + self._interval
-            if at <= now:
-                return
-            self._sleep(at - now)
-            with self._lock:
-                if self._not_before <= at:
-                    return
-
-
 def _http_transport(connections: int) -> httpx.HTTPTransport:
     # trust_env=False: nothing from the environment (proxies, .netrc, SSL_CERT_FILE).
     return httpx.HTTPTransport(
         trust_env=False,
         limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
     )
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delta-seconds (decimals tolerated) or an
-    HTTP date.  None when absent or unreadable; never negative."""
-    if value is None or not value.strip():
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value.strip())
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
 
 
 def _message_of(response: httpx.Response) -> str | None:
