@@ -25,6 +25,7 @@ from syncd.adapters.securevideo import (
     parse_retry_after,
     remote_session,
 )
+from syncd.adapters.securevideo.transport import LANE_TAKEN_AT, LaneTransport
 from syncd.adapters.securevideo.wire import (
     SESSIONS,
     NewParticipant,
@@ -648,6 +649,25 @@ def test_base_url_with_credentials_is_refused() -> None:
         SecureVideoClient("https://key:secret@api.securevideo.test/", KEY, SECRET)
 
 
+def test_requests_carry_json_headers_and_no_cookies() -> None:
+    client, script, _ = scripted(
+        httpx.Response(200, json=[], headers={"Set-Cookie": "track=1; Path=/"}),
+        httpx.Response(200, json=session_payload()),
+    )
+    with client:
+        client.list_users()
+        client.reschedule(None, session_id=5)
+    first, second = script.requests
+    for request in (first, second):
+        assert request.headers["Accept"] == "application/json"
+        assert request.headers["Accept-Encoding"] == "gzip, deflate"
+        assert request.headers["User-Agent"] == "syncd"
+        assert "Cookie" not in request.headers  # an answer's Set-Cookie is not kept
+    assert "Content-Type" not in first.headers
+    assert second.headers["Content-Type"] == "application/json"
+    assert second.headers["Content-Length"] == str(len(second.content))
+
+
 def test_a_base_path_is_kept() -> None:
     clock = FakeClock()
     script = Script(clock)
@@ -1064,6 +1084,32 @@ def test_a_failed_exchange_gives_its_turn_back() -> None:
                 client.list_sessions()
         assert client.list_sessions() == []  # would wait for ever on a lost turn
     assert len(script.requests) == 4
+
+
+def test_a_lane_transport_stamps_when_a_request_got_its_lane() -> None:
+    # The hook's duration starts there: the wait for a lane is not SecureVideo's latency.
+    shared = httpx.MockTransport(lambda request: httpx.Response(200, json=[]))
+    with LaneTransport(2, transport=shared, clock=lambda: 42.0) as lanes:
+        request = httpx.Request("GET", BASE + "user")
+        response = lanes.handle_request(request)
+        assert request.extensions[LANE_TAKEN_AT] == 42.0
+        assert response.is_closed and response.json() == []  # read within the turn
+
+
+@pytest.mark.timeout(10)
+def test_a_lane_transport_gives_a_lane_back_when_the_exchange_fails() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadError("reset")
+
+    with LaneTransport(1, transport=httpx.MockTransport(handler)) as lanes:
+        for _ in range(3):  # the second would wait for ever on a lost lane
+            with pytest.raises(httpx.ReadError):
+                lanes.handle_request(httpx.Request("GET", BASE + "user"))
+
+
+def test_a_lane_transport_needs_a_lane() -> None:
+    with pytest.raises(ValueError, match="at least one lane"):
+        LaneTransport(0)
 
 
 def test_max_in_flight_keeps_one_connection_per_turn(emu: Emulator) -> None:

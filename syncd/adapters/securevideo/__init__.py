@@ -1,8 +1,9 @@
 """SecureVideo over HTTP: the one package in syncd that imports httpx.
 
-``client`` is the gateway (``SecureVideoClient``), ``wire`` the JSON as pydantic models,
-``mapping`` the translation between them and the domain, ``gate`` the Retry-After gate and the
-rate limit.  Keeping httpx in here keeps a change of HTTP library to this package.
+``client`` is the gateway (``SecureVideoClient``, an ``httpx.Client`` underneath), ``transport``
+the lanes that bound the requests on the wire, ``wire`` the JSON as pydantic models, ``mapping``
+the translation between them and the domain, ``gate`` the Retry-After gate and the rate limit.
+Keeping httpx in here keeps a change of HTTP library to this package.
 """
 
 from syncd.adapters.securevideo.client import ResponseHook, SecureVideoClient

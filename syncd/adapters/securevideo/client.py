@@ -19,9 +19,6 @@ What callers can rely on:
 
 from __future__ import annotations
 
-import base64
-import json
-import queue
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -35,6 +32,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from syncd.adapters.securevideo.gate import Gate, parse_retry_after
 from syncd.adapters.securevideo.mapping import new_participant, remote_session
+from syncd.adapters.securevideo.transport import LANE_TAKEN_AT, LaneTransport, http_transport
 from syncd.adapters.securevideo.wire import (
     HISTORY,
     SESSIONS,
@@ -82,7 +80,6 @@ _MESSAGE_LIMIT: Final = 300
 # Query parameters that name records, not people: URLs with only these may be memoised.
 _ID_PARAMS: Final = frozenset({"externalId", "externalSessionId"})
 _URL_MEMO: Final = 4096
-_NO_BODY: Final = httpx.ByteStream(b"")
 
 
 class SecureVideoClient:
@@ -108,7 +105,8 @@ class SecureVideoClient:
         Retry-After gate or the rate limit is not sent; ``TemporaryError`` says how long is left.
         It keeps a far-off Retry-After from parking the engine's threads (and its shutdown).
         ``max_in_flight``: at most this many requests on the wire at once (None: as many as the
-        caller's threads); a thread beyond it waits its turn before sending."""
+        caller's threads); a thread beyond it waits its turn before sending.  ``transport``
+        replaces the HTTP transport (tests pass an ``httpx.MockTransport``)."""
         url = httpx.URL(base_url)
         if url.userinfo:
             raise ValueError("base_url must not carry credentials; pass api_key and api_secret")
@@ -127,60 +125,39 @@ class SecureVideoClient:
             interval=None if rate_limit_per_second is None else 1.0 / rate_limit_per_second,
             max_wait=max_gate_wait,
         )
-        # Requests go to the transport directly rather than through an httpx.Client, whose
-        # per-request work (merging base URL, params, headers and cookies, the auth flow, feeding
-        # a cookie jar from every answer, the redirect loop) cost a fifth of a call's CPU for
-        # nothing: SecureVideo sets no cookies and redirects are never followed.  What the Client
-        # added is fixed once here: its default headers, Basic auth, the timeouts, the base URL.
-        # Without a Client nothing comes from the environment (proxies, .netrc, SSL_CERT_FILE),
-        # as with trust_env=False.
-        # With a bound, requests take turns on lanes: a lane is one transport, and a turn covers
-        # the exchange only (building the request and decoding the answer happen outside it), so
-        # the turns follow SecureVideo's latency and nothing else.  Each default lane is a pool of
-        # one keep-alive connection: httpcore's pool checks every idle connection of a pool with a
-        # poll() at each request and answer, and waiting inside it costs far more CPU than
-        # waiting for a lane (a C queue).  A transport given by the caller is shared by the lanes.
-        if transport is not None:
-            lanes = [transport] * (max_in_flight or 1)
-        elif max_in_flight is not None:
-            lanes = [_http_transport(1) for _ in range(max_in_flight)]
-        else:
-            lanes = [_http_transport(32)]  # ~16 engine threads, room for a probe or a slow answer
-        self._transports = list({id(t): t for t in lanes}.values())
-        self._lanes: queue.SimpleQueue[httpx.BaseTransport] | None = None
         if max_in_flight is not None:
-            self._lanes = queue.SimpleQueue()
-            for lane in lanes:
-                self._lanes.put(lane)
+            lanes: httpx.BaseTransport = LaneTransport(
+                max_in_flight, transport=transport, clock=clock
+            )
+        else:
+            # ~16 engine threads, and room for a probe or a slow answer.
+            lanes = transport or http_transport(32)
         self._closed = False
-        # Every request URL is this prefix + a route's path without its leading "/" (+ its query),
-        # as httpx.Client merges a relative URL into a base URL (with or without a trailing "/").
-        path = url.raw_path if url.raw_path.endswith(b"/") else url.raw_path + b"/"
-        self._prefix = str(url.copy_with(raw_path=path, fragment=None))
         self._urls: dict[str, httpx.URL] = {}
-        timeout = httpx.Timeout(
-            connect=connect_timeout, read=read_timeout, write=read_timeout, pool=read_timeout
+        # trust_env=False: no proxy, .netrc or CA bundle from the environment; redirects are
+        # never followed (a redirected change could land anywhere).
+        self._http = _Client(
+            transport=lanes,
+            base_url=url.copy_with(fragment=None),
+            auth=httpx.BasicAuth(api_key, api_secret),
+            timeout=httpx.Timeout(
+                connect=connect_timeout, read=read_timeout, write=read_timeout, pool=read_timeout
+            ),
+            headers={
+                "Accept": "application/json",
+                "Accept-Encoding": "gzip, deflate",
+                "User-Agent": "syncd",
+            },
+            trust_env=False,
+            follow_redirects=False,
         )
-        self._extensions: dict[str, Any] = {"timeout": timeout.as_dict()}
-        credentials = base64.b64encode(f"{api_key}:{api_secret}".encode()).decode("ascii")
-        headers = [
-            (b"Host", url.netloc),
-            (b"Accept", b"application/json"),
-            (b"Accept-Encoding", b"gzip, deflate"),
-            (b"Connection", b"keep-alive"),
-            (b"User-Agent", b"syncd"),
-            (b"Authorization", f"Basic {credentials}".encode("ascii")),
-        ]
-        self._headers = httpx.Headers(headers)  # a Request copies it as is
-        self._json_headers = [*headers, (b"Content-Type", b"application/json")]
 
     def __repr__(self) -> str:
         return f"SecureVideoClient(base_url={self._base_url!r})"
 
     def close(self) -> None:
         self._closed = True
-        for transport in self._transports:
-            transport.close()
+        self._http.close()
 
     def __enter__(self) -> Self:
         return self
@@ -440,68 +417,30 @@ class SecureVideoClient:
         if self._closed:
             raise RuntimeError("the SecureVideo client is closed")
         self._gate.wait_turn(where)
-        request = self._request(method, route, body)
-        lanes = self._lanes
-        lane = self._transports[0] if lanes is None else lanes.get()
-        started = self._clock()  # after the wait for a lane: that is not SecureVideo's latency
+        relative = route.url
+        # Parsing and merging a URL costs as much as a tenth of the rest of a request, and the
+        # same URLs recur: a host's session list, creates for a host, a session changed twice.
+        # So the Client merges an id-only URL once, and is given the merged one after that.
+        known = self._urls.get(relative) if route.memoizable else None
+        request = self._http.build_request(method, known or relative, json=body)
+        if route.memoizable and known is None:
+            self._remember(relative, request.url)
+        sent = self._clock()
         try:
-            response = lane.handle_request(request)
-            try:
-                response.read()
-            except BaseException:
-                response.close()
-                raise
+            response = self._http.send(request)
         except httpx.RequestError as exc:
-            self._report(method, route, None, started)
+            self._report(method, route, None, _started(request, sent))
             # ``from None``: httpx's own text and its request object carry the full URL.
             raise _transport_failure(method, where, exc) from None
-        finally:
-            if lanes is not None:
-                lanes.put(lane)
-                # Give up the GIL for a moment: the thread waiting for this lane has its request
-                # built and sends at once, instead of waiting while this one decodes its answer
-                # and writes the ledger.  B / wall at C = 16, ten paired runs: 0.918 against 0.908.
-                time.sleep(0)
-        self._report(method, route, response.status_code, started)
+        self._report(method, route, response.status_code, _started(request, sent))
         self._raise_for_status(method, where, response)
         return response
 
-    def _request(self, method: str, route: _Route, body: Mapping[str, Any] | None) -> httpx.Request:
-        # ``stream=`` with complete headers: httpx adds nothing (Host is among ours, and a body
-        # gets its Content-Length here), which spares it a second pass over every header.
-        url = self._url(route)
-        if body is None:
-            return httpx.Request(
-                method, url, headers=self._headers, stream=_NO_BODY, extensions=self._extensions
-            )
-        # What httpx's json= sends, without its dispatch on the kind of content.
-        content = json.dumps(
-            body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-        ).encode()
-        headers = [*self._json_headers, (b"Content-Length", b"%d" % len(content))]
-        return httpx.Request(
-            method,
-            url,
-            headers=headers,
-            stream=httpx.ByteStream(content),
-            extensions=self._extensions,
-        )
-
-    def _url(self, route: _Route) -> httpx.URL:
-        text = self._prefix + route.path[1:]
-        if route.params:
-            text += "?" + urllib.parse.urlencode(route.params)
-        if not route.memoizable:
-            return httpx.URL(text)
-        # Parsing a URL costs as much as a tenth of the rest of a request, and the same URLs recur:
-        # a host's session list, creates for a host, a session changed twice.  Bounded, and with
-        # ids and external ids only: a URL holding a patient's address is never kept.
-        url = self._urls.get(text)
-        if url is None:
-            if len(self._urls) >= _URL_MEMO:
-                self._urls.clear()
-            url = self._urls[text] = httpx.URL(text)
-        return url
+    def _remember(self, relative: str, url: httpx.URL) -> None:
+        # Bounded, and ids and external ids only: a URL holding a patient's address is never kept.
+        if len(self._urls) >= _URL_MEMO:
+            self._urls.clear()
+        self._urls[relative] = url
 
     def _report(self, method: str, route: _Route, status: int | None, started: float) -> None:
         if self._on_response is not None:
@@ -567,16 +506,43 @@ class _Route:
         """Whether the URL holds nothing but ids and external ids (no e-mail, no dates)."""
         return self.params.keys() <= _ID_PARAMS
 
+    @property
+    def url(self) -> str:
+        """The path and query, relative to the client's base URL."""
+        path = self.path[1:]
+        return f"{path}?{urllib.parse.urlencode(self.params)}" if self.params else path
+
     def with_params(self, **params: str) -> _Route:
         return _Route(self.base_template, self.path, {**self.params, **params})
 
 
-def _http_transport(connections: int) -> httpx.HTTPTransport:
-    # trust_env=False: nothing from the environment (proxies, .netrc, SSL_CERT_FILE).
-    return httpx.HTTPTransport(
-        trust_env=False,
-        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-    )
+class _NoCookies(httpx.Cookies):
+    """A cookie jar that keeps nothing."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+class _Client(httpx.Client):
+    """An ``httpx.Client`` without cookies: SecureVideo sets none, a stray ``Set-Cookie`` must not
+    ride along with later requests, and reading every answer for cookies took a quarter of the
+    Client's CPU per request (profiled on an in-process transport)."""
+
+    _no_cookies: Final = _NoCookies()
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._no_cookies
+
+    @cookies.setter
+    def cookies(self, cookies: object) -> None:
+        raise AttributeError("the SecureVideo client keeps no cookies")
+
+
+def _started(request: httpx.Request, sent: float) -> float:
+    # With lanes, the time waiting for one is not SecureVideo's latency: count from the lane.
+    taken = request.extensions.get(LANE_TAKEN_AT)
+    return sent if taken is None else float(taken)
 
 
 def _message_of(response: httpx.Response) -> str | None:
