@@ -397,7 +397,9 @@ def test_429_reports_retry_after_and_holds_back_the_next_request() -> None:
 
 def test_429_with_an_http_date_holds_back_too() -> None:
     until = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
-    client, script, _ = scripted(error(429, None, **{"Retry-After": until}))
+    client, script, _ = scripted(
+        error(429, None, **{"Retry-After": until}), max_wait_in_client=60.0
+    )
     with client:
         with pytest.raises(TemporaryError) as caught:
             client.list_users()
@@ -407,7 +409,7 @@ def test_429_with_an_http_date_holds_back_too() -> None:
 
 
 def test_503_retry_after_is_honoured() -> None:
-    client, script, _ = scripted(error(503, None, **{"Retry-After": "2"}))
+    client, script, _ = scripted(error(503, None, **{"Retry-After": "2"}), max_wait_in_client=60.0)
     with client:
         with pytest.raises(TemporaryError) as caught:
             client.cancel(session_id=3)
@@ -429,7 +431,7 @@ def test_429_without_retry_after_does_not_wait() -> None:
 
 def test_a_retry_after_beyond_the_limit_fails_fast_without_sending() -> None:
     client, script, clock = scripted(
-        error(429, None, **{"Retry-After": "3600"}), max_gate_wait=60.0
+        error(429, None, **{"Retry-After": "3600"}), max_wait_in_client=60.0
     )
     with client:
         with pytest.raises(TemporaryError):
@@ -438,6 +440,19 @@ def test_a_retry_after_beyond_the_limit_fails_fast_without_sending() -> None:
             client.create_session_raw(_new_session(), user_id=1001)
     assert not isinstance(caught.value, AmbiguousError)
     assert caught.value.retry_after == pytest.approx(3600)
+    assert "not sent" in str(caught.value)
+    assert len(script.seen) == 1
+    assert clock.sleeps == []
+
+
+def test_by_default_a_wait_over_a_second_is_handed_back_to_the_caller() -> None:
+    client, script, clock = scripted(error(503, None, **{"Retry-After": "2"}))
+    with client:
+        with pytest.raises(TemporaryError):
+            client.list_users()
+        with pytest.raises(TemporaryError) as caught:
+            client.list_users()
+    assert caught.value.retry_after == pytest.approx(2.0)
     assert "not sent" in str(caught.value)
     assert len(script.seen) == 1
     assert clock.sleeps == []

@@ -116,9 +116,6 @@ def build_app(
         read_timeout=sv.read_timeout,
         rate_limit_per_second=sv.rate_limit_per_second,
         on_response=on_response,
-        # A longer Retry-After comes back to the engine as a TemporaryError, whose wait a shutdown
-        # ends (stop.wait); inside the client's gate a worker would sleep it out, deaf to SIGTERM.
-        max_gate_wait=1.0,
         # The engine's concurrency is SecureVideo's load: the requests on the wire at once.
         max_in_flight=settings.sync.concurrency,
     )

@@ -94,16 +94,18 @@ class SecureVideoClient:
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
         rate_limit_per_second: float | None = None,
-        max_gate_wait: float = 60.0,
+        max_wait_in_client: float = 1.0,
         max_in_flight: int | None = None,
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         on_response: ResponseHook | None = None,
     ) -> None:
-        """``max_gate_wait``: a request that would have to wait longer than this for the
-        Retry-After gate or the rate limit is not sent; ``TemporaryError`` says how long is left.
-        It keeps a far-off Retry-After from parking the engine's threads (and its shutdown).
+        """``max_wait_in_client``: the longest a request waits inside the client for the
+        Retry-After gate or the rate limit; a longer wait is handed back as a ``TemporaryError``
+        whose ``retry_after`` says how long is left, and the request is not sent.  The engine waits
+        that out with ``stop.wait``, which a shutdown ends; inside the client a worker would sleep
+        it out, deaf to SIGTERM.
         ``max_in_flight``: at most this many requests on the wire at once (None: as many as the
         caller's threads); a thread beyond it waits its turn before sending.  ``transport``
         replaces the HTTP transport (tests pass an ``httpx.MockTransport``)."""
@@ -123,7 +125,7 @@ class SecureVideoClient:
             clock=clock,
             sleep=sleep,
             interval=None if rate_limit_per_second is None else 1.0 / rate_limit_per_second,
-            max_wait=max_gate_wait,
+            max_wait=max_wait_in_client,
         )
         if max_in_flight is not None:
             lanes: httpx.BaseTransport = LaneTransport(
