@@ -8,12 +8,20 @@ Keeping httpx in here keeps a change of HTTP library to this package.
 
 from syncd.adapters.securevideo.client import ResponseHook, SecureVideoClient
 from syncd.adapters.securevideo.gate import parse_retry_after
-from syncd.adapters.securevideo.mapping import new_participant, remote_participant, remote_session
+from syncd.adapters.securevideo.mapping import (
+    history_record,
+    new_participant,
+    parse_history,
+    remote_participant,
+    remote_session,
+)
 
 __all__ = [
     "ResponseHook",
     "SecureVideoClient",
+    "history_record",
     "new_participant",
+    "parse_history",
     "parse_retry_after",
     "remote_participant",
     "remote_session",

@@ -31,7 +31,7 @@ import httpx
 from pydantic import TypeAdapter, ValidationError
 
 from syncd.adapters.securevideo.gate import Gate, parse_retry_after
-from syncd.adapters.securevideo.mapping import new_participant, remote_session
+from syncd.adapters.securevideo.mapping import new_participant, parse_history, remote_session
 from syncd.adapters.securevideo.transport import LANE_TAKEN_AT, LaneTransport, http_transport
 from syncd.adapters.securevideo.wire import (
     HISTORY,
@@ -39,14 +39,12 @@ from syncd.adapters.securevideo.wire import (
     USERS,
     ErrorJson,
     HistoryJson,
-    HistoryPage,
     NewParticipant,
     NewSession,
     Reschedule,
     SessionJson,
     UserJson,
     describe_validation_error,
-    parse_history,
 )
 from syncd.core.domain import CreateSession, Guest, RemoteSession
 from syncd.core.errors import (
@@ -56,6 +54,7 @@ from syncd.core.errors import (
     PermanentError,
     TemporaryError,
 )
+from syncd.ports.securevideo import HistoryPage
 
 __all__ = ["ResponseHook", "SecureVideoClient"]
 
@@ -83,7 +82,8 @@ _URL_MEMO: Final = 4096
 
 
 class SecureVideoClient:
-    """A thread-safe SecureVideo API client; implements ``syncd.ports.SessionGateway``."""
+    """A thread-safe SecureVideo API client; implements the ports' ``SessionGateway`` and
+    ``OutcomeGateway``."""
 
     def __init__(
         self,

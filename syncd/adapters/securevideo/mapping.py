@@ -1,11 +1,31 @@
-"""SecureVideo's JSON in domain terms: guests to participant bodies, answers to remote sessions."""
+"""SecureVideo's JSON in domain terms: guests to participant bodies, answers to remote sessions,
+History JSON to the port's history records."""
 
 from __future__ import annotations
 
-from syncd.adapters.securevideo.wire import NewParticipant, ParticipantJson, SessionJson
-from syncd.core.domain import Guest, RemoteParticipant, RemoteSession
+from typing import Any, Final
 
-__all__ = ["new_participant", "remote_participant", "remote_session"]
+from pydantic import TypeAdapter, ValidationError
+
+from syncd.adapters.securevideo.wire import (
+    HistoryJson,
+    NewParticipant,
+    ParticipantJson,
+    SessionJson,
+    describe_validation_error,
+)
+from syncd.core.domain import Guest, RemoteParticipant, RemoteSession
+from syncd.ports.securevideo import HistoryPage, HistoryRecord, RejectedRecord
+
+__all__ = [
+    "history_record",
+    "new_participant",
+    "parse_history",
+    "remote_participant",
+    "remote_session",
+]
+
+_ANY_LIST: Final = TypeAdapter(list[Any])
 
 
 def new_participant(guest: Guest) -> NewParticipant:
@@ -70,3 +90,42 @@ def remote_session(s: SessionJson, host_external_id: str | None = None) -> Remot
         wait_time=s.wait_time,
         billable_status_cd=s.billable_status_cd,
     )
+
+
+def history_record(h: HistoryJson) -> HistoryRecord:
+    """The port's record; ``UsageDescription`` (who connected) and the customer are left behind."""
+    return HistoryRecord(
+        session_id=h.session_id,
+        schedule_ts=h.schedule_ts,
+        billable_ts=h.billable_ts,
+        duration_minutes=h.duration_minutes,
+        wait_time=h.wait_time,
+        billable_status_cd=h.billable_status_cd,
+        schedule_type=h.schedule_type,
+        user_id=h.user_id,
+        scheduled_by_user_id=h.scheduled_by_user_id,
+    )
+
+
+def parse_history(content: bytes | str) -> HistoryPage:
+    """Parse a History JSON array record by record; raises ``ValidationError`` only when it is not
+    an array."""
+    records: list[HistoryRecord] = []
+    rejected: list[RejectedRecord] = []
+    for index, item in enumerate(_ANY_LIST.validate_json(content)):
+        try:
+            records.append(history_record(HistoryJson.model_validate(item)))
+        except ValidationError as exc:
+            problem = describe_validation_error(exc)
+            rejected.append(RejectedRecord(index, _readable_session_id(item), problem))
+    return HistoryPage(tuple(records), tuple(rejected))
+
+
+def _readable_session_id(item: object) -> int | None:
+    # Only an integer (or a string of digits) is shown: anything else might not be an id at all.
+    value = item.get("SessionId") if isinstance(item, dict) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
