@@ -2,7 +2,8 @@
 
 ``client`` is the gateway (``SecureVideoClient``, an ``httpx.Client`` underneath), ``transport``
 the lanes that bound the requests on the wire, ``wire`` the JSON as pydantic models, ``mapping``
-the translation between them and the domain, ``gate`` the Retry-After gate and the rate limit.
+the translation between them and the domain, ``routes`` the paths and their templates, ``gate``
+the Retry-After gate and the rate limit.
 Keeping httpx in here keeps a change of HTTP library to this package.
 """
 

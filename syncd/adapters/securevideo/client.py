@@ -2,7 +2,7 @@
 
 ``SecureVideoClient`` offers every documented session, participant, user and history endpoint at
 the wire level (``*_raw`` and friends, pydantic models in and out) and, on top of them, the
-``syncd.ports.SessionGateway`` protocol in domain terms.
+``SessionGateway`` and ``OutcomeGateway`` protocols of ``syncd.ports.securevideo`` in domain terms.
 
 What callers can rely on:
 
@@ -20,9 +20,7 @@ What callers can rely on:
 from __future__ import annotations
 
 import time
-import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import date, datetime
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
@@ -32,6 +30,13 @@ from pydantic import TypeAdapter, ValidationError
 
 from syncd.adapters.securevideo.gate import Gate, parse_retry_after
 from syncd.adapters.securevideo.mapping import new_participant, parse_history, remote_session
+from syncd.adapters.securevideo.routes import (
+    Route,
+    at_most_one,
+    exactly_one,
+    history_route,
+    path_id,
+)
 from syncd.adapters.securevideo.transport import LANE_TAKEN_AT, LaneTransport, http_transport
 from syncd.adapters.securevideo.wire import (
     HISTORY,
@@ -76,8 +81,6 @@ _MAYBE_APPLIED: Final = frozenset({500, 502, 504})
 # Retry-After is defined for these; on them it closes the shared gate.
 _GATING: Final = frozenset({429, 503})
 _MESSAGE_LIMIT: Final = 300
-# Query parameters that name records, not people: URLs with only these may be memoised.
-_ID_PARAMS: Final = frozenset({"externalId", "externalSessionId"})
 _URL_MEMO: Final = 4096
 
 
@@ -235,13 +238,13 @@ class SecureVideoClient:
         participant_email: str | None = None,
     ) -> list[SessionJson]:
         """GET /session: the account's active sessions, or one host's (by id or ExternalId)."""
-        _at_most_one(user_id=user_id, host_external_id=host_external_id)
+        at_most_one(user_id=user_id, host_external_id=host_external_id)
         if user_id is not None:
-            route = _Route("/session/{userId}", f"/session/{_path_id(user_id)}")
+            route = Route("/session/{userId}", f"/session/{path_id(user_id)}")
         elif host_external_id is not None:
-            route = _Route("/session/0", "/session/0", {"externalId": host_external_id})
+            route = Route("/session/0", "/session/0", {"externalId": host_external_id})
         else:
-            route = _Route("/session", "/session")
+            route = Route("/session", "/session")
         if participant_email is not None:
             route = route.with_params(participantEmail=participant_email)
         return self._decode(SESSIONS, self._send("GET", route), "GET", route)
@@ -315,13 +318,13 @@ class SecureVideoClient:
         """PUT /rsvp/{ParticipationId} with Unknown, Confirmed or Declined."""
         if rsvp not in RSVP_ANSWERS:
             raise ValueError("rsvp must be Unknown, Confirmed or Declined")
-        route = _Route("/rsvp/{participationId}", f"/rsvp/{_path_id(participation_id)}")
+        route = Route("/rsvp/{participationId}", f"/rsvp/{path_id(participation_id)}")
         self._send("PUT", route, {"RSVP": rsvp})
 
     # --- users and history -----------------------------------------------------------------------
 
     def list_users(self) -> list[UserJson]:
-        route = _Route("/user", "/user")
+        route = Route("/user", "/user")
         return self._decode(USERS, self._send("GET", route), "GET", route)
 
     def get_user(self, *, user_id: int | None = None, external_id: str | None = None) -> UserJson:
@@ -349,7 +352,7 @@ class SecureVideoClient:
 
         Strict: one record that does not parse fails the whole answer (see :meth:`history_page`).
         """
-        route = _history_route(month, start, end, host_user_id, participant_email)
+        route = history_route(month, start, end, host_user_id, participant_email)
         return self._decode(HISTORY, self._send("GET", route), "GET", route)
 
     def history_page(
@@ -364,7 +367,7 @@ class SecureVideoClient:
         """GET /history, record by record: a record that does not parse is set aside in
         ``rejected`` (with its SessionId when readable) and the others are returned.  Only an
         answer that is not a JSON array at all raises ``PermanentError``."""
-        route = _history_route(month, start, end, host_user_id, participant_email)
+        route = history_route(month, start, end, host_user_id, participant_email)
         response = self._send("GET", route)
         try:
             return parse_history(response.content)
@@ -378,42 +381,40 @@ class SecureVideoClient:
     # --- routes ----------------------------------------------------------------------------------
 
     @staticmethod
-    def _host_route(base: str, user_id: int | None, external_id: str | None) -> _Route:
-        _exactly_one(user_id=user_id, external_id=external_id)
+    def _host_route(base: str, user_id: int | None, external_id: str | None) -> Route:
+        exactly_one(user_id=user_id, external_id=external_id)
         if user_id is not None:
-            return _Route(base + "/{userId}", f"{base}/{_path_id(user_id)}")
+            return Route(base + "/{userId}", f"{base}/{path_id(user_id)}")
         assert external_id is not None
-        return _Route(base + "/0", base + "/0", {"externalId": external_id})
+        return Route(base + "/0", base + "/0", {"externalId": external_id})
 
     @staticmethod
-    def _session_route(
-        base: str, session_id: int | None, external_session_id: str | None
-    ) -> _Route:
-        _exactly_one(session_id=session_id, external_session_id=external_session_id)
+    def _session_route(base: str, session_id: int | None, external_session_id: str | None) -> Route:
+        exactly_one(session_id=session_id, external_session_id=external_session_id)
         if session_id is not None:
-            return _Route(base + "/{sessionId}", f"{base}/{_path_id(session_id)}")
+            return Route(base + "/{sessionId}", f"{base}/{path_id(session_id)}")
         assert external_session_id is not None
-        return _Route(base + "/0", base + "/0", {"externalSessionId": external_session_id})
+        return Route(base + "/0", base + "/0", {"externalSessionId": external_session_id})
 
     @staticmethod
     def _participation_route(
         participation_id: int | None, external_session_id: str | None, external_id: str | None
-    ) -> _Route:
+    ) -> Route:
         if participation_id is not None:
             if external_session_id is not None or external_id is not None:
                 raise ValueError("give participation_id or external_session_id + external_id")
-            return _Route(
-                "/participant/{participationId}", f"/participant/{_path_id(participation_id)}"
+            return Route(
+                "/participant/{participationId}", f"/participant/{path_id(participation_id)}"
             )
         if external_session_id is None or external_id is None:
             raise ValueError("give participation_id or external_session_id + external_id")
         params = {"externalSessionId": external_session_id, "externalId": external_id}
-        return _Route("/participant/0", "/participant/0", params)
+        return Route("/participant/0", "/participant/0", params)
 
     # --- the one way out -------------------------------------------------------------------------
 
     def _send(
-        self, method: str, route: _Route, body: Mapping[str, Any] | None = None
+        self, method: str, route: Route, body: Mapping[str, Any] | None = None
     ) -> httpx.Response:
         where = f"{method} {route.template}"
         if self._closed:
@@ -444,7 +445,7 @@ class SecureVideoClient:
             self._urls.clear()
         self._urls[relative] = url
 
-    def _report(self, method: str, route: _Route, status: int | None, started: float) -> None:
+    def _report(self, method: str, route: Route, status: int | None, started: float) -> None:
         if self._on_response is not None:
             self._on_response(method, route.template, status, self._clock() - started)
 
@@ -472,7 +473,7 @@ class SecureVideoClient:
         raise TemporaryError(text, retry_after=retry_after)
 
     @staticmethod
-    def _decode(adapter: TypeAdapter[T], response: httpx.Response, method: str, route: _Route) -> T:
+    def _decode(adapter: TypeAdapter[T], response: httpx.Response, method: str, route: Route) -> T:
         try:
             return adapter.validate_json(response.content)
         except ValidationError as exc:
@@ -487,35 +488,6 @@ class SecureVideoClient:
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Route:
-    """A request path with its query, and the template that names it in messages and metrics."""
-
-    base_template: str
-    path: str
-    params: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def template(self) -> str:
-        # Query values are elided: they are ids, but participantEmail is a patient's address.
-        query = "&".join(f"{name}=…" for name in self.params)
-        return f"{self.base_template}?{query}" if query else self.base_template
-
-    @property
-    def memoizable(self) -> bool:
-        """Whether the URL holds nothing but ids and external ids (no e-mail, no dates)."""
-        return self.params.keys() <= _ID_PARAMS
-
-    @property
-    def url(self) -> str:
-        """The path and query, relative to the client's base URL."""
-        path = self.path[1:]
-        return f"{path}?{urllib.parse.urlencode(self.params)}" if self.params else path
-
-    def with_params(self, **params: str) -> _Route:
-        return _Route(self.base_template, self.path, {**self.params, **params})
 
 
 class _NoCookies(httpx.Cookies):
@@ -572,47 +544,3 @@ def _transport_failure(method: str, where: str, exc: httpx.RequestError) -> Temp
     if method in _MUTATING:
         return AmbiguousError(f"{where}: answer lost ({kind}); the change may have been applied")
     return TemporaryError(f"{where}: no answer ({kind})")
-
-
-def _history_route(
-    month: date | None,
-    start: date | None,
-    end: date | None,
-    host_user_id: int | None,
-    participant_email: str | None,
-) -> _Route:
-    if month is not None and (start is not None or end is not None):
-        raise ValueError("give either month or start/end: SecureVideo ignores start/end")
-    if host_user_id is None:
-        route = _Route("/history", "/history")
-    else:
-        route = _Route("/history/{hostUserId}", f"/history/{_path_id(host_user_id)}")
-    params: dict[str, str] = {}
-    if month is not None:
-        params["month"] = month.replace(day=1).isoformat()
-    if start is not None:
-        params["startDt"] = start.isoformat()
-    if end is not None:
-        params["endDt"] = end.isoformat()
-    if participant_email is not None:
-        params["participantEmail"] = participant_email
-    return route.with_params(**params)
-
-
-def _path_id(value: int) -> int:
-    # 0 is SecureVideo's "look it up by external id" marker, so it is never a real id here.
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError("ids in a SecureVideo path are positive integers")
-    return value
-
-
-def _exactly_one(**choices: object) -> None:
-    given = [name for name, value in choices.items() if value is not None]
-    if len(given) != 1:
-        raise ValueError(f"give exactly one of {', '.join(choices)}")
-
-
-def _at_most_one(**choices: object) -> None:
-    given = [name for name, value in choices.items() if value is not None]
-    if len(given) > 1:
-        raise ValueError(f"give at most one of {', '.join(choices)}")
