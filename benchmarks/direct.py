@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from syncd.adapters.securevideo import new_participant, remote_session
-from syncd.adapters.securevideo_wire import SESSIONS, NewSession, SessionJson
+from syncd.adapters.securevideo.wire import SESSIONS, NewSession, SessionJson
 from syncd.core.domain import CreateSession, Guest, RemoteSession
 from syncd.emulator.state import EmulatorState
 

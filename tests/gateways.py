@@ -5,6 +5,7 @@ Kept so that ``from gateways import HookedGateway, SimulatedCrash`` goes on work
 
 from __future__ import annotations
 
-from syncd.testing.gateway import FakeSecureVideo, HookedGateway, SimulatedCrash
+from syncd.testing.gateway import FakeSecureVideo
+from syncd.testing.hooks import HookedGateway, SimulatedCrash
 
 __all__ = ["FakeSecureVideo", "HookedGateway", "SimulatedCrash"]

@@ -24,7 +24,8 @@ from syncd.core.retry import RetryPolicy
 from syncd.ports import Clock, Ledger, SessionGateway
 from syncd.sync.passes import Synchronizer, SyncOptions
 from syncd.testing.clock import ManualClock
-from syncd.testing.gateway import Call, FakeSecureVideo, HookedGateway
+from syncd.testing.gateway import Call, FakeSecureVideo
+from syncd.testing.hooks import HookedGateway
 from syncd.testing.ledger import InMemoryLedger
 from syncd.testing.outbox import InMemoryOutbox
 

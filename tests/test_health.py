@@ -34,14 +34,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from syncd.runtime.app import App, Wiring, open_daemon
 from syncd.runtime.cli import main
 from syncd.runtime.daemon import PassRunner
-from syncd.runtime.health import (
-    HEARTBEAT_STALE_AFTER,
-    HealthServer,
-    HealthState,
-    heartbeat_path,
-    maybe_serve_health,
-    read_heartbeat,
-)
+from syncd.runtime.health import HEARTBEAT_STALE_AFTER, HealthState, heartbeat_path
+from syncd.runtime.health_http import HealthServer, maybe_serve_health, read_heartbeat
 from syncd.runtime.settings import Settings, load_settings
 from syncd.sync.passes import Synchronizer
 

@@ -17,10 +17,10 @@ import pytest
 from harness import World, guest, row, world
 
 from syncd.adapters.ledger import BookedAppointment
-from syncd.adapters.securevideo import SecureVideoClient
-from syncd.adapters.securevideo_wire import HistoryPage, RejectedRecord, parse_history
+from syncd.adapters.securevideo import SecureVideoClient, parse_history
 from syncd.core.errors import PermanentError
 from syncd.emulator.state import SessionRecord
+from syncd.ports.securevideo import HistoryPage, RejectedRecord
 from syncd.runtime.cli import main
 from syncd.sync.billing import (
     Period,
@@ -118,11 +118,11 @@ def test_parse_history_sets_bad_records_aside_with_their_session_id() -> None:
     page = parse_history(body)
     assert [r.session_id for r in page.records] == [1, 2, 3, 5]
     assert page.records[1].wait_time is None and page.records[1].duration_minutes == 12
-    assert page.rejected == [
+    assert page.rejected == (
         RejectedRecord(2, 4, "DurationMinutes (int_parsing)"),
         RejectedRecord(4, None, "SessionId (int_parsing)"),
         RejectedRecord(5, None, "(root) (model_type)"),
-    ]
+    )
     assert "Canary" not in repr(page)
 
 
@@ -408,7 +408,7 @@ def test_bad_month_or_range_exits_2_with_one_line(
 
 
 def test_report_renderers_on_an_empty_month() -> None:
-    report = build_report(FEB, HistoryPage([], []), {}, [], now=AFTER_FEB)
+    report = build_report(FEB, HistoryPage((), ()), {}, [], now=AFTER_FEB)
     assert to_json(report)["total"]["sessions"] == 0
     assert "Possible no-shows: none" in render_table(report)
     assert render_csv(report).splitlines()[-1] == "total,,0,0,0,,,,,,,"

@@ -33,10 +33,12 @@ from syncd.adapters.ledger import (
     head_revision,
     migrate,
 )
-from syncd.adapters.securevideo_wire import HistoryJson, HistoryPage
+from syncd.adapters.securevideo import history_record
+from syncd.adapters.securevideo.wire import HistoryJson
 from syncd.core.domain import RemoteParticipant, RemoteSession
 from syncd.core.errors import TemporaryError
 from syncd.emulator import Emulator
+from syncd.ports.securevideo import HistoryPage, HistoryRecord
 from syncd.runtime.app import App
 from syncd.runtime.cli import main
 from syncd.runtime.daemon import PassRunner, run_daemon
@@ -402,8 +404,8 @@ def test_observe_participants_tracks_managed_guests_by_external_id() -> None:
     assert [(w.session_id, w.connection_ts) for w in writes] == [(10, later)]
 
 
-def history(sid: int = 9, **values: Any) -> HistoryJson:
-    return HistoryJson.model_validate({"SessionId": sid, **values})
+def history(sid: int = 9, **values: Any) -> HistoryRecord:
+    return history_record(HistoryJson.model_validate({"SessionId": sid, **values}))
 
 
 def test_settle_takes_history_and_keeps_what_it_leaves_out() -> None:

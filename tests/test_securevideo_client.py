@@ -25,7 +25,8 @@ from syncd.adapters.securevideo import (
     parse_retry_after,
     remote_session,
 )
-from syncd.adapters.securevideo_wire import (
+from syncd.adapters.securevideo.transport import LANE_TAKEN_AT, LaneTransport
+from syncd.adapters.securevideo.wire import (
     SESSIONS,
     NewParticipant,
     NewSession,
@@ -396,7 +397,9 @@ def test_429_reports_retry_after_and_holds_back_the_next_request() -> None:
 
 def test_429_with_an_http_date_holds_back_too() -> None:
     until = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
-    client, script, _ = scripted(error(429, None, **{"Retry-After": until}))
+    client, script, _ = scripted(
+        error(429, None, **{"Retry-After": until}), max_wait_in_client=60.0
+    )
     with client:
         with pytest.raises(TemporaryError) as caught:
             client.list_users()
@@ -406,7 +409,7 @@ def test_429_with_an_http_date_holds_back_too() -> None:
 
 
 def test_503_retry_after_is_honoured() -> None:
-    client, script, _ = scripted(error(503, None, **{"Retry-After": "2"}))
+    client, script, _ = scripted(error(503, None, **{"Retry-After": "2"}), max_wait_in_client=60.0)
     with client:
         with pytest.raises(TemporaryError) as caught:
             client.cancel(session_id=3)
@@ -428,7 +431,7 @@ def test_429_without_retry_after_does_not_wait() -> None:
 
 def test_a_retry_after_beyond_the_limit_fails_fast_without_sending() -> None:
     client, script, clock = scripted(
-        error(429, None, **{"Retry-After": "3600"}), max_gate_wait=60.0
+        error(429, None, **{"Retry-After": "3600"}), max_wait_in_client=60.0
     )
     with client:
         with pytest.raises(TemporaryError):
@@ -437,6 +440,19 @@ def test_a_retry_after_beyond_the_limit_fails_fast_without_sending() -> None:
             client.create_session_raw(_new_session(), user_id=1001)
     assert not isinstance(caught.value, AmbiguousError)
     assert caught.value.retry_after == pytest.approx(3600)
+    assert "not sent" in str(caught.value)
+    assert len(script.seen) == 1
+    assert clock.sleeps == []
+
+
+def test_by_default_a_wait_over_a_second_is_handed_back_to_the_caller() -> None:
+    client, script, clock = scripted(error(503, None, **{"Retry-After": "2"}))
+    with client:
+        with pytest.raises(TemporaryError):
+            client.list_users()
+        with pytest.raises(TemporaryError) as caught:
+            client.list_users()
+    assert caught.value.retry_after == pytest.approx(2.0)
     assert "not sent" in str(caught.value)
     assert len(script.seen) == 1
     assert clock.sleeps == []
@@ -646,6 +662,25 @@ def test_history_sends_month_as_its_first_day_and_dates_as_iso() -> None:
 def test_base_url_with_credentials_is_refused() -> None:
     with pytest.raises(ValueError, match="credentials"):
         SecureVideoClient("https://key:secret@api.securevideo.test/", KEY, SECRET)
+
+
+def test_requests_carry_json_headers_and_no_cookies() -> None:
+    client, script, _ = scripted(
+        httpx.Response(200, json=[], headers={"Set-Cookie": "track=1; Path=/"}),
+        httpx.Response(200, json=session_payload()),
+    )
+    with client:
+        client.list_users()
+        client.reschedule(None, session_id=5)
+    first, second = script.requests
+    for request in (first, second):
+        assert request.headers["Accept"] == "application/json"
+        assert request.headers["Accept-Encoding"] == "gzip, deflate"
+        assert request.headers["User-Agent"] == "syncd"
+        assert "Cookie" not in request.headers  # an answer's Set-Cookie is not kept
+    assert "Content-Type" not in first.headers
+    assert second.headers["Content-Type"] == "application/json"
+    assert second.headers["Content-Length"] == str(len(second.content))
 
 
 def test_a_base_path_is_kept() -> None:
@@ -1064,6 +1099,32 @@ def test_a_failed_exchange_gives_its_turn_back() -> None:
                 client.list_sessions()
         assert client.list_sessions() == []  # would wait for ever on a lost turn
     assert len(script.requests) == 4
+
+
+def test_a_lane_transport_stamps_when_a_request_got_its_lane() -> None:
+    # The hook's duration starts there: the wait for a lane is not SecureVideo's latency.
+    shared = httpx.MockTransport(lambda request: httpx.Response(200, json=[]))
+    with LaneTransport(2, transport=shared, clock=lambda: 42.0) as lanes:
+        request = httpx.Request("GET", BASE + "user")
+        response = lanes.handle_request(request)
+        assert request.extensions[LANE_TAKEN_AT] == 42.0
+        assert response.is_closed and response.json() == []  # read within the turn
+
+
+@pytest.mark.timeout(10)
+def test_a_lane_transport_gives_a_lane_back_when_the_exchange_fails() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadError("reset")
+
+    with LaneTransport(1, transport=httpx.MockTransport(handler)) as lanes:
+        for _ in range(3):  # the second would wait for ever on a lost lane
+            with pytest.raises(httpx.ReadError):
+                lanes.handle_request(httpx.Request("GET", BASE + "user"))
+
+
+def test_a_lane_transport_needs_a_lane() -> None:
+    with pytest.raises(ValueError, match="at least one lane"):
+        LaneTransport(0)
 
 
 def test_max_in_flight_keeps_one_connection_per_turn(emu: Emulator) -> None:

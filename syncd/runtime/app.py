@@ -25,7 +25,8 @@ from syncd.core.errors import SyncdError
 from syncd.core.retry import RetryPolicy
 from syncd.ports.securevideo import SessionGateway
 from syncd.runtime.daemon import PassRunner, open_when_available, run_daemon
-from syncd.runtime.health import HealthState, LedgerCounts, Probes, maybe_serve_health
+from syncd.runtime.health import HealthState, LedgerCounts, Probes
+from syncd.runtime.health_http import maybe_serve_health
 from syncd.runtime.settings import Settings
 from syncd.sync.execute import Checkpoint, no_checkpoint
 from syncd.sync.lease import LeaderLease
@@ -179,9 +180,6 @@ def open_gateway(
         read_timeout=sv.read_timeout,
         rate_limit_per_second=sv.rate_limit_per_second,
         on_response=on_response,
-        # A longer Retry-After comes back to the engine as a TemporaryError, whose wait a shutdown
-        # ends (stop.wait); inside the client's gate a worker would sleep it out, deaf to SIGTERM.
-        max_gate_wait=1.0,
         # The engine's concurrency is SecureVideo's load: the requests on the wire at once.
         max_in_flight=settings.sync.concurrency,
     )

@@ -232,7 +232,8 @@ def cmd_check(args: argparse.Namespace, wiring: Wiring) -> int:
 
 
 def cmd_healthcheck(args: argparse.Namespace, wiring: Wiring) -> int:
-    from syncd.runtime.health import heartbeat_path, read_heartbeat
+    from syncd.runtime.health import heartbeat_path
+    from syncd.runtime.health_http import read_heartbeat
 
     settings = _settings(report=True)
     healthy, line = read_heartbeat(heartbeat_path(settings))

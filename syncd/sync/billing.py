@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Final, Literal
 
-from syncd.adapters.securevideo_wire import HistoryJson, HistoryPage
 from syncd.ports.ledger import BookedAppointment, Ledger
-from syncd.sync.visits import OutcomeGateway
+from syncd.ports.securevideo import HistoryPage, HistoryRecord, OutcomeGateway
 
 DUPLICATE: Final = "DUPL"
 ORPHAN: Final = "ORPHAN"
@@ -218,11 +217,11 @@ def build_report(
     )
 
 
-def _order(r: HistoryJson) -> tuple[datetime, int]:
+def _order(r: HistoryRecord) -> tuple[datetime, int]:
     return (r.billable_ts or datetime.min, r.session_id)
 
 
-def _line(r: HistoryJson, appointment_id: str | None) -> SessionLine:
+def _line(r: HistoryRecord, appointment_id: str | None) -> SessionLine:
     status = (r.billable_status_cd or "").strip() or NO_STATUS
     flags = tuple(
         flag

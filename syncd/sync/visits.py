@@ -21,11 +21,10 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
-from typing import Final, Protocol, TypeVar
+from typing import Final, TypeVar
 
 import structlog
 
-from syncd.adapters.securevideo_wire import HistoryJson, HistoryPage
 from syncd.core.domain import RemoteSession
 from syncd.core.errors import AuthenticationError, PermanentError, TemporaryError
 from syncd.ports.clock import Clock, SystemClock
@@ -35,6 +34,7 @@ from syncd.ports.ledger import (
     ParticipantOutcomeRecord,
     SessionOutcomeRecord,
 )
+from syncd.ports.securevideo import HistoryRecord, OutcomeGateway
 
 log = structlog.get_logger("syncd.outcomes")
 
@@ -55,22 +55,6 @@ HISTORY_SPAN: Final = timedelta(days=31)
 CODE_LIMIT: Final = 16
 #: Width of the participant id column (the ledger's participant table has the same).
 EXTERNAL_ID_LIMIT: Final = 64
-
-
-class OutcomeGateway(Protocol):
-    """What the collector reads from SecureVideo (``SecureVideoClient`` implements it)."""
-
-    def list_host_sessions(self, host_external_id: str) -> list[RemoteSession]: ...
-
-    def history_page(
-        self,
-        *,
-        month: date | None = None,
-        start: date | None = None,
-        end: date | None = None,
-        host_user_id: int | None = None,
-        participant_email: str | None = None,
-    ) -> HistoryPage: ...
 
 
 @dataclass(slots=True)
@@ -215,12 +199,12 @@ def observe_participants(
 def settle(
     previous: SessionOutcomeRecord | None,
     target: OutcomeTarget,
-    record: HistoryJson | None,
+    record: HistoryRecord | None,
     now: datetime,
 ) -> SessionOutcomeRecord:
     """The final session row once the session left the active list.
 
-    ``record`` is its History JSON, or None when ``GET /history`` does not list it: then it never
+    ``record`` is its history record, or None when ``GET /history`` does not list it: then it never
     became billable, and what was last seen stands.  Fields History leaves out (WaitTime before
     November 2020, say) keep what the active list showed.
     """

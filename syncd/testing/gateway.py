@@ -1,4 +1,4 @@
-"""SecureVideo in memory, and a decorator that runs a hook after a remote success.
+"""SecureVideo in memory, with scripted failures.
 
 :class:`FakeSecureVideo` implements ``syncd.ports.securevideo.SessionGateway`` the way the real
 client answers against the emulator (``syncd.emulator.state``): sessions per host, listed by the
@@ -16,15 +16,22 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
-from typing import Final, Literal
+from typing import Final
 
 from syncd.core.domain import CreateSession, Guest, RemoteParticipant, RemoteSession
 from syncd.core.errors import AmbiguousError, AuthenticationError, NotFoundError, PermanentError
-from syncd.ports.securevideo import SessionGateway
+from syncd.testing.fake_records import (
+    KINDS,
+    MUTATING_KINDS,
+    Call,
+    ErrorSource,
+    FakeHost,
+    Script,
+    Session,
+)
 
 __all__ = [
     "DEFAULT_HOSTS",
@@ -33,101 +40,15 @@ __all__ = [
     "Call",
     "FakeHost",
     "FakeSecureVideo",
-    "HookedGateway",
-    "SimulatedCrash",
 ]
 
-#: What a call does, as :class:`Call` and the scripts name it: the planner's operation kinds
-#: (``CreateSession.kind`` …) plus ``"list"`` for reading a host's sessions.
-KINDS: Final = (
-    "list",
-    "create",
-    "reschedule",
-    "cancel",
-    "add_participant",
-    "update_participant",
-    "remove_participant",
-)
-MUTATING_KINDS: Final = KINDS[1:]
-
-#: An exception to raise, or a function making a fresh one for each raise.
-ErrorSource = BaseException | Callable[[], BaseException]
-
-Outcome = Literal["applied", "failed", "ambiguous"]
 
 # Distinct ranges, as in the emulator: a caller that confuses the two kinds of id fails loudly.
 _FIRST_SESSION_ID: Final = 50001
 _FIRST_PARTICIPATION_ID: Final = 700001
 _FIRST_USER_ID: Final = 1001
-_HOST_TIME_ZONE: Final = "Eastern Standard Time"
 #: The emulator's demo providers, so a test can move between the two without renaming hosts.
 DEFAULT_HOSTS: Final = ("prov-001", "prov-002", "prov-003", "prov-004", "prov-005")
-
-
-@dataclass(frozen=True, slots=True)
-class FakeHost:
-    """A SecureVideo user of the account (a provider).  No real names: ids only."""
-
-    user_id: int
-    external_id: str
-    time_zone_windows_id: str = _HOST_TIME_ZONE
-
-    @property
-    def full_name(self) -> str:
-        return f"Host {self.external_id}"
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """One call that reached the fake, without patient data (ids only), and how it ended."""
-
-    kind: str
-    #: the session acted on; for a create, the session made (None when it failed first)
-    session_id: int | None = None
-    participation_id: int | None = None
-    host_external_id: str | None = None
-    external_session_id: str | None = None
-    participant_external_id: str | None = None
-    schedule_ts: datetime | None = None
-    outcome: Outcome = "applied"
-    #: the class name of the error raised, if any
-    error: str | None = None
-
-
-@dataclass(slots=True)
-class _Session:
-    session_id: int
-    external_session_id: str
-    host: FakeHost
-    schedule_ts: datetime
-    schedule_type: str
-    is_recorded: bool
-    participants: list[RemoteParticipant]
-    billable_ts: datetime | None = None
-    duration_minutes: int | None = None
-    wait_time: int | None = None
-    billable_status_cd: str | None = None
-
-    @property
-    def cancelled(self) -> bool:
-        return self.schedule_type == "Cancelled"
-
-
-@dataclass(slots=True)
-class _Script:
-    kind: str | None
-    error: ErrorSource
-    #: applied first, then the answer is lost
-    after_apply: bool
-    remaining: int = field(default=1)
-
-    def matches(self, kind: str) -> bool:
-        if self.after_apply and kind not in MUTATING_KINDS:
-            return False
-        return self.kind is None or self.kind == kind
-
-    def make(self) -> BaseException:
-        return self.error() if callable(self.error) else self.error
 
 
 def _bad_request(message: str) -> PermanentError:
@@ -149,11 +70,11 @@ class FakeSecureVideo:
     def __init__(self, hosts: Iterable[str] = DEFAULT_HOSTS) -> None:
         self._lock = threading.RLock()
         self._hosts: dict[str, FakeHost] = {}
-        self._sessions: dict[int, _Session] = {}
+        self._sessions: dict[int, Session] = {}
         self._session_of_participation: dict[int, int] = {}
         self._next_session_id = _FIRST_SESSION_ID
         self._next_participation_id = _FIRST_PARTICIPATION_ID
-        self._scripts: list[_Script] = []
+        self._scripts: list[Script] = []
         self._credentials_refused = False
         #: every call that reached the fake, in order, scripted failures included
         self.calls: list[Call] = []
@@ -309,9 +230,9 @@ class FakeSecureVideo:
         if times < 1:
             raise ValueError("times must be at least 1")
         with self._lock:
-            self._scripts.append(_Script(kind, error, after_apply, times))
+            self._scripts.append(Script(kind, error, after_apply, times))
 
-    def _take(self, kind: str, *, after_apply: bool) -> _Script | None:
+    def _take(self, kind: str, *, after_apply: bool) -> Script | None:
         for script in self._scripts:
             if script.after_apply == after_apply and script.matches(kind):
                 script.remaining -= 1
@@ -333,7 +254,7 @@ class FakeSecureVideo:
             # An instance scripted for several calls was raised before: drop its old traceback.
             raise error.with_traceback(None)
 
-    def _after(self, call: Call, session: _Session) -> RemoteSession:
+    def _after(self, call: Call, session: Session) -> RemoteSession:
         """Record an applied change; raise a scripted lost answer, else return the answer."""
         script = self._take(call.kind, after_apply=True)
         if script is not None:
@@ -442,19 +363,19 @@ class FakeSecureVideo:
             raise NotFoundError("No user has this externalId", status=404)
         return host
 
-    def _session(self, session_id: int) -> _Session:
+    def _session(self, session_id: int) -> Session:
         session = self._sessions.get(session_id)
         if session is None:
             raise NotFoundError(f"Session {session_id} was not found", status=404)
         return session
 
-    def _live_session(self, session_id: int) -> _Session:
+    def _live_session(self, session_id: int) -> Session:
         session = self._session(session_id)
         if session.cancelled:
             raise _bad_request(f"Session {session_id} is cancelled and cannot be changed")
         return session
 
-    def _participation(self, participation_id: int) -> tuple[_Session, int]:
+    def _participation(self, participation_id: int) -> tuple[Session, int]:
         session_id = self._session_of_participation.get(participation_id)
         if session_id is None:
             raise NotFoundError(f"Participation {participation_id} was not found", status=404)
@@ -466,7 +387,7 @@ class FakeSecureVideo:
                 return session, index
         raise NotFoundError(f"Participation {participation_id} was not found", status=404)
 
-    def _create(self, op: CreateSession) -> _Session:
+    def _create(self, op: CreateSession) -> Session:
         host = self._host(op.host_external_id)
         if not op.guests:
             # The real client refuses this before sending anything.
@@ -476,7 +397,7 @@ class FakeSecureVideo:
         members = [self._host_participant(host)]
         for guest in op.guests:
             members.append(self._participant(guest, host, members))
-        session = _Session(
+        session = Session(
             session_id=self._next_session_id,
             external_session_id=op.external_session_id,
             host=host,
@@ -491,7 +412,7 @@ class FakeSecureVideo:
         self._sessions[session.session_id] = session
         return session
 
-    def _attach(self, session: _Session, participant: RemoteParticipant) -> None:
+    def _attach(self, session: Session, participant: RemoteParticipant) -> None:
         participation_id = self._next_participation_id
         self._next_participation_id += 1
         session.participants.append(
@@ -560,7 +481,7 @@ class FakeSecureVideo:
                 )
         return candidate
 
-    def _updated(self, session: _Session, index: int, guest: Guest) -> RemoteParticipant:
+    def _updated(self, session: Session, index: int, guest: Guest) -> RemoteParticipant:
         current = session.participants[index]
         if index == 0:
             raise _bad_request("The session host participation cannot be changed")
@@ -588,7 +509,7 @@ class FakeSecureVideo:
             deposit=guest.deposit,
         )
 
-    def _remote(self, session: _Session) -> RemoteSession:
+    def _remote(self, session: Session) -> RemoteSession:
         return RemoteSession(
             session_id=session.session_id,
             external_session_id=session.external_session_id or None,
@@ -617,79 +538,3 @@ def _check_delivery(code: str, email: str, sms: str) -> None:
 def _check_deposit(svc_id: int | None, deposit: Decimal | None) -> None:
     if (svc_id is None) != (deposit is None):
         raise _bad_request("SvcId and DepositRequired must both be null or both be set")
-
-
-# --- a decorator for fault tests -----------------------------------------------------------------
-
-
-class SimulatedCrash(BaseException):
-    """Stands for the process dying: a BaseException, so no ``except Exception`` in syncd
-    catches it and no outcome is recorded on its way out."""
-
-
-class HookedGateway:
-    """Delegates to ``inner``; calls ``hook(kind)`` after the chosen successful mutating call.
-
-    The hook runs after SecureVideo applied a change and answered, before the answer reaches the
-    engine — the instant between a remote success and the ledger commit.  It can stop a database
-    (the outage tests) or raise :class:`SimulatedCrash` (an in-process crash).
-
-    ``when(kind, count)`` says whether to fire for this call (``count`` counts successful mutating
-    calls so far, this one included); by default it fires once, after the first create.
-    """
-
-    def __init__(
-        self,
-        inner: SessionGateway,
-        hook: Callable[[str], None],
-        when: Callable[[str, int], bool] | None = None,
-    ) -> None:
-        self.inner = inner
-        self.hook = hook
-        self.count = 0
-        self.fired = 0
-        self.when = when or (lambda kind, count: kind == "create" and self.fired == 0)
-        self.created: list[str] = []
-        self._lock = threading.Lock()
-
-    def _after(self, kind: str) -> None:
-        with self._lock:
-            self.count += 1
-            fire = self.when(kind, self.count)
-            if fire:
-                self.fired += 1
-        if fire:
-            self.hook(kind)
-
-    def list_host_sessions(self, host_external_id: str) -> list[RemoteSession]:
-        return self.inner.list_host_sessions(host_external_id)
-
-    def create_session(self, op: CreateSession) -> RemoteSession:
-        result = self.inner.create_session(op)
-        with self._lock:
-            self.created.append(op.external_session_id)
-        self._after("create")
-        return result
-
-    def reschedule_session(self, session_id: int, schedule_ts: datetime) -> RemoteSession:
-        result = self.inner.reschedule_session(session_id, schedule_ts)
-        self._after("reschedule")
-        return result
-
-    def cancel_session(self, session_id: int) -> None:
-        self.inner.cancel_session(session_id)
-        self._after("cancel")
-
-    def add_participant(self, session_id: int, guest: Guest) -> RemoteSession:
-        result = self.inner.add_participant(session_id, guest)
-        self._after("add_participant")
-        return result
-
-    def update_participant(self, participation_id: int, guest: Guest) -> RemoteSession:
-        result = self.inner.update_participant(participation_id, guest)
-        self._after("update_participant")
-        return result
-
-    def remove_participant(self, participation_id: int) -> None:
-        self.inner.remove_participant(participation_id)
-        self._after("remove_participant")

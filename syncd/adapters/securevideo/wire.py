@@ -15,7 +15,6 @@ line cannot print them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Final, Literal
@@ -184,53 +183,6 @@ class ErrorJson(_Response):
 SESSIONS: Final = TypeAdapter(list[SessionJson])
 HISTORY: Final = TypeAdapter(list[HistoryJson])
 USERS: Final = TypeAdapter(list[UserJson])
-
-
-# --- History JSON, one record at a time -------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RejectedRecord:
-    """A History JSON record that does not parse: where it was, its SessionId if readable, and
-    which fields failed (paths and error kinds, never values)."""
-
-    index: int
-    session_id: int | None
-    problem: str
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryPage:
-    """History JSON parsed record by record: one bad record is set aside, not the whole answer."""
-
-    records: list[HistoryJson]
-    rejected: list[RejectedRecord]
-
-
-_ANY_LIST: Final = TypeAdapter(list[Any])
-
-
-def parse_history(content: bytes | str) -> HistoryPage:
-    """Parse a History JSON array; raises ``ValidationError`` only when it is not an array."""
-    records: list[HistoryJson] = []
-    rejected: list[RejectedRecord] = []
-    for index, item in enumerate(_ANY_LIST.validate_json(content)):
-        try:
-            records.append(HistoryJson.model_validate(item))
-        except ValidationError as exc:
-            problem = describe_validation_error(exc)
-            rejected.append(RejectedRecord(index, _readable_session_id(item), problem))
-    return HistoryPage(records, rejected)
-
-
-def _readable_session_id(item: object) -> int | None:
-    # Only an integer (or a string of digits) is shown: anything else might not be an id at all.
-    value = item.get("SessionId") if isinstance(item, dict) else None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    return None
 
 
 # --- requests ---------------------------------------------------------------------------------

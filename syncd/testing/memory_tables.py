@@ -1,0 +1,120 @@
+"""The in-memory ledger's tables, and a transaction's working copy of them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Hashable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from syncd.ports.ledger import (
+    TEXT_LIMIT,
+    AppointmentRecord,
+    OperationRecord,
+    ParticipantOutcomeRecord,
+    ParticipantRecord,
+    SessionOutcomeRecord,
+)
+
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    holder: str
+    expires_at: datetime
+    updated_at: datetime
+
+
+@dataclass(slots=True)
+class Tables:
+    """The ledger's rows.  Records are frozen, so a shallow copy of each dict is a snapshot."""
+
+    cursor: int = 0
+    appointments: dict[str, AppointmentRecord] = field(default_factory=dict)
+    operations: dict[int, OperationRecord] = field(default_factory=dict)
+    participants: dict[tuple[str, str], ParticipantRecord] = field(default_factory=dict)
+    leases: dict[str, Lease] = field(default_factory=dict)
+    session_outcomes: dict[str, SessionOutcomeRecord] = field(default_factory=dict)
+    participant_outcomes: dict[tuple[str, str], ParticipantOutcomeRecord] = field(
+        default_factory=dict
+    )
+
+    def copy(self) -> Tables:
+        return Tables(
+            cursor=self.cursor,
+            appointments=dict(self.appointments),
+            operations=dict(self.operations),
+            participants=dict(self.participants),
+            leases=dict(self.leases),
+            session_outcomes=dict(self.session_outcomes),
+            participant_outcomes=dict(self.participant_outcomes),
+        )
+
+
+TABLES = (
+    "appointments",
+    "operations",
+    "participants",
+    "leases",
+    "session_outcomes",
+    "participant_outcomes",
+)
+
+
+class Work:
+    """One transaction's copy of the tables and the rows it changed (what commit writes back)."""
+
+    def __init__(self, committed: Tables, take_operation_id: Callable[[], int]) -> None:
+        self.t = committed.copy()
+        self.dirty: dict[str, set[Any]] = {name: set() for name in TABLES}
+        self.cursor_moved = False
+        self.take_operation_id = take_operation_id
+
+    def put(self, table: str, key: Hashable, value: object) -> None:
+        rows: dict[Any, object] = getattr(self.t, table)
+        rows[key] = value
+        self.dirty[table].add(key)
+
+    def drop(self, table: str, key: Hashable) -> bool:
+        rows: dict[Any, object] = getattr(self.t, table)
+        if key not in rows:
+            return False
+        del rows[key]
+        self.dirty[table].add(key)
+        return True
+
+    def write_back(self, committed: Tables) -> None:
+        if self.cursor_moved:
+            committed.cursor = max(committed.cursor, self.t.cursor)
+        for name in TABLES:
+            mine: dict[Any, object] = getattr(self.t, name)
+            theirs: dict[Any, object] = getattr(committed, name)
+            for key in self.dirty[name]:
+                if key in mine:
+                    theirs[key] = mine[key]
+                else:
+                    theirs.pop(key, None)
+
+
+def utc(moment: datetime) -> datetime:
+    """Naive UTC, whatever the caller passed: aware values are converted, naive ones trusted."""
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def clip(value: str | None) -> str | None:
+    return None if value is None else value[:TEXT_LIMIT]
+
+
+def unknown(appointment_id: str) -> LookupError:
+    return LookupError(f"appointment {appointment_id!r} is not in the ledger")
+
+
+def pick(rows: Mapping[_K, _V], keys: Collection[_K]) -> dict[_K, _V]:
+    return {k: rows[k] for k in dict.fromkeys(keys) if k in rows}
+
+
+# --- repositories ----------------------------------------------------------------------------
