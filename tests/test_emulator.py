@@ -28,6 +28,8 @@ from syncd.emulator import (
     request_identity,
     serve,
 )
+from syncd.emulator.server import _accept_queue_length
+from syncd.testing.waiting import wait_until
 
 NOW = datetime(2030, 3, 10, 12, 0, 0)
 HOST = DEFAULT_HOSTS[0]
@@ -1108,6 +1110,24 @@ def test_stop_closes_kept_alive_connections_and_restart_keeps_state() -> None:
     client.close()
     emulator.stop()
     emulator.stop()
+
+
+def test_unfinished_connections_count_the_listen_queue_too() -> None:
+    """A connection the server has not accepted yet holds a request a dead client may have sent:
+    settling after a SIGKILL must wait for it as for one being served."""
+    with Emulator() as emulator:
+        assert emulator.unfinished_connections == 0
+        server = emulator._server
+        assert server is not None
+        with server._connections_lock:  # the accept loop waits on this lock, and so would
+            # unfinished_connections: read the queue as it does
+            queued = socket.create_connection(("127.0.0.1", emulator.port), timeout=5)
+            wait_until(lambda: _accept_queue_length(server.socket) == 1, what="a queued connection")
+            assert len(server._connections) == 0
+        wait_until(lambda: emulator.open_connections == 1, what="the connection accepted")
+        assert emulator.unfinished_connections == 1
+        queued.close()
+        wait_until(lambda: emulator.unfinished_connections == 0, what="the connection closed")
 
 
 def test_serve_runs_until_stopped() -> None:

@@ -18,6 +18,7 @@ import json
 import random
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -616,6 +617,14 @@ class _EmulatorHTTPServer(ThreadingHTTPServer):
             return
         super().handle_error(request, client_address)
 
+    def get_request(self) -> tuple[socket.socket, Any]:
+        # Accepted and counted under one lock: a connection is always either in the listen
+        # queue or among ours when ``unfinished_connection_count`` looks.
+        with self._connections_lock:
+            request, address = self.socket.accept()
+            self._connections.add(request)
+        return request, address
+
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._connections_lock:
             self._connections.add(request)
@@ -630,6 +639,12 @@ class _EmulatorHTTPServer(ThreadingHTTPServer):
         with self._connections_lock:
             return len(self._connections)
 
+    def unfinished_connection_count(self) -> int:
+        """Connections being served and those the kernel holds in the listen queue, not yet
+        accepted (Linux reports that queue's length in ``TCP_INFO``; elsewhere it counts as 0)."""
+        with self._connections_lock:
+            return _accept_queue_length(self.socket) + len(self._connections)
+
     def close_connections(self) -> None:
         """End kept-alive connections, so a stopped emulator really stops answering."""
         with self._connections_lock:
@@ -637,6 +652,20 @@ class _EmulatorHTTPServer(ThreadingHTTPServer):
         for connection in connections:
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
+
+
+def _accept_queue_length(listener: socket.socket) -> int:
+    tcp_info = getattr(socket, "TCP_INFO", None)
+    if tcp_info is None:
+        return 0
+    try:
+        info = listener.getsockopt(socket.IPPROTO_TCP, tcp_info, 104)
+    except OSError:
+        return 0
+    # struct tcp_info: eight u8 fields, then u32 rto, ato, snd_mss, rcv_mss, unacked; for a
+    # listening socket Linux puts the accept queue's length in tcpi_unacked.
+    (queued,) = struct.unpack_from("=I", info, 24)
+    return int(queued)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -933,6 +962,13 @@ class Emulator:
         client that went away has been handled."""
         server = self._server
         return 0 if server is None else server.open_connection_count()
+
+    @property
+    def unfinished_connections(self) -> int:
+        """``open_connections`` plus those connected but not yet accepted: 0 once everything a
+        client that went away had sent has been handled, even a request it sent as it died."""
+        server = self._server
+        return 0 if server is None else server.unfinished_connection_count()
 
     # call log
 
