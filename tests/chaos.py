@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from harness import ZONE, World, row
 from syncd.adapters.windows_zones import windows_zone_id
 from syncd.emulator import Emulator
 from syncd.runtime.log import configure_logging
+from syncd.testing.waiting import wait_until
 
 # --- the PHI canary -----------------------------------------------------------------------------
 
@@ -500,13 +500,18 @@ def run_syncd(argv: list[str], env: Mapping[str, str], output: Path, timeout: fl
     return wait_or_kill(ExecChild(argv, env, output), timeout)
 
 
-def settle(emulator: Emulator, timeout: float = 5.0) -> None:
+def settle(emulator: Emulator, timeout: float = 30.0) -> None:
     """Let the emulator finish what a killed client had already sent (a request on its way when
-    it died is applied after its death), so that the next process does not race it."""
-    deadline = time.monotonic() + timeout
-    time.sleep(0.01)  # a connection the dead client had opened is accepted by now
-    while emulator.open_connections and time.monotonic() < deadline:
-        time.sleep(0.005)
+    it died is applied after its death), so that the next process does not race it.
+
+    Call it once the client is dead and reaped: from then on nothing new can arrive, and every
+    connection it made is either waiting in the listen queue or being served.  (It slept 10 ms
+    and hoped the queue was empty by then.)"""
+    wait_until(
+        lambda: emulator.unfinished_connections == 0,
+        timeout=timeout,
+        what="the emulator to finish a dead client's requests",
+    )
 
 
 def _ledger_sql(w: World, statement: str) -> int:

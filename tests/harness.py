@@ -7,6 +7,7 @@ root, and every request crosses a loopback socket to the emulator.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -73,6 +74,8 @@ class World:
     settings: Settings
     tmp: Path
     apps: list[App] = field(default_factory=list)
+    #: the back-off jitter's seed: the n-th App of this world draws from ``Random(f"{seed}:{n}")``
+    seed: int = 0
 
     def app(
         self,
@@ -83,7 +86,12 @@ class World:
         settings = self.settings
         if overrides:
             settings = load_settings(**(_as_overrides(self.settings) | overrides))
-        app = build_app(settings, wiring=Wiring(gateway=wrap_gateway))
+        # Seeded, so that a run is reproducible: the jitter is the engine's only randomness.
+        app = build_app(
+            settings,
+            rng=random.Random(f"{self.seed}:{len(self.apps)}"),
+            wiring=Wiring(gateway=wrap_gateway),
+        )
         self.apps.append(app)
         return app
 

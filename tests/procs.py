@@ -12,18 +12,22 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
+from syncd.testing.waiting import wait_until
 
-def wait_for(condition: Callable[[], bool], seconds: float = 60, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(step)
-    return condition()
+
+def wait_showing(
+    condition: Callable[[], object], what: str, *daemons: Syncd, timeout: float = 60
+) -> None:
+    """``wait_until``, and on a timeout the end of each daemon's output in the failure: what the
+    processes said is what explains why the condition never came true."""
+    try:
+        wait_until(condition, timeout=timeout, what=what)
+    except AssertionError as exc:
+        said = "\n".join(f"--- syncd {' '.join(d.args)}:\n{d.tail()}" for d in daemons)
+        raise AssertionError(f"{exc}\n{said}") from None
 
 
 class Syncd:
@@ -83,10 +87,20 @@ class Syncd:
     def names(self) -> list[str]:
         return [str(e.get("event")) for e in self.events()]
 
+    def tail(self, chars: int = 3000) -> str:
+        """The end of stdout and of stderr."""
+        return f"stdout: …{self.out[-chars:]}\nstderr: …{self.err[-chars:]}"
+
     def wait_event(self, name: str, seconds: float = 60, count: int = 1) -> bool:
-        return wait_for(
-            lambda: self.names().count(name) >= count or not self.alive(), seconds
-        ) and (self.names().count(name) >= count)
+        """Whether ``name`` was logged ``count`` times, waiting until it is or the process ends;
+        a process still silent after ``seconds`` fails the test with its output."""
+        wait_showing(
+            lambda: self.names().count(name) >= count or not self.alive(),
+            f"{count} x {name!r}",
+            self,
+            timeout=seconds,
+        )
+        return self.names().count(name) >= count
 
     def alive(self) -> bool:
         return self.proc.poll() is None

@@ -9,6 +9,7 @@ including when the ledger dies between a remote success and the commit of its ou
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections import Counter
@@ -21,7 +22,7 @@ import pytest
 from gateways import HookedGateway
 from harness import ZONE, World, guest, row, world
 from pgcluster import PrivatePostgres, private_postgres
-from procs import Syncd, wait_for
+from procs import Syncd, wait_showing
 from structlog.testing import capture_logs
 
 from syncd.adapters.dberrors import classify
@@ -29,6 +30,7 @@ from syncd.adapters.ledger import create_ledger_engine, migrate
 from syncd.adapters.outbox import create_outbox_engine
 from syncd.adapters.sample_ehr import SampleEhr
 from syncd.core.domain import CreateSession, RemoteSession
+from syncd.emulator import MUTATING_METHODS
 from syncd.ports import SessionGateway
 from syncd.runtime.daemon import DEGRADED_LOG_INTERVAL, PassRunner
 
@@ -225,6 +227,36 @@ def test_ehr_database_dies_mid_pass(pg: PrivatePostgres, tmp_path: Path) -> None
 # --- a real `syncd run` ----------------------------------------------------------------------
 
 
+class StopDatabaseAt:
+    """The emulator's request hook: stops the database once SecureVideo has applied the n-th
+    mutating call since ``arm``, before that call is answered; every other change waits until
+    the database is down.  So the outage lands mid-pass, between a remote success and the commit
+    of its outcome, however fast the daemon runs (waiting for the n-th call from the test
+    thread left the daemon the time ``pg_ctl stop`` takes to finish the wave)."""
+
+    def __init__(self, pg: PrivatePostgres) -> None:
+        self.pg = pg
+        self.stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._left = 0
+
+    def arm(self, nth: int) -> None:
+        with self._lock:
+            self._left = nth
+            self.stopped.clear()
+
+    def __call__(self, phase: str, method: str, _path: str) -> bool:
+        if method not in MUTATING_METHODS:
+            return False
+        with self._lock:  # held while the database stops: no other change goes through
+            if self._left > 0 and phase == "after_apply":
+                self._left -= 1
+                if self._left == 0:
+                    self.pg.stop()
+                    self.stopped.set()
+        return False
+
+
 def long_only(long_run: bool) -> None:
     if not long_run:
         pytest.skip("long form only: pytest --long")
@@ -258,25 +290,27 @@ def test_syncd_run_outlives_outages_mid_pass(
         try:
             # Slow answers make a pass long enough to stop the database in its middle.
             w.emulator.faults.latency(0.05)
+            stop_at = StopDatabaseAt(pg)
+            w.emulator.faults.on_request(stop_at)
             with Syncd(env, "run") as daemon:
                 for cycle in range(cycles):
                     prefix, late = f"C{cycle}x", f"L{cycle}x"
-                    ehr.append(booked(per_cycle, prefix))
                     ids += [f"{prefix}{i}" for i in range(per_cycle)]
                     ids += [f"{late}{i}" for i in range(4)]
-                    before = len(w.emulator.mutating_calls())
-                    assert wait_for(calls_reach(w, before + 4)), daemon.err
-                    pg.stop()
+                    stop_at.arm(4)
+                    ehr.append(booked(per_cycle, prefix))
+                    wait_showing(stop_at.stopped.is_set, "the 4th call of the wave", daemon)
                     live = w.emulator.live_sessions_by_external_id()
                     cut_mid_pass += sum(1 for i in ids if i in live) < len(ids) - 4
-                    time.sleep(1.5)  # a tick or two with the database down
+                    # The failing pass and at least one more tick (1 s apart), a second to spare.
+                    time.sleep(2.5)
                     assert daemon.alive(), "the daemon exited during the outage"
                     if down == "ledger":
                         ehr.append(booked(4, late))  # the EHR keeps writing meanwhile
                     pg.start()
                     if down == "ehr":
                         ehr.append(booked(4, late))
-                    assert wait_for(live_exactly(w, set(ids))), daemon.out[-3000:]
+                    wait_showing(live_exactly(w, set(ids)), "every appointment live", daemon)
                     assert daemon.wait_event("recovered", count=cycle + 1), daemon.out[-3000:]
                 code = daemon.terminate()
         finally:
@@ -322,7 +356,11 @@ def test_run_started_while_the_ledger_is_down_waits_then_works(
             assert daemon.alive(), "syncd run gave up instead of waiting for its ledger"
             assert w.emulator.mutating_calls() == []
             pg.start()
-            assert wait_for(lambda: len(w.emulator.live_sessions_by_external_id()) == 3)
+            wait_showing(
+                lambda: len(w.emulator.live_sessions_by_external_id()) == 3,
+                "three sessions live",
+                daemon,
+            )
             code = daemon.terminate()
         assert code == 0, daemon.err
         assert_exactly_one_each(w, ["A0", "A1", "A2"])

@@ -25,8 +25,11 @@ from syncd.emulator import (
     HostUser,
     InvalidRequestError,
     UnknownResourceError,
+    request_identity,
     serve,
 )
+from syncd.emulator.server import _accept_queue_length
+from syncd.testing.waiting import wait_until
 
 NOW = datetime(2030, 3, 10, 12, 0, 0)
 HOST = DEFAULT_HOSTS[0]
@@ -829,6 +832,87 @@ def test_fail_rate_is_seeded(emulator: Emulator, api: Api) -> None:
         emulator.faults.fail_rate(1.5)
 
 
+def test_rate_faults_follow_the_request_not_the_order_requests_arrive_in() -> None:
+    """Two accounts get the same twelve appointments' requests, one in order from one thread,
+    the other in reverse from four threads (so every SessionId and ParticipationId differs):
+    each request meets the same faults in both, retries included."""
+
+    def outcomes(order: list[int], threads: int) -> dict[tuple[str, str], list[object]]:
+        seen: dict[tuple[str, str], list[object]] = {}
+        with Emulator(seed=7) as emulator:
+            emulator.state.set_clock(NOW)
+            emulator.faults.fail_rate(0.3, seed=11)
+            emulator.faults.throttle_rate(0.1, retry_after=None, seed=12)
+            emulator.faults.drop_after_apply_rate(0.2, seed=13)
+
+            def attempt(api: Api, aid: str, step: str, method: str, path: str, body: Any) -> Any:
+                """Up to four tries while the answer is a 503 or 429; None when it was lost."""
+                for _ in range(4):
+                    try:
+                        reply = api.call(method, path, body)
+                    except (OSError, http.client.HTTPException):
+                        seen.setdefault((aid, step), []).append("lost")
+                        return None
+                    seen.setdefault((aid, step), []).append(reply.status)
+                    if reply.status not in (429, 503):
+                        return reply.json if reply.raw else {}
+                return None
+
+            def appointment(api: Api, n: int) -> None:
+                aid = f"appt-{n}"
+                body = new_session(external_session_id=aid, participants=[guest(f"Pat Ex{n}")])
+                attempt(api, aid, "create", "POST", f"/session/{HOST.user_id}", body)
+                live = emulator.state.live_sessions_by_external_id().get(aid)
+                if not live:
+                    return
+                (sid,) = live
+                move = {"ScheduleTs": "2030-03-12T15:00:00"}
+                attempt(api, aid, "move", "PUT", f"/session/{sid}", move)
+                attempt(api, aid, "add", "POST", f"/participant/{sid}", guest(f"Kim Ex{n}"))
+                pid = emulator.state.session(sid).participants[-1].participation_id
+                attempt(api, aid, "remove", "DELETE", f"/participant/{pid}", None)
+                attempt(api, aid, "cancel", "DELETE", f"/session/{sid}", None)
+
+            def worker(numbers: list[int]) -> None:
+                api = Api(emulator)
+                for n in numbers:
+                    appointment(api, n)
+                api.close()
+
+            pool = [
+                threading.Thread(target=worker, args=(order[i::threads],)) for i in range(threads)
+            ]
+            for t in pool:
+                t.start()
+            for t in pool:
+                t.join()
+        return seen
+
+    numbers = list(range(1, 13))
+    forwards = outcomes(numbers, threads=1)
+    backwards = outcomes(numbers[::-1], threads=4)
+    assert forwards == backwards
+    met = [o for tries in forwards.values() for o in tries]
+    # every kind of fault was met, so the comparison compared something
+    assert {503, 429, "lost"} <= set(met), met
+
+
+def test_request_identity_names_assigned_ids_by_what_they_name(
+    emulator: Emulator, api: Api
+) -> None:
+    created = api.call("POST", f"/session/{HOST.user_id}", new_session()).json
+    sid, pid = created["SessionId"], created["Participants"][1]["ParticipationId"]
+    name_of = emulator.state.order_free_name
+    put = request_identity("PUT", f"/session/{sid}", {}, {"ScheduleTs": None}, name_of)
+    assert str(sid) not in put
+    assert f"session {HOST.user_id}/appt-1" in put
+    remove = request_identity("DELETE", f"/participant/{pid}", {}, None, name_of)
+    assert "participant pat-1" in remove
+    # a host's user id is no order-dependent id; an unknown id stays as it is
+    assert str(HOST.user_id) in request_identity("GET", f"/session/{HOST.user_id}", {}, None)
+    assert "424242" in request_identity("PUT", "/session/424242", {}, None, name_of)
+
+
 @pytest.mark.parametrize(("retry_after", "header"), [(2, "2"), (2.0, "2"), (0.2, "0.2")])
 def test_throttle_next_sends_retry_after_without_applying(
     emulator: Emulator, api: Api, retry_after: float, header: str
@@ -876,8 +960,10 @@ def test_drop_after_apply_skips_rejected_changes(emulator: Emulator, api: Api) -
 
 
 def test_delay_after_apply_outlasts_the_read_timeout(emulator: Emulator) -> None:
-    impatient = Api(emulator, timeout=0.1)
-    emulator.faults.delay_after_apply_next(1, seconds=0.4)
+    # A second between the client's patience and the held answer (0.1 s against 0.4 s was a
+    # race a loaded machine could lose).
+    impatient = Api(emulator, timeout=0.5)
+    emulator.faults.delay_after_apply_next(1, seconds=1.5)
     with pytest.raises(TimeoutError):
         impatient.call("POST", f"/session/{HOST.user_id}", new_session())
     impatient.close()
@@ -1028,6 +1114,24 @@ def test_stop_closes_kept_alive_connections_and_restart_keeps_state() -> None:
     emulator.stop()
 
 
+def test_unfinished_connections_count_the_listen_queue_too() -> None:
+    """A connection the server has not accepted yet holds a request a dead client may have sent:
+    settling after a SIGKILL must wait for it as for one being served."""
+    with Emulator() as emulator:
+        assert emulator.unfinished_connections == 0
+        server = emulator._server
+        assert server is not None
+        with server._connections_lock:  # the accept loop waits on this lock, and so would
+            # unfinished_connections: read the queue as it does
+            queued = socket.create_connection(("127.0.0.1", emulator.port), timeout=5)
+            wait_until(lambda: _accept_queue_length(server.socket) == 1, what="a queued connection")
+            assert len(server._connections) == 0
+        wait_until(lambda: emulator.open_connections == 1, what="the connection accepted")
+        assert emulator.unfinished_connections == 1
+        queued.close()
+        wait_until(lambda: emulator.unfinished_connections == 0, what="the connection closed")
+
+
 def test_serve_runs_until_stopped() -> None:
     stop = threading.Event()
     ready: list[Emulator] = []
@@ -1035,10 +1139,7 @@ def test_serve_runs_until_stopped() -> None:
         target=serve, args=(0,), kwargs={"on_ready": ready.append, "stop": stop}
     )
     runner.start()
-    deadline = time.monotonic() + 5
-    while not ready and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert ready
+    wait_until(lambda: ready, what="the emulator to be ready")
     client = Api(ready[0])
     assert client.call("GET", "/user").status == 200
     client.close()

@@ -30,15 +30,9 @@ from chaos import (
 )
 from harness import World, world
 
+from syncd.testing.waiting import wait_until
+
 STOP_WITHIN = 10.0
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def open_intents(w: World) -> list[str]:
@@ -67,7 +61,7 @@ def stop_mid_pass(
     env = syncd_env(w, LOG__LEVEL="DEBUG", SYNC__POLL_INTERVAL_SECONDS=60)
     child = ExecChild(["run"], env, out)
     try:
-        wait_until(ready, 60, "the pass to get going")
+        wait_until(ready, timeout=60, what="the pass to get going")
     except AssertionError:
         child.kill()
         child.wait(10)
@@ -119,11 +113,15 @@ def stop_mid_pass(
 
 @pytest.mark.timeout(300)
 def test_sigterm_during_slow_calls(tmp_path: Path, spawner: ForkServer) -> None:
-    """Every call takes 0.4 s: the signal lands with calls in flight, which finish and commit."""
+    """Every call takes 1 s: the signal lands with calls in flight, which finish and commit.
+
+    A second per call (it was 0.4 s) keeps "most of the backlog still to do" more than a second
+    away from the signal: with four calls at a time, 20 calls are three waves past the first six.
+    """
     with world(tmp_path) as w:
         model = EhrModel(random.Random(9), size=40, prefix="G")
         w.write(*model.rows(40))
-        w.emulator.faults.latency(0.4)
+        w.emulator.faults.latency(1.0)
         figures = stop_mid_pass(w, tmp_path, spawner, model, lambda: w.mutating_calls() >= 6)
         # It stopped mid-pass, with most of the backlog still to do; and no create was sent twice.
         assert (
@@ -144,10 +142,11 @@ def test_sigterm_while_waiting_out_a_retry_after(tmp_path: Path, spawner: ForkSe
         seen: list[float] = []
 
         def waiting() -> bool:
-            """A second after the 429 was answered: every worker is waiting by then."""
+            """Two seconds after the 429 was answered: every worker is waiting by then (the
+            calls in flight at the 429 end within 0.1 s; the margin is more than a second)."""
             if not seen and any(c.fault == "throttle" for c in w.emulator.calls):
                 seen.append(time.monotonic())
-            return bool(seen) and time.monotonic() - seen[0] > 1.0
+            return bool(seen) and time.monotonic() - seen[0] > 2.0
 
         figures = stop_mid_pass(w, tmp_path, spawner, model, waiting)
         assert figures["calls_after_signal"] == 0

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ from syncd.runtime.health import HEARTBEAT_STALE_AFTER, HealthState, heartbeat_p
 from syncd.runtime.health_http import HealthServer, maybe_serve_health, read_heartbeat
 from syncd.runtime.settings import Settings, load_settings
 from syncd.sync.passes import Synchronizer
+from syncd.testing.waiting import wait_until
 
 # Tomorrow, clinic time: inside SecureVideo's active window whenever the suite runs.
 T = (datetime.now(UTC) + timedelta(days=1)).replace(tzinfo=None, hour=15, minute=0, microsecond=0)
@@ -124,14 +124,6 @@ def w(tmp_path: Path) -> Iterator[World]:
 
 def label(**labels: str) -> frozenset[tuple[str, str]]:
     return frozenset(labels.items())
-
-
-def wait_for(predicate: Any, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 # --- /healthz and /metrics over HTTP ----------------------------------------------------------
@@ -322,12 +314,12 @@ def test_heartbeat_works_with_the_listener_off_and_drives_syncd_healthcheck(
     with daemon(w, tmp_path, enabled=False) as d:
         assert d.server is None
         path = heartbeat_path(d.settings)
-        wait_for(path.exists, "the first heartbeat")
+        wait_until(path.exists, what="the first heartbeat")
         assert read_heartbeat(path) == (False, "no pass has finished yet")
         assert main(["healthcheck"]) == 1
 
         d.runner()  # the pass pokes the writer: no need to wait out the interval
-        wait_for(lambda: read_heartbeat(path)[0], "a healthy heartbeat")
+        wait_until(lambda: read_heartbeat(path)[0], what="a healthy heartbeat")
         capsys.readouterr()
         assert main(["healthcheck"]) == 0
         assert capsys.readouterr().out.startswith("ok: last successful pass ")
@@ -431,7 +423,11 @@ def test_syncd_run_serves_health_and_metrics_and_stops_on_sigterm(w: World, tmp_
             [sys.executable, "-m", "syncd", "run"], env=env, stdout=out, stderr=subprocess.STDOUT
         )
         try:
-            wait_for(lambda: read_heartbeat(data / "heartbeat.json")[0], "a healthy heartbeat", 60)
+            wait_until(
+                lambda: read_heartbeat(data / "heartbeat.json")[0],
+                timeout=60,
+                what="a healthy heartbeat",
+            )
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
                 families = {
                     (s.name, frozenset(s.labels.items())): s.value

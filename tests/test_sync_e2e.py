@@ -1,16 +1,36 @@
-"""The sync engine end to end: SQLite EHR → real outbox reader → planner → real client → emulator.
+"""The sync engine end to end: EHR outbox → real reader → planner → real client → emulator, with
+the EHR outbox and the ledger on SQLite, PostgreSQL and MariaDB.
 
 Each test writes outbox rows the way an EHR would and looks at what the emulator ends up holding.
+
+Where each scenario runs:
+
+* ``@every_backend``: on each of SQLite, PostgreSQL and MariaDB (EHR and ledger on the same
+  server) — the scenarios that touch the databases most: every write the ledger makes and every
+  shape the outbox reader gets back (timestamps, booleans as tinyint, case-sensitive ids).
+* ``@mixed``: those, and a PostgreSQL EHR with a SQLite ledger.
+* ``test_uuid_keys_of_an_ehr_view_reach_syncd_as_text``: PostgreSQL only (its uuid type).
+* everything else on SQLite alone, because it tests the engine's logic and would meet the same
+  database code three times: staff-added guests, each bad row on its own (all of them at once run
+  on every backend, each with that backend's own malformed timestamp), 5xx retries, attempts
+  exhausted, rejected credentials, the look-before-create control, the idle pass's statement
+  count (a figure about the SQL syncd sends, counted on one dialect) and the concurrency bound.
+
+A server that is absent skips its parameters, or fails them under ``CI=true``
+(``conftest.database_or_skip``).  Migrations from empty to head and back are covered per backend
+in ``test_ledger``.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import pytest
-from harness import World, guest, row, world
+from harness import ZONE, ServerDatabases, World, guest, row, world
 
 from syncd.emulator.state import ParticipantRecord as EmuParticipant
 from syncd.runtime.app import App
@@ -18,10 +38,55 @@ from syncd.runtime.app import App
 T = datetime(2027, 2, 10, 9, 0)  # naive, America/New_York (EST, UTC-5)
 T_UTC = datetime(2027, 2, 10, 14, 0)
 
+#: (EHR backend, ledger backend) of the ``@every_backend`` scenarios
+BACKENDS = [
+    pytest.param(("sqlite", "sqlite"), id="sqlite"),
+    pytest.param(("postgresql", "postgresql"), id="postgresql", marks=pytest.mark.postgres),
+    pytest.param(("mariadb", "mariadb"), id="mariadb", marks=pytest.mark.mariadb),
+]
+#: and the ``@mixed`` ones on this pair too
+MIXED = [
+    pytest.param(
+        ("postgresql", "sqlite"), id="postgresql-ehr+sqlite-ledger", marks=pytest.mark.postgres
+    ),
+]
+every_backend = pytest.mark.parametrize("backends", BACKENDS, indirect=True)
+mixed = pytest.mark.parametrize("backends", BACKENDS + MIXED, indirect=True)
+
+DIALECTS = {"sqlite": "sqlite", "postgresql": "postgresql", "mariadb": "mysql"}
+
+#: A starts_at each backend's column accepts but no datetime can hold: the row must be parked
+#: alone, not fail the batch it is read in.
+MALFORMED_STARTS_AT = {
+    # SQLite stores any text in a TIMESTAMP column
+    "sqlite": "next tuesday",
+    # valid PostgreSQL timestamps beyond Python's range; psycopg raises on them by default
+    "postgresql": "infinity",
+    # MariaDB accepts the zero date unless sql_mode has NO_ZERO_DATE; PyMySQL returns it as text
+    "mariadb": "0000-00-00 00:00:00",
+}
+
 
 @pytest.fixture
-def w(tmp_path: Path) -> Iterator[World]:
-    with world(tmp_path) as w:
+def backends(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(EHR backend, ledger backend): SQLite for both unless the test is parametrised."""
+    pair: tuple[str, str] = getattr(request, "param", ("sqlite", "sqlite"))
+    return pair
+
+
+@pytest.fixture(scope="module")
+def databases() -> Iterator[ServerDatabases]:
+    """The module's server databases, created on first use: a SQLite-only run makes none."""
+    shared = ServerDatabases()
+    yield shared
+    shared.close()
+
+
+@pytest.fixture
+def w(backends: tuple[str, str], databases: ServerDatabases, tmp_path: Path) -> Iterator[World]:
+    ehr, ledger = backends
+    with world(tmp_path, ehr_backend=ehr, ledger_backend=ledger, databases=databases) as w:
+        assert w.ehr.engine.dialect.name == DIALECTS[ehr]
         yield w
 
 
@@ -30,8 +95,17 @@ def guests_of(w: World, ext: str) -> dict[str | None, EmuParticipant]:
     return {p.external_id: p for p in session.participants[1:]}
 
 
+def sessions_of(w: World, ext: str) -> list[tuple[int, str]]:
+    return [
+        (s.user_id, s.schedule_type)
+        for s in w.emulator.state.sessions()
+        if s.external_session_id == ext
+    ]
+
+
+@mixed
 def test_create_then_a_second_pass_makes_no_call_at_all(w: World) -> None:
-    w.write(row("A1", starts=T, guests=[guest(1), guest(2, deliver="S")]))
+    (event_id,) = w.write(row("A1", starts=T, guests=[guest(1), guest(2, deliver="S")]))
     report = w.run_pass()
     assert report.outcomes == {"synced": 1}
     (session,) = w.live("A1")
@@ -44,8 +118,12 @@ def test_create_then_a_second_pass_makes_no_call_at_all(w: World) -> None:
     again = w.run_pass()
     assert w.emulator.calls == []
     assert sum(again.outcomes.values()) == 0
+    with w.apps[-1].ledger.begin() as tx:
+        assert tx.appointments.counts_by_state()["synced"] == 1
+        assert tx.cursor.get() == event_id
 
 
+@every_backend
 def test_reschedule(w: World) -> None:
     w.write(row("A1", starts=T, guests=[guest(1)]))
     w.run_pass()
@@ -60,6 +138,7 @@ def test_reschedule(w: World) -> None:
     ]
 
 
+@every_backend
 def test_cancel_then_rebook_gets_a_new_session_with_the_same_external_id(w: World) -> None:
     w.write(row("A1", starts=T, guests=[guest(1)]))
     w.run_pass()
@@ -71,8 +150,10 @@ def test_cancel_then_rebook_gets_a_new_session_with_the_same_external_id(w: Worl
     sessions = [s for s in w.emulator.state.sessions() if s.external_session_id == "A1"]
     assert [s.schedule_type for s in sessions] == ["Cancelled", "Scheduled"]
     assert sessions[1].schedule_ts == T_UTC + timedelta(days=1)
+    assert w.live("A1")[0].schedule_ts == T_UTC + timedelta(days=1)
 
 
+@every_backend
 def test_four_rows_in_one_pass_coalesce_into_one_create_with_the_final_state(w: World) -> None:
     w.write(
         row("A1", starts=T, guests=[guest(1)]),
@@ -88,6 +169,7 @@ def test_four_rows_in_one_pass_coalesce_into_one_create_with_the_final_state(w: 
     assert [p.external_id for p in session.participants[1:]] == ["pat-2"]
 
 
+@every_backend
 def test_participant_add_update_remove(w: World) -> None:
     w.write(row("A1", starts=T, guests=[guest(1), guest(2)]))
     w.run_pass()
@@ -107,11 +189,15 @@ def test_participant_add_update_remove(w: World) -> None:
     }
     ps = guests_of(w, "A1")
     assert set(ps) == {"pat-1", "pat-3"}
-    assert ps["pat-1"].email == "moved@phi.example"
+    assert {pid: p.email for pid, p in ps.items()} == {
+        "pat-1": "moved@phi.example",
+        "pat-3": "canary3@phi.example",
+    }
     assert ps["pat-1"].time_zone_windows_id == "Central Standard Time"
     assert [c.method for c in w.emulator.mutating_calls()] == ["DELETE", "PUT", "POST"]
 
 
+@every_backend
 def test_rename_is_remove_then_add(w: World) -> None:
     w.write(row("A1", starts=T, guests=[guest(1)]))
     w.run_pass()
@@ -121,18 +207,17 @@ def test_rename_is_remove_then_add(w: World) -> None:
     assert [c.method for c in w.emulator.mutating_calls()] == ["DELETE", "POST"]
     ps = guests_of(w, "A1")
     assert ps["pat-1"].full_name == "Zelda Renamed"
+    (session,) = w.live("A1")
+    assert [p.full_name for p in session.participants[1:]] == ["Zelda Renamed"]
 
 
+@every_backend
 def test_provider_change_cancels_under_the_old_host_and_creates_under_the_new(w: World) -> None:
     w.write(row("A1", starts=T, guests=[guest(1)]))
     w.run_pass()
     w.write(row("A1", starts=T, provider="prov-002", guests=[guest(1)]))
     w.run_pass()
-    sessions = [s for s in w.emulator.state.sessions() if s.external_session_id == "A1"]
-    assert [(s.user_id, s.schedule_type) for s in sessions] == [
-        (1001, "Cancelled"),
-        (1002, "Scheduled"),
-    ]
+    assert sessions_of(w, "A1") == [(1001, "Cancelled"), (1002, "Scheduled")]
 
 
 def test_staff_added_guests_are_left_alone(w: World) -> None:
@@ -150,37 +235,32 @@ def test_staff_added_guests_are_left_alone(w: World) -> None:
     assert set(guests_of(w, "A1")) == {None, "pat-2"}
 
 
+#: (naive America/New_York, UTC): EST → EDT on 2027-03-14, EDT → EST on 2027-11-07; the same
+#: wall-clock hour is an hour earlier in UTC after the spring change, an hour later after the fall
+SPRING_FORWARD = [
+    (datetime(2027, 3, 13, 10, 0), datetime(2027, 3, 13, 15, 0)),
+    (datetime(2027, 3, 15, 10, 0), datetime(2027, 3, 15, 14, 0)),
+]
+FALL_BACK = [
+    (datetime(2027, 11, 6, 10, 0), datetime(2027, 11, 6, 14, 0)),
+    (datetime(2027, 11, 8, 10, 0), datetime(2027, 11, 8, 15, 0)),
+]
+
+
+@every_backend
 @pytest.mark.parametrize(
-    ("before", "after", "before_utc", "after_utc"),
-    [
-        # EST → EDT: the same wall-clock hour is an hour earlier in UTC after the change
-        (
-            datetime(2027, 3, 13, 10, 0),
-            datetime(2027, 3, 15, 10, 0),
-            datetime(2027, 3, 13, 15, 0),
-            datetime(2027, 3, 15, 14, 0),
-        ),
-        # EDT → EST in November
-        (
-            datetime(2027, 11, 6, 10, 0),
-            datetime(2027, 11, 8, 10, 0),
-            datetime(2027, 11, 6, 14, 0),
-            datetime(2027, 11, 8, 15, 0),
-        ),
-    ],
-    ids=["spring-forward", "fall-back"],
+    "moves",
+    [SPRING_FORWARD, FALL_BACK, SPRING_FORWARD + FALL_BACK],
+    ids=["spring-forward", "fall-back", "spring-forward-then-fall-back"],
 )
-def test_dst_on_both_sides_of_a_change(
-    w: World, before: datetime, after: datetime, before_utc: datetime, after_utc: datetime
-) -> None:
-    w.write(row("A1", starts=before, guests=[guest(1)]))
-    w.run_pass()
-    assert w.live("A1")[0].schedule_ts == before_utc
-    w.write(row("A1", starts=after, guests=[guest(1)]))
-    w.run_pass()
-    assert w.live("A1")[0].schedule_ts == after_utc
+def test_dst_on_both_sides_of_a_change(w: World, moves: list[tuple[datetime, datetime]]) -> None:
+    for local, utc in moves:
+        w.write(row("A1", starts=local, guests=[guest(1)]))
+        w.run_pass()
+        assert w.live("A1")[0].schedule_ts == utc
 
 
+@every_backend
 def test_fulfilled_and_noshow_leave_securevideo_alone(w: World) -> None:
     w.write(row("A1", starts=T, guests=[guest(1)]))
     w.run_pass()
@@ -195,7 +275,7 @@ def test_fulfilled_and_noshow_leave_securevideo_alone(w: World) -> None:
 BAD_ROWS = [
     ("participants", {"participants": "[{not json"}),
     ("provider_external_id", {"provider": ""}),
-    ("starts_at", {"starts": "next tuesday"}),
+    ("starts_at", {"starts": MALFORMED_STARTS_AT["sqlite"]}),
     ("participants[0].time_zone", {"guests": [guest(1, time_zone="Mars/Olympus_Mons")]}),
     ("participants[0].email", {"guests": [guest(1, deliver="E", email="")]}),
     ("participants[0].sms", {"guests": [guest(1, deliver="S", sms="")]}),
@@ -236,6 +316,44 @@ def test_bad_input_parks_that_appointment_and_the_good_one_flows(
         assert canary not in parked.reason
 
 
+@mixed
+def test_every_bad_row_is_parked_alone_and_the_good_one_flows(
+    w: World, backends: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    expected: dict[str, str] = {}
+    for n, (field, raw_change) in enumerate(BAD_ROWS):
+        change = cast(dict[str, object], raw_change)
+        aid = f"BAD{n}"
+        if "starts" in change:
+            # the backend's own kind of malformed timestamp, written untyped as an EHR would
+            bad = row(aid, starts=T, guests=[guest(1)]) | {
+                "starts_at": MALFORMED_STARTS_AT[backends[0]]
+            }
+            w.ehr.append_raw(bad)
+        else:
+            kwargs: dict[str, object] = {"starts": T, "guests": [guest(1)]} | change
+            w.write(row(aid, **kwargs))  # type: ignore[arg-type]
+        expected[aid] = field.split("[")[0]
+    w.write(row("GOOD", starts=T, guests=[guest(2)]))
+
+    report = w.run_pass()
+
+    assert report.outcomes == {"parked": len(BAD_ROWS), "synced": 1}
+    assert len(w.live("GOOD")) == 1
+    assert all(w.live(aid) == [] for aid in expected)
+    with w.apps[-1].ledger.begin() as tx:
+        parked = {p.appointment_id: p.reason or "" for p in tx.appointments.parked()}
+    assert set(parked) == set(expected)
+    for aid, field in expected.items():
+        assert aid in parked[aid]
+        assert field in parked[aid], parked[aid]
+        for canary in ("Zelda", "canary1@", "15557770001"):
+            assert canary not in parked[aid]
+    out = capsys.readouterr()
+    assert "Traceback" not in out.out + out.err
+
+
+@every_backend
 def test_a_newer_row_unparks_and_applies(w: World) -> None:
     w.write(row("A1", starts=T, guests=[guest(1, full_name="Z")]))
     assert w.run_pass().outcomes == {"parked": 1}
@@ -244,6 +362,7 @@ def test_a_newer_row_unparks_and_applies(w: World) -> None:
     assert len(w.live("A1")) == 1
 
 
+@mixed
 def test_apply_then_drop_on_create_ends_with_exactly_one_session(w: World) -> None:
     w.emulator.faults.drop_after_apply_next(1, methods=("POST",))
     w.write(row("A1", starts=T, guests=[guest(1)]))
@@ -252,6 +371,10 @@ def test_apply_then_drop_on_create_ends_with_exactly_one_session(w: World) -> No
     assert report.outcomes == {"synced": 1}
     assert len(w.live("A1")) == 1
     assert [c.method for c in w.emulator.mutating_calls()] == ["POST"]
+    with w.apps[-1].ledger.begin() as tx:
+        journal = tx.operations.of_appointment("A1")
+    # the lost answer's intent, resolved by reading the host's sessions, not by a second POST
+    assert (journal[0].op, journal[0].state) == ("create", "resolved")
 
 
 def test_5xx_on_create_is_retried_and_ends_with_exactly_one_session(w: World) -> None:
@@ -286,6 +409,54 @@ def test_rejected_credentials_stop_the_pass(tmp_path: Path) -> None:
         with app.ledger.begin() as tx:
             assert tx.appointments.parked() == []
             assert tx.appointments.pending_count() == 1
+
+
+@mixed
+def test_ids_differing_only_in_case_are_different_appointments_across_pages(
+    backends: tuple[str, str], databases: ServerDatabases, tmp_path: Path
+) -> None:
+    """MariaDB compares text case-insensitively by default, and a page boundary between "a1" and
+    "A1" is where a keyset cursor in the wrong collation would skip or repeat one."""
+    ehr, ledger = backends
+    with world(
+        tmp_path, ehr_backend=ehr, ledger_backend=ledger, databases=databases, batch_size=3
+    ) as w:
+        ids = [f"{c}{n}" for n in range(1, 3) for c in ("a", "A", "b", "B")]
+        w.write(*(row(aid, starts=T, guests=[guest(i)]) for i, aid in enumerate(ids, 1)))
+        report = w.run_pass()
+        assert report.outcomes == {"synced": len(ids)}
+        assert w.emulator.state.duplicate_external_session_ids() == {}
+        for aid in ids:
+            assert len(w.live(aid)) == 1, aid
+        w.emulator.calls_clear()
+        assert sum(w.run_pass().outcomes.values()) == 0
+        assert w.emulator.calls == []
+
+
+@pytest.mark.postgres
+def test_uuid_keys_of_an_ehr_view_reach_syncd_as_text(
+    databases: ServerDatabases, tmp_path: Path
+) -> None:
+    """psycopg hands a uuid column over as uuid.UUID; the ledger and SecureVideo know ids as
+    text, and the row parser accepts only text, so the reader converts."""
+    with world(tmp_path, ehr_backend="postgresql", databases=databases) as w:
+        aid = str(uuid.uuid4())
+        w.write(row(aid, starts=T, guests=[guest(1)]))
+        with w.ehr.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "CREATE VIEW uuid_keyed AS SELECT event_id, appointment_id::uuid AS appointment_id,"
+                " provider_external_id, status, starts_at, topic, is_recorded, participants,"
+                " created_at FROM appointment_outbox"
+            )
+        try:
+            app = w.app(
+                outbox={"url": w.settings.outbox.url, "timezone": ZONE, "table": "uuid_keyed"}
+            )
+            assert app.engine.run_pass().outcomes == {"synced": 1}
+            assert len(w.live(aid)) == 1
+        finally:
+            with w.ehr.engine.begin() as conn:
+                conn.exec_driver_sql("DROP VIEW uuid_keyed")
 
 
 def test_control_without_look_before_create_the_lost_answer_duplicates(w: World) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from harness import World, guest, row, world
-from procs import Syncd, wait_for
+from procs import Syncd, wait_showing
 
 from syncd.adapters.ledger import SqlLedger, create_ledger_engine, migrate
 from syncd.emulator import RecordedCall
@@ -108,14 +108,18 @@ def test_two_daemons_apply_each_change_once_and_one_takes_over_after_sigkill(
             assert d.wait_event("daemon_started"), d.err
         w.write(*booked("A", 12))
         expected.update(("POST", a) for a in first)
-        assert wait_for(lambda: all_live(w, first)), [d.out[-2000:] for d in daemons]
+        wait_showing(lambda: all_live(w, first), "the first wave live", *daemons)
 
         # Reschedules: one PUT each.  Meanwhile a one-off `syncd once` next to the running leader
         # does nothing and says so.
         with Syncd(env, "once") as once:
             w.write(*booked("A", 12, hour=11))
             expected.update(("PUT", a) for a in first)
-            assert wait_for(lambda: all(w.live(a)[0].schedule_type == "Rescheduled" for a in first))
+            wait_showing(
+                lambda: all(w.live(a)[0].schedule_type == "Rescheduled" for a in first),
+                "the first wave rescheduled",
+                *daemons,
+            )
             assert once.wait() == 1
         assert "another syncd instance holds the leader lease" in once.err
         assert len(once.err.strip().splitlines()) == 1
@@ -128,10 +132,10 @@ def test_two_daemons_apply_each_change_once_and_one_takes_over_after_sigkill(
             w.write(*booked(f"K{k}x", 12))
             expected.update(("POST", a) for a in wave)
             # Killed in the middle of the wave: some of it done, the rest for the survivor.
-            assert wait_for(calls_reach(w, before + 3))
+            wait_showing(calls_reach(w, before + 3), "three calls of the wave", *daemons)
             leader.kill()
             killed_at = time.monotonic()
-            assert wait_for(partial(all_live, w, wave)), [d.out[-2000:] for d in daemons]
+            wait_showing(partial(all_live, w, wave), f"wave {k} live", *daemons)
             resumed = [
                 c.received_at for c in w.emulator.mutating_calls() if c.received_at > killed_at
             ]
@@ -180,7 +184,12 @@ def test_control_without_the_lease_two_daemons_duplicate(w: World, long_run: boo
         for d in daemons:
             assert d.wait_event("daemon_started"), d.err
         w.write(*booked("A", 16))
-        assert wait_for(lambda: w.emulator.duplicate_external_session_ids() != {}, 30)
+        wait_showing(
+            lambda: w.emulator.duplicate_external_session_ids() != {},
+            "a duplicate",
+            *daemons,
+            timeout=30,
+        )
     finally:
         for d in daemons:
             d.kill()

@@ -3,6 +3,14 @@
 There is no public SecureVideo sandbox, so this is the only thing syncd's client ever talks to in
 tests.  `EmulatorState` is the account (thread-safe, no HTTP); `Emulator` serves it over HTTP with
 fault injection (`Emulator.faults`) and a call log (`Emulator.calls`).
+
+Rate-based faults (`Faults.fail_rate`, `throttle_rate`, `drop_after_apply_rate`,
+`delay_after_apply_rate`) are a pure function of the request, not of the order requests arrive
+in: each plan hashes, with a key made from its seed, the request's identity (`request_identity`:
+method, path, query and JSON body, with SessionIds and ParticipationIds in the path replaced by the
+host and ExternalSessionId they name) together with how many times it saw that same request.  The
+same requests meet the same faults whichever of a client's threads sends first, so a chaos run is
+reproducible from its seeds.  Counted faults (`fail_next`, ...) hit the next calls to arrive.
 """
 
 from syncd.emulator.server import (
@@ -11,6 +19,7 @@ from syncd.emulator.server import (
     Emulator,
     Faults,
     RecordedCall,
+    request_identity,
     serve,
 )
 from syncd.emulator.state import (
@@ -40,5 +49,6 @@ __all__ = [
     "SessionRecord",
     "UnknownResourceError",
     "demo_hosts",
+    "request_identity",
     "serve",
 ]

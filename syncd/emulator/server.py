@@ -12,17 +12,19 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
 import hmac
 import json
 import random
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
@@ -94,6 +96,57 @@ class PostFault:
     delay: float | None = None
 
 
+#: (method, resource) -> the kind of emulator-assigned id in the path; other ids (host user ids,
+#: 0 with an external id in the query) do not depend on the order requests arrived in.
+_ASSIGNED_IDS: Final = {
+    ("PUT", "session"): "session",
+    ("DELETE", "session"): "session",
+    ("POST", "participant"): "session",
+    ("PUT", "participant"): "participation",
+    ("DELETE", "participant"): "participation",
+    ("PUT", "rsvp"): "participation",
+}
+
+
+def request_identity(
+    method: str,
+    path: str,
+    query: Mapping[str, str],
+    body: Any,
+    name_of: Callable[[str, int], str | None] | None = None,
+) -> str:
+    """What a request is, as far as a rate-based fault plan is concerned: method, path, query and
+    JSON body, with a SessionId or ParticipationId in the path replaced by ``name_of(kind, id)``
+    (``EmulatorState.order_free_name``), because which session got which id depends on the order
+    concurrent creates arrived in.  Hashed, never logged or stored: bodies carry patient data."""
+    segments = [s for s in path.lower().split("/") if s]
+    if len(segments) == 2 and segments[1].isdigit() and name_of is not None:
+        kind = _ASSIGNED_IDS.get((method.upper(), segments[0]))
+        ident = int(segments[1])
+        name = name_of(kind, ident) if kind is not None and ident != 0 else None
+        if name is not None:
+            segments[1] = f"<{name}>"
+    params = sorted((k.lower(), v) for k, v in query.items())
+    if body is _BODY_MISSING:
+        content = ""
+    elif body is _BODY_MALFORMED:
+        content = "<malformed>"
+    else:
+        content = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return json.dumps([method.upper(), "/".join(segments), params, content])
+
+
+def _draw(key: bytes, identity: str, seen: int) -> float:
+    """A number in [0, 1) fixed by the plan's key, the request and how often the plan saw it."""
+    digest = hashlib.blake2b(f"{seen}:{identity}".encode(), digest_size=8, key=key).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def _key(seed: int | None) -> bytes:
+    # None: a key nobody can predict, as an unseeded plan was before.
+    return random.Random(seed).getrandbits(256).to_bytes(32, "big")
+
+
 @dataclass(slots=True)
 class _Plan:
     """One configured fault: the next `remaining` matching calls, or a share `rate` of them."""
@@ -101,16 +154,18 @@ class _Plan:
     methods: frozenset[str] | None
     remaining: int | None = None
     rate: float = 0.0
-    rng: random.Random | None = None
+    key: bytes = b""
     status: int = 503
     retry_after: float | None = None
     seconds: float = 0.0
     message: str | Quote | None = None
+    #: request identity -> how many times this plan was asked about it
+    seen: dict[str, int] = field(default_factory=dict)
 
     def matches(self, method: str) -> bool:
         return self.methods is None or method in self.methods
 
-    def fires(self, method: str) -> bool:
+    def fires(self, method: str, identity: str) -> bool:
         if not self.matches(method):
             return False
         if self.remaining is not None:
@@ -118,8 +173,8 @@ class _Plan:
                 return False
             self.remaining -= 1
             return True
-        assert self.rng is not None
-        return self.rng.random() < self.rate
+        seen = self.seen[identity] = self.seen.get(identity, 0) + 1
+        return _draw(self.key, identity, seen) < self.rate
 
 
 def _methods(methods: Iterable[str] | None) -> frozenset[str] | None:
@@ -150,6 +205,14 @@ class Faults:
     A counted plan ("next n") is consumed before the rate plan of the same kind. At most one
     fault is injected per call: latency, then fail, then throttle before the change; drop or
     delay after it, and only when the change succeeded (a 4xx applied nothing).
+
+    A counted plan hits the next ``n`` calls in the order they arrive.  A rate plan decides per
+    request, not per arrival: a request meets the fault when a hash, keyed by the plan's seed, of
+    the request's identity (``request_identity``: method, path, query, body, emulator-assigned
+    ids replaced by what they name) and of how many times the plan was asked about that same
+    request lies below the rate.  So the same requests meet the same faults however concurrent
+    clients interleave them, and a retry of a request is a fresh draw.  The one thing left to
+    arrival order is which of two identical requests in flight at once is the first.
     """
 
     def __init__(self) -> None:
@@ -187,7 +250,7 @@ class Faults:
         seed: int | None = None,
         methods: Iterable[str] | None = None,
     ) -> None:
-        plan = _Plan(_methods(methods), rate=_rate(rate), rng=random.Random(seed), status=status)
+        plan = _Plan(_methods(methods), rate=_rate(rate), key=_key(seed), status=status)
         self._set("fail:rate", plan)
 
     def throttle_next(
@@ -207,7 +270,7 @@ class Faults:
         plan = _Plan(
             _methods(methods),
             rate=_rate(rate),
-            rng=random.Random(seed),
+            key=_key(seed),
             status=429,
             retry_after=retry_after,
         )
@@ -219,7 +282,7 @@ class Faults:
     def drop_after_apply_rate(
         self, rate: float, seed: int | None = None, methods: Iterable[str] = MUTATING_METHODS
     ) -> None:
-        plan = _Plan(_methods(methods), rate=_rate(rate), rng=random.Random(seed))
+        plan = _Plan(_methods(methods), rate=_rate(rate), key=_key(seed))
         self._set("drop:rate", plan)
 
     def delay_after_apply_next(
@@ -234,7 +297,7 @@ class Faults:
         seed: int | None = None,
         methods: Iterable[str] = MUTATING_METHODS,
     ) -> None:
-        plan = _Plan(_methods(methods), rate=_rate(rate), rng=random.Random(seed), seconds=seconds)
+        plan = _Plan(_methods(methods), rate=_rate(rate), key=_key(seed), seconds=seconds)
         self._set("delay:rate", plan)
 
     def clear(self) -> None:
@@ -265,6 +328,12 @@ class Faults:
 
     # used by the request handler
 
+    @property
+    def by_request(self) -> bool:
+        """Whether a rate plan is set, i.e. whether a request's identity is needed at all."""
+        with self._lock:
+            return any(plan.remaining is None for plan in self._plans.values())
+
     def hook(self, phase: str, method: str, path: str) -> bool:
         with self._lock:
             hook = self._hook
@@ -276,11 +345,17 @@ class Faults:
                 self._injected["latency"] += 1
             return self._latency
 
-    def before_apply(self, method: str, path: str = "", body: Any = None) -> PreFault | None:
+    def before_apply(
+        self, method: str, path: str = "", body: Any = None, identity: str | None = None
+    ) -> PreFault | None:
+        """``identity``: the request's ``request_identity``, made from method, path and body when
+        not given (without the emulator's state to name assigned ids by)."""
+        if identity is None:
+            identity = request_identity(method, path, {}, body)
         with self._lock:
             fired = None
             for kind in ("fail", "throttle"):
-                plan = self._firing(kind, method)
+                plan = self._firing(kind, method, identity)
                 if plan is not None:
                     self._injected[kind] += 1
                     fired = kind, plan
@@ -294,22 +369,24 @@ class Faults:
         message = plan.message(method, path, body) if callable(plan.message) else plan.message
         return PreFault(kind, plan.status, message or _fail_message(plan.status))
 
-    def after_apply(self, method: str) -> PostFault | None:
+    def after_apply(self, method: str, identity: str | None = None) -> PostFault | None:
+        if identity is None:
+            identity = request_identity(method, "", {}, _BODY_MISSING)
         with self._lock:
-            plan = self._firing("drop", method)
+            plan = self._firing("drop", method, identity)
             if plan is not None:
                 self._injected["drop"] += 1
                 return PostFault("drop")
-            plan = self._firing("delay", method)
+            plan = self._firing("delay", method, identity)
             if plan is not None:
                 self._injected["delay"] += 1
                 return PostFault("delay", plan.seconds)
             return None
 
-    def _firing(self, kind: str, method: str) -> _Plan | None:
+    def _firing(self, kind: str, method: str, identity: str) -> _Plan | None:
         for mode in ("next", "rate"):
             plan = self._plans.get(f"{kind}:{mode}")
-            if plan is not None and plan.fires(method):
+            if plan is not None and plan.fires(method, identity):
                 return plan
         return None
 
@@ -540,6 +617,14 @@ class _EmulatorHTTPServer(ThreadingHTTPServer):
             return
         super().handle_error(request, client_address)
 
+    def get_request(self) -> tuple[socket.socket, Any]:
+        # Accepted and counted under one lock: a connection is always either in the listen
+        # queue or among ours when ``unfinished_connection_count`` looks.
+        with self._connections_lock:
+            request, address = self.socket.accept()
+            self._connections.add(request)
+        return request, address
+
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._connections_lock:
             self._connections.add(request)
@@ -554,6 +639,12 @@ class _EmulatorHTTPServer(ThreadingHTTPServer):
         with self._connections_lock:
             return len(self._connections)
 
+    def unfinished_connection_count(self) -> int:
+        """Connections being served and those the kernel holds in the listen queue, not yet
+        accepted (Linux reports that queue's length in ``TCP_INFO``; elsewhere it counts as 0)."""
+        with self._connections_lock:
+            return _accept_queue_length(self.socket) + len(self._connections)
+
     def close_connections(self) -> None:
         """End kept-alive connections, so a stopped emulator really stops answering."""
         with self._connections_lock:
@@ -561,6 +652,20 @@ class _EmulatorHTTPServer(ThreadingHTTPServer):
         for connection in connections:
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
+
+
+def _accept_queue_length(listener: socket.socket) -> int:
+    tcp_info = getattr(socket, "TCP_INFO", None)
+    if tcp_info is None:
+        return 0
+    try:
+        info = listener.getsockopt(socket.IPPROTO_TCP, tcp_info, 104)
+    except OSError:
+        return 0
+    # struct tcp_info: eight u8 fields, then u32 rto, ato, snd_mss, rcv_mss, unacked; for a
+    # listening socket Linux puts the accept queue's length in tcpi_unacked.
+    (queued,) = struct.unpack_from("=I", info, 24)
+    return int(queued)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -640,7 +745,13 @@ class _Handler(BaseHTTPRequestHandler):
         if latency > 0:
             time.sleep(latency)
 
-        pre = emulator.faults.before_apply(method, path, body)
+        # Named before the change: a removed participation can no longer be named after it.
+        identity = (
+            request_identity(method, path, query, body, emulator.state.order_free_name)
+            if emulator.faults.by_request
+            else ""
+        )
+        pre = emulator.faults.before_apply(method, path, body, identity)
         if pre is not None:
             headers: tuple[tuple[str, str], ...] = ()
             if pre.retry_after is not None:
@@ -665,7 +776,7 @@ class _Handler(BaseHTTPRequestHandler):
             record(None, body, "hook")
             self._drop()
             return
-        post = emulator.faults.after_apply(method) if answer.status < 400 else None
+        post = emulator.faults.after_apply(method, identity) if answer.status < 400 else None
         if post is not None and post.delay is None:
             record(None, body, post.kind)
             self._drop()
@@ -851,6 +962,13 @@ class Emulator:
         client that went away has been handled."""
         server = self._server
         return 0 if server is None else server.open_connection_count()
+
+    @property
+    def unfinished_connections(self) -> int:
+        """``open_connections`` plus those connected but not yet accepted: 0 once everything a
+        client that went away had sent has been handled, even a request it sent as it died."""
+        server = self._server
+        return 0 if server is None else server.unfinished_connection_count()
 
     # call log
 

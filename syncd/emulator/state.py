@@ -724,6 +724,33 @@ class EmulatorState:
                     live[external_id] = ids
             return live
 
+    def order_free_name(self, kind: str, ident: int) -> str | None:
+        """What an id this account handed out names, in terms that do not depend on the order
+        the ids were handed out in: a session by its host and ExternalSessionId, a participation
+        by its session's and the participant's ExternalId (its place in the session when it has
+        none).  ``kind`` is "session" or "participation"; None for an id not (or no longer) known.
+
+        Fault plans decide by it (``server.request_identity``): with several clients' threads
+        creating sessions at once, which one gets SessionId 50007 is a matter of thread order.
+        """
+        with self._lock:
+            if kind == "session":
+                session = self._sessions.get(ident)
+            elif kind == "participation":
+                owner = self._session_of_participation.get(ident)
+                session = None if owner is None else self._sessions.get(owner)
+            else:
+                raise ValueError(f"unknown kind of id {kind!r}")
+            if session is None:
+                return None
+            name = f"session {session.user_id}/{session.external_session_id}"
+            if kind == "session":
+                return name
+            for index, participant in enumerate(session.participants):
+                if participant.participation_id == ident:
+                    return f"{name} participant {participant.external_id or f'#{index}'}"
+            return None
+
     def duplicate_external_session_ids(self) -> dict[str, list[int]]:
         return {k: v for k, v in self.live_sessions_by_external_id().items() if len(v) > 1}
 
