@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast
+from typing import Any, Final, Protocol, TypeVar, cast
 
 from sqlalchemy import Connection, CursorResult, Executable, Result, select
 from sqlalchemy.sql.dml import UpdateBase
@@ -18,11 +18,9 @@ from sqlalchemy.sql.expression import ColumnElement
 
 from syncd.ports.ledger import TEXT_LIMIT
 
-if TYPE_CHECKING:
-    from syncd.adapters.ledger.sqlite import FastPath
-
 __all__ = [
     "IN_CHUNK",
+    "DirectRunner",
     "Params",
     "Prepared",
     "Sql",
@@ -67,12 +65,19 @@ class Written(Protocol):
     def inserted_primary_key(self) -> Sequence[Any] | None: ...
 
 
+class DirectRunner(Protocol):
+    """A faster way to run a prepared statement (``syncd.adapters.ledger.sqlite``); None when it
+    cannot run this one, and the statement goes through SQLAlchemy."""
+
+    def run(self, connection: Connection, prepared: Prepared, params: Params) -> Written | None: ...
+
+
 class Sql:
     """The statements of one transaction, on the connection the caller began."""
 
     __slots__ = ("_fast", "connection", "rows")
 
-    def __init__(self, connection: Connection, fast_path: FastPath | None = None) -> None:
+    def __init__(self, connection: Connection, fast_path: DirectRunner | None = None) -> None:
         """``fast_path``: the SQLite ledger's driver-cursor path for prepared statements."""
         self.connection = connection
         self._fast = fast_path
