@@ -121,7 +121,7 @@ def main() -> int:
             Reconciler.reconcile = timed(Reconciler.reconcile, rows)  # type: ignore[method-assign]
             before = resource.getrusage(resource.RUSAGE_SELF)
             started = time.perf_counter()
-            report = app.engine.run_pass()
+            report = app.synchronizer.run_pass()
             wall = time.perf_counter() - started
             after = resource.getrusage(resource.RUSAGE_SELF)
             app.close()

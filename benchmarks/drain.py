@@ -279,6 +279,8 @@ def local_cost(args: argparse.Namespace, concurrency: int, work: Backlog) -> dic
             sync={"concurrency": concurrency, "batch_size": args.batch_size},
         )
         ledger = open_ledger(settings)
+        if args.no_fast_path:
+            ledger.fast_path = None  # every ledger statement through SQLAlchemy
         gateway = DirectGateway(state)
         engine = Synchronizer(
             outbox=OutboxReader(create_outbox_engine(ehr_url)),
@@ -339,6 +341,11 @@ def main() -> int:
     p.add_argument("--no-local", action="store_true", help="skip the L = 0 local-cost run")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--local-only", action="store_true", help="only the L = 0 local-cost runs")
+    p.add_argument(
+        "--no-fast-path",
+        action="store_true",
+        help="local cost with the SQLite ledger's driver-cursor path off",
+    )
     args = p.parse_args()
     levels = args.concurrency or [1, 4, 16]
     work = backlog(args.rows, prep=not args.no_prep)

@@ -98,7 +98,7 @@ class World:
     def run_pass(self) -> PassReport:
         if not self.apps:
             self.app()
-        return self.apps[-1].engine.run_pass()
+        return self.apps[-1].synchronizer.run_pass()
 
     def write(self, *rows: dict[str, Any]) -> list[int]:
         return self.ehr.append(rows)

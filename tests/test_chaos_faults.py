@@ -105,7 +105,7 @@ def test_lost_answers_are_resolved_and_counted(tmp_path: Path, long_run: bool) -
         # storm measured in seconds would be a different storm on a slower machine.
         while w.mutating_calls() < operations:
             w.write(*model.rows(30))
-            report = app.engine.run_pass()
+            report = app.synchronizer.run_pass()
             run.passes += 1
             still_open = open_intent_ids(app)
             for op_id in still_open:
@@ -115,7 +115,7 @@ def test_lost_answers_are_resolved_and_counted(tmp_path: Path, long_run: bool) -
         # Quiescence: no more faults, one more pass.
         faults.clear()
         faults.on_request(watch)  # clear() removed it
-        final = app.engine.run_pass()
+        final = app.synchronizer.run_pass()
         injected = faults.injected
         differences = remote_differences(w.emulator, model)
         with app.ledger.begin() as tx:
@@ -204,7 +204,7 @@ def test_overload_honours_retry_after_and_drains(tmp_path: Path, long_run: bool)
         while len(w.emulator.calls) < storm_requests or backlog == 0:
             sent = len(w.emulator.calls)
             w.write(*model.rows(10))
-            app.engine.run_pass()
+            app.synchronizer.run_pass()
             storm_passes += 1
             with app.ledger.begin() as tx:
                 backlog = tx.appointments.pending_count()
@@ -222,7 +222,7 @@ def test_overload_honours_retry_after_and_drains(tmp_path: Path, long_run: bool)
         # After the storm: the backlog drains by itself, pass after pass.
         drain_passes = 0
         while True:
-            report = app.engine.run_pass()
+            report = app.synchronizer.run_pass()
             drain_passes += 1
             with app.ledger.begin() as tx:
                 pending, parked = tx.appointments.pending_count(), tx.appointments.parked()

@@ -117,7 +117,7 @@ def test_ledger_dies_between_remote_success_and_commit(pg: PrivatePostgres, tmp_
         ids = [f"A{i}" for i in range(6)]
         w.write(*booked(6))
         clock = FakeClock()
-        runner = PassRunner(app.engine, classify=classify, clock=clock)
+        runner = PassRunner(app.synchronizer, classify=classify, clock=clock)
         with capture_logs() as logs:
             runner()  # the first create is applied remotely, then its outcome cannot commit
             assert hooked.fired == 1
@@ -179,7 +179,7 @@ def test_a_failed_pass_leaves_no_worker_behind(pg: PrivatePostgres, tmp_path: Pa
             ),
         )
         w.write(row("S0", starts=T, guests=[guest(1)]), row("S1", starts=T, guests=[guest(2)]))
-        runner = PassRunner(app.engine, classify=classify)
+        runner = PassRunner(app.synchronizer, classify=classify)
         runner()  # S0 created, then the ledger goes down; S1's create is still held back
         assert runner.degraded == "database"
         pg.start()
@@ -204,7 +204,7 @@ def test_ehr_database_dies_mid_pass(pg: PrivatePostgres, tmp_path: Path) -> None
             assert len(hooks) == 1
             ids = [f"E{i}" for i in range(6)]
             ehr.append(booked(6, "E"))
-            runner = PassRunner(app.engine, classify=classify)
+            runner = PassRunner(app.synchronizer, classify=classify)
             with capture_logs() as logs:
                 runner()
                 assert runner.degraded == "database"

@@ -361,7 +361,7 @@ def test_a_backlog_drain_logs_progress_at_a_bounded_rate(w: World) -> None:
         outbox=app.outbox,
         ledger=app.ledger,
         gateway=app.gateway,
-        options=replace(app.engine.options, progress_log_interval_seconds=interval),
+        options=replace(app.synchronizer.options, progress_log_interval_seconds=interval),
         clock=clock,
     )
     try:
@@ -393,12 +393,12 @@ def test_progress_costs_one_count_per_busy_pass_and_none_when_idle(w: World) -> 
             counts.append(statement)
 
     sa.event.listen(app.ledger.engine, "before_cursor_execute", spy)
-    app.engine.run_pass()
+    app.synchronizer.run_pass()
     assert counts == []
     w.write(*(row(f"Q{i}", starts=T, guests=[guest(i)]) for i in range(3)))
-    app.engine.run_pass()
+    app.synchronizer.run_pass()
     assert len(counts) == 1
-    app.engine.run_pass()
+    app.synchronizer.run_pass()
     assert len(counts) == 1
 
 

@@ -243,7 +243,7 @@ class SyncLoop(RuleBasedStateMachine):
 
     @rule()
     def run_pass(self) -> None:
-        self.app.engine.run_pass()
+        self.app.synchronizer.run_pass()
         STATS["passes"] += 1
 
     @rule()
@@ -271,7 +271,7 @@ class SyncLoop(RuleBasedStateMachine):
             )
         )
         try:
-            self.app.engine.run_pass()
+            self.app.synchronizer.run_pass()
         except SimulatedCrash:
             STATS["crashes between call and commit"] += 1
         self.restart()
@@ -297,7 +297,7 @@ class SyncLoop(RuleBasedStateMachine):
         deadline = time.monotonic() + 30
         STATS["quiescence checks"] += 1
         while True:
-            self.app.engine.run_pass()
+            self.app.synchronizer.run_pass()
             STATS["passes"] += 1
             self.w.emulator.faults.clear()
             with self.app.ledger.begin() as tx:

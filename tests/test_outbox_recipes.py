@@ -208,7 +208,7 @@ class Clinic:
     emulator: Emulator
 
     def run_pass(self) -> dict[str, int]:
-        return dict(self.app.engine.run_pass().outcomes)
+        return dict(self.app.synchronizer.run_pass().outcomes)
 
     def live(self, ext: str) -> list[SessionRecord]:
         return [

@@ -702,7 +702,7 @@ def test_the_daemon_runs_the_collector_as_a_second_job(w: World) -> None:
     w.write(row("A1", starts=T, guests=[guest(1)]))
     app = w.app()
     stop = threading.Event()
-    runner = PassRunner(app.engine, classify=classify)
+    runner = PassRunner(app.synchronizer, classify=classify)
     job = OutcomeJob(
         OutcomeCollector(ledger=app.ledger, gateway=app.gateway, stop=stop), classify=classify
     )

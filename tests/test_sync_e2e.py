@@ -403,7 +403,7 @@ def test_rejected_credentials_stop_the_pass(tmp_path: Path) -> None:
         app = w.app(
             securevideo={"base_url": w.emulator.base_url, "api_key": "demo", "api_secret": "wrong"}
         )
-        report = app.engine.run_pass()
+        report = app.synchronizer.run_pass()
         assert report.auth_error is not None
         assert not report.clean
         with app.ledger.begin() as tx:
@@ -452,7 +452,7 @@ def test_uuid_keys_of_an_ehr_view_reach_syncd_as_text(
             app = w.app(
                 outbox={"url": w.settings.outbox.url, "timezone": ZONE, "table": "uuid_keyed"}
             )
-            assert app.engine.run_pass().outcomes == {"synced": 1}
+            assert app.synchronizer.run_pass().outcomes == {"synced": 1}
             assert len(w.live(aid)) == 1
         finally:
             with w.ehr.engine.begin() as conn:
@@ -468,7 +468,7 @@ def test_control_without_look_before_create_the_lost_answer_duplicates(w: World)
     w.apps.append(app)
     w.emulator.faults.drop_after_apply_next(1, methods=("POST",))
     w.write(row("A1", starts=T, guests=[guest(1)]))
-    app.engine.run_pass()
+    app.synchronizer.run_pass()
     assert len(w.live("A1")) == 2
 
 
@@ -486,17 +486,17 @@ def test_an_idle_pass_makes_no_api_call_and_at_most_three_sql_statements(w: Worl
 
     empty = w.app()  # a fresh process, an empty outbox: cursor, outbox window, due list
     watch(empty)
-    empty.engine.run_pass()
+    empty.synchronizer.run_pass()
     assert len(statements) == 3, statements
 
     w.write(row("A1", starts=T, guests=[guest(1)]), row("A2", starts=T, guests=[guest(2)]))
     app = w.app()
-    app.engine.run_pass()
+    app.synchronizer.run_pass()
     watch(app)
     w.emulator.calls_clear()
     for _ in range(3):
         statements.clear()
-        report = app.engine.run_pass()
+        report = app.synchronizer.run_pass()
         assert sum(report.outcomes.values()) == 0
         # the outbox window (rows already seen) and the due list; nothing else
         assert len(statements) == 2, statements

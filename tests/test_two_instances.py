@@ -278,7 +278,7 @@ def test_heartbeat_renews_during_a_long_pass(ledger: SqlLedger) -> None:
 def test_an_engine_that_may_not_act_makes_no_mutating_call(tmp_path: Path) -> None:
     with world(tmp_path) as w:
         w.write(*booked("A", 3))
-        report = w.app().engine.run_pass(may_act=lambda: False)
+        report = w.app().synchronizer.run_pass(may_act=lambda: False)
         assert w.emulator.mutating_calls() == []
         assert report.interrupted
         with w.apps[-1].ledger.begin() as tx:

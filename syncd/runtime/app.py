@@ -60,8 +60,8 @@ class App:
     ledger: SqlLedger
     outbox: OutboxReader
     gateway: SecureVideoClient
-    #: the sync engine (the databases' SQLAlchemy engines stay inside the adapters)
-    engine: Synchronizer
+    #: the sync layer's entry point (the databases' SQLAlchemy engines stay inside the adapters)
+    synchronizer: Synchronizer
     #: None when wired without one (``Wiring(lease=False)``)
     lease: LeaderLease | None = None
     stop: threading.Event = field(default_factory=threading.Event)
@@ -71,7 +71,7 @@ class App:
         return OutcomeCollector(ledger=self.ledger, gateway=self.gateway, stop=self.stop)
 
     def close(self) -> None:
-        self.engine.close()
+        self.synchronizer.close()
         self.gateway.close()
         self.outbox.dispose()
         self.ledger.dispose()
@@ -206,7 +206,7 @@ def build_app(
     except BaseException:
         ledger.dispose()
         raise
-    sync_engine = Synchronizer(
+    synchronizer = Synchronizer(
         outbox=outbox,
         ledger=ledger,
         gateway=gateway if wiring.gateway is None else wiring.gateway(gateway),
@@ -222,7 +222,7 @@ def build_app(
         ledger=ledger,
         outbox=outbox,
         gateway=gateway,
-        engine=sync_engine,
+        synchronizer=synchronizer,
         lease=lease,
         stop=stop,
     )
@@ -285,7 +285,7 @@ def open_daemon(
     )
     if app is None:
         return None
-    runner = PassRunner(app.engine, classify=classify, lease=app.lease, health=health)
+    runner = PassRunner(app.synchronizer, classify=classify, lease=app.lease, health=health)
     outcomes = OutcomeJob(
         app.outcome_collector(),
         classify=classify,

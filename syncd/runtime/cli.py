@@ -133,7 +133,7 @@ def cmd_once(args: argparse.Namespace, wiring: Wiring) -> int:
 
     settings = _settings()
     with build_app(settings, wiring=wiring) as app:
-        report = run_one_pass(app.engine, app.lease)
+        report = run_one_pass(app.synchronizer, app.lease)
     if report is None:
         # Not a failure to fix (exit 2): the running instance does this work.
         print(
@@ -151,7 +151,7 @@ def cmd_plan(args: argparse.Namespace, wiring: Wiring) -> int:
 
     settings = _settings(report=True)
     with build_app(settings, wiring=wiring) as app:
-        previews = app.engine.preview()
+        previews = app.synchronizer.preview()
     pending = False
     for p in previews:
         if p.problem:

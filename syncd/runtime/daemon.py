@@ -45,20 +45,20 @@ class PassRunner:
 
     def __init__(
         self,
-        engine: Synchronizer,
+        synchronizer: Synchronizer,
         *,
         classify: Callable[[BaseException], str | None],
         clock: Callable[[], float] = time.monotonic,
         lease: LeaderLease | None = None,
         health: HealthState | None = None,
     ) -> None:
-        self.engine = engine
+        self.synchronizer = synchronizer
         self.classify = classify
         self.clock = clock
         #: None only where one instance is guaranteed (tests, the control run)
         self.lease = lease
         self.health = health or HealthState()
-        self.health.follow_progress(lambda: engine.progress)
+        self.health.follow_progress(lambda: synchronizer.progress)
         if lease is not None:
             # Until the first tick says otherwise, an instance with a lease expects to lead.
             self.health.report_leadership(standby=False)
@@ -80,7 +80,7 @@ class PassRunner:
         self.health.report_tick()
         try:
             if self.lease is None:
-                report = self.engine.run_pass()
+                report = self.synchronizer.run_pass()
             elif not self.lease.acquire():
                 self._standby()
                 return
@@ -89,7 +89,7 @@ class PassRunner:
                     log.info("leader", pid=os.getpid())
                     self.health.report_leadership(standby=False)
                 with self.lease.heartbeat():
-                    report = self.engine.run_pass(may_act=self.lease.may_act)
+                    report = self.synchronizer.run_pass(may_act=self.lease.may_act)
         except Exception as exc:  # noqa: BLE001 - a daemon outlives any one failed pass
             component = self.classify(exc) or "unexpected"
             self._degrade(component, exc)
@@ -179,15 +179,15 @@ def run_daemon(
     return 0
 
 
-def run_one_pass(engine: Synchronizer, lease: LeaderLease | None) -> PassReport | None:
+def run_one_pass(synchronizer: Synchronizer, lease: LeaderLease | None) -> PassReport | None:
     """``syncd once``: one pass under the leader lease; None when another instance holds it."""
     if lease is None:
-        return engine.run_pass()
+        return synchronizer.run_pass()
     if not lease.acquire():
         return None
     try:
         with lease.heartbeat():
-            return engine.run_pass(may_act=lease.may_act)
+            return synchronizer.run_pass(may_act=lease.may_act)
     finally:
         lease.release()
 

@@ -100,12 +100,12 @@ def run_demo(directory: str, *, wiring: Wiring | None = None) -> int:
         with build_app(settings, wiring=wiring or Wiring()) as app:
             outbox.append(first_day(tomorrow))
             _say("pass 1: the EHR has 6 appointments (5 booked, 1 proposed)")
-            _summary(app.engine.run_pass(), emulator)
+            _summary(app.synchronizer.run_pass(), emulator)
             outbox.append(edits(tomorrow))
             _say("pass 2: a reschedule, a cancellation, a rename, a new guest, one bad row")
-            _summary(app.engine.run_pass(), emulator)
+            _summary(app.synchronizer.run_pass(), emulator)
             _say("pass 3: nothing changed in the EHR")
-            _summary(app.engine.run_pass(), emulator)
+            _summary(app.synchronizer.run_pass(), emulator)
             _say("sessions on SecureVideo now (ids only):")
             for line in _sessions(emulator.state.sessions()):
                 _say("  " + line)
