@@ -264,14 +264,15 @@ def test_release_lets_another_take_over_at_once(ledger: SqlLedger) -> None:
 
 
 def test_heartbeat_renews_during_a_long_pass(ledger: SqlLedger) -> None:
-    a = LeaderLease(ledger, ttl_seconds=0.3, holder="a")
-    b = LeaderLease(ledger, ttl_seconds=0.3, holder="b")
+    # A TTL of 2 s, renewed every 2/3 s: each wait below clears its bound by over a second.
+    a = LeaderLease(ledger, ttl_seconds=2.0, holder="a")
+    b = LeaderLease(ledger, ttl_seconds=2.0, holder="b")
     assert a.acquire()
     with a.heartbeat():
-        time.sleep(0.6)  # twice the TTL: only the heartbeat keeps the lease
+        time.sleep(4.0)  # twice the TTL: only the heartbeat keeps the lease
         assert not b.acquire()
         assert a.may_act()
-    time.sleep(0.35)
+    time.sleep(3.5)  # the last renewal's TTL has run out
     assert b.acquire()
 
 
