@@ -381,16 +381,18 @@ def test_operation_ids_are_not_reused_after_a_rollback() -> None:
     assert first < lost < record()
 
 
-def test_replace_without_clearing_refuses_a_participant_on_file() -> None:
+def test_replace_refuses_a_participant_listed_twice_and_keeps_what_was_on_file() -> None:
     ledger = InMemoryLedger()
     with ledger.begin() as tx:
         tx.participants.upsert(
             "a01", "g1", session_id=1, participation_id=2, packet_id=None, now=NOW
         )
-    with pytest.raises(ValueError, match="already on file"), ledger.begin() as tx:
-        tx.participants.replace(
-            "a01", list(tx.participants.of_appointments(["a01"])["a01"].values()), clear=False
-        )
+    with ledger.begin() as tx:
+        on_file = list(tx.participants.of_appointments(["a01"])["a01"].values())
+    with pytest.raises(ValueError, match="listed twice"), ledger.begin() as tx:
+        tx.participants.replace("a01", on_file * 2)
+    with ledger.begin() as tx:  # rolled back: the DELETE before the failed INSERT too
+        assert list(tx.participants.of_appointments(["a01"])["a01"].values()) == on_file
 
 
 # --- ManualClock ---------------------------------------------------------------------------------

@@ -770,7 +770,7 @@ def journal_one_of_each(tx: LedgerTransaction, aid: str) -> None:
     people = [
         ParticipantRecord(aid, f"pat-{n}", 9001, 70 + n, None if n else 5, T1) for n in (0, 1)
     ]
-    tx.participants.replace(aid, people, clear=False)
+    tx.participants.replace(aid, people)
     tx.participants.replace(aid, people[:1])
     tx.appointments.mark_synced(
         aid,
@@ -841,7 +841,7 @@ def test_the_sqlite_ledgers_direct_statements_fail_as_sqlalchemy_errors_without_
         twice = [ParticipantRecord("A1", canary, 9001, 70, None, T1)] * 2
         with pytest.raises(IntegrityError) as caught, ledger.begin() as tx:
             tx.appointments.note_events({"A1": 1}, now=T0)
-            tx.participants.replace("A1", twice, clear=False)
+            tx.participants.replace("A1", twice)
         assert canary not in str(caught.value)
         with ledger.begin() as tx:  # rolled back, and the connection still serves
             assert tx.appointments.get("A1") is None

@@ -487,10 +487,8 @@ def test_participants_upsert_delete_and_replace(ledger: Ledger) -> None:
     assert set(found["a02"]) == {"g1"}
     with ledger.begin() as tx:
         tx.participants.delete_all_of("a01")
-        tx.participants.replace(
-            "a03", [ParticipantRecord("a03", "g1", 50003, 700020, None, T3)], clear=False
-        )
-        tx.participants.replace("a04", [], clear=False)
+        tx.participants.replace("a03", [ParticipantRecord("a03", "g1", 50003, 700020, None, T3)])
+        tx.participants.replace("a04", [])
     with ledger.begin() as tx:
         found = tx.participants.of_appointments(["a01", "a02", "a03", "a04"])
     assert (found["a01"], found["a04"]) == ({}, {})

@@ -7,8 +7,6 @@ cannot print them.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -98,10 +96,6 @@ class Appointment:
     @property
     def presence(self) -> Presence:
         return PRESENCE[self.status]
-
-    def fingerprint(self) -> str:
-        """A hash of the desired state: lets the ledger tell "changed" from "same" without PHI."""
-        return fingerprint_of(_canonical_appointment(self))
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,46 +251,3 @@ def describe(op: Operation) -> dict[str, object]:
             out["participant_external_id"] = op.external_id
             out["reason"] = op.reason
     return out
-
-
-# --- fingerprints ------------------------------------------------------------------------------
-
-
-def fingerprint_of(value: object) -> str:
-    """SHA-256 of a canonical JSON rendering.  One-way: the ledger may keep it, PHI stays out."""
-    blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def guest_fingerprint(guest: Guest) -> str:
-    return fingerprint_of(_canonical_guest(guest))
-
-
-def _canonical_guest(g: Guest) -> dict[str, object]:
-    return {
-        "external_id": g.external_id,
-        "full_name": g.full_name,
-        "email": g.email,
-        "sms": g.sms,
-        "tz": g.time_zone_windows_id,
-        "deliver": g.deliver,
-        "packet_id": g.packet_id,
-        "svc_id": g.svc_id,
-        "deposit": None if g.deposit is None else str(g.deposit.normalize()),
-        "sv_user": g.securevideo_user_id,
-    }
-
-
-def _canonical_appointment(a: Appointment) -> dict[str, object]:
-    return {
-        "appointment_id": a.appointment_id,
-        "external_session_id": a.external_session_id,
-        "provider": a.provider_external_id,
-        "presence": a.presence.value,
-        "starts_at": a.starts_at.isoformat(),
-        "topic": a.topic,
-        "is_recorded": a.is_recorded,
-        "guests": sorted(
-            (_canonical_guest(g) for g in a.guests), key=lambda d: str(d["external_id"])
-        ),
-    }

@@ -374,11 +374,8 @@ class ParticipantRepository(Protocol):
         self,
         appointment_id: str,
         participants: Sequence[ParticipantRecord],
-        *,
-        clear: bool = True,
     ) -> None:
-        """All of an appointment's participants at once (after a create).  ``clear=False``: the
-        caller knows none is on file, so nothing needs deleting first."""
+        """All of an appointment's participants at once (after a create): those on file go."""
         ...
 
 

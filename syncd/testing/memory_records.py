@@ -165,17 +165,12 @@ class MemoryParticipants:
         self,
         appointment_id: str,
         participants: Sequence[ParticipantRecord],
-        *,
-        clear: bool = True,
     ) -> None:
-        if clear:
-            self.delete_all_of(appointment_id)
+        self.delete_all_of(appointment_id)
         keys = [(appointment_id, p.external_id) for p in participants]
         # The SQL ledger's INSERT fails on a duplicate primary key, and the whole statement with it.
-        if len(set(keys)) != len(keys) or any(k in self._rows for k in keys):
-            raise ValueError(
-                f"appointment {appointment_id!r}: a participant is already on file or listed twice"
-            )
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"appointment {appointment_id!r}: a participant is listed twice")
         for key, p in zip(keys, participants, strict=True):
             # The record's own appointment id is ignored, as the SQL ledger ignores it.
             record = dataclasses.replace(

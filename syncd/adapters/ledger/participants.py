@@ -78,12 +78,9 @@ class SqlParticipants:
         self,
         appointment_id: str,
         participants: Sequence[ParticipantRecord],
-        *,
-        clear: bool = True,
     ) -> None:
-        """One DELETE (unless ``clear=False``: the caller knows none is on file), one INSERT."""
-        if clear:
-            self.delete_all_of(appointment_id)
+        """One DELETE, one INSERT."""
+        self.delete_all_of(appointment_id)
         if participants:
             self._sql.write(
                 _INSERT,
