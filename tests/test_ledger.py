@@ -45,7 +45,7 @@ FP = "f" * 64
 
 #: Every column the ledger has.  Adding one means deciding, here, that it carries no patient data.
 EXPECTED_COLUMNS = {
-    "sync_cursor": {"id", "last_event_id", "updated_at"},
+    "sync_cursor": {"id", "last_event_id", "updated_at", "fingerprint_key"},
     "appointment": {
         "appointment_id",
         "last_event_id",
@@ -107,6 +107,9 @@ EXPECTED_COLUMNS = {
         "changed_at",
     },
 }
+#: the newest migration: a new one changes this line and adds its own up-and-down test
+HEAD = "0004_fingerprint_key"
+
 PHI_HINTS = ("first_name", "last_name", "full_name", "email", "phone", "sms", "topic", "birth")
 
 
@@ -132,7 +135,7 @@ def test_migrate_empty_to_head_to_base_and_back(fresh_ledger_url: str) -> None:
         assert not is_at_head(engine)
 
         migrate(engine)
-        assert current_revision(engine) == head_revision() == "0003_drop_unread_fingerprints"
+        assert current_revision(engine) == head_revision() == HEAD
         assert is_at_head(engine)
         assert set(EXPECTED_COLUMNS) <= set(inspect(engine).get_table_names())
         migrate(engine)  # already there: nothing to do
@@ -306,7 +309,7 @@ def test_migration_0003_keeps_every_row_up_and_down(fresh_ledger_url: str) -> No
             conn.execute(cursor.update().values(last_event_id=8))
 
         migrate(engine)
-        assert current_revision(engine) == "0003_drop_unread_fingerprints"
+        assert current_revision(engine) == HEAD
         with engine.connect() as conn:  # the batch rebuild kept constraints and indexes
             context = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(context, metadata) == []
@@ -361,9 +364,41 @@ def test_migration_0003_keeps_every_row_up_and_down(fresh_ledger_url: str) -> No
         ledger.dispose()
 
 
+def test_migration_0004_makes_one_key_and_keeps_it(fresh_ledger_url: str) -> None:
+    ledger = SqlLedger(create_ledger_engine(fresh_ledger_url))
+    engine = ledger.engine
+    try:
+        migrate(engine, "0003_drop_unread_fingerprints")
+        with engine.begin() as conn:
+            conn.execute(
+                old_table("sync_cursor", ["last_event_id"]).update().values(last_event_id=8)
+            )
+        migrate(engine, "0004_fingerprint_key")
+        with ledger.begin() as tx:
+            key = tx.cursor.fingerprint_key()
+            assert tx.cursor.get() == 8
+        migrate(engine)
+        with ledger.begin() as tx:
+            assert tx.cursor.fingerprint_key() == key
+        with engine.begin() as conn:  # emptied by hand: a new key, made once
+            conn.execute(delete(metadata.tables["sync_cursor"]))
+        with ledger.begin() as tx:
+            again = tx.cursor.fingerprint_key()
+            assert again != key
+        with ledger.begin() as tx:
+            assert tx.cursor.fingerprint_key() == again
+            assert tx.cursor.get() == 0
+        downgrade(engine, "0003_drop_unread_fingerprints")
+        assert "fingerprint_key" not in {
+            c["name"] for c in inspect(engine).get_columns("sync_cursor")
+        }
+    finally:
+        ledger.dispose()
+
+
 def test_script_location_and_head() -> None:
     assert (script_location() / "env.py").is_file()
-    assert head_revision() == "0003_drop_unread_fingerprints"
+    assert head_revision() == HEAD
 
 
 # --- schema --------------------------------------------------------------------------------------

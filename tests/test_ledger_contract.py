@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import Engine
 
 from syncd.adapters.ledger import SqlLedger
+from syncd.core.fingerprint import KEY_BYTES
 from syncd.ports.ledger import (
     AMBIGUOUS,
     APPLIED,
@@ -115,6 +116,18 @@ def test_cursor_starts_at_zero_and_never_moves_back(ledger: Ledger) -> None:
         tx.cursor.advance(12)
     with ledger.begin() as tx:
         assert tx.cursor.get() == 12
+
+
+def test_fingerprint_key_is_made_once_and_kept(ledger: Ledger) -> None:
+    with ledger.begin() as tx:
+        key = tx.cursor.fingerprint_key()
+        assert len(key) == KEY_BYTES
+        assert tx.cursor.fingerprint_key() == key
+    with ledger.begin() as tx:
+        tx.cursor.advance(3)
+        assert tx.cursor.fingerprint_key() == key
+    with ledger.begin() as tx:
+        assert tx.cursor.fingerprint_key() == key
 
 
 # --- appointments: events and guards -------------------------------------------------------------

@@ -189,6 +189,11 @@ class CursorRepository(Protocol):
         """Move the cursor forward to ``event_id``; never backwards."""
         ...
 
+    def fingerprint_key(self) -> bytes:
+        """This ledger's secret for :class:`syncd.core.fingerprint.Fingerprints`, made on first
+        use and the same ever after (concurrent first uses agree on one)."""
+        ...
+
 
 class AppointmentRepository(Protocol):
     """One row per appointment: which event is pending, which was applied, and the session."""

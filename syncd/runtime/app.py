@@ -22,6 +22,7 @@ from syncd.adapters.outbox import OutboxReader, create_outbox_engine
 from syncd.adapters.securevideo import ResponseHook, SecureVideoClient
 from syncd.adapters.windows_zones import windows_zone_id
 from syncd.core.errors import SyncdError
+from syncd.core.fingerprint import Fingerprints
 from syncd.core.retry import RetryPolicy
 from syncd.ports.securevideo import SessionGateway
 from syncd.runtime.daemon import PassRunner, open_when_available, run_daemon
@@ -62,6 +63,8 @@ class App:
     gateway: SecureVideoClient
     #: the sync layer's entry point (the databases' SQLAlchemy engines stay inside the adapters)
     synchronizer: Synchronizer
+    #: keyed under this ledger's secret: how participants and contact details are shown and kept
+    fingerprints: Fingerprints
     #: None when wired without one (``Wiring(lease=False)``)
     lease: LeaderLease | None = None
     stop: threading.Event = field(default_factory=threading.Event)
@@ -201,6 +204,8 @@ def build_app(
     stop = stop or threading.Event()
     ledger = open_ledger(settings)
     try:
+        with ledger.begin() as tx:
+            fingerprints = Fingerprints(tx.cursor.fingerprint_key())
         gateway = open_gateway(settings, on_response=on_response)
         outbox = open_outbox(settings)
     except BaseException:
@@ -223,6 +228,7 @@ def build_app(
         outbox=outbox,
         gateway=gateway,
         synchronizer=synchronizer,
+        fingerprints=fingerprints,
         lease=lease,
         stop=stop,
     )

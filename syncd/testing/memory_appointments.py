@@ -7,6 +7,7 @@ from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
 
+from syncd.core.fingerprint import KEY_BYTES
 from syncd.ports.ledger import (
     APPOINTMENT_STATES,
     PARKED,
@@ -29,6 +30,11 @@ class MemoryCursor:
         if event_id > self._w.t.cursor:
             self._w.t.cursor = event_id
             self._w.cursor_moved = True
+
+    def fingerprint_key(self) -> bytes:
+        if self._w.t.fingerprint_key is None:
+            self._w.t.fingerprint_key = bytes(range(KEY_BYTES))
+        return self._w.t.fingerprint_key
 
 
 class MemoryAppointments:

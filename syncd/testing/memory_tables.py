@@ -32,6 +32,8 @@ class Tables:
     """The ledger's rows.  Records are frozen, so a shallow copy of each dict is a snapshot."""
 
     cursor: int = 0
+    #: made on first use, like the SQL ledger's; fixed here so fakes give the same fingerprints
+    fingerprint_key: bytes | None = None
     appointments: dict[str, AppointmentRecord] = field(default_factory=dict)
     operations: dict[int, OperationRecord] = field(default_factory=dict)
     participants: dict[tuple[str, str], ParticipantRecord] = field(default_factory=dict)
@@ -44,6 +46,7 @@ class Tables:
     def copy(self) -> Tables:
         return Tables(
             cursor=self.cursor,
+            fingerprint_key=self.fingerprint_key,
             appointments=dict(self.appointments),
             operations=dict(self.operations),
             participants=dict(self.participants),
@@ -88,6 +91,8 @@ class Work:
     def write_back(self, committed: Tables) -> None:
         if self.cursor_moved:
             committed.cursor = max(committed.cursor, self.t.cursor)
+        if committed.fingerprint_key is None:
+            committed.fingerprint_key = self.t.fingerprint_key
         for name in TABLES:
             mine: dict[Any, object] = getattr(self.t, name)
             theirs: dict[Any, object] = getattr(committed, name)

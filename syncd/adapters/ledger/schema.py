@@ -90,6 +90,8 @@ class SyncCursorRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     last_event_id: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(_TIMESTAMP)
+    #: hex of the HMAC key behind every fingerprint this ledger holds or shows (core.fingerprint)
+    fingerprint_key: Mapped[str | None] = mapped_column(String(64))
 
 
 class AppointmentRow(Base):
