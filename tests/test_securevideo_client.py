@@ -646,6 +646,30 @@ def test_updating_a_securevideo_user_sends_only_session_fields() -> None:
     assert "SecureVideoUserId" not in body
 
 
+def test_a_guest_without_a_packet_is_sent_packet_id_minus_one_on_every_call() -> None:
+    """Defect 2: a null PacketId shows no documents to POST /session but all of them to
+    POST /participant (and PUT), so "no packet" must travel as -1 on every call."""
+    answers = [httpx.Response(201, json=session_payload())] + [
+        httpx.Response(200, json=session_payload()) for _ in range(4)
+    ]
+    client, script, _ = scripted(*answers)
+    patient = Guest(external_id="pat-1", full_name="Anna Canary")
+    colleague = Guest(external_id="nurse-7", securevideo_user_id="12")
+    op = CreateSession(
+        "apt-1", "ehr-1", "prov-001", datetime(2030, 4, 16, 15, 0), None, False, (patient,)
+    )
+    with client:
+        client.create_session(op)
+        client.add_participant(9636, patient)
+        client.add_participant(9636, colleague)
+        client.update_participant(18620, patient)
+        client.update_participant(18620, colleague)
+    create, *changes = script.requests
+    sent = [p["PacketId"] for p in json.loads(create.content)["Participants"]]
+    sent += [json.loads(r.content)["PacketId"] for r in changes]
+    assert sent == [-1, -1, -1, -1, -1]
+
+
 def test_history_sends_month_as_its_first_day_and_dates_as_iso() -> None:
     client, script, _ = scripted()
     with client:

@@ -15,6 +15,11 @@ from typing import ClassVar, Literal
 
 Delivery = Literal["E", "S", "N"]
 
+#: PacketId values with a meaning of their own.  An omitted or null PacketId means "no documents"
+#: to the Sessions API and "all documents" to the Participants API, so syncd always sends one.
+NO_DOCUMENTS = -1
+ALL_DOCUMENTS = 0
+
 
 class AppointmentStatus(StrEnum):
     """FHIR R4 ``Appointment.status``."""
@@ -68,7 +73,8 @@ class Guest:
     sms: str = field(default="", repr=False)
     time_zone_windows_id: str | None = None
     deliver: Delivery = "N"
-    packet_id: int | None = None
+    #: always sent: ``NO_DOCUMENTS`` (-1), ``ALL_DOCUMENTS`` (0) or a packet's id
+    packet_id: int = NO_DOCUMENTS
     svc_id: int | None = None
     deposit: Decimal | None = None
     securevideo_user_id: str | None = None
