@@ -218,6 +218,21 @@ def test_mark_synced_settles_the_event_it_applied(ledger: Ledger) -> None:
     assert record.updated_at == T2
 
 
+def test_mark_synced_keeps_a_reason_for_the_operator(ledger: Ledger) -> None:
+    note(ledger, {"a01": 5})
+    with ledger.begin() as tx:
+        tx.appointments.mark_synced(
+            "a01",
+            event_id=5,
+            session_id=50001,
+            host_external_id="prov-002",
+            now=T1,
+            reason="previous host 'prov-001' is unknown",
+        )
+    record = appointment(ledger, "a01")
+    assert (record.state, record.reason) == (SYNCED, "previous host 'prov-001' is unknown")
+
+
 def test_mark_synced_of_an_older_event_keeps_the_newer_one_pending(ledger: Ledger) -> None:
     note(ledger, {"a01": 5})
     note(ledger, {"a01": 6}, now=T1)

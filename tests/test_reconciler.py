@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import pytest
+from structlog.testing import capture_logs
 
 from syncd.core.domain import (
     Appointment,
@@ -275,6 +276,38 @@ def test_an_unknown_host_parks_naming_the_provider_field(rig: Rig) -> None:
     assert rig.turn(appointment(host="prov-nobody")) is Disposition.PARKED
     reason = rig.state().reason
     assert reason is not None and "field 'provider_external_id'" in reason
+
+
+def test_a_provider_change_away_from_a_host_who_left_creates_under_the_new_host(
+    rig: Rig,
+) -> None:
+    """Defect 6: the old host's list answers 404; the session is made under the new host and
+    the old one is reported, not blamed on the new provider."""
+    rig.turn(appointment())
+    rig.gateway.remove_host("prov-001")
+    with capture_logs() as logs:
+        assert rig.turn(appointment(event_id=2, host="prov-002")) is Disposition.SYNCED
+    assert kinds(rig.gateway) == ["create", "create"]
+    state = rig.state()
+    assert (state.state, state.host_external_id) == ("synced", "prov-002")
+    assert state.reason is not None and "previous host 'prov-001'" in state.reason
+    (gone,) = [e for e in logs if e["event"] == "previous_host_gone"]
+    assert gone["appointment_id"] == "A1"
+    assert (gone["provider_external_id"], gone["previous_host_external_id"]) == (
+        "prov-002",
+        "prov-001",
+    )
+    # The next change finds the session on its host and makes no call.
+    assert rig.turn(appointment(event_id=3, host="prov-002")) is Disposition.UNCHANGED
+
+
+def test_a_provider_change_to_an_unknown_host_parks_naming_the_new_host(rig: Rig) -> None:
+    rig.turn(appointment())
+    assert rig.turn(appointment(event_id=2, host="prov-nobody")) is Disposition.PARKED
+    reason = rig.state().reason
+    assert reason is not None and "field 'provider_external_id'" in reason
+    assert "'prov-nobody'" in reason and "prov-001" not in reason
+    assert kinds(rig.gateway) == ["create"]
 
 
 def test_refused_credentials_stop_the_pass_and_are_reported_once(rig: Rig) -> None:

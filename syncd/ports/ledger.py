@@ -229,8 +229,12 @@ class AppointmentRepository(Protocol):
         host_external_id: str | None,
         now: datetime,
         schedule_ts: datetime | None = None,
+        reason: str | None = None,
     ) -> bool:
-        """SecureVideo matches ``event_id``.  False when a newer event keeps it ``pending``."""
+        """SecureVideo matches ``event_id``.  False when a newer event keeps it ``pending``.
+
+        ``reason``: what an operator should still know (a previous host SecureVideo no longer
+        knows), shown as a parked appointment's reason is."""
         ...
 
     def mark_skipped(

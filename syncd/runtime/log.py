@@ -47,6 +47,7 @@ SAFE_KEYS: frozenset[str] = frozenset(
         "participant_external_id",
         "external_session_id",
         "provider_external_id",
+        "previous_host_external_id",
         "host_user_id",
         "op",
         "ops",

@@ -123,6 +123,7 @@ class MemoryAppointments:
         host_external_id: str | None,
         now: datetime,
         schedule_ts: datetime | None = None,
+        reason: str | None = None,
     ) -> bool:
         applied = {
             "applied_event_id": event_id,
@@ -130,7 +131,7 @@ class MemoryAppointments:
             "host_external_id": host_external_id,
             "schedule_ts": None if schedule_ts is None else utc(schedule_ts),
         }
-        return self._settle(appointment_id, event_id, SYNCED, applied, reason=None, now=now)
+        return self._settle(appointment_id, event_id, SYNCED, applied, reason=reason, now=now)
 
     def mark_skipped(
         self, appointment_id: str, *, event_id: int, reason: str, now: datetime

@@ -185,6 +185,7 @@ class SqlAppointments:
         host_external_id: str | None,
         now: datetime,
         schedule_ts: datetime | None = None,
+        reason: str | None = None,
     ) -> bool:
         """``schedule_ts`` is the managed session's time as SecureVideo shows it (None without
         one)."""
@@ -194,7 +195,7 @@ class SqlAppointments:
             "host_external_id": host_external_id,
             "schedule_ts": None if schedule_ts is None else utc(schedule_ts),
         }
-        return self._settle(appointment_id, event_id, SYNCED, applied, reason=None, now=now)
+        return self._settle(appointment_id, event_id, SYNCED, applied, reason=reason, now=now)
 
     def mark_skipped(
         self, appointment_id: str, *, event_id: int, reason: str, now: datetime
