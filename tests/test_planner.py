@@ -23,9 +23,11 @@ from syncd.core.domain import (
     UpdateParticipant,
     describe,
 )
+from syncd.core.fingerprint import Fingerprints
 from syncd.core.planner import changed_fields, plan, same_schedule
 
 NOW = datetime(2027, 1, 10, 12, 0)
+PRINTS = Fingerprints(bytes(32))
 T = datetime(2027, 1, 15, 15, 0)
 
 ANNA = Guest(
@@ -327,6 +329,26 @@ def test_describe_has_no_patient_data() -> None:
         (IN_SYNC,),
         now=NOW,
     )
-    text = repr([describe(op) for op in ops]) + repr(ops)
-    for secret in ("Anna", "Ben", "example.test", "1555", "Follow-up"):
+    text = repr([describe(op, PRINTS) for op in ops]) + repr(ops)
+    for secret in ("Anna", "Ben", "example.test", "1555", "Follow-up", "pat-1", "pat-2"):
         assert secret not in text
+
+
+def test_describe_shows_participant_external_ids_as_fingerprints() -> None:
+    """Defect 9: participant external ids are often MRNs; plan, logs and the journal show
+    their keyed fingerprints."""
+    mrn = replace(ANNA, external_id="MRN-00424242")
+    ops = (
+        create(appt(guests=(mrn, BEN))),
+        AddParticipant("A1", 500, mrn),
+        UpdateParticipant("A1", 500, 11, mrn, ("email",)),
+        RemoveParticipant("A1", 500, 11, "MRN-00424242", "removed"),
+    )
+    described = [describe(op, PRINTS) for op in ops]
+    assert "MRN-00424242" not in repr(described) and "00424242" not in repr(described)
+    shown = PRINTS.participant("MRN-00424242")
+    assert described[0]["participants"] == [shown, PRINTS.participant("pat-2")]
+    assert [d["participant_external_id"] for d in described[1:]] == [shown] * 3
+    assert shown.startswith("g-") and shown != Fingerprints(b"\x01" * 32).participant(
+        mrn.external_id
+    )

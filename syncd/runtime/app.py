@@ -218,6 +218,7 @@ def build_app(
         options=sync_options(settings, rng=rng),
         stop=stop,
         checkpoint=wiring.checkpoint,
+        fingerprints=fingerprints,
     )
     lease = None
     if wiring.lease:

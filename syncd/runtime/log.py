@@ -44,7 +44,8 @@ SAFE_KEYS: frozenset[str] = frozenset(
         "appointment_ids",
         "session_id",
         "participation_id",
-        "participant_external_id",
+        # a participant's fingerprint (core.fingerprint), never the external id: often an MRN
+        "participant",
         "external_session_id",
         "provider_external_id",
         "previous_host_external_id",
