@@ -946,8 +946,9 @@ def test_emulator_participants_by_id_and_external_id(
         NewParticipant(secure_video_user_id="1003", packet_id=-1), session_id=session.session_id
     )
     by_ext = {p.participant_external_id: p for p in colleague.participants}
-    assert set(by_ext) == {"prov-001", "pat-1", "pat-2", "pat-3", "prov-003"}
-    assert by_ext["prov-003"].secure_video_user_id == "1003"
+    # A SecureVideo user's participation has its own ParticipantExternalId: none was sent.
+    assert set(by_ext) == {"prov-001", "pat-1", "pat-2", "pat-3", None}
+    assert by_ext[None].secure_video_user_id == "1003"
 
     quiet = ben.model_copy(update={"should_auto_deliver_code": "N"})
     after = client.update_participant_raw(quiet, participation_id=by_ext["pat-2"].participation_id)
@@ -963,7 +964,7 @@ def test_emulator_participants_by_id_and_external_id(
     client.remove_participant_raw(external_session_id="ehr-1", external_id="pat-3")
     (left,) = client.list_sessions(host_external_id="prov-001")
     remaining = {p.participant_external_id: p for p in left.participants}
-    assert set(remaining) == {"prov-001", "pat-1", "prov-003"}
+    assert set(remaining) == {"prov-001", "pat-1", None}
     assert remaining["pat-1"].rsvp == "Confirmed"
 
 

@@ -197,6 +197,27 @@ def test_participant_add_update_remove(w: World) -> None:
     assert [c.method for c in w.emulator.mutating_calls()] == ["DELETE", "PUT", "POST"]
 
 
+def test_a_guest_without_a_packet_is_shown_no_documents_however_it_was_added(w: World) -> None:
+    """Defect 2: POST /participant and PUT read a null PacketId as "all documents"; syncd sends
+    -1 for "no packet" on every call, so a guest added or updated later sees none."""
+    w.write(row("A1", starts=T, guests=[guest(1), guest(2, packet_id=0)]))
+    w.run_pass()
+    w.write(
+        row(
+            "A1",
+            starts=T,
+            guests=[guest(1, email="moved@phi.example"), guest(2, packet_id=0), guest(3)],
+        )
+    )
+    report = w.run_pass()
+    assert report.operations == {"update_participant:applied": 1, "add_participant:applied": 1}
+    (session,) = w.live("A1")
+    given = {
+        g.external_id: (g.sent, g.shown) for g in w.emulator.packets(session.session_id).values()
+    }
+    assert given == {"pat-1": (-1, -1), "pat-2": (0, 0), "pat-3": (-1, -1)}
+
+
 @every_backend
 def test_rename_is_remove_then_add(w: World) -> None:
     w.write(row("A1", starts=T, guests=[guest(1)]))

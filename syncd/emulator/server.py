@@ -38,6 +38,7 @@ from syncd.emulator.state import (
     EmulatorState,
     HostUser,
     InvalidRequestError,
+    PacketGiven,
     SessionRecord,
     UnknownResourceError,
 )
@@ -885,10 +886,18 @@ class Emulator:
         *,
         seed: int | None = None,
         call_log_limit: int | None = None,
+        passkeys: bool = False,
+        refuse_cancelling_connected: bool = False,
     ) -> None:
         """`seed` makes generated codes reproducible; `call_log_limit` keeps only the newest
-        calls, for long benchmark runs."""
-        self.state = EmulatorState(hosts, seed=seed)
+        calls, for long benchmark runs.  `passkeys` and `refuse_cancelling_connected` choose
+        between readings of what the documents leave open (see `EmulatorState`)."""
+        self.state = EmulatorState(
+            hosts,
+            seed=seed,
+            passkeys=passkeys,
+            refuse_cancelling_connected=refuse_cancelling_connected,
+        )
         self.faults = Faults()
         self.api_key = api_key
         self.api_secret = api_secret
@@ -1030,6 +1039,10 @@ class Emulator:
     def sessions(self) -> list[SessionRecord]:
         return self.state.sessions()
 
+    def packets(self, session_id: int) -> dict[int, PacketGiven]:
+        """What each guest of a session was given as PacketId, and is shown."""
+        return self.state.packets(session_id)
+
     def live_sessions_by_external_id(self) -> dict[str, list[int]]:
         return self.state.live_sessions_by_external_id()
 
@@ -1088,6 +1101,7 @@ def serve(
     api_secret: str = "demo",  # noqa: S107 - the demo account's documented secret
     on_ready: Callable[[Emulator], None] | None = None,
     stop: threading.Event | None = None,
+    passkeys: bool = False,
 ) -> None:
     """Run an emulator in the foreground until Ctrl-C, SIGTERM or `stop` is set.
 
@@ -1102,7 +1116,7 @@ def serve(
 
     if in_main_thread:
         previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
-    emulator = Emulator(host, port, hosts, api_key, api_secret)
+    emulator = Emulator(host, port, hosts, api_key, api_secret, passkeys=passkeys)
     try:
         emulator.start()
         if on_ready is not None:
