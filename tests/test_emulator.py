@@ -310,6 +310,20 @@ def test_hosts_added_at_runtime_serve_until_reset(emulator: Emulator, api: Api) 
 # --- sessions ------------------------------------------------------------------------------------
 
 
+def test_a_removed_host_is_404_and_its_sessions_stay(emulator: Emulator, api: Api) -> None:
+    session = create(api)
+    emulator.remove_host(HOST.external_id)
+    assert api.call("GET", f"/session/0?externalId={HOST.external_id}").status == 404
+    assert api.call("GET", f"/user/{HOST.user_id}").status == 404
+    assert api.call("POST", f"/session/{HOST.user_id}", new_session()).status == 404
+    listed = api.call("GET", "/session").json
+    assert [s["SessionId"] for s in listed] == [session["SessionId"]]
+    added = api.call("POST", f"/participant/{session['SessionId']}", guest("Ben Sample"))
+    assert added.status == 200
+    emulator.reset()
+    assert api.call("GET", f"/session/0?externalId={HOST.external_id}").status == 200
+
+
 def test_create_session_by_user_id(emulator: Emulator, api: Api) -> None:
     session = create(api)
     assert set(session) == SESSION_KEYS

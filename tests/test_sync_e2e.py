@@ -34,6 +34,7 @@ from harness import ZONE, ServerDatabases, World, guest, row, world
 
 from syncd.emulator.state import ParticipantRecord as EmuParticipant
 from syncd.runtime.app import App
+from syncd.runtime.status import collect_status, render_status
 
 T = datetime(2027, 2, 10, 9, 0)  # naive, America/New_York (EST, UTC-5)
 T_UTC = datetime(2027, 2, 10, 14, 0)
@@ -239,6 +240,26 @@ def test_provider_change_cancels_under_the_old_host_and_creates_under_the_new(w:
     w.write(row("A1", starts=T, provider="prov-002", guests=[guest(1)]))
     w.run_pass()
     assert sessions_of(w, "A1") == [(1001, "Cancelled"), (1002, "Scheduled")]
+
+
+def test_a_provider_change_away_from_a_provider_who_left_creates_and_reports(w: World) -> None:
+    """Defect 6: the old host's session list answers 404 once the provider has left SecureVideo;
+    the session is made under the new host and ``syncd status`` names the old one."""
+    w.write(row("A1", starts=T, guests=[guest(1)]))
+    w.run_pass()
+    w.emulator.remove_host("prov-001")
+    w.write(row("A1", starts=T, provider="prov-002", guests=[guest(1)]))
+    report = w.run_pass()
+    assert report.outcomes == {"synced": 1}
+    # The old session went with its host: nothing can cancel it.
+    assert sessions_of(w, "A1") == [(1001, "Scheduled"), (1002, "Scheduled")]
+    status = collect_status(w.settings)
+    assert status["parked"] == []
+    (note,) = status["notes"]
+    assert note["appointment_id"] == "A1" and "previous host 'prov-001'" in note["reason"]
+    assert "prov-001" in render_status(status)
+    w.emulator.calls_clear()
+    assert w.run_pass().outcomes == {} and w.emulator.mutating_calls() == []
 
 
 def test_staff_added_guests_are_left_alone(w: World) -> None:

@@ -1018,6 +1018,9 @@ class Emulator:
     def add_host(self, host: HostUser) -> None:
         self.state.add_host(host)
 
+    def remove_host(self, external_id: str) -> None:
+        self.state.remove_host(external_id)
+
     def mark_connected(
         self, session_id: int, participation_id: int | None = None, at: datetime | None = None
     ) -> None:

@@ -370,6 +370,8 @@ class EmulatorState:
         self._initial_hosts = tuple(hosts)
         self._rng = random.Random(seed)
         self._hosts: dict[int, HostUser] = {}
+        #: hosts removed by ``remove_host``: their sessions stay and still need their host
+        self._departed: dict[int, HostUser] = {}
         self._sessions: dict[int, SessionRecord] = {}
         self._by_external_session_id: dict[str, list[int]] = {}
         self._session_of_participation: dict[int, int] = {}
@@ -413,6 +415,14 @@ class EmulatorState:
             if any(h.external_id == host.external_id for h in self._hosts.values()):
                 raise ValueError(f"external id {host.external_id!r} already exists")
             self._hosts[host.user_id] = host
+
+    def remove_host(self, external_id: str) -> None:
+        """The provider leaves SecureVideo (a test control): their sessions stay, but the User
+        and Session APIs answer 404 for them."""
+        with self._lock:
+            host = self._resolve_host(None, external_id)
+            del self._hosts[host.user_id]
+            self._departed[host.user_id] = host
 
     def hosts(self) -> list[HostUser]:
         with self._lock:
@@ -619,7 +629,7 @@ class EmulatorState:
         with self._lock:
             session = self._find_session(session_id, external_session_id)
             _refuse_if_cancelled(session)
-            host = self._hosts[session.user_id]
+            host = self._host_of(session)
             candidate = self._new_participation(body, host, absent_packet=ALL_DOCUMENTS)
             _check_joinable(candidate, host, session.participants)
             self._attach(session, candidate)
@@ -667,7 +677,7 @@ class EmulatorState:
                         value = "high"
                     changes[attribute] = (value or "").strip()
             if "ParticipantTimeZoneWindowsId" in request:
-                changes["time_zone_windows_id"] = _time_zone(request, self._hosts[session.user_id])
+                changes["time_zone_windows_id"] = _time_zone(request, self._host_of(session))
             if "ParticipantExternalId" in request:
                 changes["external_id"] = _optional_str(request, "ParticipantExternalId")
             if "ShouldAutoDeliverCode" in request:
@@ -841,12 +851,16 @@ class EmulatorState:
             self._by_external_session_id.clear()
             self._session_of_participation.clear()
             self._hosts.clear()
+            self._departed.clear()
             for host in self._initial_hosts:
                 self._hosts[host.user_id] = host
             self._frozen_now = None
             self._clock_offset = timedelta()
 
     # internals (callers hold the lock)
+
+    def _host_of(self, session: SessionRecord) -> HostUser:
+        return self._hosts.get(session.user_id) or self._departed[session.user_id]
 
     def _session(self, session_id: int) -> SessionRecord:
         session = self._sessions.get(session_id)

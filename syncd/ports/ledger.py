@@ -299,6 +299,10 @@ class AppointmentRepository(Protocol):
         """Parked appointments, longest parked first."""
         ...
 
+    def noted(self, limit: int = 100) -> list[AppointmentRecord]:
+        """Synced appointments that carry a reason (``mark_synced(reason=…)``), by id."""
+        ...
+
     def oldest_pending_since(self) -> datetime | None:
         """When the longest-waiting pending appointment last got a newer row (naive UTC)."""
         ...

@@ -14,6 +14,7 @@ def collect_status(settings: Settings, *, parked_limit: int = 100) -> dict[str, 
         cursor = tx.cursor.get()
         counts = tx.appointments.counts_by_state()
         parked = tx.appointments.parked(parked_limit)
+        noted = tx.appointments.noted(parked_limit)
         oldest = tx.appointments.oldest_pending_since()
     newest: int | None = None
     outbox_error: str | None = None
@@ -42,6 +43,8 @@ def collect_status(settings: Settings, *, parked_limit: int = 100) -> dict[str, 
             }
             for r in parked
         ],
+        # synced, with something an operator should know (a previous host that is gone)
+        "notes": [{"appointment_id": r.appointment_id, "reason": r.reason} for r in noted],
     }
 
 
@@ -64,6 +67,12 @@ def render_status(status: dict[str, Any]) -> str:
         lines.append(
             "fix the EHR row (a newer row un-parks it) or run `syncd retry APPOINTMENT_ID`"
         )
+    notes = status.get("notes", [])
+    if notes:
+        lines.append(f"synced with notes: {len(notes)}")
+        for n in notes:
+            lines.append(f"  {n['appointment_id']}")
+            lines.append(f"      {n['reason']}")
     return "\n".join(lines)
 
 

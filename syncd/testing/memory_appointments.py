@@ -280,6 +280,13 @@ class MemoryAppointments:
         )
         return found[: max(limit, 0)]
 
+    def noted(self, limit: int = 100) -> list[AppointmentRecord]:
+        found = sorted(
+            (r for r in self._rows.values() if r.state == SYNCED and r.reason is not None),
+            key=lambda r: r.appointment_id,
+        )
+        return found[: max(limit, 0)]
+
     def oldest_pending_since(self) -> datetime | None:
         return min((r.updated_at for r in self._rows.values() if r.state == PENDING), default=None)
 

@@ -349,6 +349,16 @@ class SqlAppointments:
         )
         return records(AppointmentRecord, self._sql.rows(query))
 
+    def noted(self, limit: int = 100) -> list[AppointmentRecord]:
+        c = _t.c
+        query = (
+            select(_t)
+            .where(c.state == SYNCED, c.reason.is_not(None))
+            .order_by(c.appointment_id)
+            .limit(limit)
+        )
+        return records(AppointmentRecord, self._sql.rows(query))
+
     def oldest_pending_since(self) -> datetime | None:
         query = select(func.min(_t.c.updated_at)).where(_t.c.state == PENDING)
         value: datetime | None = self._sql.rows(query).scalar_one()
