@@ -25,6 +25,7 @@ from syncd.core.domain import (
 )
 from syncd.core.fingerprint import Fingerprints
 from syncd.core.planner import changed_fields, plan, same_schedule
+from syncd.core.view import with_known_packets
 
 NOW = datetime(2027, 1, 10, 12, 0)
 PRINTS = Fingerprints(bytes(32))
@@ -321,6 +322,17 @@ def test_no_zone_wanted_means_the_hosts_zone_is_fine() -> None:
 )
 def test_same_schedule(remote: datetime | None, desired: datetime, same: bool) -> None:
     assert same_schedule(remote, desired) is same
+
+
+def test_a_remembered_packet_is_known_and_a_remembered_null_is_not() -> None:
+    """A null PacketId on file was sent by a syncd that left it out: whether that showed no
+    documents or all of them depends on the endpoint, so it is not taken as known."""
+    observed = [session(guests=(remote_of(ANNA, 11),))]
+    sent = with_known_packets(observed, {"pat-1": (11, -1)})[0].guests[0]
+    assert (sent.packet_id, sent.packet_known) == (-1, True)
+    legacy = with_known_packets(observed, {"pat-1": (11, None)})[0].guests[0]
+    assert legacy.packet_known is False
+    assert plan(appt(), with_known_packets(observed, {"pat-1": (11, None)}), now=NOW) == ()
 
 
 def test_describe_has_no_patient_data() -> None:
