@@ -48,6 +48,9 @@ SAFE_KEYS: frozenset[str] = frozenset(
         "external_session_id",
         "provider_external_id",
         "host_user_id",
+        "tls",
+        "from_revision",
+        "to_revision",
         "op",
         "ops",
         "outcome",
@@ -125,6 +128,9 @@ _QUIET_LOGGERS: Mapping[str, int] = {
     "sqlalchemy.engine": logging.WARNING,
     # "Running job ..." / "Job ... executed successfully" twice a tick: the pass logs its own.
     "apscheduler.executors": logging.WARNING,
+    # "Context impl SQLiteImpl." and the like on every look at the ledger's revision, on the
+    # stderr of status, plan and check; a migration is logged as syncd's `ledger_migrated`.
+    "alembic": logging.WARNING,
 }
 
 _HANDLER_NAME = "syncd"
