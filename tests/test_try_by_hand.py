@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import re
 import signal
@@ -35,6 +36,7 @@ from syncd.emulator import (
     simulate_visit,
 )
 from syncd.runtime.cli import main
+from syncd.runtime.log import configure_logging
 from syncd.runtime.status import render_status
 
 T = datetime(2027, 2, 10, 9, 0)  # America/New_York: 14:00 UTC
@@ -302,6 +304,16 @@ def test_status_plan_and_check_print_no_alembic_lines(w: World) -> None:
         assert not [e for e in events if e.get("logger", "").startswith("alembic")], command
         assert {e["event"] for e in events} <= {"ledger_migrated"}, command
         assert "- s" not in result.stdout
+
+
+def test_alembic_speaks_only_when_asked_for_debug() -> None:
+    try:
+        configure_logging("json", "INFO")
+        assert logging.getLogger("alembic").getEffectiveLevel() == logging.WARNING
+        configure_logging("json", "DEBUG")
+        assert logging.getLogger("alembic").getEffectiveLevel() == logging.DEBUG
+    finally:
+        configure_logging("json", "INFO")
 
 
 # --- the documents -------------------------------------------------------------------------------
