@@ -19,7 +19,10 @@ _HEAD_LIMIT = 64 * 1024
 class ConnectProxy:
     """``with ConnectProxy() as proxy:`` listens on 127.0.0.1; ``proxy.url`` is its address."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, refuse: bytes | None = None) -> None:
+        """``refuse``: a status line (b"407 Proxy Authentication Required") to answer every
+        CONNECT with, instead of opening the tunnel."""
+        self._refuse = refuse
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._lock = threading.Lock()
         self._targets: list[str] = []
@@ -95,6 +98,11 @@ class ConnectProxy:
                 with self._lock:
                     self._refused.append(request_line)
                 client.sendall(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+                return
+            if self._refuse is not None:
+                with self._lock:
+                    self._refused.append(request_line)
+                client.sendall(b"HTTP/1.1 " + self._refuse + b"\r\nContent-Length: 0\r\n\r\n")
                 return
             host, _, port = target.rpartition(":")
             upstream = socket.create_connection((host.strip("[]"), int(port)), timeout=5)

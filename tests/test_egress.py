@@ -18,7 +18,7 @@ import trustme
 from connect_proxy import ConnectProxy
 
 from syncd.adapters.securevideo import Egress, SecureVideoClient, TlsError
-from syncd.core.errors import ConfigError, SyncdError
+from syncd.core.errors import AmbiguousError, ConfigError, SyncdError, TemporaryError
 from syncd.emulator import Emulator, tls_context
 from syncd.runtime import check
 from syncd.runtime.app import open_gateway
@@ -147,6 +147,23 @@ def test_the_environment_chooses_neither_proxy_nor_trust(
     with open_gateway(_settings(tls_emulator)) as client, pytest.raises(TlsError):
         client.probe()
     assert proxy.connects == []
+
+
+def test_a_proxy_that_refuses_the_tunnel_means_nothing_was_sent(
+    tls_emulator: Emulator, ca_file: Path
+) -> None:
+    # Not "the change may have been applied": a refused CONNECT never reached SecureVideo.
+    with ConnectProxy(refuse=b"407 Proxy Authentication Required") as refusing:
+        egress = Egress(proxy_url=refusing.url, ca_bundle_file=ca_file)
+        client = SecureVideoClient(tls_emulator.base_url, "demo", "demo", egress=egress)
+        with client, pytest.raises(TemporaryError) as info:
+            client.cancel(session_id=50001)
+    assert not isinstance(info.value, AmbiguousError)
+    assert str(info.value) == (
+        "DELETE /session/{sessionId}: not sent "
+        "(the egress proxy answered 407 Proxy Authentication Required)"
+    )
+    assert tls_emulator.calls == []
 
 
 def test_a_plain_http_emulator_is_reached_without_the_proxy_tunnel(

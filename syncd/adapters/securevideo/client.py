@@ -551,6 +551,11 @@ def _transport_failure(method: str, where: str, exc: httpx.RequestError) -> Temp
     tls = tls_failure(exc) if isinstance(exc, httpx.ConnectError) else None
     if tls is not None:
         return TlsError(f"{where}: not sent (TLS handshake failed: {tls})")
+    if isinstance(exc, httpx.ProxyError):
+        # The proxy refused the tunnel ("407 Proxy Authentication Required"): nothing reached
+        # SecureVideo.  Its status line is the proxy's own words, with no URL in it.
+        said = " ".join(str(exc).split())[:_MESSAGE_LIMIT]
+        return TemporaryError(f"{where}: not sent (the egress proxy answered {said})")
     # These fail before a byte of the request leaves: nothing can have been applied.
     never_sent = isinstance(
         exc,
