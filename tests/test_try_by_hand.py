@@ -266,6 +266,18 @@ def test_the_emulator_command_lists_its_providers_and_keeps_its_state(tmp_path: 
         assert proc.wait(10) == 0
 
 
+def test_emulator_tls_flags_are_checked_before_serving(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["emulator", "--port", "0", "--tls-cert", str(tmp_path / "c.pem")]) == 2
+    assert capsys.readouterr().err == "syncd: emulator: give --tls-cert and --tls-key together\n"
+    missing = ["--tls-cert", str(tmp_path / "c.pem"), "--tls-key", str(tmp_path / "k.pem")]
+    assert main(["emulator", "--port", "0", *missing]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("syncd: emulator: --tls-cert/--tls-key cannot be loaded: ")
+    assert err.count("\n") == 1
+
+
 # --- status and stderr ---------------------------------------------------------------------------
 
 
