@@ -28,6 +28,7 @@ from syncd.emulator import (
     request_identity,
     serve,
 )
+from syncd.emulator.persist import restore, snapshot
 from syncd.emulator.server import _accept_queue_length
 from syncd.testing.waiting import wait_until
 
@@ -322,6 +323,24 @@ def test_a_removed_host_is_404_and_its_sessions_stay(emulator: Emulator, api: Ap
     assert added.status == 200
     emulator.reset()
     assert api.call("GET", f"/session/0?externalId={HOST.external_id}").status == 200
+
+
+def test_packets_cancels_and_departed_hosts_survive_the_state_file() -> None:
+    state = EmulatorState(seed=1)
+    body = new_session(participants=[guest(PacketId=None)])
+    sid = state.create_session(body, host_user_id=HOST.user_id)["SessionId"]
+    live = state.create_session(new_session(), host_user_id=HOST.user_id)["SessionId"]
+    state.set_billing(sid, datetime(2030, 3, 11, 15, 2))
+    state.cancel_session(session_id=sid)
+    state.remove_host(HOST.external_id)
+    again = EmulatorState(seed=1)
+    restore(again, json.loads(json.dumps(snapshot(state))))
+    assert [(g.sent, g.shown) for g in again.packets(sid).values()] == [(None, -1)]
+    assert again.session(sid).reported_type == "Scheduled"
+    with pytest.raises(UnknownResourceError):
+        again.list_sessions_json(host_external_id=HOST.external_id)
+    # The departed host's live session can still be changed: its host is remembered.
+    assert again.add_participant(guest("Ben Sample"), session_id=live)["UserId"] == HOST.user_id
 
 
 def test_create_session_by_user_id(emulator: Emulator, api: Api) -> None:

@@ -53,8 +53,7 @@ def render_status(status: dict[str, Any]) -> str:
         f"cursor:            event {status['cursor']}",
         f"outbox newest:     {_or_dash(status['outbox_newest_event_id'])}"
         + (f" (unreadable: {status['outbox_error']})" if status["outbox_error"] else ""),
-        f"lag:               {_or_dash(status['lag_events'])} events; oldest pending change "
-        f"waiting {_or_dash(status['oldest_pending_seconds'])} s",
+        f"lag:               {_lag(status)}",
         "appointments:      "
         + (", ".join(f"{k} {v}" for k, v in sorted(status["counts"].items())) or "none yet"),
     ]
@@ -74,6 +73,16 @@ def render_status(status: dict[str, Any]) -> str:
             lines.append(f"  {n['appointment_id']}")
             lines.append(f"      {n['reason']}")
     return "\n".join(lines)
+
+
+def _lag(status: dict[str, Any]) -> str:
+    # Unknown values are said in words: "waiting - s" read as a broken template.
+    lag = status["lag_events"]
+    events = "unknown (outbox not read)" if lag is None else f"{lag} events"
+    oldest = status["oldest_pending_seconds"]
+    if oldest is None:
+        return f"{events}; no change pending"
+    return f"{events}; oldest pending change waiting {oldest} s"
 
 
 def _or_dash(value: object) -> str:
