@@ -123,7 +123,7 @@ def base_env(tmp: Path) -> dict[str, str]:
 
 
 def make_outbox(tmp: Path) -> None:
-    ehr = SampleEhr(create_outbox_engine(base_env(tmp)["SYNCD_OUTBOX__URL"]))
+    ehr = SampleEhr(create_outbox_engine(base_env(tmp)["SYNCD_OUTBOX__URL"], writable=True))
     ehr.dispose()
 
 

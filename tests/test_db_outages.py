@@ -190,7 +190,7 @@ def test_a_failed_pass_leaves_no_worker_behind(pg: PrivatePostgres, tmp_path: Pa
 
 def test_ehr_database_dies_mid_pass(pg: PrivatePostgres, tmp_path: Path) -> None:
     ehr_url = pg.create_database(f"ehr_{uuid.uuid4().hex[:8]}")
-    ehr = SampleEhr(create_outbox_engine(ehr_url), zone=ZONE)
+    ehr = SampleEhr(create_outbox_engine(ehr_url, writable=True), zone=ZONE)
     try:
         # Batches of two: the pass reads the outbox again after the first batch is applied.
         with world(tmp_path, batch_size=2) as w:
@@ -282,7 +282,7 @@ def test_syncd_run_outlives_outages_mid_pass(
             env["SYNCD_LEDGER__URL"] = fresh_ledger(pg)
         else:
             ehr_url = pg.create_database(f"ehr_{uuid.uuid4().hex[:8]}")
-            ehr = SampleEhr(create_outbox_engine(ehr_url), zone=ZONE)
+            ehr = SampleEhr(create_outbox_engine(ehr_url, writable=True), zone=ZONE)
             env["SYNCD_OUTBOX__URL"] = ehr_url
         ids: list[str] = []
         cut_mid_pass = 0
