@@ -51,9 +51,11 @@ from syncd.runtime.egress import check_ca_bundle_file, check_proxy_url, masked_p
 from syncd.runtime.setting_errors import (
     ENV_PREFIX,
     NESTED_DELIMITER,
+    TomlOrigin,
     config_error,
     one_line,
     settings_error,
+    where_looked,
 )
 
 __all__ = [
@@ -456,6 +458,7 @@ class Settings(BaseSettings):
     health: HealthSettings = Field(default_factory=HealthSettings)
 
     _config_file: Path | None = PrivateAttr(default=None)
+    _secrets_dir: Path | None = PrivateAttr(default=None)
 
     @classmethod
     def settings_customise_sources(
@@ -500,14 +503,21 @@ class Settings(BaseSettings):
             self._config_file = config_file_path()
         except ConfigError:
             self._config_file = None
+        try:
+            self._secrets_dir = _secrets_dir(os.environ)
+        except ConfigError:
+            self._secrets_dir = None
+
+    def _not_set(self, name: str) -> str:
+        return where_looked(name, self._secrets_dir, self._config_file)
 
     def require_outbox_url(self) -> str:
         """The EHR database URL, or a ConfigError when it is not configured."""
         if not self.outbox.url:
             raise ConfigError(
                 "SYNCD_OUTBOX__URL",
-                "is required for this command (the SQLAlchemy URL of the EHR database, "
-                "e.g. postgresql+psycopg://syncd@ehr-db/ehr)",
+                "is required for this command (the SQLAlchemy URL of the EHR database, e.g. "
+                f"postgresql+psycopg://syncd@ehr-db/ehr): {self._not_set('SYNCD_OUTBOX__URL')}",
             )
         return self.outbox.url
 
@@ -517,13 +527,15 @@ class Settings(BaseSettings):
         if key is None:
             also = " (and so is SYNCD_SECUREVIDEO__API_SECRET)" if secret is None else ""
             raise ConfigError(
-                "SYNCD_SECUREVIDEO__API_KEY", f"is required to call SecureVideo but not set{also}"
+                "SYNCD_SECUREVIDEO__API_KEY",
+                f"is required to call SecureVideo but not set{also}: "
+                + self._not_set("SYNCD_SECUREVIDEO__API_KEY"),
             )
         if secret is None:
             raise ConfigError(
                 "SYNCD_SECUREVIDEO__API_SECRET",
-                "is required to call SecureVideo but not set (use a file in the secrets "
-                "directory or the environment)",
+                "is required to call SecureVideo but not set: "
+                + self._not_set("SYNCD_SECUREVIDEO__API_SECRET"),
             )
         return key, secret
 
@@ -575,6 +587,14 @@ def _check_unknown_env(environ: Mapping[str, str]) -> None:
         )
 
 
+def _toml_origin() -> TomlOrigin | None:
+    try:
+        path = config_file_path()
+    except ConfigError:
+        return None
+    return None if path is None else TomlOrigin.read(path, Settings, os.environ)
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build the settings from all sources; every problem becomes one ConfigError line.
 
@@ -584,7 +604,7 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        raise config_error(exc) from None
+        raise config_error(exc, _toml_origin()) from None
     except SettingsError as exc:
         raise settings_error(exc) from None
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
