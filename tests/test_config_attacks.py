@@ -99,7 +99,7 @@ ATTACKS = [
         # opened (`run` waits for it instead: see test_db_outages.py).
         "ledger-url-unreachable-with-password",
         {"SYNCD_LEDGER__URL": f"postgresql+psycopg://syncd:{URL_SECRET}@127.0.0.1:1/ledger"},
-        "database unavailable",
+        "ledger database: the server cannot be reached",
         commands=("once",),
     ),
 ]

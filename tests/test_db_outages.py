@@ -371,7 +371,7 @@ def test_run_started_while_the_ledger_is_down_waits_then_works(
     assert "Traceback" not in daemon.out + daemon.err
     lines = once.err.strip().splitlines()
     assert len(lines) == 1, once.err
-    assert lines[0].startswith("syncd: database unavailable: ")
+    assert lines[0].startswith("syncd: ledger database: the server cannot be reached: ")
     assert "Traceback" not in once.out + once.err
 
 
@@ -403,5 +403,5 @@ def test_once_with_the_ehr_database_down_exits_2_with_one_line(
     assert code == 2
     lines = once.err.strip().splitlines()
     assert len(lines) == 1, once.err
-    assert lines[0].startswith("syncd: database unavailable: ")
+    assert lines[0].startswith("syncd: EHR outbox database: the server cannot be reached: ")
     assert "Traceback" not in once.out + once.err

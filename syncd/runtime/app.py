@@ -27,7 +27,7 @@ from syncd.core.fingerprint import Fingerprints
 from syncd.core.retry import RetryPolicy
 from syncd.ports.securevideo import SessionGateway
 from syncd.runtime.daemon import PassRunner, open_when_available, run_daemon
-from syncd.runtime.dbhints import database_hint, outbox_shape_error
+from syncd.runtime.dbhints import database_hint, explain_database_error, outbox_shape_error
 from syncd.runtime.health import HealthState, LedgerCounts, Probes
 from syncd.runtime.health_http import maybe_serve_health
 from syncd.runtime.settings import Settings
@@ -225,14 +225,20 @@ def build_app(
     settings.require_outbox_url()
     settings.require_credentials()
     stop = stop or threading.Event()
-    ledger = open_ledger(settings)
+    # The outbox first: a SQLite EHR file that is not there is named before the ledger migrates.
+    outbox = open_outbox(settings)
+    try:
+        ledger = open_ledger(settings)
+    except BaseException:
+        outbox.dispose()
+        raise
     try:
         with ledger.begin() as tx:
             fingerprints = Fingerprints(tx.cursor.fingerprint_key())
         gateway = open_gateway(settings, on_response=on_response)
-        outbox = open_outbox(settings)
     except BaseException:
         ledger.dispose()
+        outbox.dispose()
         raise
     synchronizer = Synchronizer(
         outbox=outbox,
@@ -359,4 +365,5 @@ def probes_of(app: App) -> Probes:
         databases=(("ledger", read_ledger), ("outbox", app.outbox.max_event_id)),
         securevideo=app.gateway.probe,
         ledger_counts=ledger_counts,
+        explain=lambda exc: explain_database_error(exc, app.settings),
     )

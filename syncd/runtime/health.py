@@ -144,12 +144,14 @@ class Probes:
     """How the health state asks again when its evidence is old; wired by the composition root.
 
     ``databases``: (name, read) pairs, each read raising when its database does not answer;
-    ``securevideo``: one cheap authenticated request; ``ledger_counts``: the ledger's gauges.
+    ``securevideo``: one cheap authenticated request; ``ledger_counts``: the ledger's gauges;
+    ``explain``: a failed read in one line.
     """
 
     databases: Sequence[tuple[str, Callable[[], object]]]
     securevideo: Callable[[], object]
     ledger_counts: Callable[[], LedgerCounts]
+    explain: Callable[[BaseException], str | None] = describe_database_error
 
 
 # --- the health state --------------------------------------------------------------------------
@@ -532,7 +534,7 @@ def _probe_databases(probes: Probes, clock: Callable[[], float]) -> Reachability
         try:
             read()
         except Exception as exc:  # noqa: BLE001 - any failure is the verdict
-            described = describe_database_error(exc) or f"{name}: {type(exc).__name__}"
+            described = probes.explain(exc) or f"{name}: {type(exc).__name__}"
             return Reachability(False, clock(), "probe", described)
     return Reachability(True, clock(), "probe")
 
