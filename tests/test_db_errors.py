@@ -33,6 +33,7 @@ from syncd.adapters.dberrors import OUTBOX, PERMISSION, failure_of
 from syncd.runtime.app import open_daemon
 from syncd.runtime.cli import main
 from syncd.runtime.health import HealthState
+from syncd.runtime.log import SAFE_KEYS
 from syncd.runtime.settings import load_settings
 
 T = datetime(2027, 2, 10, 9, 0)
@@ -288,6 +289,8 @@ def test_select_revoked_during_run_is_a_named_error_and_fails_health(
     assert (degraded["database"], degraded["problem"]) == (OUTBOX, PERMISSION)
     assert "GRANT SELECT" in degraded["fix"]
     assert "exc_info" not in degraded
+    # and the log pipeline keeps these fields (it masks every key it does not know)
+    assert {"database", "problem", "error", "fix"} <= SAFE_KEYS
     assert not [e for e in logs if e["event"] == "pass_failed"]
     assert [e["component"] for e in logs if e["event"] == "recovered"] == ["database"]
     assert PASSWORD not in repr(logs)

@@ -367,6 +367,7 @@ def test_run_started_while_the_ledger_is_down_waits_then_works(
     waiting = [e for e in daemon.events() if e["event"] == "degraded"]
     assert len(waiting) == 1
     assert waiting[0]["state"] == "starting"
+    assert (waiting[0]["database"], waiting[0]["problem"]) == ("ledger", "unreachable")
     assert "daemon_started" in daemon.names()
     assert "Traceback" not in daemon.out + daemon.err
     lines = once.err.strip().splitlines()

@@ -239,7 +239,9 @@ def open_when_available(
             if now - last_log >= DEGRADED_LOG_INTERVAL:
                 last_log = now
                 hint = None if explain is None else explain(exc)
-                named = {} if hint is None else {"database": hint.database, "fix": hint.fix}
+                named = {}
+                if hint is not None:
+                    named = {"database": hint.database, "problem": hint.problem, "fix": hint.fix}
                 log.warning(
                     "degraded",
                     component=component,

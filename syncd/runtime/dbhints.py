@@ -67,10 +67,11 @@ _MISSING_COLUMN_FIX = (
 )
 
 
-def _missing_table_fix(table: str) -> str:
+def _missing_table_fix(table: str | None) -> str:
+    now = f" (now {table})" if table else ""
     return (
-        f"check SYNCD_OUTBOX__TABLE (now {table}): the table or view must exist and be visible "
-        "to syncd's database user"
+        f"check SYNCD_OUTBOX__TABLE{now}: the table or view must exist and be visible to syncd's "
+        "database user"
     )
 
 
@@ -82,6 +83,7 @@ def _fix(database: str, kind: str, settings: Settings | None) -> str:
         url = f" (now {masked_url(value)})" if value else ""
     outbox = database == db.OUTBOX
     table = settings.outbox.table if settings is not None else "the outbox table or view"
+    named = settings.outbox.table if settings is not None else None
     fixes = {
         db.CREDENTIALS: f"check the user name and password in {setting}{url}",
         db.UNREACHABLE: f"check the host and port in {setting}{url}, that the server is running "
@@ -93,7 +95,7 @@ def _fix(database: str, kind: str, settings: Settings | None) -> str:
             if outbox
             else "syncd's ledger user must be able to read and write the ledger's tables"
         ),
-        db.MISSING_TABLE: _missing_table_fix(table) if outbox else "run `syncd migrate`",
+        db.MISSING_TABLE: _missing_table_fix(named) if outbox else "run `syncd migrate`",
         db.MISSING_COLUMN: _MISSING_COLUMN_FIX if outbox else "run `syncd migrate`",
         db.READ_ONLY: (
             "syncd only reads the EHR: this is a bug, please report it"
