@@ -25,11 +25,14 @@ import pytest
 import sqlalchemy as sa
 from conftest import database_or_skip
 from harness import ZONE, World, _as_overrides, guest, row, world
+from pgcluster import private_postgres
 from sqlalchemy.pool import NullPool
 from structlog.testing import capture_logs
 
 from syncd.adapters import dburl
 from syncd.adapters.dberrors import OUTBOX, PERMISSION, failure_of
+from syncd.adapters.outbox import create_outbox_engine
+from syncd.adapters.sample_ehr import SampleEhr
 from syncd.runtime.app import open_daemon
 from syncd.runtime.cli import main
 from syncd.runtime.health import HealthState
@@ -198,6 +201,43 @@ def test_a_wrong_mariadb_password_names_the_login_not_a_quoted_tuple(
     assert PASSWORD not in line
 
 
+@pytest.mark.postgres
+def test_a_wrong_postgresql_password_names_the_login(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a private cluster: the shared server trusts local logins, so no password is wrong."""
+    with private_postgres() as pg, world(tmp_path) as w:
+        for key, value in w.env().items():
+            monkeypatch.setenv(key, value)
+        ehr_url = pg.create_database("ehr")
+        SampleEhr(create_outbox_engine(ehr_url, writable=True)).dispose()
+        hba = pg.data / "pg_hba.conf"
+        # The test's role logs in with a password; every other login stays trusted.
+        hba.write_text(f"host all syncd_pw 127.0.0.1/32 scram-sha-256\n{hba.read_text()}")
+        pg.stop()
+        pg.start()
+        admin = sa.create_engine(ehr_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"CREATE ROLE syncd_pw LOGIN PASSWORD '{PASSWORD}'"))
+            conn.execute(sa.text("GRANT SELECT ON appointment_outbox TO syncd_pw"))
+        admin.dispose()
+        right = sa.make_url(ehr_url).set(username="syncd_pw", password=PASSWORD)
+        monkeypatch.setenv("SYNCD_OUTBOX__URL", right.render_as_string(False))
+        capsys.readouterr()
+        assert main(["check"]) == 0
+        wrong = right.set(password="not-" + PASSWORD)
+        monkeypatch.setenv("SYNCD_OUTBOX__URL", wrong.render_as_string(False))
+        capsys.readouterr()
+        assert main(["once"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("syncd: EHR outbox database: the server refused syncd's login: ")
+    assert 'password authentication failed for user "syncd_pw"' in line
+    assert line.endswith(
+        f"check the user name and password in SYNCD_OUTBOX__URL (now {wrong.render_as_string()})"
+    )
+    assert PASSWORD not in line
+
+
 def test_an_unreachable_ledger_and_an_unreachable_ehr_say_which(
     w: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -321,12 +361,9 @@ def test_a_mysql_url_uses_the_installed_driver() -> None:
     )
 
 
-def test_a_url_without_an_installed_driver_says_what_to_install(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(dburl, "_importable", lambda module: False)
+def test_a_url_without_an_installed_driver_says_what_to_install() -> None:
     with pytest.raises(dburl.UnusableUrlError) as err:
-        dburl.engine_url(f"mysql://syncd:{PASSWORD}@db/ehr")
+        dburl.engine_url(f"mysql://syncd:{PASSWORD}@db/ehr", importable=lambda _module: False)
     assert "no mysql driver is installed: install PyMySQL" in str(err.value)
     assert PASSWORD not in str(err.value)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from collections.abc import Callable
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
@@ -60,8 +61,10 @@ def masked_url(value: str | URL) -> str:
     return url.set(query=query).render_as_string(hide_password=True)
 
 
-def engine_url(value: str | URL) -> URL:
-    """The URL to create an engine with; raises :class:`UnusableUrlError` naming the fix."""
+def engine_url(value: str | URL, *, importable: Callable[[str], bool] | None = None) -> URL:
+    """The URL to create an engine with; raises :class:`UnusableUrlError` naming the fix.
+    ``importable``: whether a driver's module is installed (tests stand in for a bare machine)."""
+    importable = importable or _importable
     try:
         url = make_url(value)
     except (ArgumentError, ValueError):
@@ -71,7 +74,7 @@ def engine_url(value: str | URL) -> URL:
     backend, _, driver = url.drivername.partition("+")
     backend = _BACKEND_ALIASES.get(backend, backend)
     if not driver and backend in _DRIVERS:
-        installed = [name for name, module in _DRIVERS[backend] if _importable(module)]
+        installed = [name for name, module in _DRIVERS[backend] if importable(module)]
         if not installed:
             raise UnusableUrlError(
                 f"no {backend} driver is installed: install {_INSTALL[backend]}, or name the "
@@ -90,7 +93,7 @@ def engine_url(value: str | URL) -> URL:
         others = [
             f"{backend}+{name}://"
             for name, module in _DRIVERS.get(backend, ())
-            if name != driver and _importable(module)
+            if name != driver and importable(module)
         ]
         instead = f"use {' or '.join(others)} instead" if others else "install it"
         if not others and backend in _INSTALL:
