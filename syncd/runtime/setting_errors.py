@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -106,13 +106,18 @@ class TomlOrigin:
 
     @classmethod
     def read(
-        cls, path: Path, model: type[BaseModel], environ: Mapping[str, str]
+        cls, path_of: Callable[[], Path | None], model: type[BaseModel], environ: Mapping[str, str]
     ) -> TomlOrigin | None:
+        """The file ``path_of()`` names, read; None without one (or when the settings source
+        reports it unreadable itself)."""
         try:
+            path = path_of()
+            if path is None:
+                return None
             with path.open("rb") as f:
                 return cls(path, tomllib.load(f), model, environ)
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
-            return None  # the settings source reports an unreadable file itself
+        except (ConfigError, OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+            return None
 
     def name(self, loc: tuple[int | str, ...]) -> tuple[str, type[BaseModel] | None] | None:
         """(file: key as written, the model the key's group belongs to) when the value at
@@ -176,14 +181,20 @@ def settings_error(exc: SettingsError) -> ConfigError:
     return ConfigError("settings", one_line(exc))
 
 
-def where_looked(name: str, secrets_dir: Path | None, config_file: Path | None) -> str:
+def where_looked(
+    name: str, secrets_dir: Callable[[], Path | None], config_file: Path | None
+) -> str:
     """Where a required setting that is not set was looked for, so a secret that was not
     mounted shows as such: the environment, the secrets directory read, the config file."""
     places = [f"no {name} in the environment"]
-    if secrets_dir is None:
+    try:
+        directory = secrets_dir()
+    except ConfigError:
+        directory = None
+    if directory is None:
         places.append("no secrets directory (SYNCD_SECRETS_DIR)")
     else:
-        places.append(f"no file {name} in the secrets directory {secrets_dir}")
+        places.append(f"no file {name} in the secrets directory {directory}")
     group, _, key = name.removeprefix(ENV_PREFIX).lower().partition(NESTED_DELIMITER)
     if config_file is not None:
         places.append(f"no {group}.{key} in {config_file}")

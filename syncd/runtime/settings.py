@@ -458,7 +458,6 @@ class Settings(BaseSettings):
     health: HealthSettings = Field(default_factory=HealthSettings)
 
     _config_file: Path | None = PrivateAttr(default=None)
-    _secrets_dir: Path | None = PrivateAttr(default=None)
 
     @classmethod
     def settings_customise_sources(
@@ -503,13 +502,9 @@ class Settings(BaseSettings):
             self._config_file = config_file_path()
         except ConfigError:
             self._config_file = None
-        try:
-            self._secrets_dir = _secrets_dir(os.environ)
-        except ConfigError:
-            self._secrets_dir = None
 
     def _not_set(self, name: str) -> str:
-        return where_looked(name, self._secrets_dir, self._config_file)
+        return where_looked(name, lambda: _secrets_dir(os.environ), self._config_file)
 
     def require_outbox_url(self) -> str:
         """The EHR database URL, or a ConfigError when it is not configured."""
@@ -587,14 +582,6 @@ def _check_unknown_env(environ: Mapping[str, str]) -> None:
         )
 
 
-def _toml_origin() -> TomlOrigin | None:
-    try:
-        path = config_file_path()
-    except ConfigError:
-        return None
-    return None if path is None else TomlOrigin.read(path, Settings, os.environ)
-
-
 def load_settings(**overrides: Any) -> Settings:
     """Build the settings from all sources; every problem becomes one ConfigError line.
 
@@ -604,7 +591,7 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        raise config_error(exc, _toml_origin()) from None
+        raise config_error(exc, TomlOrigin.read(config_file_path, Settings, os.environ)) from None
     except SettingsError as exc:
         raise settings_error(exc) from None
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
