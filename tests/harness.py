@@ -227,7 +227,7 @@ def world(
             finally:
                 ledger_engine.dispose()
         emulator = stack.enter_context(Emulator().start())
-        ehr = SampleEhr(create_outbox_engine(ehr_url), zone=ZONE)
+        ehr = SampleEhr(create_outbox_engine(ehr_url, writable=True), zone=ZONE)
         settings = load_settings(
             outbox={"url": ehr_url, "timezone": ZONE},
             ledger={"url": ledger_url},

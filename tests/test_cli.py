@@ -221,7 +221,7 @@ def test_a_database_error_at_start_quotes_no_value() -> None:
     driver = Exception('invalid input syntax for type timestamp: "Zelda Canary"\nLINE 1: ...')
     line = describe_database_error(DataError("SELECT 1", {}, driver))
     assert line is not None
-    assert line.startswith("database unavailable: invalid input syntax for type timestamp")
+    assert line.startswith("ledger database: invalid input syntax for type timestamp")
     assert "Zelda" not in line
 
 

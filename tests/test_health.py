@@ -231,7 +231,11 @@ def test_a_database_outage_fails_the_pass_and_healthz_until_it_is_back(
             assert status == 503
             assert "the last pass could not reach a database (see degraded)" in body["reasons"]
             assert body["checks"]["database"]["ok"] is False
-            assert body["checks"]["database"]["error"].startswith("outbox: database unavailable")
+            # The pass's own failure, named: which database, what, and the fix of its class.
+            assert body["checks"]["database"]["error"].startswith(
+                "EHR outbox database: the table or view is missing: no such table"
+            )
+            assert "SYNCD_OUTBOX__TABLE" in body["checks"]["database"]["error"]
             m = d.metrics()
             assert m[("syncd_passes_total", label(result="failed"))] == 1
             assert m[("syncd_pass_failures_total", label(component="database"))] == 1

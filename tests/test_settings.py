@@ -181,17 +181,29 @@ def test_invalid_toml_is_one_line_error(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert "not valid TOML" in err.problem
 
 
-def test_typo_in_toml_is_an_error(tmp_path: Path) -> None:
-    write_toml(tmp_path / "config" / "syncd.toml", "[sync]\nconcurency = 3\n")
+def test_typo_in_toml_is_an_error_naming_the_file_and_the_key_as_written(tmp_path: Path) -> None:
+    write_toml(tmp_path / "config" / "syncd.toml", "[Sync]\nconcurency = 3\n")
     err = config_error()
-    assert err.setting == "SYNCD_SYNC__CONCURENCY"
+    assert err.setting == "config/syncd.toml: Sync.concurency"
     assert "not a known setting" in err.problem
+    assert "concurrency" in err.problem  # the known keys of the group
+
+
+def test_a_bad_toml_value_names_the_file_unless_the_environment_set_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    write_toml(tmp_path / "config" / "syncd.toml", "[sync]\nbatch_size = 0\n")
+    err = config_error()
+    assert err.setting == "config/syncd.toml: sync.batch_size"
+    assert err.problem == "must be at least 1 (got 0)"
+    monkeypatch.setenv("SYNCD_SYNC__BATCH_SIZE", "-1")
+    assert config_error().setting == "SYNCD_SYNC__BATCH_SIZE"
 
 
 def test_unknown_toml_key_value_is_not_echoed(tmp_path: Path) -> None:
     write_toml(tmp_path / "config" / "syncd.toml", f'[securevideo]\napi_secert = "{SECRET}"\n')
     err = config_error()
-    assert err.setting == "SYNCD_SECUREVIDEO__API_SECERT"
+    assert err.setting == "config/syncd.toml: securevideo.api_secert"
     assert SECRET not in str(err)
 
 
@@ -274,7 +286,7 @@ def test_bad_db_url_is_not_echoed() -> None:
 def test_api_secret_of_wrong_type_is_not_echoed(tmp_path: Path) -> None:
     write_toml(tmp_path / "config" / "syncd.toml", "[securevideo]\napi_secret = 12345678901\n")
     err = config_error()
-    assert err.setting == "SYNCD_SECUREVIDEO__API_SECRET"
+    assert err.setting == "config/syncd.toml: securevideo.api_secret"
     assert "12345678901" not in str(err)
 
 

@@ -49,9 +49,10 @@ def main(argv: Sequence[str] | None = None, *, wiring: Wiring | None = None) -> 
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        from syncd.adapters.dberrors import describe_database_error
+        from syncd.runtime.dbhints import explain_database_error
 
-        described = describe_database_error(exc)
+        # Names the database, what failed and the fix of its class (login, host, grant...).
+        described = explain_database_error(exc, _loaded[-1] if _loaded else None)
         if described is None:
             raise
         return _fail(described)
@@ -62,6 +63,10 @@ def _fail(line: str) -> int:
     return EXIT_CANNOT_RUN
 
 
+#: the settings the running command loaded, for the fix a database error's line names
+_loaded: list[Settings] = []
+
+
 def _settings(*, report: bool = False) -> Settings:
     """Settings, and logging configured from them.
 
@@ -69,6 +74,7 @@ def _settings(*, report: bool = False) -> Settings:
     stays parseable; the daemon and ``once`` log JSON lines to stdout, as containers expect.
     """
     settings = load_settings()
+    _loaded[:] = [settings]
     configure_logging(settings.log.format, settings.log.level, stream=STDERR if report else None)
     return settings
 

@@ -144,12 +144,14 @@ class Probes:
     """How the health state asks again when its evidence is old; wired by the composition root.
 
     ``databases``: (name, read) pairs, each read raising when its database does not answer;
-    ``securevideo``: one cheap authenticated request; ``ledger_counts``: the ledger's gauges.
+    ``securevideo``: one cheap authenticated request; ``ledger_counts``: the ledger's gauges;
+    ``explain``: a failed read in one line.
     """
 
     databases: Sequence[tuple[str, Callable[[], object]]]
     securevideo: Callable[[], object]
     ledger_counts: Callable[[], LedgerCounts]
+    explain: Callable[[BaseException], str | None] = describe_database_error
 
 
 # --- the health state --------------------------------------------------------------------------
@@ -336,8 +338,9 @@ class HealthState:
         self._changed.set()
         return recovered
 
-    def report_failure(self, component: str) -> None:
-        """A pass that ended with an exception, from ``component`` (see ``dberrors.classify``)."""
+    def report_failure(self, component: str, error: str | None = None) -> None:
+        """A pass that ended with an exception, from ``component`` (see ``dberrors.classify``);
+        ``error``: which database failed and the fix (``dbhints``), shown by ``/healthz``."""
         component = _label(component, _WORD)
         self.pass_failures.labels(component).inc()
         self.passes.labels("failed").inc()
@@ -347,7 +350,7 @@ class HealthState:
             self._credentials_rejected = False
             if component == "database":
                 self._database = Reachability(
-                    False, now, "pass", "the last pass could not reach it"
+                    False, now, "pass", error or "the last pass could not reach it"
                 )
         self._changed.set()
 
@@ -531,8 +534,8 @@ def _probe_databases(probes: Probes, clock: Callable[[], float]) -> Reachability
         try:
             read()
         except Exception as exc:  # noqa: BLE001 - any failure is the verdict
-            described = describe_database_error(exc) or type(exc).__name__
-            return Reachability(False, clock(), "probe", f"{name}: {described}")
+            described = probes.explain(exc) or f"{name}: {type(exc).__name__}"
+            return Reachability(False, clock(), "probe", described)
     return Reachability(True, clock(), "probe")
 
 

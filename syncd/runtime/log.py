@@ -105,6 +105,9 @@ SAFE_KEYS: frozenset[str] = frozenset(
         "pid",
         "signal",
         "database",
+        # a database failure's class and its fix: syncd's own words, a URL with its password masked
+        "problem",
+        "fix",
         "component",
         "changes",
         "fields",

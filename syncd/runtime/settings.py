@@ -51,9 +51,11 @@ from syncd.runtime.egress import check_ca_bundle_file, check_proxy_url, masked_p
 from syncd.runtime.setting_errors import (
     ENV_PREFIX,
     NESTED_DELIMITER,
+    TomlOrigin,
     config_error,
     one_line,
     settings_error,
+    where_looked,
 )
 
 __all__ = [
@@ -501,13 +503,16 @@ class Settings(BaseSettings):
         except ConfigError:
             self._config_file = None
 
+    def _not_set(self, name: str) -> str:
+        return where_looked(name, lambda: _secrets_dir(os.environ), self._config_file)
+
     def require_outbox_url(self) -> str:
         """The EHR database URL, or a ConfigError when it is not configured."""
         if not self.outbox.url:
             raise ConfigError(
                 "SYNCD_OUTBOX__URL",
-                "is required for this command (the SQLAlchemy URL of the EHR database, "
-                "e.g. postgresql+psycopg://syncd@ehr-db/ehr)",
+                "is required for this command (the SQLAlchemy URL of the EHR database, e.g. "
+                f"postgresql+psycopg://syncd@ehr-db/ehr): {self._not_set('SYNCD_OUTBOX__URL')}",
             )
         return self.outbox.url
 
@@ -517,13 +522,15 @@ class Settings(BaseSettings):
         if key is None:
             also = " (and so is SYNCD_SECUREVIDEO__API_SECRET)" if secret is None else ""
             raise ConfigError(
-                "SYNCD_SECUREVIDEO__API_KEY", f"is required to call SecureVideo but not set{also}"
+                "SYNCD_SECUREVIDEO__API_KEY",
+                f"is required to call SecureVideo but not set{also}: "
+                + self._not_set("SYNCD_SECUREVIDEO__API_KEY"),
             )
         if secret is None:
             raise ConfigError(
                 "SYNCD_SECUREVIDEO__API_SECRET",
-                "is required to call SecureVideo but not set (use a file in the secrets "
-                "directory or the environment)",
+                "is required to call SecureVideo but not set: "
+                + self._not_set("SYNCD_SECUREVIDEO__API_SECRET"),
             )
         return key, secret
 
@@ -584,7 +591,7 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        raise config_error(exc) from None
+        raise config_error(exc, TomlOrigin.read(config_file_path, Settings, os.environ)) from None
     except SettingsError as exc:
         raise settings_error(exc) from None
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

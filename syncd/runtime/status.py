@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from syncd.runtime.app import ledger_of, open_outbox
+from syncd.runtime.dbhints import explain_database_error
 from syncd.runtime.settings import Settings
 
 
@@ -23,7 +24,7 @@ def collect_status(settings: Settings, *, parked_limit: int = 100) -> dict[str, 
         try:
             newest = reader.max_event_id()
         except Exception as exc:  # noqa: BLE001 - status must still show the ledger's view
-            outbox_error = type(exc).__name__
+            outbox_error = explain_database_error(exc, settings) or type(exc).__name__
         finally:
             reader.dispose()
     now = datetime.now(UTC).replace(tzinfo=None)
