@@ -96,7 +96,7 @@ def sync_options(settings: Settings, *, rng: random.Random | None = None) -> Syn
         retry=RetryPolicy(
             base_seconds=s.base_backoff_seconds,
             cap_seconds=s.max_backoff_seconds,
-            max_attempts=s.max_attempts,
+            long_after_attempts=s.max_attempts,
             rng=rng or random.Random(),
         ),
         pass_retry_budget_seconds=s.pass_retry_budget_seconds,

@@ -45,6 +45,7 @@ from prometheus_client.registry import Collector
 from syncd import __version__
 from syncd.adapters.dberrors import describe_database_error
 from syncd.core.errors import AuthenticationError, SyncdError
+from syncd.runtime.outage import OutageWatch
 from syncd.runtime.settings import Settings
 
 if TYPE_CHECKING:
@@ -130,9 +131,8 @@ class Verdict:
     details: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"status": "ok" if self.ok else "failing", "reasons": list(self.reasons)} | dict(
-            self.details
-        )
+        status = "ok" if self.ok else "degraded" if self.details.get("degraded") else "failing"
+        return {"status": status, "reasons": list(self.reasons)} | dict(self.details)
 
 
 #: Appointments by ledger state, and when the longest-waiting pending one began waiting.
@@ -193,6 +193,8 @@ class HealthState:
         self._securevideo: Reachability | None = None
         self._ledger_snapshot: tuple[float, dict[str, float] | None] | None = None
         self._changed = threading.Event()
+        #: SecureVideo's outages, judged from every response (one degraded/recovered pair each)
+        self.outage = OutageWatch(clock=clock)
 
         self.registry = CollectorRegistry()
         r = self.registry
@@ -288,6 +290,7 @@ class HealthState:
         self.api_responses.labels(*labels, klass).inc()
         with self._lock:
             self._securevideo = _api_verdict(status, self.clock(), "response")
+        self.outage.observe(status)
 
     def report_tick(self) -> None:
         """The scheduler ran the pass runner (a standby's sign of life)."""
@@ -437,7 +440,18 @@ class HealthState:
             checks[name] = check.as_dict(now)
             if not check.ok:
                 reasons.append(f"{name}: {check.error or 'unreachable'}")
-        return Verdict(not reasons, tuple(reasons), live.details | {"checks": checks})
+        details = live.details | {"checks": checks}
+        outage = self.outage.current
+        if outage is not None:
+            since = round(now - outage.since, 1)
+            reasons.append(
+                f"securevideo: degraded for {since:.0f} s ({outage.last_error}); changes are "
+                "retried until it answers, none parked"
+            )
+            details["degraded"] = {
+                "securevideo": {"since_seconds": since, "failures": outage.failures}
+            }
+        return Verdict(not reasons, tuple(reasons), details)
 
     def metrics_text(self) -> bytes:
         return generate_latest(self.registry)

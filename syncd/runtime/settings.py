@@ -325,7 +325,11 @@ class SyncSettings(_Group):
         ),
     )
     max_attempts: int = Field(
-        default=8, ge=1, description="Tries per appointment before it is parked for an operator."
+        default=8,
+        ge=1,
+        description="Failed tries in a row after which an appointment is reported as retrying "
+        "for long (a retrying_long event, flagged in `syncd status`). A temporary failure is "
+        "retried for as long as it lasts and never parks.",
     )
     batch_size: int = Field(default=500, ge=1, le=10000, description="Outbox rows read per query.")
     base_backoff_seconds: float = Field(

@@ -74,7 +74,9 @@ class Synchronizer:
         clock: Clock | None = None,
         stop: threading.Event | None = None,
         checkpoint: Checkpoint = no_checkpoint,
+        wait: Callable[[float], bool] | None = None,
     ) -> None:
+        """``wait``: how a back-off is waited out (default ``stop.wait``; see ``Reconciler``)."""
         self.outbox = outbox
         self.ledger = ledger
         self.gateway = gateway
@@ -97,6 +99,7 @@ class Synchronizer:
             retry=options.retry,
             stop=self.stop,
             retry_budget_seconds=options.pass_retry_budget_seconds,
+            wait=wait,
         )
         self._progress = ProgressLog(self.clock, options.progress_log_interval_seconds)
 
