@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import pytest
+from structlog.testing import capture_logs
 
 from syncd.core.domain import (
     Appointment,
@@ -233,14 +234,16 @@ def test_a_temporary_failure_is_retried_within_the_turn(rig: Rig) -> None:
     assert rig.journal() == [("create", "failed"), ("create", "failed"), ("create", "applied")]
 
 
-def test_attempts_exhausted_park_with_the_reason(rig: Rig) -> None:
-    rig.retry = RetryPolicy(base_seconds=0.0, max_attempts=3, rng=random.Random(1))
+def test_a_temporary_failure_is_retried_past_max_attempts_never_parked(rig: Rig) -> None:
+    rig.retry = RetryPolicy(base_seconds=0.0, long_after_attempts=3, rng=random.Random(1))
     rig.gateway.fail_next("create", TemporaryError("503 from SecureVideo"), times=10)
-    assert rig.turn(appointment()) is Disposition.PARKED
-    state = rig.state()
-    assert state.state == "parked" and state.attempts == 3
-    assert state.reason == "appointment A1: 503 from SecureVideo (gave up after 3 attempts)"
-    assert len(rig.gateway.mutations()) == 3
+    with capture_logs() as logs:
+        assert rig.turn(appointment()) is Disposition.SYNCED
+    assert [c.outcome for c in rig.gateway.mutations()] == ["failed"] * 10 + ["applied"]
+    assert rig.state().state == "synced"
+    # Said once, when the attempts reached the threshold: an alert, not a verdict.
+    (long,) = [e for e in logs if e["event"] == "retrying_long"]
+    assert long["attempts"] == 3 and long["appointment_id"] == "A1"
 
 
 def test_a_wait_beyond_the_pass_budget_is_deferred_to_a_later_pass(rig: Rig) -> None:

@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
@@ -52,21 +51,14 @@ class OutageWatch:
     def observe(self, status: int | None) -> None:
         """One response: ``status`` None when no answer came (connection failed, timed out)."""
         failed = status is None or status >= 500
-        event: tuple[str, dict[str, Any]] | None = None
         now = self._clock()
         error = "no answer" if status is None else f"answering {status}"
+        opened: Outage | None = None
+        closed: Outage | None = None
         with self._lock:
             if not failed:
                 self._streak = 0
-                if self._outage is not None:
-                    outage, self._outage = self._outage, None
-                    event = (
-                        "recovered",
-                        {
-                            "outage_seconds": round(now - outage.since, 1),
-                            "failures": outage.failures,
-                        },
-                    )
+                closed, self._outage = self._outage, None
             else:
                 if self._streak == 0:
                     self._streak_since = now
@@ -74,13 +66,17 @@ class OutageWatch:
                 if self._outage is not None:
                     self._outage = Outage(self._outage.since, self._outage.failures + 1, error)
                 elif self._streak >= self._threshold:
-                    self._outage = Outage(self._streak_since, self._streak, error)
-                    event = ("degraded", {"error": error, "failures": self._streak})
-        if event is not None:
-            name, fields = event
-            # Changes keep being retried meanwhile: nothing parks for an outage.
-            level = log.warning if name == "degraded" else log.info
-            level(name, component=self.component, **fields)
+                    opened = self._outage = Outage(self._streak_since, self._streak, error)
+        # Logged outside the lock; changes keep being retried meanwhile, nothing parks.
+        if opened is not None:
+            log.warning("degraded", component=self.component, error=error, failures=opened.failures)
+        if closed is not None:
+            log.info(
+                "recovered",
+                component=self.component,
+                outage_seconds=round(now - closed.since, 1),
+                failures=closed.failures,
+            )
 
     @property
     def current(self) -> Outage | None:

@@ -22,6 +22,7 @@ from syncd.ports.ledger import LeaseHolder, LeaseRecord
 
 __all__ = ["SqlLeases", "database_now"]
 
+
 class _database_now(FunctionElement[Any]):  # noqa: N801 - named as SQL functions are
     """The database server's clock, naive UTC, with microseconds (SQLite: milliseconds)."""
 
