@@ -80,6 +80,8 @@ def test_an_outage_longer_than_the_old_budget_parks_nothing_and_applies_each_cha
             clock=clock,
             stop=stop,
             wait=wait,
+            # As the daemon wires it (open_daemon): the outage judge's verdict.
+            outage=lambda: health.outage.current is not None,
         )
         try:
             w.write(*(row(f"A{i}", starts=starts, guests=[guest(i)]) for i in range(3)))

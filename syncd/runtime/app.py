@@ -192,9 +192,11 @@ def build_app(
     on_response: ResponseHook | None = None,
     rng: random.Random | None = None,
     wiring: Wiring = Wiring(),  # frozen: one shared default is safe
+    outage: Callable[[], bool] | None = None,
 ) -> App:
     """``on_response`` sees every SecureVideo response (the metrics' latency histogram);
-    ``rng`` is the back-off's jitter (tests seed it)."""
+    ``rng`` is the back-off's jitter (tests seed it); ``outage`` says whether SecureVideo is
+    known to be down (the daemon's health state judges it from those responses)."""
     # Both are checked before anything opens, so a missing one is named without a traceback.
     settings.require_outbox_url()
     settings.require_credentials()
@@ -213,6 +215,7 @@ def build_app(
         options=sync_options(settings, rng=rng),
         stop=stop,
         checkpoint=wiring.checkpoint,
+        outage=outage,
     )
     lease = None
     if wiring.lease:
@@ -278,7 +281,13 @@ def open_daemon(
     """
     health = health or HealthState.for_settings(settings)
     app = open_when_available(
-        lambda: build_app(settings, stop=stop, on_response=health.report_response, wiring=wiring),
+        lambda: build_app(
+            settings,
+            stop=stop,
+            on_response=health.report_response,
+            wiring=wiring,
+            outage=lambda: health.outage.current is not None,
+        ),
         classify=classify,
         stop=stop,
         retry_seconds=settings.sync.poll_interval_seconds,

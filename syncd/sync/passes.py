@@ -75,8 +75,10 @@ class Synchronizer:
         stop: threading.Event | None = None,
         checkpoint: Checkpoint = no_checkpoint,
         wait: Callable[[float], bool] | None = None,
+        outage: Callable[[], bool] | None = None,
     ) -> None:
-        """``wait``: how a back-off is waited out (default ``stop.wait``; see ``Reconciler``)."""
+        """``wait``: how a back-off is waited out (default ``stop.wait``); ``outage``: whether
+        SecureVideo is known to be down (see ``Reconciler``)."""
         self.outbox = outbox
         self.ledger = ledger
         self.gateway = gateway
@@ -100,6 +102,7 @@ class Synchronizer:
             stop=self.stop,
             retry_budget_seconds=options.pass_retry_budget_seconds,
             wait=wait,
+            outage=outage,
         )
         self._progress = ProgressLog(self.clock, options.progress_log_interval_seconds)
 

@@ -87,6 +87,10 @@ class _Turn:
     progressed: set[Operation] = field(default_factory=set)
 
 
+def _never() -> bool:
+    return False
+
+
 #: What one step of a turn says: the turn ends with this disposition, or goes on (None).
 Step = Disposition | None
 
@@ -102,11 +106,15 @@ class Reconciler:
         stop: threading.Event,
         retry_budget_seconds: float,
         wait: Callable[[float], bool] | None = None,
+        outage: Callable[[], bool] | None = None,
     ) -> None:
         """``wait(seconds)`` waits out a back-off and says whether a shutdown ended it (default:
-        ``stop.wait``; a test on a hand-moved clock moves the clock instead)."""
+        ``stop.wait``; a test on a hand-moved clock moves the clock instead).  ``outage()``: True
+        while SecureVideo is known to be down, when a failed appointment is left to a later pass
+        at once rather than hold a worker through its back-off."""
         self._book = book
         self._wait = wait or stop.wait
+        self._outage = outage or _never
         self._executor = executor
         self._clock = clock
         self._retry = retry
@@ -280,7 +288,8 @@ class Reconciler:
             )
         delay = self._retry.delay(attempts, retry_after=exc.retry_after)
         until = self._clock.now() + timedelta(seconds=delay)
-        if self._clock.monotonic() + delay > turn.deadline or self._stop.is_set():
+        later = self._clock.monotonic() + delay > turn.deadline
+        if later or self._stop.is_set() or self._outage():
             self._book.deferred(appt, attempts, until, reason)
             log.warning(
                 "appointment_deferred",
