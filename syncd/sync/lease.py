@@ -109,7 +109,7 @@ class LeaderLease:
         if current is not None and dead and taken:
             log.warning(
                 "lease_taken_over",
-                reason="the holder's process is gone",
+                reason="the holder's process on this machine is gone (or is another start)",
                 holder_host=current.holder.host,
                 holder_pid=current.holder.pid,
                 expires_at=current.expires_at.isoformat(),
