@@ -533,14 +533,3 @@ def let_waits_pass(w: World) -> int:
         "UPDATE appointment SET next_attempt_at = '2000-01-01 00:00:00.000000' "
         "WHERE state = 'pending' AND next_attempt_at IS NOT NULL",
     )
-
-
-def expire_lease(w: World) -> None:
-    """Age a SIGKILLed holder's leader lease past its time to live.
-
-    A killed ``syncd`` cannot release its lease, and the next start would wait out the TTL
-    (``SYNCD_SYNC__LEASE_SECONDS``) first.  The crash sweep is about what a crash leaves in the
-    ledger and in SecureVideo, not about takeover time (scenario 8), so it lets that time pass
-    at once instead of sleeping through it.
-    """
-    _ledger_sql(w, "UPDATE lease SET expires_at = '2000-01-01 00:00:00.000000'")

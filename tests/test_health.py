@@ -261,6 +261,43 @@ def test_securevideo_unreachable_is_named_by_healthz(w: World, tmp_path: Path) -
         assert d.healthz()[0] == 200  # the next probe gets through
 
 
+def test_a_securevideo_outage_is_one_degraded_state_until_it_answers(tmp_path: Path) -> None:
+    """Passes during an outage finish (their appointments wait to be retried), so the passes
+    alone would say healthy: /healthz says degraded, with 503, from the first few failed
+    requests until SecureVideo answers again; the log has one degraded and one recovered."""
+    with (
+        world(tmp_path, pass_retry_budget_seconds=0) as w,
+        daemon(w, tmp_path) as d,
+        structlog.testing.capture_logs() as logs,
+    ):
+        w.write(*(row(f"A{i}", starts=T, guests=[guest(i)]) for i in range(3)))
+        w.emulator.faults.fail_next(1_000_000, status=503)
+
+        def pass_until(outage_open: bool) -> bool:
+            d.runner()
+            return (d.health.outage.current is not None) is outage_open
+
+        wait_until(lambda: pass_until(True), timeout=30, what="passes to meet the outage")
+        status, body = d.healthz()
+        assert status == 503
+        assert body["status"] == "degraded"
+        assert body["degraded"]["securevideo"]["failures"] >= 3
+        reasons = body["reasons"]
+        assert any("securevideo: degraded for " in r and "none parked" in r for r in reasons)
+        w.emulator.faults.clear()
+        # The next pass whose back-offs have run out meets SecureVideo answering again.
+        wait_until(lambda: pass_until(False), timeout=30, what="a pass to find SecureVideo back")
+        status, body = d.healthz()
+        assert (status, body["status"]) == (200, "ok")
+        assert "degraded" not in body
+        with d.app.ledger.begin() as tx:
+            assert tx.appointments.parked() == []
+    outage = [
+        (e["event"], e.get("component")) for e in logs if e["event"] in ("degraded", "recovered")
+    ]
+    assert outage == [("degraded", "securevideo"), ("recovered", "securevideo")]
+
+
 def test_rejected_credentials_make_healthz_fail(w: World, tmp_path: Path) -> None:
     w.write(row("C1", starts=T, guests=[guest(1)]))
     with daemon(w, tmp_path, secret="wrong-secret-value") as d:

@@ -33,6 +33,7 @@ from syncd.adapters.ledger import (
 from syncd.ports.ledger import (
     TEXT_LIMIT,
     AppointmentRecord,
+    LeaseHolder,
     LedgerTransaction,
     OperationRecord,
     ParticipantRecord,
@@ -83,7 +84,16 @@ EXPECTED_COLUMNS = {
         "packet_id",
         "updated_at",
     },
-    "lease": {"name", "holder", "expires_at", "updated_at"},
+    "lease": {
+        "name",
+        "holder",
+        "expires_at",
+        "updated_at",
+        "host",
+        "pid",
+        "process_start",
+        "acquired_at",
+    },
     "session_outcome": {
         "appointment_id",
         "session_id",
@@ -108,7 +118,7 @@ EXPECTED_COLUMNS = {
     },
 }
 #: the newest migration: a new one changes this line and adds its own up-and-down test
-HEAD = "0004_fingerprint_key"
+HEAD = "0005_lease_holder"
 
 PHI_HINTS = ("first_name", "last_name", "full_name", "email", "phone", "sms", "topic", "birth")
 
@@ -328,7 +338,14 @@ def test_migration_0003_keeps_every_row_up_and_down(fresh_ledger_url: str) -> No
                 "pat-1": ParticipantRecord(**kept["participant"][0])
             }
             assert tx.operations.of_appointment("A1") == [OperationRecord(**kept["operation"][0])]
-            assert not tx.leases.try_acquire("daemon", "host-b", 30, T1)
+            # An older syncd's row: no holder identity, judged by its expiry alone.
+            old = tx.leases.current("daemon")
+            assert old is not None
+            assert (old.holder, old.acquired_at, old.expires_at) == (
+                LeaseHolder("host-a"),
+                None,
+                T2,
+            )
             # written at head: the downgrade must make room for it in the old NOT NULL column
             tx.participants.upsert(
                 "A1", "pat-2", session_id=9001, participation_id=71, packet_id=None, now=T2
@@ -913,12 +930,12 @@ def test_repositories_never_commit(ledger: SqlLedger) -> None:
     with pytest.raises(AbandonedError), ledger.begin() as tx:
         tx.appointments.note_events({"a": 1}, now=T0)
         tx.cursor.advance(9)
-        tx.leases.try_acquire("leader", "me", 30, T0)
+        tx.leases.try_acquire("leader", LeaseHolder("me"), 30)
         raise AbandonedError
     with ledger.begin() as tx:
         assert tx.appointments.get("a") is None
         assert tx.cursor.get() == 0
-        assert tx.leases.try_acquire("leader", "someone-else", 30, T0)
+        assert tx.leases.try_acquire("leader", LeaseHolder("someone-else"), 30)
 
 
 # --- the operation journal -----------------------------------------------------------------------
@@ -1039,32 +1056,28 @@ def test_participants(ledger: SqlLedger) -> None:
 # --- leases --------------------------------------------------------------------------------------
 
 
-def test_lease_acquire_renew_expire_release(ledger: SqlLedger) -> None:
-    def at(seconds: int) -> datetime:
-        return T0 + timedelta(seconds=seconds)
-
+def test_lease_rows_name_the_holder_and_its_times(ledger: SqlLedger) -> None:
+    me = LeaseHolder("host-a:41:tok", "host-a", 41, "0b1d/12345")
     with ledger.begin() as tx:
-        assert tx.leases.try_acquire("leader", "host-a", 30, at(0))
+        assert tx.leases.try_acquire("leader", me, 30)
     with ledger.begin() as tx:
-        assert not tx.leases.try_acquire("leader", "host-b", 30, at(10))
-    with ledger.begin() as tx:
-        assert tx.leases.try_acquire("leader", "host-a", 30, at(20))  # renewed until 50
-    with ledger.begin() as tx:
-        assert not tx.leases.try_acquire("leader", "host-b", 30, at(45))
-    with ledger.begin() as tx:
-        assert tx.leases.try_acquire("leader", "host-b", 30, at(51))  # expired: taken over
-    with ledger.begin() as tx:
-        assert not tx.leases.release("leader", "host-a")
-        assert not tx.leases.try_acquire("leader", "host-a", 30, at(52))
-        assert tx.leases.try_acquire("other", "host-a", 30, at(52))  # leases are independent
-    with ledger.begin() as tx:
-        assert tx.leases.release("leader", "host-b")
-    with ledger.begin() as tx:
-        assert tx.leases.try_acquire("leader", "host-a", 30, at(53))
+        assert tx.leases.try_acquire("leader", me, 30)  # renewed: acquired_at stays
+        record = tx.leases.current("leader")
     with ledger.engine.connect() as conn:
         lease = metadata.tables["lease"]
-        rows = conn.execute(select(lease.c.holder, lease.c.expires_at).order_by(lease.c.name))
-        assert [tuple(r) for r in rows] == [("host-a", at(83)), ("host-a", at(82))]
+        (row,) = conn.execute(select(lease)).mappings()
+    assert record is not None and record.holder == me
+    assert dict(row) == {
+        "name": "leader",
+        "holder": "host-a:41:tok",
+        "host": "host-a",
+        "pid": 41,
+        "process_start": "0b1d/12345",
+        "acquired_at": record.acquired_at,
+        "expires_at": record.expires_at,
+        "updated_at": row["updated_at"],
+    }
+    assert row["acquired_at"] <= row["updated_at"] < row["expires_at"]
 
 
 def test_lease_race_has_one_winner(ledger: SqlLedger) -> None:
@@ -1073,14 +1086,14 @@ def test_lease_race_has_one_winner(ledger: SqlLedger) -> None:
     def contender() -> None:
         try:
             with ledger.begin() as tx:
-                outcome["won"] = tx.leases.try_acquire("leader", "two", 30, T0)
+                outcome["won"] = tx.leases.try_acquire("leader", LeaseHolder("two"), 30)
                 # A lost INSERT race must not have poisoned the transaction (PostgreSQL).
                 outcome["cursor"] = tx.cursor.get()
         except Exception as exc:
             outcome["error"] = repr(exc)
 
     with ledger.begin() as first:
-        assert first.leases.try_acquire("leader", "one", 30, T0)
+        assert first.leases.try_acquire("leader", LeaseHolder("one"), 30)
         thread = threading.Thread(target=contender)
         thread.start()
         time.sleep(0.3)  # let the contender reach the lease row and wait on it

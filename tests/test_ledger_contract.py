@@ -9,6 +9,7 @@ a server database's sequence does not restart when a test empties the tables.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 
@@ -30,6 +31,7 @@ from syncd.ports.ledger import (
     TEXT_LIMIT,
     AppointmentRecord,
     BookedAppointment,
+    LeaseHolder,
     Ledger,
     OutcomeTarget,
     ParticipantOutcomeRecord,
@@ -296,7 +298,8 @@ def test_schedule_retry_is_guarded_by_the_event(ledger: Ledger) -> None:
     record = appointment(ledger, "a01")
     assert (record.state, record.attempts, record.next_attempt_at) == (PENDING, 3, T3)
     assert record.reason == LONG[:TEXT_LIMIT]
-    assert record.updated_at == T2
+    # Still waiting since its newer row came: a retry is not a change of state.
+    assert record.updated_at == T1
 
 
 def test_park_keeps_attempts_unless_given_and_is_guarded(ledger: Ledger) -> None:
@@ -436,6 +439,27 @@ def test_counts_parked_and_pending(ledger: Ledger) -> None:
         assert tx.appointments.pending_count() == 2
 
 
+def test_retrying_lists_failed_pending_soonest_first_and_keeps_their_waiting_since(
+    ledger: Ledger,
+) -> None:
+    note(ledger, {"a01": 1, "a02": 1, "a03": 1}, now=T0)
+    with ledger.begin() as tx:
+        a = tx.appointments
+        assert a.retrying() == []
+        a.schedule_retry("a02", attempts=3, next_attempt_at=T2, reason="503", now=T1, event_id=1)
+        a.schedule_retry("a01", attempts=9, next_attempt_at=T3, reason="503", now=T2, event_id=1)
+    with ledger.begin() as tx:
+        a = tx.appointments
+        retrying = a.retrying()
+        assert [(r.appointment_id, r.attempts, r.next_attempt_at) for r in retrying] == [
+            ("a02", 3, T2),
+            ("a01", 9, T3),
+        ]
+        assert [r.appointment_id for r in a.retrying(limit=1)] == ["a02"]
+        # A retry is no newer row: the oldest pending change has been waiting since T0.
+        assert a.oldest_pending_since() == T0
+
+
 # --- operations ----------------------------------------------------------------------------------
 
 
@@ -544,28 +568,60 @@ def test_participants_upsert_delete_and_replace(ledger: Ledger) -> None:
 # --- leases --------------------------------------------------------------------------------------
 
 
+A = LeaseHolder("host-a:1:aaaa", "host-a", 1, "boot/100")
+B = LeaseHolder("host-b:2:bbbb", "host-b", 2, "boot/200")
+
+
 def test_a_lease_is_held_until_it_expires(ledger: Ledger) -> None:
     with ledger.begin() as tx:
         leases = tx.leases
-        assert leases.try_acquire("sync", "host-a", 60, T0)
-        assert not leases.try_acquire("sync", "host-b", 60, T0 + timedelta(seconds=30))
-        # An expiry equal to now still holds.
-        assert not leases.try_acquire("sync", "host-b", 60, T0 + timedelta(seconds=60))
-        assert leases.try_acquire("other", "host-b", 60, T0)
+        assert leases.try_acquire("sync", A, 30)
+        assert not leases.try_acquire("sync", B, 30)
+        assert leases.try_acquire("other", B, 30)
+        first = leases.current("sync")
+    assert first is not None and first.holder == A and not first.expired
+    assert first.acquired_at is not None
+    assert first.expires_at - first.acquired_at == timedelta(seconds=30)
+    # The database's clock, read as the lease was: within the TTL of its taking.
+    assert first.acquired_at <= first.database_now < first.expires_at
     with ledger.begin() as tx:
-        # Renewed by its holder: expires a minute after the renewal.
-        assert tx.leases.try_acquire("sync", "host-a", 60, T0 + timedelta(seconds=50))
-        assert not tx.leases.try_acquire("sync", "host-b", 60, T0 + timedelta(seconds=100))
-        assert tx.leases.try_acquire(
-            "sync", "host-b", 60, T0 + timedelta(seconds=110, microseconds=1)
-        )
+        # Renewed by its holder: a later expiry, the same since.
+        assert tx.leases.try_acquire("sync", A, 60)
+        renewed = tx.leases.current("sync")
+        assert tx.leases.current("nothing") is None
+    assert renewed is not None and renewed.acquired_at == first.acquired_at
+    assert renewed.expires_at > first.expires_at
     with ledger.begin() as tx:
-        assert not tx.leases.try_acquire("sync", "host-a", 60, T0 + timedelta(seconds=120))
-        assert not tx.leases.release("sync", "host-a")
-        assert not tx.leases.release("nothing", "host-a")
-        assert tx.leases.release("sync", "host-b")
-        assert not tx.leases.release("sync", "host-b")
-        assert tx.leases.try_acquire("sync", "host-a", 60, T0 + timedelta(seconds=121))
+        assert not tx.leases.release("sync", B.holder)
+        assert not tx.leases.release("nothing", A.holder)
+        assert tx.leases.release("sync", A.holder)
+        assert not tx.leases.release("sync", A.holder)
+        assert tx.leases.try_acquire("sync", B, 30)
+
+
+def test_an_expired_lease_is_taken_by_the_database_clock(ledger: Ledger) -> None:
+    with ledger.begin() as tx:
+        assert tx.leases.try_acquire("sync", A, 0.5)
+    # The real wait, with a second of margin: nothing here moves a clock or ages a row.
+    time.sleep(1.5)
+    with ledger.begin() as tx:
+        assert tx.leases.current("sync").expired  # type: ignore[union-attr]
+        assert tx.leases.try_acquire("sync", B, 30)
+        taken = tx.leases.current("sync")
+    assert taken is not None and taken.holder == B and not taken.expired
+
+
+def test_a_dead_holder_is_taken_over_whatever_its_expiry(ledger: Ledger) -> None:
+    with ledger.begin() as tx:
+        assert tx.leases.try_acquire("sync", A, 600)
+        # Only from the holder named: a taker that lost the race to another gets nothing.
+        assert not tx.leases.take_over("sync", B.holder, B, 30)
+        assert not tx.leases.take_over("nothing", A.holder, B, 30)
+        assert tx.leases.take_over("sync", A.holder, B, 30)
+        taken = tx.leases.current("sync")
+        assert not tx.leases.try_acquire("sync", A, 30)
+    assert taken is not None and taken.holder == B
+    assert taken.expires_at - taken.database_now <= timedelta(seconds=30)
 
 
 # --- visit outcomes ------------------------------------------------------------------------------
@@ -736,7 +792,7 @@ def test_a_block_that_raises_leaves_nothing_behind(ledger: Ledger) -> None:
         tx.participants.upsert(
             "a01", "g1", session_id=1, participation_id=None, packet_id=None, now=T1
         )
-        tx.leases.try_acquire("sync", "host-a", 60, T1)
+        tx.leases.try_acquire("sync", A, 60)
         tx.visits.put_session(outcome("a01", 50001))
         # Inside the transaction its own writes are visible.
         assert tx.appointments.get("a01") is not None
@@ -750,7 +806,7 @@ def test_a_block_that_raises_leaves_nothing_behind(ledger: Ledger) -> None:
         assert tx.participants.of_appointments(["a01"]) == {"a01": {}}
         assert tx.visits.sessions(["a01"]) == {}
         # The lease was never taken, so another holder gets it.
-        assert tx.leases.try_acquire("sync", "host-b", 60, T1)
+        assert tx.leases.try_acquire("sync", B, 60)
 
 
 def test_timestamps_are_stored_as_naive_utc(ledger: Ledger) -> None:

@@ -22,7 +22,6 @@ from chaos import (
     EhrModel,
     ForkServer,
     canary_hits,
-    expire_lease,
     fork_server,
     log_events,
     run_syncd,
@@ -112,7 +111,6 @@ def test_no_canary_leaves_the_ehr(tmp_path: Path, spawner: ForkServer) -> None:
         codes.append(once(SYNCD_SYNC__CONCURRENCY="1"))
         w.write(*model.rows(10))
         codes.append(once(**{CRASHPOINT_ENV: "after_call:1"}))
-        expire_lease(w)
         codes.append(once())
         w.write(*model.rows(5))
         # What an operator runs: plan, status, retry, check.

@@ -98,6 +98,8 @@ class Rig:
         default_factory=lambda: RetryPolicy(base_seconds=0.0, rng=random.Random(1))
     )
     budget_seconds: float = 120.0
+    #: SecureVideo known to be down (the daemon's outage judge)
+    outage: bool = False
     checkpoints: list[str] = field(default_factory=list)
     queue: WorkQueue = field(default_factory=lambda: WorkQueue(2))
 
@@ -111,6 +113,7 @@ class Rig:
             retry=self.retry,
             stop=self.stop,
             retry_budget_seconds=self.budget_seconds,
+            outage=lambda: self.outage,
         )
 
     def scope(self, *, may_act: bool = True) -> PassScope:
@@ -235,14 +238,30 @@ def test_a_temporary_failure_is_retried_within_the_turn(rig: Rig) -> None:
     assert rig.journal() == [("create", "failed"), ("create", "failed"), ("create", "applied")]
 
 
-def test_attempts_exhausted_park_with_the_reason(rig: Rig) -> None:
-    rig.retry = RetryPolicy(base_seconds=0.0, max_attempts=3, rng=random.Random(1))
+def test_a_temporary_failure_is_retried_past_max_attempts_never_parked(rig: Rig) -> None:
+    rig.retry = RetryPolicy(base_seconds=0.0, long_after_attempts=3, rng=random.Random(1))
     rig.gateway.fail_next("create", TemporaryError("503 from SecureVideo"), times=10)
-    assert rig.turn(appointment()) is Disposition.PARKED
+    with capture_logs() as logs:
+        assert rig.turn(appointment()) is Disposition.SYNCED
+    assert [c.outcome for c in rig.gateway.mutations()] == ["failed"] * 10 + ["applied"]
+    assert rig.state().state == "synced"
+    # Said once, when the attempts reached the threshold: an alert, not a verdict.
+    (long,) = [e for e in logs if e["event"] == "retrying_long"]
+    assert long["attempts"] == 3 and long["appointment_id"] == "A1"
+
+
+def test_during_a_known_outage_a_failure_is_left_to_a_later_pass_at_once(rig: Rig) -> None:
+    """A worker does not sit out a back-off while SecureVideo is down: with hundreds of pending
+    appointments, a pass would otherwise last their budgets end to end."""
+    rig.outage = True
+    rig.retry = RetryPolicy(base_seconds=30.0, rng=random.Random(1))
+    rig.gateway.fail_next("create", TemporaryError("503 from SecureVideo"), times=5)
+    # Without the outage this turn would wait out (real) back-offs of up to 30 s and sync.
+    assert rig.turn(appointment()) is Disposition.RETRY
     state = rig.state()
-    assert state.state == "parked" and state.attempts == 3
-    assert state.reason == "appointment A1: 503 from SecureVideo (gave up after 3 attempts)"
-    assert len(rig.gateway.mutations()) == 3
+    assert (state.state, state.attempts) == ("pending", 1)
+    assert state.next_attempt_at is not None and state.next_attempt_at > rig.clock.now()
+    assert len(rig.gateway.mutations()) == 1
 
 
 def test_a_wait_beyond_the_pass_budget_is_deferred_to_a_later_pass(rig: Rig) -> None:

@@ -12,9 +12,10 @@ Where each scenario runs:
 * ``test_uuid_keys_of_an_ehr_view_reach_syncd_as_text``: PostgreSQL only (its uuid type).
 * everything else on SQLite alone, because it tests the engine's logic and would meet the same
   database code three times: staff-added guests, each bad row on its own (all of them at once run
-  on every backend, each with that backend's own malformed timestamp), 5xx retries, attempts
-  exhausted, rejected credentials, the look-before-create control, the idle pass's statement
-  count (a figure about the SQL syncd sends, counted on one dialect) and the concurrency bound.
+  on every backend, each with that backend's own malformed timestamp), 5xx retries, a failure
+  outlasting its pass (retrying, never parked), rejected credentials, the look-before-create
+  control, the idle pass's statement count (a figure about the SQL syncd sends, counted on one
+  dialect) and the concurrency bound.
 
 A server that is absent skips its parameters, or fails them under ``CI=true``
 (``conftest.database_or_skip``).  Migrations from empty to head and back are covered per backend
@@ -428,15 +429,31 @@ def test_5xx_on_create_is_retried_and_ends_with_exactly_one_session(w: World) ->
     assert w.emulator.state.duplicate_external_session_ids() == {}
 
 
-def test_attempts_exhausted_parks_with_the_reason(tmp_path: Path) -> None:
-    with world(tmp_path, max_attempts=2) as w:
+def test_a_failure_outlasting_the_pass_is_left_retrying_never_parked(tmp_path: Path) -> None:
+    # Attempts past max_attempts and a pass with no time to wait: it stays pending, with a next
+    # try, and says so in `syncd status`.
+    with world(tmp_path, max_attempts=1, pass_retry_budget_seconds=0) as w:
         w.emulator.faults.fail_next(10, status=503, methods=("POST",))
         w.write(row("A1", starts=T, guests=[guest(1)]))
         report = w.run_pass()
-        assert report.outcomes == {"parked": 1}
+        assert report.outcomes == {"retry": 1}
         with w.apps[-1].ledger.begin() as tx:
-            (parked,) = tx.appointments.parked()
-        assert parked.reason is not None and "503" in parked.reason
+            assert tx.appointments.parked() == []
+            (retrying,) = tx.appointments.retrying()
+        assert retrying.state == "pending" and retrying.attempts == 1
+        assert retrying.next_attempt_at is not None
+        assert retrying.reason is not None and "503" in retrying.reason
+        status = collect_status(w.settings)
+        assert status["retrying"] == [
+            {
+                "appointment_id": "A1",
+                "attempts": 1,
+                "error_class": "503",
+                "next_attempt_at": retrying.next_attempt_at.isoformat(),
+                "long": True,
+            }
+        ]
+        assert "A1  (attempts 1, last error 503, next try " in render_status(status)
 
 
 def test_rejected_credentials_stop_the_pass(tmp_path: Path) -> None:

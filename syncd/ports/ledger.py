@@ -34,6 +34,8 @@ __all__ = [
     "AppointmentRepository",
     "BookedAppointment",
     "CursorRepository",
+    "LeaseHolder",
+    "LeaseRecord",
     "LeaseRepository",
     "Ledger",
     "LedgerTransaction",
@@ -175,6 +177,35 @@ class BookedAppointment:
     billable_ts: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseHolder:
+    """Who asks for a lease.  ``holder`` is unique to one start of one process (it carries a
+    random per-start token); the rest lets a process on the same machine tell it is dead."""
+
+    holder: str
+    host: str | None = None
+    pid: int | None = None
+    #: the process's per-start identity (boot id and start time); None where it cannot be read
+    process_start: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRecord:
+    """A lease as the ledger holds it, with the ledger database's own clock at the reading."""
+
+    name: str
+    holder: LeaseHolder
+    #: when this holder took it (None for a row an older syncd wrote)
+    acquired_at: datetime | None
+    expires_at: datetime
+    #: the database's clock when this was read: expiry is judged by it, never a host's clock
+    database_now: datetime
+
+    @property
+    def expired(self) -> bool:
+        return self.expires_at < self.database_now
+
+
 # --- repositories ------------------------------------------------------------------------------
 
 
@@ -254,7 +285,8 @@ class AppointmentRepository(Protocol):
         event_id: int | None = None,
     ) -> bool:
         """Leave the appointment ``pending`` until ``next_attempt_at``.  With ``event_id``, only
-        while that is still its newest event."""
+        while that is still its newest event.  ``updated_at`` is left alone: the appointment has
+        been waiting since it became pending."""
         ...
 
     def park(
@@ -301,6 +333,11 @@ class AppointmentRepository(Protocol):
 
     def noted(self, limit: int = 100) -> list[AppointmentRecord]:
         """Synced appointments that carry a reason (``mark_synced(reason=…)``), by id."""
+        ...
+
+    def retrying(self, limit: int = 100) -> list[AppointmentRecord]:
+        """Pending appointments that failed at least once (a temporary failure being retried),
+        soonest next try first."""
         ...
 
     def oldest_pending_since(self) -> datetime | None:
@@ -393,8 +430,21 @@ class ParticipantRepository(Protocol):
 
 
 class LeaseRepository(Protocol):
-    def try_acquire(self, name: str, holder: str, ttl_seconds: float, now: datetime) -> bool:
-        """Take or renew the lease ``name`` for ``ttl_seconds``.  False while another holds it."""
+    """Named leases, their expiry reckoned by the ledger database's clock (``CURRENT_TIMESTAMP``),
+    so that hosts whose clocks disagree still agree on who holds a lease."""
+
+    def try_acquire(self, name: str, holder: LeaseHolder, ttl_seconds: float) -> bool:
+        """Take or renew the lease ``name`` for ``ttl_seconds`` of database time.  False while
+        another holder's lease has not expired."""
+        ...
+
+    def current(self, name: str) -> LeaseRecord | None:
+        """The lease as it stands, with the database's clock; None when nobody holds it."""
+        ...
+
+    def take_over(self, name: str, dead: str, holder: LeaseHolder, ttl_seconds: float) -> bool:
+        """Take the lease from ``dead`` (a holder shown to be gone), whatever its expiry; False if
+        the lease no longer belongs to ``dead`` (someone else was quicker)."""
         ...
 
     def release(self, name: str, holder: str) -> bool:

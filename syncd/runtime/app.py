@@ -101,7 +101,7 @@ def sync_options(settings: Settings, *, rng: random.Random | None = None) -> Syn
         retry=RetryPolicy(
             base_seconds=s.base_backoff_seconds,
             cap_seconds=s.max_backoff_seconds,
-            max_attempts=s.max_attempts,
+            long_after_attempts=s.max_attempts,
             rng=rng or random.Random(),
         ),
         pass_retry_budget_seconds=s.pass_retry_budget_seconds,
@@ -218,9 +218,11 @@ def build_app(
     on_response: ResponseHook | None = None,
     rng: random.Random | None = None,
     wiring: Wiring = Wiring(),  # frozen: one shared default is safe
+    outage: Callable[[], bool] | None = None,
 ) -> App:
     """``on_response`` sees every SecureVideo response (the metrics' latency histogram);
-    ``rng`` is the back-off's jitter (tests seed it)."""
+    ``rng`` is the back-off's jitter (tests seed it); ``outage`` says whether SecureVideo is
+    known to be down (the daemon's health state judges it from those responses)."""
     # Both are checked before anything opens, so a missing one is named without a traceback.
     settings.require_outbox_url()
     settings.require_credentials()
@@ -248,6 +250,7 @@ def build_app(
         stop=stop,
         checkpoint=wiring.checkpoint,
         fingerprints=fingerprints,
+        outage=outage,
     )
     lease = None
     if wiring.lease:
@@ -315,7 +318,13 @@ def open_daemon(
     health = health or HealthState.for_settings(settings)
 
     def build() -> App:
-        app = build_app(settings, stop=stop, on_response=health.report_response, wiring=wiring)
+        app = build_app(
+            settings,
+            stop=stop,
+            on_response=health.report_response,
+            wiring=wiring,
+            outage=lambda: health.outage.current is not None,
+        )
         try:
             verify_outbox(settings, app.outbox)
         except BaseException:

@@ -141,9 +141,13 @@ def cmd_once(args: argparse.Namespace, wiring: Wiring) -> int:
     with build_app(settings, wiring=wiring) as app:
         report = run_one_pass(app.synchronizer, app.lease)
     if report is None:
+        from syncd.sync.lease import describe_holder
+
         # Not a failure to fix (exit 2): the running instance does this work.
+        other = describe_holder(app.lease.other if app.lease is not None else None)
         print(
-            "syncd: another syncd instance holds the leader lease on this ledger; nothing was done",
+            "syncd: another syncd instance holds the leader lease on this ledger "
+            f"({other}); nothing was done",
             file=sys.stderr,
         )
         return EXIT_SOME_FAILED

@@ -24,7 +24,7 @@ from syncd.adapters.dberrors import TRANSIENT
 from syncd.core.redact import without_quoted_values
 from syncd.runtime.dbhints import DatabaseHint
 from syncd.runtime.health import HealthState
-from syncd.sync.lease import LeaderLease
+from syncd.sync.lease import LeaderLease, describe_holder
 from syncd.sync.passes import Synchronizer
 from syncd.sync.report import PassReport
 
@@ -115,7 +115,8 @@ class PassRunner:
         now = self.clock()
         if now - self._last_standby_log >= DEGRADED_LOG_INTERVAL:
             self._last_standby_log = now
-            log.info("standby", pid=os.getpid())
+            other = self.lease.other if self.lease is not None else None
+            log.info("standby", pid=os.getpid(), holder=describe_holder(other))
 
     def _degrade(self, component: str, exc: BaseException, hint: DatabaseHint | None) -> None:
         now = self.clock()
@@ -199,7 +200,8 @@ def run_daemon(
 
 
 def run_one_pass(synchronizer: Synchronizer, lease: LeaderLease | None) -> PassReport | None:
-    """``syncd once``: one pass under the leader lease; None when another instance holds it."""
+    """``syncd once``: one pass under the leader lease; None when another live instance holds it
+    (``lease.other`` says which)."""
     if lease is None:
         return synchronizer.run_pass()
     if not lease.acquire():

@@ -30,7 +30,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,12 +39,12 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from syncd import __version__
 from syncd.adapters.dberrors import describe_database_error
 from syncd.core.errors import AuthenticationError, SyncdError
+from syncd.runtime.gauges import LiveGauges
+from syncd.runtime.outage import OutageWatch
 from syncd.runtime.settings import Settings
 
 if TYPE_CHECKING:
@@ -130,9 +130,8 @@ class Verdict:
     details: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"status": "ok" if self.ok else "failing", "reasons": list(self.reasons)} | dict(
-            self.details
-        )
+        status = "ok" if self.ok else "degraded" if self.details.get("degraded") else "failing"
+        return {"status": status, "reasons": list(self.reasons)} | dict(self.details)
 
 
 #: Appointments by ledger state, and when the longest-waiting pending one began waiting.
@@ -195,6 +194,8 @@ class HealthState:
         self._securevideo: Reachability | None = None
         self._ledger_snapshot: tuple[float, dict[str, float] | None] | None = None
         self._changed = threading.Event()
+        #: SecureVideo's outages, judged from every response (one degraded/recovered pair each)
+        self.outage = OutageWatch(clock=clock)
 
         self.registry = CollectorRegistry()
         r = self.registry
@@ -249,7 +250,7 @@ class HealthState:
             ["method", "endpoint", "status"],
             registry=r,
         )
-        r.register(_LiveGauges(self))
+        r.register(LiveGauges(self))
         ProcessCollector(registry=r)
 
     @classmethod
@@ -290,6 +291,7 @@ class HealthState:
         self.api_responses.labels(*labels, klass).inc()
         with self._lock:
             self._securevideo = _api_verdict(status, self.clock(), "response")
+        self.outage.observe(status)
 
     def report_tick(self) -> None:
         """The scheduler ran the pass runner (a standby's sign of life)."""
@@ -440,7 +442,18 @@ class HealthState:
             checks[name] = check.as_dict(now)
             if not check.ok:
                 reasons.append(f"{name}: {check.error or 'unreachable'}")
-        return Verdict(not reasons, tuple(reasons), live.details | {"checks": checks})
+        details = live.details | {"checks": checks}
+        outage = self.outage.current
+        if outage is not None:
+            since = round(now - outage.since, 1)
+            reasons.append(
+                f"securevideo: degraded for {since:.0f} s ({outage.last_error}); changes are "
+                "retried until it answers, none parked"
+            )
+            details["degraded"] = {
+                "securevideo": {"since_seconds": since, "failures": outage.failures}
+            }
+        return Verdict(not reasons, tuple(reasons), details)
 
     def metrics_text(self) -> bytes:
         return generate_latest(self.registry)
@@ -548,40 +561,3 @@ def _probe_securevideo(probes: Probes, clock: Callable[[], float]) -> Reachabili
         # The client's messages name the method, the endpoint template and the status only.
         return Reachability(False, clock(), "probe", str(exc).splitlines()[0][:200])
     return Reachability(True, clock(), "probe")
-
-
-class _LiveGauges(Collector):
-    """Gauges computed when scraped: ledger counts (cached) and leadership."""
-
-    def __init__(self, health: HealthState) -> None:
-        self._health = health
-
-    def describe(self) -> Iterable[Metric]:
-        return self._families({})
-
-    def collect(self) -> Iterable[Metric]:
-        values = self._health.ledger_gauges() or {}
-        standby = self._health.standby_gauge()
-        if standby is not None:
-            values = values | {"standby": standby}
-        return self._families(values)
-
-    @staticmethod
-    def _families(values: dict[str, float]) -> list[Metric]:
-        spec = (
-            ("parked", "syncd_parked_appointments", "Appointments parked for an operator"),
-            ("pending", "syncd_pending_appointments", "Appointments waiting for a pass"),
-            (
-                "oldest_pending",
-                "syncd_oldest_pending_seconds",
-                "How long the longest-waiting pending appointment has waited",
-            ),
-            ("standby", "syncd_standby", "1 while another instance holds the leader lease"),
-        )
-        out: list[Metric] = []
-        for key, name, doc in spec:
-            family = GaugeMetricFamily(name, doc)
-            if key in values:
-                family.add_metric([], values[key])
-            out.append(family)
-        return out

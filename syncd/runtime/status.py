@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +18,7 @@ def collect_status(settings: Settings, *, parked_limit: int = 100) -> dict[str, 
         parked = tx.appointments.parked(parked_limit)
         noted = tx.appointments.noted(parked_limit)
         oldest = tx.appointments.oldest_pending_since()
+        retrying = tx.appointments.retrying(parked_limit)
     newest: int | None = None
     outbox_error: str | None = None
     if settings.outbox.url:
@@ -35,6 +37,16 @@ def collect_status(settings: Settings, *, parked_limit: int = 100) -> dict[str, 
         "oldest_pending_seconds": None if oldest is None else int((now - oldest).total_seconds()),
         "outbox_error": outbox_error,
         "counts": counts,
+        "retrying": [
+            {
+                "appointment_id": r.appointment_id,
+                "attempts": r.attempts,
+                "error_class": error_class(r.reason),
+                "next_attempt_at": r.next_attempt_at.isoformat() if r.next_attempt_at else None,
+                "long": r.attempts >= settings.sync.max_attempts,
+            }
+            for r in retrying
+        ],
         "parked": [
             {
                 "appointment_id": r.appointment_id,
@@ -58,6 +70,14 @@ def render_status(status: dict[str, Any]) -> str:
         "appointments:      "
         + (", ".join(f"{k} {v}" for k, v in sorted(status["counts"].items())) or "none yet"),
     ]
+    retrying = status["retrying"]
+    lines.append(f"retrying:          {len(retrying)}")
+    for r in retrying:
+        flag = "  [retrying long]" if r["long"] else ""
+        lines.append(
+            f"  {r['appointment_id']}  (attempts {r['attempts']}, last error {r['error_class']}, "
+            f"next try {r['next_attempt_at']} UTC){flag}"
+        )
     parked = status["parked"]
     lines.append(f"parked:            {len(parked)}")
     for p in parked:
@@ -84,6 +104,18 @@ def _lag(status: dict[str, Any]) -> str:
     if oldest is None:
         return f"{events}; no change pending"
     return f"{events}; oldest pending change waiting {oldest} s"
+
+
+#: The SecureVideo client's reasons name the failure as "answered 503" or "(ConnectError)".
+_STATUS = re.compile(r"answered (\d{3})")
+_EXCEPTION = re.compile(r"\((\w+(?:Error|Timeout))\)")
+
+
+def error_class(reason: str | None) -> str:
+    """The kind of the last failure, from a retry's reason: an HTTP status or a transport error."""
+    text = reason or ""
+    found = _STATUS.search(text) or _EXCEPTION.search(text)
+    return found.group(1) if found else "other"
 
 
 def _or_dash(value: object) -> str:

@@ -76,9 +76,12 @@ class Synchronizer:
         stop: threading.Event | None = None,
         checkpoint: Checkpoint = no_checkpoint,
         fingerprints: Fingerprints | None = None,
+        wait: Callable[[float], bool] | None = None,
+        outage: Callable[[], bool] | None = None,
     ) -> None:
-        """``fingerprints``: how participants are shown (plan, logs, the journal); by default
-        the ledger's own."""
+        """``fingerprints``: how participants are shown (plan, logs, the journal), by default the
+        ledger's own; ``wait``: how a back-off is waited out (default ``stop.wait``); ``outage``:
+        whether SecureVideo is known to be down (see ``Reconciler``)."""
         self.outbox = outbox
         self.ledger = ledger
         self.gateway = gateway
@@ -104,6 +107,8 @@ class Synchronizer:
             retry=options.retry,
             stop=self.stop,
             retry_budget_seconds=options.pass_retry_budget_seconds,
+            wait=wait,
+            outage=outage,
         )
         self._progress = ProgressLog(self.clock, options.progress_log_interval_seconds)
 

@@ -89,6 +89,10 @@ class _Turn:
     progressed: set[Operation] = field(default_factory=set)
 
 
+def _never() -> bool:
+    return False
+
+
 #: What one step of a turn says: the turn ends with this disposition, or goes on (None).
 Step = Disposition | None
 
@@ -103,8 +107,16 @@ class Reconciler:
         retry: RetryPolicy,
         stop: threading.Event,
         retry_budget_seconds: float,
+        wait: Callable[[float], bool] | None = None,
+        outage: Callable[[], bool] | None = None,
     ) -> None:
+        """``wait(seconds)`` waits out a back-off and says whether a shutdown ended it (default:
+        ``stop.wait``; a test on a hand-moved clock moves the clock instead).  ``outage()``: True
+        while SecureVideo is known to be down, when a failed appointment is left to a later pass
+        at once rather than hold a worker through its back-off."""
         self._book = book
+        self._wait = wait or stop.wait
+        self._outage = outage or _never
         self._executor = executor
         self._clock = clock
         self._retry = retry
@@ -248,7 +260,7 @@ class Reconciler:
             view = after(view, op, applied.result)
             if op not in turn.progressed:
                 # Progress.  An op applied a second time is not (an API ignoring it): that loop
-                # stays bounded by max_attempts.
+                # stays bounded by MAX_ROUNDS.
                 turn.progressed.add(op)
                 turn.call_failures = 0
             if isinstance(op, CreateSession) and applied.result is not None:
@@ -262,8 +274,8 @@ class Reconciler:
         # Whatever was known may be stale now (an ambiguous call may have applied): look again
         # before planning again.
         turn.fresh_read = True
-        # A round cut short by a failed call says nothing about convergence; max_attempts
-        # bounds those.
+        # A round cut short by a failed call says nothing about convergence: it is retried, not
+        # counted.
         turn.rounds -= 1
         return self._back_off(turn, turn.call_failures, exc)
 
@@ -287,16 +299,23 @@ class Reconciler:
         return finish
 
     def _back_off(self, turn: _Turn, attempts: int, exc: TemporaryError) -> Step:
-        """Wait and return None to try again in this turn, or a disposition to stop here."""
+        """Wait and return None to try again in this turn, or a disposition to stop here.
+
+        A temporary failure never parks: it is retried, with capped and jittered back-off, across
+        as many passes as it lasts (an outage ends; an operator should not have to notice it)."""
         appt = turn.appt
         reason = f"appointment {appt.appointment_id}: {redact(exc.message, appt)}"
-        if self._retry.exhausted(attempts):
-            return self._park(
-                appt, f"{reason} (gave up after {attempts} attempts)", attempts=attempts
+        if self._retry.turns_long(attempts):
+            log.warning(
+                "retrying_long",
+                appointment_id=appt.appointment_id,
+                attempts=attempts,
+                reason=reason,
             )
         delay = self._retry.delay(attempts, retry_after=exc.retry_after)
         until = self._clock.now() + timedelta(seconds=delay)
-        if self._clock.monotonic() + delay > turn.deadline or self._stop.is_set():
+        later = self._clock.monotonic() + delay > turn.deadline
+        if later or self._stop.is_set() or self._outage():
             self._book.deferred(appt, attempts, until, reason)
             log.warning(
                 "appointment_deferred",
@@ -307,8 +326,8 @@ class Reconciler:
             )
             return Disposition.RETRY
         # The wait outlives a shutdown: the next start must not send before SecureVideo's
-        # Retry-After has passed.  stop.wait, not sleep: a shutdown request ends the wait at once.
-        if self._stop.wait(delay):
+        # Retry-After has passed.  A wait that a shutdown request ends at once, not a sleep.
+        if self._wait(delay):
             self._book.deferred(appt, attempts, until, reason)
             return Disposition.INTERRUPTED
         return None

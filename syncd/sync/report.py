@@ -15,7 +15,7 @@ class Disposition(StrEnum):
     UNCHANGED = "unchanged"  # nothing to do
     SKIPPED = "skipped"  # fulfilled/noshow, or outside SecureVideo's active window
     RETRY = "retry"  # temporary failure: left pending for a later pass
-    PARKED = "parked"  # permanent failure or attempts exhausted: waits for a newer row or retry
+    PARKED = "parked"  # permanent refusal or bad row: waits for a newer row or `syncd retry`
     INTERRUPTED = "interrupted"  # shutdown asked for: left pending, every result committed
 
 

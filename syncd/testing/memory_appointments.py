@@ -187,7 +187,8 @@ class MemoryAppointments:
             attempts=attempts,
             next_attempt_at=utc(next_attempt_at),
             reason=clip(reason),
-            updated_at=utc(now),
+            # updated_at stays when the appointment began waiting: a retry changes no state,
+            # and the oldest pending change's age must not restart with every retry.
         )
 
     def park(
@@ -284,6 +285,18 @@ class MemoryAppointments:
         found = sorted(
             (r for r in self._rows.values() if r.state == SYNCED and r.reason is not None),
             key=lambda r: r.appointment_id,
+        )
+        return found[: max(limit, 0)]
+
+    def retrying(self, limit: int = 100) -> list[AppointmentRecord]:
+        found = sorted(
+            (r for r in self._rows.values() if r.state == PENDING and r.attempts > 0),
+            # NULL first, as SQLite and MariaDB sort it; schedule_retry always sets it anyway.
+            key=lambda r: (
+                r.next_attempt_at is not None,
+                r.next_attempt_at or datetime.min,
+                r.appointment_id,
+            ),
         )
         return found[: max(limit, 0)]
 

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from syncd.ports.ledger import (
     TEXT_LIMIT,
     AppointmentRecord,
+    LeaseHolder,
     OperationRecord,
     ParticipantOutcomeRecord,
     ParticipantRecord,
@@ -22,7 +23,8 @@ _V = TypeVar("_V")
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    holder: str
+    holder: LeaseHolder
+    acquired_at: datetime
     expires_at: datetime
     updated_at: datetime
 
@@ -69,8 +71,15 @@ TABLES = (
 class Work:
     """One transaction's copy of the tables and the rows it changed (what commit writes back)."""
 
-    def __init__(self, committed: Tables, take_operation_id: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        committed: Tables,
+        take_operation_id: Callable[[], int],
+        database_now: Callable[[], datetime],
+    ) -> None:
         self.t = committed.copy()
+        #: the "database server's" clock, which lease expiry is reckoned by
+        self.database_now = database_now
         self.dirty: dict[str, set[Any]] = {name: set() for name in TABLES}
         self.cursor_moved = False
         self.take_operation_id = take_operation_id

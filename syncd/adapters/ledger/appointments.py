@@ -252,7 +252,8 @@ class SqlAppointments:
             attempts=attempts,
             next_attempt_at=utc(next_attempt_at),
             reason=clip(reason),
-            updated_at=utc(now),
+            # updated_at stays when the appointment began waiting: a retry changes no state,
+            # and the oldest pending change's age must not restart with every retry.
         )
 
     def park(
@@ -355,6 +356,16 @@ class SqlAppointments:
             select(_t)
             .where(c.state == SYNCED, c.reason.is_not(None))
             .order_by(c.appointment_id)
+            .limit(limit)
+        )
+        return records(AppointmentRecord, self._sql.rows(query))
+
+    def retrying(self, limit: int = 100) -> list[AppointmentRecord]:
+        c = _t.c
+        query = (
+            select(_t)
+            .where(c.state == PENDING, c.attempts > 0)
+            .order_by(c.next_attempt_at, c.appointment_id)
             .limit(limit)
         )
         return records(AppointmentRecord, self._sql.rows(query))

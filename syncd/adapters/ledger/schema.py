@@ -161,6 +161,13 @@ class LeaseRow(Base):
     holder: Mapped[str] = mapped_column(_identifier(128))
     expires_at: Mapped[datetime] = mapped_column(_TIMESTAMP)
     updated_at: Mapped[datetime] = mapped_column(_TIMESTAMP)
+    #: the holder's machine and process, and that process's per-start identity (boot id and
+    #: start time): what lets a process on the same machine tell that the holder is dead
+    host: Mapped[str | None] = mapped_column(_identifier(80))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    process_start: Mapped[str | None] = mapped_column(_identifier(64))
+    #: when this holder took the lease; renewals keep it
+    acquired_at: Mapped[datetime | None] = mapped_column(_TIMESTAMP)
 
 
 class SessionOutcomeRow(Base):
