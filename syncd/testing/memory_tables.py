@@ -11,6 +11,7 @@ from syncd.ports.ledger import (
     TEXT_LIMIT,
     AppointmentRecord,
     OperationRecord,
+    OutboxRewind,
     ParticipantOutcomeRecord,
     ParticipantRecord,
     SessionOutcomeRecord,
@@ -34,6 +35,7 @@ class Tables:
     cursor: int = 0
     #: made on first use, like the SQL ledger's; fixed here so fakes give the same fingerprints
     fingerprint_key: bytes | None = None
+    rewind: OutboxRewind | None = None
     appointments: dict[str, AppointmentRecord] = field(default_factory=dict)
     operations: dict[int, OperationRecord] = field(default_factory=dict)
     participants: dict[tuple[str, str], ParticipantRecord] = field(default_factory=dict)
@@ -47,6 +49,7 @@ class Tables:
         return Tables(
             cursor=self.cursor,
             fingerprint_key=self.fingerprint_key,
+            rewind=self.rewind,
             appointments=dict(self.appointments),
             operations=dict(self.operations),
             participants=dict(self.participants),
@@ -73,6 +76,8 @@ class Work:
         self.t = committed.copy()
         self.dirty: dict[str, set[Any]] = {name: set() for name in TABLES}
         self.cursor_moved = False
+        #: the cursor was moved back, or the rewind record changed: both are written as they are
+        self.rewind_changed = False
         self.take_operation_id = take_operation_id
 
     def put(self, table: str, key: Hashable, value: object) -> None:
@@ -89,7 +94,9 @@ class Work:
         return True
 
     def write_back(self, committed: Tables) -> None:
-        if self.cursor_moved:
+        if self.rewind_changed:
+            committed.cursor, committed.rewind = self.t.cursor, self.t.rewind
+        elif self.cursor_moved:
             committed.cursor = max(committed.cursor, self.t.cursor)
         if committed.fingerprint_key is None:
             committed.fingerprint_key = self.t.fingerprint_key
