@@ -258,3 +258,20 @@ def test_the_digest_is_of_the_content_not_the_event_or_when_it_was_written() -> 
     # keyed: nothing about the row can be guessed from it without the ledger's key
     assert digest != row_digest(Fingerprints(bytes(32)), OutboxRow(7, row))
     assert "Test Patient" not in digest and len(digest) == 16
+
+
+def test_an_instance_that_led_before_the_rewind_does_not_call_it_again(fakes: Fakes) -> None:
+    """Two instances on one ledger: the one that synced before the restore leads again after the
+    other handled the rewind; its memory of the old cursor and ids must not make a second one."""
+    before = fakes.engine()
+    synced_before_the_restore(fakes, first_id=4999)
+    restore_with_three_changes(fakes)
+    fakes.engine()  # the other instance takes the lead and handles the rewind
+    assert fakes.run_pass().rewound
+    fakes.securevideo.calls.clear()
+    fakes.outbox.append(booked("a5"))
+    with structlog.testing.capture_logs() as logs:
+        report = before.run_pass()
+    assert not report.rewound
+    assert not [e for e in logs if e["event"] == "outbox_rewound"]
+    assert fakes.mutations() == [("create", "a5")]

@@ -112,12 +112,17 @@ class Ingest:
         """Read the outbox from a window behind the cursor (from its start when it went back);
         returns how many appointments became pending."""
         if self._cursor is None:
-            with self._ledger.begin() as tx:
-                self._cursor, self.rewind = tx.cursor.position()
+            self._read_position()
         self.rewound = False
-        reader = pages(self._outbox, max(0, self._cursor - self._window), self._batch_size)
-        held = self._hold(reader)
-        went_back = self._went_back(held)
+        for confirming in (False, True):
+            assert self._cursor is not None
+            reader = pages(self._outbox, max(0, self._cursor - self._window), self._batch_size)
+            held = self._hold(reader)
+            went_back = self._went_back(held)
+            # Another instance may have led meanwhile (and handled a rewind): ask the ledger
+            # before calling one, and judge again from what it says.
+            if went_back is None or confirming or not self._read_position():
+                break
         if went_back is not None:
             self._start_over(*went_back)
             reader, held = pages(self._outbox, 0, self._batch_size), []
@@ -126,6 +131,17 @@ class Ingest:
             became_pending += self._note(refs)
         self._forget_below_window()
         return became_pending
+
+    def _read_position(self) -> bool:
+        """The cursor and the last rewind from the ledger; whether they differ from what this
+        process had (its memory of the window is then dropped)."""
+        with self._ledger.begin() as tx:
+            position = tx.cursor.position()
+        if position == (self._cursor, self.rewind):
+            return False
+        self._cursor, self.rewind = position
+        self._seen, self._keys = {}, {}
+        return True
 
     def _hold(self, reader: Iterator[list[OutboxRef]]) -> list[OutboxRef]:
         """The refs up to the first page that reaches the cursor, or all there are."""
