@@ -244,6 +244,38 @@ def test_mark_synced_settles_the_event_it_applied(ledger: Ledger) -> None:
     assert record.updated_at == T2
 
 
+def test_mark_synced_keeps_a_reason_for_the_operator(ledger: Ledger) -> None:
+    note(ledger, {"a01": 5})
+    with ledger.begin() as tx:
+        tx.appointments.mark_synced(
+            "a01",
+            event_id=5,
+            session_id=50001,
+            host_external_id="prov-002",
+            now=T1,
+            reason="previous host 'prov-001' is unknown",
+        )
+    record = appointment(ledger, "a01")
+    assert (record.state, record.reason) == (SYNCED, "previous host 'prov-001' is unknown")
+    note(ledger, {"a02": 5, "a00": 5})
+    with ledger.begin() as tx:
+        for aid in ("a02", "a00"):
+            tx.appointments.mark_synced(
+                aid, event_id=5, session_id=None, host_external_id=None, now=T1
+            )
+        assert [r.appointment_id for r in tx.appointments.noted()] == ["a01"]
+        tx.appointments.mark_synced(
+            "a00", event_id=5, session_id=None, host_external_id=None, now=T2, reason="gone"
+        )
+        assert [r.appointment_id for r in tx.appointments.noted()] == ["a00", "a01"]
+        assert [r.appointment_id for r in tx.appointments.noted(limit=1)] == ["a00"]
+        # A later sync without a reason clears it.
+        tx.appointments.mark_synced(
+            "a01", event_id=5, session_id=50001, host_external_id="prov-002", now=T2
+        )
+        assert [r.appointment_id for r in tx.appointments.noted()] == ["a00"]
+
+
 def test_mark_synced_of_an_older_event_keeps_the_newer_one_pending(ledger: Ledger) -> None:
     note(ledger, {"a01": 5})
     note(ledger, {"a01": 6}, now=T1)

@@ -23,9 +23,12 @@ from syncd.core.domain import (
     UpdateParticipant,
     describe,
 )
+from syncd.core.fingerprint import Fingerprints
 from syncd.core.planner import changed_fields, plan, same_schedule
+from syncd.core.view import with_known_packets
 
 NOW = datetime(2027, 1, 10, 12, 0)
+PRINTS = Fingerprints(bytes(32))
 T = datetime(2027, 1, 15, 15, 0)
 
 ANNA = Guest(
@@ -321,12 +324,43 @@ def test_same_schedule(remote: datetime | None, desired: datetime, same: bool) -
     assert same_schedule(remote, desired) is same
 
 
+def test_a_remembered_packet_is_known_and_a_remembered_null_is_not() -> None:
+    """A null PacketId on file was sent by a syncd that left it out: whether that showed no
+    documents or all of them depends on the endpoint, so it is not taken as known."""
+    observed = [session(guests=(remote_of(ANNA, 11),))]
+    sent = with_known_packets(observed, {"pat-1": (11, -1)})[0].guests[0]
+    assert (sent.packet_id, sent.packet_known) == (-1, True)
+    legacy = with_known_packets(observed, {"pat-1": (11, None)})[0].guests[0]
+    assert legacy.packet_known is False
+    assert plan(appt(), with_known_packets(observed, {"pat-1": (11, None)}), now=NOW) == ()
+
+
 def test_describe_has_no_patient_data() -> None:
     ops = plan(
         appt(at=LATER, guests=(replace(ANNA, email="x@example.test"), BEN)),
         (IN_SYNC,),
         now=NOW,
     )
-    text = repr([describe(op) for op in ops]) + repr(ops)
-    for secret in ("Anna", "Ben", "example.test", "1555", "Follow-up"):
+    text = repr([describe(op, PRINTS) for op in ops]) + repr(ops)
+    for secret in ("Anna", "Ben", "example.test", "1555", "Follow-up", "pat-1", "pat-2"):
         assert secret not in text
+
+
+def test_describe_shows_participant_external_ids_as_fingerprints() -> None:
+    """Defect 9: participant external ids are often MRNs; plan, logs and the journal show
+    their keyed fingerprints."""
+    mrn = replace(ANNA, external_id="MRN-00424242")
+    ops = (
+        create(appt(guests=(mrn, BEN))),
+        AddParticipant("A1", 500, mrn),
+        UpdateParticipant("A1", 500, 11, mrn, ("email",)),
+        RemoveParticipant("A1", 500, 11, "MRN-00424242", "removed"),
+    )
+    described = [describe(op, PRINTS) for op in ops]
+    assert "MRN-00424242" not in repr(described) and "00424242" not in repr(described)
+    shown = PRINTS.participant("MRN-00424242")
+    assert described[0]["participants"] == [shown, PRINTS.participant("pat-2")]
+    assert [d["participant_external_id"] for d in described[1:]] == [shown] * 3
+    assert shown.startswith("g-") and shown != Fingerprints(b"\x01" * 32).participant(
+        mrn.external_id
+    )

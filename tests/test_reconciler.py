@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import pytest
+from structlog.testing import capture_logs
 
 from syncd.core.domain import (
     Appointment,
@@ -25,6 +26,7 @@ from syncd.core.domain import (
     RemoteSession,
 )
 from syncd.core.errors import AmbiguousError, PermanentError, TemporaryError
+from syncd.core.fingerprint import Fingerprints
 from syncd.core.retry import RetryPolicy
 from syncd.ports.ledger import AppointmentRecord
 from syncd.sync.book import AppointmentBook
@@ -271,10 +273,74 @@ def test_a_refused_call_parks_with_securevideo_s_message_redacted(rig: Rig) -> N
     assert reason == "appointment A1: SecureVideo refused create: 400: [redacted] has no e-mail"
 
 
+def test_a_refusal_quoting_a_participant_external_id_parks_without_it(rig: Rig) -> None:
+    mrn = Guest("MRN-00424242", full_name="Zelda Canary")
+    rig.gateway.fail_next("create", PermanentError("400: ParticipantExternalId MRN-00424242 taken"))
+    assert rig.turn(appointment(guests=(mrn,))) is Disposition.PARKED
+    reason = rig.state().reason
+    assert (
+        reason
+        == "appointment A1: SecureVideo refused create: 400: ParticipantExternalId [redacted] taken"
+    )
+
+
 def test_an_unknown_host_parks_naming_the_provider_field(rig: Rig) -> None:
     assert rig.turn(appointment(host="prov-nobody")) is Disposition.PARKED
     reason = rig.state().reason
     assert reason is not None and "field 'provider_external_id'" in reason
+
+
+def test_a_provider_change_away_from_a_host_who_left_creates_under_the_new_host(
+    rig: Rig,
+) -> None:
+    """Defect 6: the old host's list answers 404; the session is made under the new host and
+    the old one is reported, not blamed on the new provider."""
+    rig.turn(appointment())
+    rig.gateway.remove_host("prov-001")
+    with capture_logs() as logs:
+        assert rig.turn(appointment(event_id=2, host="prov-002")) is Disposition.SYNCED
+    assert kinds(rig.gateway) == ["create", "create"]
+    state = rig.state()
+    assert (state.state, state.host_external_id) == ("synced", "prov-002")
+    assert state.reason is not None and "previous host 'prov-001'" in state.reason
+    (gone,) = [e for e in logs if e["event"] == "previous_host_gone"]
+    assert gone["appointment_id"] == "A1"
+    assert (gone["provider_external_id"], gone["previous_host_external_id"]) == (
+        "prov-002",
+        "prov-001",
+    )
+    # The next change finds the session on its host and makes no call.
+    assert rig.turn(appointment(event_id=3, host="prov-002")) is Disposition.UNCHANGED
+
+
+def test_a_provider_change_to_an_unknown_host_parks_naming_the_new_host(rig: Rig) -> None:
+    rig.turn(appointment())
+    assert rig.turn(appointment(event_id=2, host="prov-nobody")) is Disposition.PARKED
+    reason = rig.state().reason
+    assert reason is not None and "field 'provider_external_id'" in reason
+    assert "'prov-nobody'" in reason and "prov-001" not in reason
+    assert kinds(rig.gateway) == ["create"]
+
+
+def test_the_journal_and_the_log_show_participants_as_fingerprints(rig: Rig) -> None:
+    """Defect 9: a participant external id (an MRN) is journalled and logged as its keyed
+    fingerprint."""
+    first = Guest("MRN-00424242", full_name="Zelda Canary")
+    second = Guest("MRN-00515151", full_name="Yves Canary")
+    with capture_logs() as logs:
+        rig.turn(appointment(guests=(first,)))
+        rig.turn(appointment(event_id=2, guests=(first, second)))
+    with rig.ledger.begin() as tx:
+        journal = tx.operations.of_appointment("A1")
+        prints = Fingerprints(tx.cursor.fingerprint_key())
+    shown = prints.participant("MRN-00515151")
+    assert [(o.op, o.participant_external_id) for o in journal] == [
+        ("create", None),
+        ("add_participant", shown),
+    ]
+    operations = [e for e in logs if e["event"] == "operation"]
+    assert [e["participant"] for e in operations] == [None, shown]
+    assert "MRN-" not in repr(logs) and "MRN-" not in repr(journal)
 
 
 def test_refused_credentials_stop_the_pass_and_are_reported_once(rig: Rig) -> None:

@@ -173,6 +173,7 @@ def every_ledger_method(ledger: SqlLedger) -> None:
         assert {type(getattr(tx, n)) for n in ports} == set(REPOSITORIES)
         tx.appointments.counts_by_state()
         tx.appointments.parked()
+        tx.appointments.noted()
         tx.appointments.oldest_pending_since()
         tx.appointments.pending_count()
         tx.operations.open_intents()

@@ -37,6 +37,7 @@ from sqlalchemy import delete
 from syncd.emulator.state import ParticipantRecord as EmuParticipant
 from syncd.runtime.app import App
 from syncd.runtime.cli import main
+from syncd.runtime.status import collect_status, render_status
 
 T = datetime(2027, 2, 10, 9, 0)  # naive, America/New_York (EST, UTC-5)
 T_UTC = datetime(2027, 2, 10, 14, 0)
@@ -200,6 +201,27 @@ def test_participant_add_update_remove(w: World) -> None:
     assert [c.method for c in w.emulator.mutating_calls()] == ["DELETE", "PUT", "POST"]
 
 
+def test_a_guest_without_a_packet_is_shown_no_documents_however_it_was_added(w: World) -> None:
+    """Defect 2: POST /participant and PUT read a null PacketId as "all documents"; syncd sends
+    -1 for "no packet" on every call, so a guest added or updated later sees none."""
+    w.write(row("A1", starts=T, guests=[guest(1), guest(2, packet_id=0)]))
+    w.run_pass()
+    w.write(
+        row(
+            "A1",
+            starts=T,
+            guests=[guest(1, email="moved@phi.example"), guest(2, packet_id=0), guest(3)],
+        )
+    )
+    report = w.run_pass()
+    assert report.operations == {"update_participant:applied": 1, "add_participant:applied": 1}
+    (session,) = w.live("A1")
+    given = {
+        g.external_id: (g.sent, g.shown) for g in w.emulator.packets(session.session_id).values()
+    }
+    assert given == {"pat-1": (-1, -1), "pat-2": (0, 0), "pat-3": (-1, -1)}
+
+
 @every_backend
 def test_rename_is_remove_then_add(w: World) -> None:
     w.write(row("A1", starts=T, guests=[guest(1)]))
@@ -221,6 +243,26 @@ def test_provider_change_cancels_under_the_old_host_and_creates_under_the_new(w:
     w.write(row("A1", starts=T, provider="prov-002", guests=[guest(1)]))
     w.run_pass()
     assert sessions_of(w, "A1") == [(1001, "Cancelled"), (1002, "Scheduled")]
+
+
+def test_a_provider_change_away_from_a_provider_who_left_creates_and_reports(w: World) -> None:
+    """Defect 6: the old host's session list answers 404 once the provider has left SecureVideo;
+    the session is made under the new host and ``syncd status`` names the old one."""
+    w.write(row("A1", starts=T, guests=[guest(1)]))
+    w.run_pass()
+    w.emulator.remove_host("prov-001")
+    w.write(row("A1", starts=T, provider="prov-002", guests=[guest(1)]))
+    report = w.run_pass()
+    assert report.outcomes == {"synced": 1}
+    # The old session went with its host: nothing can cancel it.
+    assert sessions_of(w, "A1") == [(1001, "Scheduled"), (1002, "Scheduled")]
+    status = collect_status(w.settings)
+    assert status["parked"] == []
+    (note,) = status["notes"]
+    assert note["appointment_id"] == "A1" and "previous host 'prov-001'" in note["reason"]
+    assert "prov-001" in render_status(status)
+    w.emulator.calls_clear()
+    assert w.run_pass().outcomes == {} and w.emulator.mutating_calls() == []
 
 
 def test_staff_added_guests_are_left_alone(w: World) -> None:

@@ -287,8 +287,12 @@ class AppointmentRepository(Protocol):
         host_external_id: str | None,
         now: datetime,
         schedule_ts: datetime | None = None,
+        reason: str | None = None,
     ) -> bool:
         """SecureVideo matches ``event_id``.  False when a newer event keeps it ``pending``.
+
+        ``reason``: what an operator should still know (a previous host SecureVideo no longer
+        knows), shown as a parked appointment's reason is.
 
         Either way ``applied_digest`` becomes the ``last_digest`` on file while ``event_id`` is
         the newest, and None otherwise (what was applied is then unknown by content)."""
@@ -355,6 +359,10 @@ class AppointmentRepository(Protocol):
 
     def parked(self, limit: int = 100) -> list[AppointmentRecord]:
         """Parked appointments, longest parked first."""
+        ...
+
+    def noted(self, limit: int = 100) -> list[AppointmentRecord]:
+        """Synced appointments that carry a reason (``mark_synced(reason=…)``), by id."""
         ...
 
     def oldest_pending_since(self) -> datetime | None:

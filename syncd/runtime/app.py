@@ -19,7 +19,7 @@ from syncd.adapters.dberrors import classify
 from syncd.adapters.ledger import SqlLedger, create_ledger_engine, current_revision, head_revision
 from syncd.adapters.ledger import migrate as migrate_schema
 from syncd.adapters.outbox import OutboxReader, create_outbox_engine
-from syncd.adapters.securevideo import ResponseHook, SecureVideoClient
+from syncd.adapters.securevideo import Egress, ResponseHook, SecureVideoClient
 from syncd.adapters.windows_zones import windows_zone_id
 from syncd.core.errors import SyncdError
 from syncd.core.fingerprint import Fingerprints
@@ -182,6 +182,7 @@ def open_gateway(
         connect_timeout=sv.connect_timeout,
         read_timeout=sv.read_timeout,
         rate_limit_per_second=sv.rate_limit_per_second,
+        egress=Egress(proxy_url=sv.proxy_url, ca_bundle_file=sv.ca_bundle_file),
         on_response=on_response,
         # The engine's concurrency is SecureVideo's load: the requests on the wire at once.
         max_in_flight=settings.sync.concurrency,
@@ -218,6 +219,7 @@ def build_app(
         options=sync_options(settings, rng=rng),
         stop=stop,
         checkpoint=wiring.checkpoint,
+        fingerprints=fingerprints,
     )
     lease = None
     if wiring.lease:

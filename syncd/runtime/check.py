@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from syncd.adapters.dberrors import describe_database_error
+from syncd.adapters.securevideo import TlsError
 from syncd.core.errors import AuthenticationError, ConfigError, SyncdError
 from syncd.runtime.app import ledger_revisions, open_gateway, open_outbox
 from syncd.runtime.settings import Settings
@@ -49,6 +50,11 @@ def _credentials(settings: Settings) -> str:
         except AuthenticationError as exc:
             raise SyncdError(
                 f"{exc} — check SYNCD_SECUREVIDEO__API_KEY and SYNCD_SECUREVIDEO__API_SECRET"
+            ) from None
+        except TlsError as exc:
+            raise SyncdError(
+                f"{exc} — behind a TLS-inspecting proxy, set SYNCD_SECUREVIDEO__CA_BUNDLE_FILE "
+                "to its CA certificate (PEM)"
             ) from None
     return f"SecureVideo accepted the credentials ({settings.securevideo.base_url})"
 

@@ -258,14 +258,48 @@ def cmd_demo(args: argparse.Namespace, wiring: Wiring) -> int:
 
 
 def cmd_emulator(args: argparse.Namespace, wiring: Wiring) -> int:
-    from syncd.emulator import serve
+    import ssl
+    from pathlib import Path
 
+    from syncd.emulator import Emulator, StateFileError, serve, tls_context
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        return _fail("emulator: give --tls-cert and --tls-key together")
+    try:
+        tls = None if args.tls_cert is None else tls_context(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        return _fail(f"emulator: --tls-cert/--tls-key cannot be loaded: {_one_line(exc)}")
     configure_logging("console" if sys.stdout.isatty() else "json", "INFO")
-    structlog.get_logger("syncd.emulator").info(
-        "emulator_listening", host=args.host, port=args.port
-    )
-    serve(port=args.port, host=args.host, api_key=args.api_key, api_secret=args.api_secret)
+    log = structlog.get_logger("syncd.emulator")
+
+    def ready(emulator: Emulator) -> None:
+        log.info("emulator_listening", host=args.host, port=emulator.port, tls=tls is not None)
+        # External ids and user ids only: they are what SYNCD_OUTBOX rows name as providers.
+        for host in emulator.state.hosts():
+            log.info(
+                "emulator_host", provider_external_id=host.external_id, host_user_id=host.user_id
+            )
+
+    try:
+        serve(
+            port=args.port,
+            host=args.host,
+            api_key=args.api_key,
+            api_secret=args.api_secret,
+            on_ready=ready,
+            tls=tls,
+            state_file=None if args.state_file is None else Path(args.state_file),
+            passkeys=args.passkeys,
+        )
+    except StateFileError as exc:
+        return _fail(f"emulator: --state-file {exc}")
+    except OSError as exc:
+        return _fail(f"emulator: cannot serve on {args.host}:{args.port}: {_one_line(exc)}")
     return EXIT_OK
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -327,6 +361,19 @@ def _parser() -> argparse.ArgumentParser:
     emu.add_argument("--host", default="127.0.0.1")
     emu.add_argument("--api-key", default="demo")
     emu.add_argument("--api-secret", default="demo")
+    emu.add_argument(
+        "--state-file",
+        metavar="PATH",
+        help="Keep the account (sessions, participants, billing) in this JSON file: loaded at "
+        "start, written after every change and at exit.",
+    )
+    emu.add_argument("--tls-cert", metavar="PEM", help="Serve HTTPS with this certificate.")
+    emu.add_argument("--tls-key", metavar="PEM", help="The private key of --tls-cert.")
+    emu.add_argument(
+        "--passkeys",
+        action="store_true",
+        help="The account option: guests made through the API get a Passkey (else null).",
+    )
     return p
 
 

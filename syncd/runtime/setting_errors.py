@@ -14,8 +14,11 @@ from syncd.core.errors import ConfigError
 
 ENV_PREFIX: Final = "SYNCD_"
 NESTED_DELIMITER: Final = "__"
-#: fields whose value is never echoed back (a URL may carry a password, a key is a credential)
-_UNECHOED_FIELDS = frozenset({"url", "base_url", "api_key", "api_secret"})
+#: fields whose value is never echoed back (a URL may carry a password, a key is a credential;
+#: the CA bundle's checks name the path themselves)
+_UNECHOED_FIELDS = frozenset(
+    {"url", "base_url", "proxy_url", "api_key", "api_secret", "ca_bundle_file"}
+)
 _NUMBER_RE = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 _ECHO_MAX = 60
 

@@ -19,11 +19,12 @@ import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -46,6 +47,7 @@ from syncd.adapters.dburl import MASK as _MASK
 from syncd.adapters.dburl import is_valid_url, masked_url
 from syncd.core.errors import ConfigError
 from syncd.ports import CONTRACT_COLUMNS
+from syncd.runtime.egress import check_ca_bundle_file, check_proxy_url, masked_proxy_url
 from syncd.runtime.setting_errors import (
     ENV_PREFIX,
     NESTED_DELIMITER,
@@ -268,6 +270,18 @@ class SecureVideoSettings(_Group):
     read_timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for an answer.")
     rate_limit_per_second: float | None = Field(
         default=None, gt=0, description="Cap on requests per second; unset means no cap."
+    )
+    proxy_url: Annotated[str | None, AfterValidator(check_proxy_url)] = Field(
+        default=None,
+        repr=False,
+        description="Egress proxy (http:// or https://) that SecureVideo calls tunnel through "
+        "with CONNECT; unset means direct.  HTTPS_PROXY and the like are never read.",
+    )
+    ca_bundle_file: Annotated[Path | None, AfterValidator(check_ca_bundle_file)] = Field(
+        default=None,
+        description="PEM file of the CA certificates to trust for SecureVideo (and an https:// "
+        "proxy) instead of the built-in ones, e.g. a TLS-inspecting proxy's CA; verification "
+        "is always on.",
     )
 
     @field_validator("base_url")
@@ -520,6 +534,7 @@ class Settings(BaseSettings):
         data["ledger"]["url"] = _mask_db_url(self.ledger.url)
         data["securevideo"]["api_key"] = _MASK if self.securevideo.api_key else None
         data["securevideo"]["api_secret"] = _MASK if self.securevideo.api_secret else None
+        data["securevideo"]["proxy_url"] = masked_proxy_url(self.securevideo.proxy_url)
         data["config_file"] = str(self._config_file) if self._config_file else None
         return data
 

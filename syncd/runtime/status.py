@@ -15,6 +15,7 @@ def collect_status(settings: Settings, *, parked_limit: int = 100) -> dict[str, 
         cursor, rewind = tx.cursor.position()
         counts = tx.appointments.counts_by_state()
         parked = tx.appointments.parked(parked_limit)
+        noted = tx.appointments.noted(parked_limit)
         oldest = tx.appointments.oldest_pending_since()
     newest: int | None = None
     outbox_error: str | None = None
@@ -44,6 +45,8 @@ def collect_status(settings: Settings, *, parked_limit: int = 100) -> dict[str, 
             }
             for r in parked
         ],
+        # synced, with something an operator should know (a previous host that is gone)
+        "notes": [{"appointment_id": r.appointment_id, "reason": r.reason} for r in noted],
     }
 
 
@@ -83,8 +86,7 @@ def render_status(status: dict[str, Any]) -> str:
         f"cursor:            event {status['cursor']}",
         f"outbox newest:     {_or_dash(status['outbox_newest_event_id'])}"
         + (f" (unreadable: {status['outbox_error']})" if status["outbox_error"] else ""),
-        f"lag:               {_or_dash(status['lag_events'])} events; oldest pending change "
-        f"waiting {_or_dash(status['oldest_pending_seconds'])} s",
+        f"lag:               {_lag(status)}",
         "appointments:      "
         + (", ".join(f"{k} {v}" for k, v in sorted(status["counts"].items())) or "none yet"),
     ]
@@ -97,7 +99,23 @@ def render_status(status: dict[str, Any]) -> str:
         lines.append(
             "fix the EHR row (a newer row un-parks it) or run `syncd retry APPOINTMENT_ID`"
         )
+    notes = status.get("notes", [])
+    if notes:
+        lines.append(f"synced with notes: {len(notes)}")
+        for n in notes:
+            lines.append(f"  {n['appointment_id']}")
+            lines.append(f"      {n['reason']}")
     return "\n".join(lines)
+
+
+def _lag(status: dict[str, Any]) -> str:
+    # Unknown values are said in words: "waiting - s" read as a broken template.
+    lag = status["lag_events"]
+    events = "unknown (outbox not read)" if lag is None else f"{lag} events"
+    oldest = status["oldest_pending_seconds"]
+    if oldest is None:
+        return f"{events}; no change pending"
+    return f"{events}; oldest pending change waiting {oldest} s"
 
 
 def _or_dash(value: object) -> str:

@@ -25,7 +25,12 @@ class AppointmentBook:
         self._clock = clock
 
     def synced_write(
-        self, appt: Appointment, observed: Sequence[RemoteSession], *, unresolved: bool
+        self,
+        appt: Appointment,
+        observed: Sequence[RemoteSession],
+        *,
+        unresolved: bool,
+        note: str | None = None,
     ) -> Write:
         """Marks the appointment synced with the session it now has.  What it writes is worked
         out here, so that the transaction it runs in holds the ledger for the writes only."""
@@ -47,6 +52,7 @@ class AppointmentBook:
                 now=now,
                 # what the outcome collector and the billing report select by
                 schedule_ts=session.schedule_ts if session else None,
+                reason=note,
             )
             if unresolved:
                 # Calls whose answer was lost are settled now that SecureVideo was read and
@@ -62,8 +68,9 @@ class AppointmentBook:
         *,
         applied: bool,
         unresolved: bool,
+        note: str | None = None,
     ) -> Disposition:
-        write = self.synced_write(appt, observed, unresolved=unresolved)
+        write = self.synced_write(appt, observed, unresolved=unresolved, note=note)
         with self._ledger.begin() as tx:
             write(tx)
         return Disposition.SYNCED if applied else Disposition.UNCHANGED

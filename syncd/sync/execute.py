@@ -28,6 +28,7 @@ from syncd.core.domain import (
     describe,
 )
 from syncd.core.errors import AmbiguousError, AuthenticationError, PermanentError, TemporaryError
+from syncd.core.fingerprint import Fingerprints
 from syncd.core.redact import redact
 from syncd.core.view import session_id_of
 from syncd.ports.clock import Clock
@@ -47,6 +48,12 @@ Checkpoint = Callable[[str], None]
 
 def no_checkpoint(_name: str) -> None:
     pass
+
+
+def ledger_fingerprints(ledger: Ledger) -> Fingerprints:
+    """Fingerprints under this ledger's key: how participants are shown and journalled."""
+    with ledger.begin() as tx:
+        return Fingerprints(tx.cursor.fingerprint_key())
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,11 +91,14 @@ class Executor:
         clock: Clock,
         *,
         checkpoint: Checkpoint = no_checkpoint,
+        fingerprints: Fingerprints | None = None,
     ) -> None:
+        """``fingerprints``: by default the ledger's own (``ledger_fingerprints``)."""
         self._ledger = ledger
         self._gateway = gateway
         self._clock = clock
         self._checkpoint = checkpoint
+        self._fingerprints = fingerprints or ledger_fingerprints(ledger)
 
     def apply(
         self,
@@ -127,14 +137,21 @@ class Executor:
             appointment_id=appt.appointment_id,
             op=op.kind,
             session_id=session_id,
+            participant=self._participant(op),
             outcome=APPLIED,
             attempt=attempt,
             duration_ms=duration_ms,
         )
         return Applied(result, settled=settle is not None)
 
+    def _participant(self, op: Operation) -> str | None:
+        """The fingerprint of the participant a call is about, for the log."""
+        shown = describe(op, self._fingerprints).get("participant_external_id")
+        return None if shown is None else str(shown)
+
     def _record_intent(self, op: Operation, appt: Appointment, attempt: int) -> int:
-        participant = describe(op).get("participant_external_id")
+        # The journal keeps the participant's fingerprint, never the external id (often an MRN).
+        participant = describe(op, self._fingerprints).get("participant_external_id")
         now = self._clock.now()
         with self._ledger.begin() as tx:
             op_id = tx.operations.record_intent(
@@ -183,6 +200,7 @@ class Executor:
             appointment_id=appt.appointment_id,
             op=op.kind,
             session_id=session_id_of(op),
+            participant=self._participant(op),
             outcome=state,
             attempt=attempt,
             duration_ms=duration_ms,

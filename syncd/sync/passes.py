@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from syncd.core.domain import Appointment, Presence
+from syncd.core.fingerprint import Fingerprints
 from syncd.core.retry import RetryPolicy
 from syncd.core.rows import WindowsZone
 from syncd.ports.clock import Clock, SystemClock
@@ -27,7 +28,7 @@ from syncd.ports.ledger import AppointmentRecord, Ledger, OutboxRewind, Particip
 from syncd.ports.outbox import OutboxRow, OutboxSource
 from syncd.ports.securevideo import SessionGateway
 from syncd.sync.book import AppointmentBook
-from syncd.sync.execute import Checkpoint, Executor, no_checkpoint
+from syncd.sync.execute import Checkpoint, Executor, ledger_fingerprints, no_checkpoint
 from syncd.sync.hosts import HostSessions, hosts_of
 from syncd.sync.ingest import Ingest
 from syncd.sync.load import RowReading, Work, load
@@ -74,7 +75,10 @@ class Synchronizer:
         clock: Clock | None = None,
         stop: threading.Event | None = None,
         checkpoint: Checkpoint = no_checkpoint,
+        fingerprints: Fingerprints | None = None,
     ) -> None:
+        """``fingerprints``: how participants are shown (plan, logs, the journal); by default
+        the ledger's own."""
         self.outbox = outbox
         self.ledger = ledger
         self.gateway = gateway
@@ -89,10 +93,13 @@ class Synchronizer:
             batch_size=options.batch_size,
             reread_window=options.reread_window,
         )
+        self.fingerprints = fingerprints or ledger_fingerprints(ledger)
         self._book = AppointmentBook(ledger, self.clock)
         self._reconciler = Reconciler(
             book=self._book,
-            executor=Executor(ledger, gateway, self.clock, checkpoint=checkpoint),
+            executor=Executor(
+                ledger, gateway, self.clock, checkpoint=checkpoint, fingerprints=self.fingerprints
+            ),
             clock=self.clock,
             retry=options.retry,
             stop=self.stop,
@@ -278,4 +285,5 @@ class Synchronizer:
             reading=self.options.reading,
             batch_size=self.options.batch_size,
             reread_window=self.options.reread_window,
+            fingerprints=self.fingerprints,
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from syncd.core.domain import Appointment, describe
 from syncd.core.errors import AuthenticationError, InvalidRowError, PermanentError, TemporaryError
+from syncd.core.fingerprint import Fingerprints
 from syncd.core.planner import plan
 from syncd.core.redact import redact
 from syncd.core.view import with_known_packets
@@ -30,6 +31,7 @@ def preview(
     reading: RowReading,
     batch_size: int,
     reread_window: int,
+    fingerprints: Fingerprints,
 ) -> list[Preview]:
     todo, records, participants = _pending(ledger, outbox, clock, batch_size, reread_window)
     rows = rows_of(outbox, list(todo.values()))
@@ -60,7 +62,9 @@ def preview(
         )
         managed = record.session_id if record else None
         ops = plan(appt, observed, now=clock.now(), managed_session_id=managed)
-        previews.append(Preview(appt.appointment_id, tuple(describe(op) for op in ops)))
+        previews.append(
+            Preview(appt.appointment_id, tuple(describe(op, fingerprints) for op in ops))
+        )
     return previews
 
 

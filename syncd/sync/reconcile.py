@@ -81,6 +81,8 @@ class _Turn:
     read_failures: int
     call_failures: int
     fresh_read: bool = False
+    #: what the synced appointment still tells an operator (its previous host is gone)
+    note: str | None = None
     rounds: int = 0
     #: a call was made: the disposition is "synced", not "unchanged"
     acted: bool = False
@@ -155,10 +157,11 @@ class Reconciler:
         except AuthenticationError as exc:
             return scope.reject_credentials(exc)
         except NotFoundError as exc:
+            # Only the current host's read raises it: a previous host's 404 is left out.
             return self._park(
                 appt,
                 f"appointment {aid}: field 'provider_external_id': SecureVideo does not "
-                f"know this host ({exc.message})",
+                f"know host {appt.provider_external_id!r} ({exc.message})",
                 field_name="provider_external_id",
             )
         except PermanentError as exc:
@@ -168,7 +171,26 @@ class Reconciler:
             turn.fresh_read = True
             return self._back_off(turn, max(turn.read_failures, turn.call_failures), exc)
         turn.read_failures = 0
+        self._note_gone_hosts(turn, scope.hosts.gone(turn.hosts[1:]))
         return with_known_packets(observed, turn.known)
+
+    def _note_gone_hosts(self, turn: _Turn, gone: list[str]) -> None:
+        """A previous host SecureVideo no longer knows: its session cannot be cancelled, so
+        an operator is told, once per turn."""
+        if not gone or turn.note is not None:
+            return
+        appt = turn.appt
+        turn.note = (
+            f"appointment {appt.appointment_id}: previous host {gone[0]!r} is unknown to "
+            f"SecureVideo; its session, if any, could not be cancelled"
+        )
+        log.warning(
+            "previous_host_gone",
+            appointment_id=appt.appointment_id,
+            provider_external_id=appt.provider_external_id,
+            previous_host_external_id=gone[0],
+            reason=turn.note,
+        )
 
     def _plan_and_apply(self, turn: _Turn, observed: list[RemoteSession], scope: PassScope) -> Step:
         appt = turn.appt
@@ -181,7 +203,9 @@ class Reconciler:
             return self._book.skipped(appt, "starts before SecureVideo's active window")
         ops = plan(appt, observed, now=now, managed_session_id=turn.managed)
         if not ops:
-            return self._book.synced(appt, observed, applied=turn.acted, unresolved=turn.unresolved)
+            return self._book.synced(
+                appt, observed, applied=turn.acted, unresolved=turn.unresolved, note=turn.note
+            )
         turn.rounds += 1
         turn.acted = True
         if turn.rounds > MAX_ROUNDS:
@@ -256,7 +280,9 @@ class Reconciler:
             # The answers carry the new state: plan against them to confirm convergence.
             if plan(turn.appt, now_shows, now=self._clock.now(), managed_session_id=managed):
                 return None
-            return self._book.synced_write(turn.appt, now_shows, unresolved=turn.unresolved)
+            return self._book.synced_write(
+                turn.appt, now_shows, unresolved=turn.unresolved, note=turn.note
+            )
 
         return finish
 

@@ -189,6 +189,7 @@ class MemoryAppointments:
         host_external_id: str | None,
         now: datetime,
         schedule_ts: datetime | None = None,
+        reason: str | None = None,
     ) -> bool:
         applied = {
             "applied_event_id": event_id,
@@ -196,7 +197,7 @@ class MemoryAppointments:
             "host_external_id": host_external_id,
             "schedule_ts": None if schedule_ts is None else utc(schedule_ts),
         }
-        return self._settle(appointment_id, event_id, SYNCED, applied, reason=None, now=now)
+        return self._settle(appointment_id, event_id, SYNCED, applied, reason=reason, now=now)
 
     def mark_skipped(
         self, appointment_id: str, *, event_id: int, reason: str, now: datetime
@@ -343,6 +344,13 @@ class MemoryAppointments:
             (r for r in self._rows.values() if r.state == PARKED),
             # SQLite and MariaDB sort a NULL first; park() always sets parked_at anyway.
             key=lambda r: (r.parked_at is not None, r.parked_at or datetime.min, r.appointment_id),
+        )
+        return found[: max(limit, 0)]
+
+    def noted(self, limit: int = 100) -> list[AppointmentRecord]:
+        found = sorted(
+            (r for r in self._rows.values() if r.state == SYNCED and r.reason is not None),
+            key=lambda r: r.appointment_id,
         )
         return found[: max(limit, 0)]
 

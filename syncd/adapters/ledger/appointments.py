@@ -296,6 +296,7 @@ class SqlAppointments:
         host_external_id: str | None,
         now: datetime,
         schedule_ts: datetime | None = None,
+        reason: str | None = None,
     ) -> bool:
         """``schedule_ts`` is the managed session's time as SecureVideo shows it (None without
         one)."""
@@ -305,7 +306,7 @@ class SqlAppointments:
             "host_external_id": host_external_id,
             "schedule_ts": None if schedule_ts is None else utc(schedule_ts),
         }
-        return self._settle(appointment_id, event_id, SYNCED, applied, reason=None, now=now)
+        return self._settle(appointment_id, event_id, SYNCED, applied, reason=reason, now=now)
 
     def mark_skipped(
         self, appointment_id: str, *, event_id: int, reason: str, now: datetime
@@ -456,6 +457,16 @@ class SqlAppointments:
         c = _t.c
         query = (
             select(_t).where(c.state == PARKED).order_by(c.parked_at, c.appointment_id).limit(limit)
+        )
+        return records(AppointmentRecord, self._sql.rows(query))
+
+    def noted(self, limit: int = 100) -> list[AppointmentRecord]:
+        c = _t.c
+        query = (
+            select(_t)
+            .where(c.state == SYNCED, c.reason.is_not(None))
+            .order_by(c.appointment_id)
+            .limit(limit)
         )
         return records(AppointmentRecord, self._sql.rows(query))
 
