@@ -140,6 +140,11 @@ def assert_the_three_changes_applied_once(fakes: Fakes, report: PassReport) -> N
 def test_cursor_far_ahead_of_a_restored_outbox(fakes: Fakes) -> None:
     synced_before_the_restore(fakes, first_id=4999)
     restore_with_three_changes(fakes)
+    planned = {
+        p.appointment_id: [op["op"] for op in p.operations] for p in fakes.engines[-1].preview()
+    }
+    assert planned == {"a1": ["reschedule"], "a2": ["cancel"], "a3": [], "a4": ["create"]}
+    assert fakes.securevideo.mutations() == []
     with structlog.testing.capture_logs() as logs:
         report = fakes.run_pass()
     assert_the_three_changes_applied_once(fakes, report)
