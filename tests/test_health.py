@@ -491,3 +491,24 @@ def test_syncd_run_serves_health_and_metrics_and_stops_on_sigterm(w: World, tmp_
     assert not (data / "heartbeat.json").exists()
     for canary in CANARIES:
         assert canary not in text
+
+
+def test_healthz_says_the_outbox_went_back_until_its_reread_is_applied() -> None:
+    from syncd.ports.ledger import OutboxRewind
+    from syncd.sync.report import PassReport
+
+    health = HealthState(clock=lambda: 1000.0)
+    noticed = OutboxRewind(
+        at=datetime(2030, 1, 1), from_event_id=5001, newest_event_id=6, applied_at=None
+    )
+    health.report_pass(PassReport(pass_id="p1", rewound=True, rewind=noticed))
+    verdict = health.readiness()
+    assert not verdict.ok
+    assert verdict.reasons == (
+        "the outbox went back (newest event 6, cursor was 5001); its re-read is not all "
+        "applied yet (see outbox_rewound)",
+    )
+    assert health.liveness().ok  # the heartbeat: a restart would not help
+    applied = replace(noticed, applied_at=datetime(2030, 1, 1, 0, 1))
+    health.report_pass(PassReport(pass_id="p2", rewind=applied))
+    assert health.readiness().ok

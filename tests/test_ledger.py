@@ -46,7 +46,17 @@ FP = "f" * 64
 
 #: Every column the ledger has.  Adding one means deciding, here, that it carries no patient data.
 EXPECTED_COLUMNS = {
-    "sync_cursor": {"id", "last_event_id", "updated_at", "fingerprint_key"},
+    "sync_cursor": {
+        "id",
+        "last_event_id",
+        "updated_at",
+        "fingerprint_key",
+        # the last rewind of the outbox: ids and times
+        "rewound_at",
+        "rewound_from_event_id",
+        "rewound_newest_event_id",
+        "rewind_applied_at",
+    },
     "appointment": {
         "appointment_id",
         "last_event_id",
@@ -61,6 +71,9 @@ EXPECTED_COLUMNS = {
         "updated_at",
         "parked_at",
         "schedule_ts",
+        # keyed digests of outbox rows (HMAC under the ledger's key), never their content
+        "last_digest",
+        "applied_digest",
     },
     "operation": {
         "id",
@@ -118,7 +131,7 @@ EXPECTED_COLUMNS = {
     },
 }
 #: the newest migration: a new one changes this line and adds its own up-and-down test
-HEAD = "0005_lease_holder"
+HEAD = "0007_outbox_row_digest"
 
 PHI_HINTS = ("first_name", "last_name", "full_name", "email", "phone", "sms", "topic", "birth")
 
@@ -411,6 +424,68 @@ def test_migration_0004_makes_one_key_and_keeps_it(fresh_ledger_url: str) -> Non
         }
     finally:
         ledger.dispose()
+
+
+def test_migration_0007_adds_digests_and_the_rewind_and_keeps_every_row(
+    fresh_ledger_url: str,
+) -> None:
+    ledger = SqlLedger(create_ledger_engine(fresh_ledger_url))
+    engine = ledger.engine
+    try:
+        migrate(engine, "0004_fingerprint_key")
+        with ledger.begin() as tx:  # a ledger in use: rows at 0004
+            tx.cursor.advance(41)
+            key = tx.cursor.fingerprint_key()
+        with engine.begin() as conn:
+            appointment = old_table("appointment", AT_0004_APPOINTMENT)
+            conn.execute(insert(appointment), [AT_0004_APPOINTMENT])
+        migrate(engine, "0007_outbox_row_digest")
+        with ledger.begin() as tx:  # no digest yet, no rewind: nothing looks rewound
+            assert tx.cursor.position() == (41, None)
+            assert tx.cursor.fingerprint_key() == key
+            got = tx.appointments.get("A1")
+            assert got is not None
+            assert (got.last_event_id, got.state, got.session_id) == (41, "synced", 9001)
+            assert (got.last_digest, got.applied_digest) == (None, None)
+            assert tx.appointments.newest_at([41]) == {41: ("A1", None)}
+            tx.appointments.note_digests({"A1": (41, "d1")})
+            tx.appointments.rebase_events(T1)
+            tx.cursor.rewind(newest_event_id=3, now=T1)
+        downgrade(engine, "0004_fingerprint_key")
+        columns = {
+            t: {c["name"] for c in inspect(engine).get_columns(t)}
+            for t in ("appointment", "sync_cursor")
+        }
+        assert not {"last_digest", "applied_digest"} & columns["appointment"]
+        assert not {"rewound_at", "rewind_applied_at"} & columns["sync_cursor"]
+        assert rows_of(engine, "appointment", AT_0004_APPOINTMENT) == [
+            AT_0004_APPOINTMENT | {"last_event_id": 0}
+        ]
+        migrate(engine)
+        with ledger.begin() as tx:  # and up again: the rows kept, digests and rewind gone
+            assert tx.cursor.position() == (0, None)
+            again = tx.appointments.get("A1")
+            assert again is not None and again.last_digest is None
+            assert again.session_id == 9001
+    finally:
+        ledger.dispose()
+
+
+AT_0004_APPOINTMENT: dict[str, Any] = {
+    "appointment_id": "A1",
+    "last_event_id": 41,
+    "applied_event_id": 41,
+    "state": "synced",
+    "attempts": 0,
+    "reason": None,
+    "next_attempt_at": None,
+    "session_id": 9001,
+    "host_external_id": "prov-001",
+    "created_at": T0,
+    "updated_at": T1,
+    "parked_at": None,
+    "schedule_ts": T2,
+}
 
 
 def test_script_location_and_head() -> None:

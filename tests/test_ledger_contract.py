@@ -33,6 +33,7 @@ from syncd.ports.ledger import (
     BookedAppointment,
     LeaseHolder,
     Ledger,
+    OutboxRewind,
     OutcomeTarget,
     ParticipantOutcomeRecord,
     ParticipantRecord,
@@ -130,6 +131,31 @@ def test_fingerprint_key_is_made_once_and_kept(ledger: Ledger) -> None:
         assert tx.cursor.fingerprint_key() == key
     with ledger.begin() as tx:
         assert tx.cursor.fingerprint_key() == key
+
+
+def test_only_a_rewind_moves_the_cursor_back_and_it_is_recorded(ledger: Ledger) -> None:
+    with ledger.begin() as tx:
+        assert tx.cursor.position() == (0, None)
+        assert not tx.cursor.rewind_applied(T0)
+        tx.cursor.advance(5001)
+    with ledger.begin() as tx:
+        rewind = tx.cursor.rewind(newest_event_id=3, now=T1)
+        assert rewind == OutboxRewind(at=T1, from_event_id=5001, newest_event_id=3, applied_at=None)
+    with ledger.begin() as tx:
+        assert tx.cursor.position() == (0, rewind)
+        tx.cursor.advance(6)
+        tx.cursor.advance(2)  # forward only again
+    with ledger.begin() as tx:
+        assert tx.cursor.position() == (6, rewind)
+        assert tx.cursor.rewind_applied(T2)
+        assert not tx.cursor.rewind_applied(T3)  # once
+    applied = OutboxRewind(at=T1, from_event_id=5001, newest_event_id=3, applied_at=T2)
+    with ledger.begin() as tx:
+        assert tx.cursor.position() == (6, applied)
+        again = tx.cursor.rewind(newest_event_id=4, now=T3)  # the last one replaces it
+    with ledger.begin() as tx:
+        assert tx.cursor.position() == (0, again)
+        assert again.from_event_id == 6 and again.applied_at is None
 
 
 # --- appointments: events and guards -------------------------------------------------------------
@@ -268,6 +294,78 @@ def test_mark_synced_of_an_older_event_keeps_the_newer_one_pending(ledger: Ledge
     # The remote effect is recorded all the same.
     assert (record.applied_event_id, record.session_id) == (5, 50001)
     assert record.updated_at == T2
+
+
+def test_the_digest_on_file_is_the_newest_rows_and_settling_applies_it(ledger: Ledger) -> None:
+    note(ledger, {"a01": 5, "a02": 5, "a03": 5})
+    with ledger.begin() as tx:
+        tx.appointments.note_digests({"a01": (5, "d5"), "a02": (4, "old"), "a03": (5, "e5")})
+    with ledger.begin() as tx:
+        assert tx.appointments.mark_synced(
+            "a01", event_id=5, session_id=50001, host_external_id="prov-001", now=T1
+        )
+        assert tx.appointments.mark_skipped("a03", event_id=5, reason="fulfilled", now=T1)
+    a01, a02, a03 = (appointment(ledger, a) for a in ("a01", "a02", "a03"))
+    assert (a01.last_digest, a01.applied_digest) == ("d5", "d5")
+    assert (a02.last_digest, a02.applied_digest) == (None, None)  # not its newest event
+    assert (a03.last_digest, a03.applied_digest) == ("e5", "e5")
+    note(ledger, {"a01": 6}, now=T2)
+    with ledger.begin() as tx:  # an older event settled under a newer one: applied content unknown
+        assert not tx.appointments.mark_synced(
+            "a01", event_id=5, session_id=50001, host_external_id="prov-001", now=T2
+        )
+    assert appointment(ledger, "a01").applied_digest is None
+
+
+def test_newest_at_maps_event_ids_to_the_appointments_holding_them(ledger: Ledger) -> None:
+    note(ledger, {"a01": 5, "a02": 7})
+    with ledger.begin() as tx:
+        tx.appointments.note_digests({"a01": (5, "d5")})
+        assert tx.appointments.newest_at([5, 7, 6, 5]) == {5: ("a01", "d5"), 7: ("a02", None)}
+        assert tx.appointments.newest_at([]) == {}
+
+
+def test_after_a_rebase_content_decides_what_needs_work(ledger: Ledger) -> None:
+    note(ledger, {"a01": 51, "a02": 52, "a03": 53, "a04": 54, "a05": 55})
+    digests = {f"a0{n}": (50 + n, f"d{n}") for n in range(1, 6)}
+    with ledger.begin() as tx:
+        a = tx.appointments
+        a.note_digests(digests)
+        a.mark_synced("a01", event_id=51, session_id=1, host_external_id="prov-001", now=T1)
+        a.mark_synced("a02", event_id=52, session_id=2, host_external_id="prov-001", now=T1)
+        a.park("a03", reason="bad row", attempts=2, now=T1)
+        a.schedule_retry("a04", attempts=3, next_attempt_at=T3, reason="timeout", now=T1)
+        a.mark_skipped("a05", event_id=55, reason="fulfilled", now=T1)
+    with ledger.begin() as tx:
+        assert tx.appointments.rebase_events(T2) == 5
+        assert set(tx.appointments.last_events(digests).values()) == {0}
+    restored = {
+        "a01": (1, "d1"),  # as applied: nothing to do
+        "a02": (2, "changed"),  # rescheduled after the backup: work
+        "a03": (3, "d3"),  # the row it was parked for: still parked
+        "a04": (4, "d4"),  # the row it waits to retry: still waiting
+        "a05": (5, "d5"),
+        "a06": (6, "d6"),  # new
+    }
+    with ledger.begin() as tx:
+        assert tx.appointments.note_contents(restored, now=T2) == 2
+        assert tx.appointments.note_contents(restored, now=T3) == 0  # not newer: nothing
+    got = {aid: appointment(ledger, aid) for aid in restored}
+    states = {aid: (r.state, r.last_event_id, r.last_digest) for aid, r in got.items()}
+    assert states == {
+        "a01": (SYNCED, 1, "d1"),
+        "a02": (PENDING, 2, "changed"),
+        "a03": (PARKED, 3, "d3"),
+        "a04": (PENDING, 4, "d4"),
+        "a05": (SKIPPED, 5, "d5"),
+        "a06": (PENDING, 6, "d6"),
+    }
+    assert (got["a01"].applied_event_id, got["a01"].session_id) == (1, 1)
+    assert (got["a01"].updated_at, got["a03"].reason, got["a04"].attempts) == (T1, "bad row", 3)
+    assert (got["a02"].attempts, got["a02"].updated_at, got["a02"].session_id) == (0, T2, 2)
+    assert got["a06"].created_at == T2
+    with ledger.begin() as tx:
+        assert tx.appointments.pending_count() == 3
 
 
 def test_mark_skipped_clips_its_reason_and_loses_to_a_newer_event(ledger: Ledger) -> None:

@@ -151,6 +151,13 @@ def exercise_everything(tmp_path: Path) -> None:
         w.run_pass()
         w.write(row("A1", starts=T, status="cancelled", guests=[guest(1)]))
         w.run_pass()
+        w.app()  # a restart checks the re-read window's ids against the ledger's
+        w.run_pass()
+        with w.ehr.engine.begin() as conn:  # the outbox restored from a backup: ids from 1
+            conn.execute(sa.delete(w.ehr.table))
+        w.write({**row("A3", starts=T, status="fulfilled", guests=[guest(4)]), "event_id": 1})
+        w.write(row("A4", starts=T, guests=[guest(5)]))
+        assert w.run_pass().rewound
 
         app = w.apps[-1]
         assert app.outbox.check_shape() == []

@@ -24,6 +24,7 @@ in ``test_ledger``.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -32,9 +33,11 @@ from typing import cast
 
 import pytest
 from harness import ZONE, ServerDatabases, World, guest, row, world
+from sqlalchemy import delete
 
 from syncd.emulator.state import ParticipantRecord as EmuParticipant
 from syncd.runtime.app import App
+from syncd.runtime.cli import main
 from syncd.runtime.status import collect_status, render_status
 
 T = datetime(2027, 2, 10, 9, 0)  # naive, America/New_York (EST, UTC-5)
@@ -586,3 +589,80 @@ def test_concurrency_bounds_the_requests_in_flight_and_every_host_is_read_once(
         assert len(w.emulator.calls_matching("GET", "/session")) == 5
         assert w.emulator.in_flight_peak == 2
         assert all(len(w.live(f"A{n}")) == 1 for n in range(20))
+
+
+# --- an outbox restored from a backup ------------------------------------------------------------
+
+
+def restore_outbox(w: World, rows: list[dict[str, object]]) -> None:
+    """Replace every outbox row, as restoring a backup of the EHR does: event ids from 1 again."""
+    with w.ehr.engine.begin() as conn:
+        conn.execute(delete(w.ehr.table))
+    w.write(*({**r, "event_id": n} for n, r in enumerate(rows, start=1)))
+
+
+@every_backend
+@pytest.mark.parametrize(
+    ("first_id", "repeats"),
+    [(4999, 0), (1, 5)],
+    ids=["cursor-at-5001", "cursor-inside-the-reread-window"],
+)
+def test_a_restored_outbox_is_noticed_and_each_change_after_it_applied_once(
+    w: World,
+    first_id: int,
+    repeats: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With the default settings (a 1,000-event window): the cursor at 5,001, or at 8 with the
+    restored ids inside the window.  After the backup: a reschedule, a cancel, a new appointment."""
+    for key, value in w.env().items():
+        monkeypatch.setenv(key, value)
+    backup = [row(a, starts=T, guests=[guest(n)]) for n, a in enumerate(("A1", "A2", "A3"), 1)]
+    # the same A3 again: rows that change nothing, only move the cursor on (to 8)
+    before = backup + [backup[2]] * repeats
+    w.write(*({**r, "event_id": first_id + n} for n, r in enumerate(before)))
+    assert main(["once"]) == 0
+    sessions = {a: w.live(a)[0].session_id for a in ("A1", "A2", "A3")}
+    cursor = first_id + len(before) - 1
+    after = [
+        row("A1", starts=T + timedelta(hours=3), guests=[guest(1)]),
+        row("A2", starts=T, status="cancelled", guests=[guest(2)]),
+        row("A4", starts=T, guests=[guest(4)]),
+    ]
+    restore_outbox(w, [*backup, *after])
+    w.emulator.calls_clear()
+    capsys.readouterr()
+
+    assert main(["status"]) == 0
+    shown = capsys.readouterr().out
+    assert f"outbox rewound:    yes (newest event 6, cursor {cursor})" in shown
+
+    assert main(["once"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("syncd: the outbox went back (newest event 6, cursor was ") and (
+        err.count("\n") == 1
+    )
+    mutating = sorted((c.method, c.path) for c in w.emulator.mutating_calls())
+    assert mutating == sorted(
+        [
+            ("PUT", f"/session/{sessions['A1']}"),
+            ("DELETE", f"/session/{sessions['A2']}"),
+            ("POST", "/session/0"),
+        ]
+    ), mutating
+    assert not any(str(sessions["A3"]) in c.path for c in w.emulator.calls)
+    assert w.live("A1")[0].schedule_ts == T_UTC + timedelta(hours=3)
+    assert w.live("A2") == [] and len(w.live("A4")) == 1
+
+    assert main(["status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    rewound = status["outbox_rewound"]
+    assert (rewound["cursor"], rewound["newest_event_id"]) == (cursor, 6)
+    assert rewound["noticed"] and rewound["applied"]
+    assert (status["cursor"], status["lag_events"]) == (6, 0)
+    assert status["counts"] == {"synced": 4, "pending": 0, "parked": 0, "skipped": 0}
+
+    w.emulator.calls_clear()
+    assert main(["once"]) == 0  # noticed once: the next pass is an ordinary one
+    assert w.emulator.mutating_calls() == []

@@ -41,6 +41,7 @@ __all__ = [
     "LedgerTransaction",
     "OperationJournal",
     "OperationRecord",
+    "OutboxRewind",
     "OutcomeTarget",
     "ParticipantOutcomeRecord",
     "ParticipantRecord",
@@ -93,6 +94,23 @@ class AppointmentRecord:
     parked_at: datetime | None
     #: the managed session's time (UTC) when last settled; None before migration 0002
     schedule_ts: datetime | None = None
+    #: keyed digest of the outbox row at ``last_event_id`` once read (``sync.rewind``), and of the
+    #: row last synced or skipped; None until then (and on ledgers from before migration 0007)
+    last_digest: str | None = None
+    applied_digest: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRewind:
+    """The outbox went back (restored from a backup, say): when syncd noticed, and how far."""
+
+    at: datetime
+    #: the cursor when it was noticed
+    from_event_id: int
+    #: the outbox's newest event id then
+    newest_event_id: int
+    #: when a pass first ended with nothing pending after the re-read; None until then
+    applied_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +238,19 @@ class CursorRepository(Protocol):
         """Move the cursor forward to ``event_id``; never backwards."""
         ...
 
+    def position(self) -> tuple[int, OutboxRewind | None]:
+        """The cursor and the last rewind recorded (None if none ever was), in one read."""
+        ...
+
+    def rewind(self, *, newest_event_id: int, now: datetime) -> OutboxRewind:
+        """The outbox went back: move the cursor to 0 — the one way it moves backwards — and
+        record the rewind (its ``applied_at`` None) in place of the last one."""
+        ...
+
+    def rewind_applied(self, now: datetime) -> bool:
+        """The last rewind's re-read has been applied.  False without one not yet applied."""
+        ...
+
     def fingerprint_key(self) -> bytes:
         """This ledger's secret for :class:`syncd.core.fingerprint.Fingerprints`, made on first
         use and the same ever after (concurrent first uses agree on one)."""
@@ -238,6 +269,33 @@ class AppointmentRepository(Protocol):
 
         An appointment whose event is newer than the one on file becomes ``pending`` afresh:
         attempts, reason and back-off cleared, un-parked.  An older or equal event changes nothing.
+        """
+        ...
+
+    def newest_at(self, event_ids: Collection[int]) -> dict[int, tuple[str, str | None]]:
+        """Event id → (appointment id, ``last_digest``) of the appointments whose newest event is
+        one of these ids."""
+        ...
+
+    def note_digests(self, digests: Mapping[str, tuple[int, str]]) -> None:
+        """Record each appointment's (event id, digest of that row), where that event is still
+        its newest."""
+        ...
+
+    def rebase_events(self, now: datetime) -> int:
+        """The outbox went back: its event ids mean nothing any more, so every appointment's
+        newest event becomes 0 (state, session and digests kept) until :meth:`note_contents`
+        sees its row again.  Returns how many appointments the ledger has."""
+        ...
+
+    def note_contents(self, rows: Mapping[str, tuple[int, str]], *, now: datetime) -> int:
+        """Record each appointment's newest (event id, row digest) where the event is newer than
+        the one on file; content, not the id, decides what needs work.
+
+        A new appointment enters ``pending``.  A known one is left as it is (its event id and
+        ``last_digest`` updated) when synced or skipped with this digest applied, or parked or
+        pending with this digest on file; otherwise it becomes ``pending`` afresh.  Returns how
+        many now need work.
         """
         ...
 
@@ -265,13 +323,17 @@ class AppointmentRepository(Protocol):
         """SecureVideo matches ``event_id``.  False when a newer event keeps it ``pending``.
 
         ``reason``: what an operator should still know (a previous host SecureVideo no longer
-        knows), shown as a parked appointment's reason is."""
+        knows), shown as a parked appointment's reason is.
+
+        Either way ``applied_digest`` becomes the ``last_digest`` on file while ``event_id`` is
+        the newest, and None otherwise (what was applied is then unknown by content)."""
         ...
 
     def mark_skipped(
         self, appointment_id: str, *, event_id: int, reason: str, now: datetime
     ) -> bool:
-        """``event_id`` needs nothing from SecureVideo (fulfilled, no-show, outside its window)."""
+        """``event_id`` needs nothing from SecureVideo (fulfilled, no-show, outside its window).
+        ``applied_digest`` as for :meth:`mark_synced`."""
         ...
 
     def schedule_retry(

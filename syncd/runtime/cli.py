@@ -2,7 +2,8 @@
 (``syncd.runtime.app``) for what the command needs, run it, map the result to an exit code.
 
 Exit codes: 0 done; 1 some appointments parked or failed (``once``), or a check failed; 2 could not
-run at all (settings, database, credentials) — always with one line on stderr that says why.
+run at all (settings, database, credentials) — always with one line on stderr that says why; 3
+(``once``) the outbox went back (a restored backup, say) and was read again from its start.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from syncd.runtime.settings import Settings, load_settings
 if TYPE_CHECKING:
     from syncd.runtime.app import Wiring
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_CANNOT_RUN = 0, 1, 2
+EXIT_OK, EXIT_SOME_FAILED, EXIT_CANNOT_RUN, EXIT_REWOUND = 0, 1, 2, 3
 
 Command = Callable[[argparse.Namespace, "Wiring"], int]
 
@@ -153,6 +154,15 @@ def cmd_once(args: argparse.Namespace, wiring: Wiring) -> int:
         return EXIT_SOME_FAILED
     if report.auth_error is not None:
         return _fail(report.auth_error)
+    if report.rewound and report.rewind is not None:
+        print(
+            f"syncd: the outbox went back (newest event {report.rewind.newest_event_id}, cursor "
+            f"was {report.rewind.from_event_id}): read again from its start, and the "
+            f"{report.ingested} appointment(s) whose newest row differs from the one applied "
+            "were worked on (see outbox_rewound)",
+            file=sys.stderr,
+        )
+        return EXIT_REWOUND
     return EXIT_OK if report.clean else EXIT_SOME_FAILED
 
 
@@ -316,7 +326,12 @@ def _parser() -> argparse.ArgumentParser:
         return cmd
 
     add("run", cmd_run, "Run as a daemon: a pass every SYNCD_SYNC__POLL_INTERVAL_SECONDS.")
-    add("once", cmd_once, "Run one pass and exit (0 all applied, 1 some parked, 2 cannot run).")
+    add(
+        "once",
+        cmd_once,
+        "Run one pass and exit (0 all applied, 1 some parked, 2 cannot run, 3 the outbox went "
+        "back and was read again).",
+    )
     plan = add("plan", cmd_plan, "Show what the next pass would do; changes nothing.")
     plan.add_argument(
         "--detailed-exitcode", action="store_true", help="Exit 2 when changes are pending."

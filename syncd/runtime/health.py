@@ -46,6 +46,7 @@ from syncd.core.errors import AuthenticationError, SyncdError
 from syncd.runtime.gauges import LiveGauges
 from syncd.runtime.outage import OutageWatch
 from syncd.runtime.settings import Settings
+from syncd.sync.rewind import rewind_problem
 
 if TYPE_CHECKING:
     from syncd.sync.report import PassProgress, PassReport
@@ -193,6 +194,8 @@ class HealthState:
         self._database: Reachability | None = None
         self._securevideo: Reachability | None = None
         self._ledger_snapshot: tuple[float, dict[str, float] | None] | None = None
+        #: what /healthz says while a rewound outbox's re-read is not all applied
+        self._rewound: str | None = None
         self._changed = threading.Event()
         #: SecureVideo's outages, judged from every response (one degraded/recovered pair each)
         self.outage = OutageWatch(clock=clock)
@@ -328,6 +331,7 @@ class HealthState:
         now = self.clock()
         recovered: str | None = None
         with self._lock:
+            self._rewound = rewind_problem(report.rewind)
             # Ingest reads the ledger and the outbox before anything else: both answered.
             self._database = Reachability(True, now, "pass")
             if report.auth_error is None:
@@ -433,7 +437,8 @@ class HealthState:
         live = self.liveness()
         database, securevideo = self._checks()
         now = self.clock()
-        reasons = list(live.reasons)
+        with self._lock:
+            reasons = [*live.reasons, *([self._rewound] if self._rewound else [])]
         checks: dict[str, Any] = {}
         for name, check in (("database", database), ("securevideo", securevideo)):
             if check is None:

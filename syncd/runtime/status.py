@@ -6,6 +6,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+from syncd.ports.ledger import OutboxRewind
 from syncd.runtime.app import ledger_of, open_outbox
 from syncd.runtime.dbhints import explain_database_error
 from syncd.runtime.settings import Settings
@@ -13,7 +14,7 @@ from syncd.runtime.settings import Settings
 
 def collect_status(settings: Settings, *, parked_limit: int = 100) -> dict[str, Any]:
     with ledger_of(settings) as ledger, ledger.begin() as tx:
-        cursor = tx.cursor.get()
+        cursor, rewind = tx.cursor.position()
         counts = tx.appointments.counts_by_state()
         parked = tx.appointments.parked(parked_limit)
         noted = tx.appointments.noted(parked_limit)
@@ -32,6 +33,7 @@ def collect_status(settings: Settings, *, parked_limit: int = 100) -> dict[str, 
     now = datetime.now(UTC).replace(tzinfo=None)
     return {
         "cursor": cursor,
+        "outbox_rewound": _rewound(rewind, cursor, newest),
         "outbox_newest_event_id": newest,
         "lag_events": None if newest is None else max(0, newest - cursor),
         "oldest_pending_seconds": None if oldest is None else int((now - oldest).total_seconds()),
@@ -61,8 +63,39 @@ def collect_status(settings: Settings, *, parked_limit: int = 100) -> dict[str, 
     }
 
 
+def _rewound(rewind: OutboxRewind | None, cursor: int, newest: int | None) -> dict[str, Any] | None:
+    """The last rewind; or, before a pass has noticed it, an outbox whose newest id is below the
+    cursor (``noticed`` False)."""
+    if newest is not None and newest < cursor:
+        return {"noticed": False, "cursor": cursor, "newest_event_id": newest, "applied": False}
+    if rewind is None:
+        return None
+    return {
+        "noticed": True,
+        "at": rewind.at.isoformat(),
+        "cursor": rewind.from_event_id,
+        "newest_event_id": rewind.newest_event_id,
+        "applied": rewind.applied_at is not None,
+        "applied_at": None if rewind.applied_at is None else rewind.applied_at.isoformat(),
+    }
+
+
+def _render_rewound(rewound: dict[str, Any] | None) -> list[str]:
+    if rewound is None:
+        return []
+    went = f"newest event {rewound['newest_event_id']}, cursor {rewound['cursor']}"
+    if not rewound["noticed"]:
+        return [f"outbox rewound:    yes ({went}); the next pass reads it again from its start"]
+    if not rewound["applied"]:
+        return [
+            f"outbox rewound:    yes, at {rewound['at']} ({went}); re-read, not yet all applied"
+        ]
+    return [f"last rewind:       {rewound['at']} ({went}); applied at {rewound['applied_at']}"]
+
+
 def render_status(status: dict[str, Any]) -> str:
     lines = [
+        *_render_rewound(status.get("outbox_rewound")),
         f"cursor:            event {status['cursor']}",
         f"outbox newest:     {_or_dash(status['outbox_newest_event_id'])}"
         + (f" (unreadable: {status['outbox_error']})" if status["outbox_error"] else ""),

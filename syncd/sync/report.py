@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from syncd.ports.ledger import OutboxRewind
+
 
 class Disposition(StrEnum):
     """Where one appointment stands at the end of its turn in a pass."""
@@ -30,6 +32,10 @@ class PassReport:
     auth_error: str | None = None
     interrupted: bool = False
     duration_ms: int = 0
+    #: this pass found that the outbox went back, and read it again from its start
+    rewound: bool = False
+    #: the ledger's last rewind after this pass (``applied_at`` None: not yet re-applied)
+    rewind: OutboxRewind | None = None
 
     @property
     def clean(self) -> bool:
