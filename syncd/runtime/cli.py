@@ -116,7 +116,8 @@ def cmd_outcomes(args: argparse.Namespace, wiring: Wiring) -> int:
 def cmd_history(args: argparse.Namespace, wiring: Wiring) -> int:
     from datetime import UTC, datetime
 
-    from syncd.sync.billing import PeriodError, parse_period, render, run_history, skipped_lines
+    from syncd.sync.billing import PeriodError, parse_period, run_history
+    from syncd.sync.billing_render import render, skipped_lines
 
     try:
         period = parse_period(args.month, args.start, args.end)
