@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Protocol
 
+from syncd.ports.links import LinkRepository
+
 __all__ = [
     "AMBIGUOUS",
     "APPLIED",
@@ -571,6 +573,9 @@ class LedgerTransaction(Protocol):
 
     @property
     def visits(self) -> VisitRepository: ...
+
+    @property
+    def links(self) -> LinkRepository: ...
 
 
 class Ledger(Protocol):

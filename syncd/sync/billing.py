@@ -340,5 +340,3 @@ def run_history(
         appointment_of = tx.visits.appointments_of_sessions(ids)
         booked = tx.visits.booked_between(period.start, period.end)
     return build_report(period, page, appointment_of, booked, now=now)
-
-
