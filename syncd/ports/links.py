@@ -7,7 +7,14 @@ from datetime import datetime
 from typing import Final, Protocol
 from urllib.parse import quote
 
-__all__ = ["JOIN_URL_BASE", "JoinLinkRecord", "LinkRepository", "join_url"]
+__all__ = [
+    "JOIN_URL_BASE",
+    "GuestCode",
+    "JoinLinkRecord",
+    "LinkGateway",
+    "LinkRepository",
+    "join_url",
+]
 
 #: Where a guest joins with a connect code (SecureVideo's documents; NOTES.md).
 JOIN_URL_BASE: Final = "https://hub.securevideo.com/Pass/Join/"
@@ -47,4 +54,35 @@ class LinkRepository(Protocol):
 
     def delete(self, appointment_id: str, participant_external_id: str) -> bool:
         """Remove one row; whether it was there."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class GuestCode:
+    """A guest's connect code (and Passkey) in one active session, as SecureVideo reports it.
+
+    The code is an access credential: it is kept out of ``repr``, and only ``syncd links`` and the
+    ``guest_join_link`` view ever show it."""
+
+    session_id: int
+    schedule_ts: datetime | None
+    #: ScheduleType "Cancelled": a tombstone, never a way in
+    cancelled: bool
+    participation_id: int
+    external_id: str | None = field(repr=False)
+    #: ShouldAutoDeliverCode: E, S or N
+    deliver: str
+    connect_code: str = field(repr=False)
+    passkey: str | None = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return join_url(self.connect_code, self.passkey)
+
+
+class LinkGateway(Protocol):
+    """What join links read from SecureVideo.  Raises ``syncd.core.errors``."""
+
+    def guest_codes(self, host_external_id: str) -> list[GuestCode]:
+        """The guests (never the host) of the host's active sessions, with their codes."""
         ...
