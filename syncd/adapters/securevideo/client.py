@@ -66,6 +66,7 @@ from syncd.core.errors import (
     PermanentError,
     TemporaryError,
 )
+from syncd.core.redact import without_credentials
 from syncd.ports.links import GuestCode
 from syncd.ports.securevideo import HistoryPage
 
@@ -555,7 +556,8 @@ def _message_of(response: httpx.Response) -> str | None:
         return None
     if not message:
         return None
-    message = " ".join(message.split())
+    # The Message is free text: it must not carry a guest's way into a session onwards.
+    message = without_credentials(" ".join(message.split()))
     if len(message) > _MESSAGE_LIMIT:
         message = message[: _MESSAGE_LIMIT - 1] + "…"
     return message
