@@ -885,10 +885,12 @@ class Emulator:
         *,
         seed: int | None = None,
         call_log_limit: int | None = None,
+        round_to_quarter_hours: bool = False,
     ) -> None:
         """`seed` makes generated codes reproducible; `call_log_limit` keeps only the newest
-        calls, for long benchmark runs."""
-        self.state = EmulatorState(hosts, seed=seed)
+        calls, for long benchmark runs; `round_to_quarter_hours` puts scheduled times on
+        quarter hours (one reading of the documents)."""
+        self.state = EmulatorState(hosts, seed=seed, round_to_quarter_hours=round_to_quarter_hours)
         self.faults = Faults()
         self.api_key = api_key
         self.api_secret = api_secret
@@ -1088,6 +1090,7 @@ def serve(
     api_secret: str = "demo",  # noqa: S107 - the demo account's documented secret
     on_ready: Callable[[Emulator], None] | None = None,
     stop: threading.Event | None = None,
+    round_to_quarter_hours: bool = False,
 ) -> None:
     """Run an emulator in the foreground until Ctrl-C, SIGTERM or `stop` is set.
 
@@ -1102,7 +1105,9 @@ def serve(
 
     if in_main_thread:
         previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
-    emulator = Emulator(host, port, hosts, api_key, api_secret)
+    emulator = Emulator(
+        host, port, hosts, api_key, api_secret, round_to_quarter_hours=round_to_quarter_hours
+    )
     try:
         emulator.start()
         if on_ready is not None:

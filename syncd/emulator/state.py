@@ -302,9 +302,16 @@ class EmulatorState:
     """One SecureVideo account. Every public method is atomic under a single lock."""
 
     def __init__(
-        self, hosts: Iterable[HostUser] = DEFAULT_HOSTS, *, seed: int | None = None
+        self,
+        hosts: Iterable[HostUser] = DEFAULT_HOSTS,
+        *,
+        seed: int | None = None,
+        round_to_quarter_hours: bool = False,
     ) -> None:
+        """``round_to_quarter_hours``: scheduled times land on minute 0, 15, 30 or 45 (nearest,
+        a half rounds up), as one edition of the docs says; unconfirmed, so tests run both."""
         self._lock = threading.RLock()
+        self.round_to_quarter_hours = round_to_quarter_hours
         self._initial_hosts = tuple(hosts)
         self._rng = random.Random(seed)
         self._hosts: dict[int, HostUser] = {}
@@ -318,6 +325,15 @@ class EmulatorState:
         self._clock_offset = timedelta()
         for host in self._initial_hosts:
             self.add_host(host)
+
+    def _scheduled(self, asked: datetime) -> datetime:
+        """The time SecureVideo keeps for a requested ScheduleTs: seconds zeroed, and rounded to
+        the nearest quarter hour under ``round_to_quarter_hours``."""
+        ts = asked.replace(second=0, microsecond=0)
+        if not self.round_to_quarter_hours:
+            return ts
+        down = ts.replace(minute=ts.minute - ts.minute % 15)
+        return down + timedelta(minutes=15) if ts.minute % 15 >= 8 else down
 
     # clock
 
@@ -458,9 +474,7 @@ class EmulatorState:
                 schedule_ts = now.replace(microsecond=0)
                 schedule_type = ON_DEMAND
             else:
-                schedule_ts = parse_timestamp(request["ScheduleTs"], "ScheduleTs").replace(
-                    second=0, microsecond=0
-                )
+                schedule_ts = self._scheduled(parse_timestamp(request["ScheduleTs"], "ScheduleTs"))
                 schedule_type = SCHEDULED
             is_recorded = request.get("IsRecorded")
             if is_recorded is not None and not isinstance(is_recorded, bool):
@@ -524,8 +538,8 @@ class EmulatorState:
             if request["ScheduleTs"] is None:
                 session.schedule_ts = self.now().replace(microsecond=0)
             else:
-                session.schedule_ts = parse_timestamp(request["ScheduleTs"], "ScheduleTs").replace(
-                    second=0, microsecond=0
+                session.schedule_ts = self._scheduled(
+                    parse_timestamp(request["ScheduleTs"], "ScheduleTs")
                 )
             session.schedule_type = RESCHEDULED
             return session_json(session)

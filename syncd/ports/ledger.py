@@ -22,6 +22,7 @@ __all__ = [
     "APPLIED",
     "APPOINTMENT_STATES",
     "FAILED",
+    "HELD_PREFIX",
     "INTENT",
     "OPEN_OPERATION_STATES",
     "OPERATION_STATES",
@@ -64,6 +65,9 @@ OPERATION_STATES: Final = (INTENT, APPLIED, FAILED, AMBIGUOUS, RESOLVED)
 #: Operations whose remote effect is unknown until SecureVideo is read again.
 OPEN_OPERATION_STATES: Final = (INTENT, AMBIGUOUS)
 
+#: A skip reason that starts with this is a past visit's change held back (``syncd status``).
+HELD_PREFIX: Final = "held:"
+
 #: Width of the free-text ``reason``/``detail`` columns: longer texts are cut, never refused.
 TEXT_LIMIT: Final = 1000
 
@@ -91,6 +95,10 @@ class AppointmentRecord:
     parked_at: datetime | None
     #: the managed session's time (UTC) when last settled; None before migration 0002
     schedule_ts: datetime | None = None
+    #: the ExternalSessionId the appointment got (kept across prefix changes); None before 0006
+    external_session_id: str | None = None
+    #: the ScheduleTs syncd last sent for the managed session; None before 0006 or without one
+    sent_schedule_ts: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +120,10 @@ class OperationRecord:
 
 @dataclass(frozen=True, slots=True)
 class ParticipantRecord:
+    """An owned participation and what syncd last sent to it.  ``external_id`` is the ledger's
+    key for the participant, ``Fingerprints.participant(external id)``: never the raw id (an
+    MRN); name, e-mail and SMS are kept as fingerprints only."""
+
     appointment_id: str
     external_id: str
     session_id: int
@@ -119,6 +131,16 @@ class ParticipantRecord:
     #: what syncd last sent: SecureVideo never reports a participant's PacketId
     packet_id: int | None
     updated_at: datetime
+    #: None when the fields sent are not known (rows from before migration 0006)
+    deliver: str | None = None
+    securevideo_user_id: str | None = None
+    name_fp: str | None = None
+    email_fp: str | None = None
+    sms_fp: str | None = None
+    time_zone_windows_id: str | None = None
+    svc_id: int | None = None
+    #: decimal text ("20.00"): exact on every backend
+    deposit: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,7 +306,23 @@ class AppointmentRepository(Protocol):
         ...
 
     def forget_session(self, appointment_id: str, session_id: int, *, now: datetime) -> bool:
-        """The managed session was cancelled: forget it, if it is still the one on file."""
+        """The managed session was cancelled: forget it (and the time sent to it), if it is still
+        the one on file."""
+        ...
+
+    def record_applied(
+        self,
+        appointment_id: str,
+        *,
+        external_session_id: str | None,
+        sent_schedule_ts: datetime | None,
+        now: datetime,
+    ) -> None:
+        """What syncd applied: the ExternalSessionId the appointment got and the time sent."""
+        ...
+
+    def held(self, limit: int = 100) -> list[AppointmentRecord]:
+        """Skipped appointments whose reason starts with :data:`HELD_PREFIX`, newest first."""
         ...
 
     def counts_by_state(self) -> dict[str, int]:
@@ -370,6 +408,10 @@ class ParticipantRepository(Protocol):
         packet_id: int | None,
         now: datetime,
     ) -> None: ...
+
+    def put(self, record: ParticipantRecord) -> None:
+        """Insert or replace one participation's row, every field as given."""
+        ...
 
     def delete(self, appointment_id: str, external_id: str) -> None: ...
 

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Self
 
 from syncd.adapters.dberrors import classify
@@ -106,6 +107,7 @@ def sync_options(settings: Settings, *, rng: random.Random | None = None) -> Syn
         zone=settings.outbox.zone,
         session_id_prefix=settings.outbox.session_id_prefix,
         windows_zone=windows_zone_id,
+        past_visit_grace=timedelta(minutes=s.past_visit_grace_minutes),
     )
 
 
@@ -218,6 +220,7 @@ def build_app(
         options=sync_options(settings, rng=rng),
         stop=stop,
         checkpoint=wiring.checkpoint,
+        fingerprints=fingerprints,
     )
     lease = None
     if wiring.lease:

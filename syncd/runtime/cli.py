@@ -254,7 +254,13 @@ def cmd_emulator(args: argparse.Namespace, wiring: Wiring) -> int:
     structlog.get_logger("syncd.emulator").info(
         "emulator_listening", host=args.host, port=args.port
     )
-    serve(port=args.port, host=args.host, api_key=args.api_key, api_secret=args.api_secret)
+    serve(
+        port=args.port,
+        host=args.host,
+        api_key=args.api_key,
+        api_secret=args.api_secret,
+        round_to_quarter_hours=args.round_to_quarter_hours,
+    )
     return EXIT_OK
 
 
@@ -312,6 +318,11 @@ def _parser() -> argparse.ArgumentParser:
     emu.add_argument("--host", default="127.0.0.1")
     emu.add_argument("--api-key", default="demo")
     emu.add_argument("--api-secret", default="demo")
+    emu.add_argument(
+        "--round-to-quarter-hours",
+        action="store_true",
+        help="Put scheduled times on minute 0, 15, 30 or 45 (one reading of the API documents).",
+    )
     return p
 
 

@@ -15,6 +15,14 @@ from functools import partial
 
 import structlog
 
+from syncd.core.applied import (
+    NOTHING_APPLIED,
+    AppliedState,
+    applied_after,
+    is_schedule_drift,
+    participation_of,
+    sent_guest,
+)
 from syncd.core.domain import (
     AddParticipant,
     Appointment,
@@ -28,11 +36,13 @@ from syncd.core.domain import (
     describe,
 )
 from syncd.core.errors import AmbiguousError, AuthenticationError, PermanentError, TemporaryError
+from syncd.core.fingerprint import Fingerprints
 from syncd.core.redact import redact
 from syncd.core.view import session_id_of
 from syncd.ports.clock import Clock
 from syncd.ports.ledger import APPLIED, Ledger, LedgerTransaction, ParticipantRecord
 from syncd.ports.securevideo import SessionGateway
+from syncd.sync.applied import participant_record, write_applied
 from syncd.sync.book import Write
 from syncd.sync.report import PassReport
 
@@ -83,11 +93,13 @@ class Executor:
         gateway: SessionGateway,
         clock: Clock,
         *,
+        fingerprints: Fingerprints,
         checkpoint: Checkpoint = no_checkpoint,
     ) -> None:
         self._ledger = ledger
         self._gateway = gateway
         self._clock = clock
+        self._fingerprints = fingerprints
         self._checkpoint = checkpoint
 
     def apply(
@@ -158,6 +170,14 @@ class Executor:
                     host_external_id=op.host_external_id,
                     now=now,
                 )
+                # The ExternalSessionId too: a new prefix must not give this appointment a
+                # second one after a crash here.
+                tx.appointments.record_applied(
+                    appt.appointment_id,
+                    external_session_id=op.external_session_id,
+                    sent_schedule_ts=None,
+                    now=now,
+                )
         return op_id
 
     def _record_failure(
@@ -192,77 +212,74 @@ class Executor:
     def _effects(
         self, op: Operation, appt: Appointment, result: RemoteSession | None, *, settling: bool
     ) -> Write:
-        """What to keep that SecureVideo won't tell later: the session and packet ids, worked out
-        here, outside the transaction.  ``settling``: the appointment is marked synced in the
+        """What syncd applied, which SecureVideo won't tell later (the time and PacketIds sent,
+        fingerprints of what else was sent), worked out here, outside the transaction: it is
+        committed with the call's result.  ``settling``: the appointment is marked synced in the
         same transaction, which records the session too."""
         now = self._clock.now()
         aid = appt.appointment_id
+        fp = self._fingerprints
         match op:
             case CreateSession() if result is not None:
-                return _created(aid, op, result, now, record_session=not settling)
+                made = applied_after(NOTHING_APPLIED, op, result, fp)
+                return partial(_created, aid, op, made, now, not settling)
+            case RescheduleSession() if result is None or not is_schedule_drift(
+                result.schedule_ts, op.schedule_ts
+            ):
+                return partial(_rescheduled, aid, appt.external_session_id, op, now)
             case AddParticipant() | UpdateParticipant() if result is not None:
-                ids = {p.external_id: p.participation_id for p in result.guests}
-                record = ParticipantRecord(
-                    appointment_id=aid,
-                    external_id=op.guest.external_id,
-                    session_id=result.session_id,
-                    participation_id=ids.get(op.guest.external_id),
-                    packet_id=op.guest.packet_id,
-                    updated_at=now,
+                pid = (
+                    op.participation_id
+                    if isinstance(op, UpdateParticipant)
+                    else participation_of(op.guest, result)
                 )
-                return partial(_remembered, record)
-            case RemoveParticipant():
-                return partial(_removed, aid, op.external_id)
+                sent = sent_guest(op.guest, pid, fp)
+                return partial(_remembered, participant_record(aid, result.session_id, sent, now))
+            case RemoveParticipant() if op.key:
+                return partial(_removed, aid, op.key)
             case CancelSession():
-                return partial(_cancelled, aid, op.session_id, now)
+                return partial(_cancelled, aid, appt.external_session_id, op.session_id, now)
             case _:
                 return _nothing
 
 
 def _created(
-    aid: str, op: CreateSession, result: RemoteSession, now: datetime, *, record_session: bool
-) -> Write:
-    ids = {p.external_id: p.participation_id for p in result.guests}
-    people = [
-        ParticipantRecord(
-            appointment_id=aid,
-            external_id=g.external_id,
-            session_id=result.session_id,
-            participation_id=ids.get(g.external_id),
-            packet_id=g.packet_id,
-            updated_at=now,
+    aid: str,
+    op: CreateSession,
+    made: AppliedState,
+    now: datetime,
+    record_session: bool,
+    tx: LedgerTransaction,
+) -> None:
+    if record_session:
+        tx.appointments.set_session(
+            aid, session_id=made.session_id, host_external_id=op.host_external_id, now=now
         )
-        for g in op.guests
-    ]
-
-    def write(tx: LedgerTransaction) -> None:
-        if record_session:
-            tx.appointments.set_session(
-                aid, session_id=result.session_id, host_external_id=op.host_external_id, now=now
-            )
-        tx.participants.replace(aid, people)
-
-    return write
+    write_applied(tx, aid, made, now)
 
 
-def _remembered(p: ParticipantRecord, tx: LedgerTransaction) -> None:
-    tx.participants.upsert(
-        p.appointment_id,
-        p.external_id,
-        session_id=p.session_id,
-        participation_id=p.participation_id,
-        packet_id=p.packet_id,
-        now=p.updated_at,
+def _rescheduled(
+    aid: str, esid: str, op: RescheduleSession, now: datetime, tx: LedgerTransaction
+) -> None:
+    tx.appointments.record_applied(
+        aid, external_session_id=esid, sent_schedule_ts=op.schedule_ts, now=now
     )
 
 
-def _removed(aid: str, external_id: str, tx: LedgerTransaction) -> None:
-    tx.participants.delete(aid, external_id)
+def _remembered(p: ParticipantRecord, tx: LedgerTransaction) -> None:
+    tx.participants.put(p)
 
 
-def _cancelled(aid: str, session_id: int, now: datetime, tx: LedgerTransaction) -> None:
+def _removed(aid: str, key: str, tx: LedgerTransaction) -> None:
+    tx.participants.delete(aid, key)
+
+
+def _cancelled(aid: str, esid: str, session_id: int, now: datetime, tx: LedgerTransaction) -> None:
     if tx.appointments.forget_session(aid, session_id, now=now):
         tx.participants.delete_all_of(aid)
+        tx.appointments.record_applied(
+            aid, external_session_id=esid, sent_schedule_ts=None, now=now
+        )
 
 
 def _nothing(_tx: LedgerTransaction) -> None:

@@ -14,18 +14,22 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import partial
 from zoneinfo import ZoneInfo
 
 import structlog
 
 from syncd.core.domain import Appointment, Presence
+from syncd.core.fingerprint import Fingerprints
+from syncd.core.planner import PAST_VISIT_GRACE
 from syncd.core.retry import RetryPolicy
 from syncd.core.rows import WindowsZone
 from syncd.ports.clock import Clock, SystemClock
 from syncd.ports.ledger import AppointmentRecord, Ledger, ParticipantRecord
 from syncd.ports.outbox import OutboxRow, OutboxSource
 from syncd.ports.securevideo import SessionGateway
+from syncd.sync.applied import applied_of
 from syncd.sync.book import AppointmentBook
 from syncd.sync.execute import Checkpoint, Executor, no_checkpoint
 from syncd.sync.hosts import HostSessions, hosts_of
@@ -53,6 +57,8 @@ class SyncOptions:
     windows_zone: WindowsZone = field(kw_only=True)
     #: A pass that drains a backlog logs ``backlog_progress`` at most this often.
     progress_log_interval_seconds: float = 10.0
+    #: no session is created for a visit that started longer ago than this
+    past_visit_grace: timedelta = PAST_VISIT_GRACE
 
     @property
     def reading(self) -> RowReading:
@@ -74,7 +80,13 @@ class Synchronizer:
         clock: Clock | None = None,
         stop: threading.Event | None = None,
         checkpoint: Checkpoint = no_checkpoint,
+        fingerprints: Fingerprints | None = None,
     ) -> None:
+        """``fingerprints``: keyed under the ledger's secret; read from the ledger when None."""
+        if fingerprints is None:
+            with ledger.begin() as tx:
+                fingerprints = Fingerprints(tx.cursor.fingerprint_key())
+        self.fingerprints = fingerprints
         self.outbox = outbox
         self.ledger = ledger
         self.gateway = gateway
@@ -92,11 +104,15 @@ class Synchronizer:
         self._book = AppointmentBook(ledger, self.clock)
         self._reconciler = Reconciler(
             book=self._book,
-            executor=Executor(ledger, gateway, self.clock, checkpoint=checkpoint),
+            executor=Executor(
+                ledger, gateway, self.clock, fingerprints=fingerprints, checkpoint=checkpoint
+            ),
             clock=self.clock,
             retry=options.retry,
             stop=self.stop,
             retry_budget_seconds=options.pass_retry_budget_seconds,
+            fingerprints=fingerprints,
+            past_visit_grace=options.past_visit_grace,
         )
         self._progress = ProgressLog(self.clock, options.progress_log_interval_seconds)
 
@@ -215,7 +231,7 @@ class Synchronizer:
             return self._reconciler.reconcile(
                 record,
                 appt,
-                {k: (p.participation_id, p.packet_id) for k, p in mine.items()},
+                applied_of(record, mine),
                 scope,
                 unresolved=appt.appointment_id in unresolved,
             )
@@ -252,4 +268,6 @@ class Synchronizer:
             reading=self.options.reading,
             batch_size=self.options.batch_size,
             reread_window=self.options.reread_window,
+            fingerprints=self.fingerprints,
+            past_grace=self.options.past_visit_grace,
         )
