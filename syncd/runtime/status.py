@@ -1,4 +1,5 @@
-"""``syncd status``: how far syncd has read, what waits, what is parked and why.  Ids only."""
+"""``syncd status``: how far syncd has read, what waits, what is parked or held and why.
+Ids only."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ def collect_status(settings: Settings, *, parked_limit: int = 100) -> dict[str, 
         cursor = tx.cursor.get()
         counts = tx.appointments.counts_by_state()
         parked = tx.appointments.parked(parked_limit)
+        held = tx.appointments.held(parked_limit)
         oldest = tx.appointments.oldest_pending_since()
     newest: int | None = None
     outbox_error: str | None = None
@@ -42,6 +44,15 @@ def collect_status(settings: Settings, *, parked_limit: int = 100) -> dict[str, 
             }
             for r in parked
         ],
+        # past visits: changes syncd did not send (no create, reschedule or cancel)
+        "held": [
+            {
+                "appointment_id": r.appointment_id,
+                "since": r.updated_at.isoformat(),
+                "reason": r.reason,
+            }
+            for r in held
+        ],
     }
 
 
@@ -64,6 +75,11 @@ def render_status(status: dict[str, Any]) -> str:
         lines.append(
             "fix the EHR row (a newer row un-parks it) or run `syncd retry APPOINTMENT_ID`"
         )
+    held = status.get("held", [])
+    lines.append(f"held (past visits): {len(held)}")
+    for h in held:
+        lines.append(f"  {h['appointment_id']}  (since {h['since']})")
+        lines.append(f"      {h['reason']}")
     return "\n".join(lines)
 
 
