@@ -316,16 +316,15 @@ def _op_key(op: Operation) -> str:
 def _adoptable(
     guest: Guest, remote: Iterable[RemoteParticipant], taken: set[int]
 ) -> RemoteParticipant | None:
-    """The participation syncd may adopt for ``guest``: same ParticipantExternalId (a SecureVideo
-    user's may be null), never one already owned."""
+    """The participation syncd may adopt for ``guest``, never one already owned: same
+    ParticipantExternalId; a SecureVideo user by user id, whatever its ParticipantExternalId (it
+    is per participation and may be null), since a session holds a user once (a second is a
+    400)."""
     for p in remote:
         if p.participation_id in taken:
             continue
         if guest.is_securevideo_user:
-            if p.securevideo_user_id == guest.securevideo_user_id and p.external_id in (
-                guest.external_id,
-                None,
-            ):
+            if p.securevideo_user_id == guest.securevideo_user_id:
                 return p
         elif p.external_id == guest.external_id and p.securevideo_user_id is None:
             return p

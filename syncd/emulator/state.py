@@ -298,6 +298,10 @@ def _check_deposit(svc_id: int | None, deposit: float | None) -> None:
 # --- the model ---------------------------------------------------------------------------------
 
 
+#: what an update of a SecureVideo user's participation may carry
+_SESSION_SPECIFIC: Final = frozenset({"PacketId", "SvcId", "DepositRequired"})
+
+
 class EmulatorState:
     """One SecureVideo account. Every public method is atomic under a single lock."""
 
@@ -588,12 +592,16 @@ class EmulatorState:
             current = session.participants[index]
             if index == 0:
                 raise InvalidRequestError("The session host participation cannot be changed")
-            if current.secure_video_user_id is not None:
-                raise InvalidRequestError(
-                    f"Participation {current.participation_id} is a SecureVideo user; "
-                    "change it through the User API"
-                )
             request = _require_object(body)
+            if current.secure_video_user_id is not None:
+                # The Participants API: a User's update carries only session-specific
+                # properties (PacketId, SvcId, DepositRequired); the rest is the User API's.
+                user_fields = sorted(set(request) - _SESSION_SPECIFIC)
+                if user_fields:
+                    raise InvalidRequestError(
+                        f"Participation {current.participation_id} is a SecureVideo user; "
+                        f"change {', '.join(user_fields)} through the User API"
+                    )
             new_name = _optional_str(request, "ParticipantFullName")
             if new_name is not None and new_name.strip() != current.full_name:
                 raise InvalidRequestError(
