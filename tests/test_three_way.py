@@ -309,7 +309,8 @@ def _as_before_0006(w: World, packets: dict[str, int | None]) -> None:
             if session.cancelled:
                 continue
             for p in session.participants[1:]:
-                external_id = p.external_id if p.secure_video_user_id is None else "nurse-7"
+                external_id = "nurse-7" if p.secure_video_user_id is not None else p.external_id
+                assert external_id is not None
                 old.append(
                     {
                         "appointment_id": session.external_session_id,
