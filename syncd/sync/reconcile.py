@@ -197,9 +197,8 @@ class Reconciler:
         if not ops:
             state = turn.applied if turn.applied != turn.loaded else None
             if planned.held:
-                reason = "; ".join(planned.held)
-                log.info("appointment_held", appointment_id=appt.appointment_id, reason=reason)
-                return self._book.skipped(appt, reason, state=state)
+                # Logged as appointment_skipped, with the reason that names what was held.
+                return self._book.skipped(appt, "; ".join(planned.held), state=state)
             return self._book.synced(
                 appt, observed, applied=turn.acted, unresolved=turn.unresolved, state=state
             )
