@@ -313,6 +313,26 @@ CASES: list[Case] = [
         (AddParticipant("A1", 500, replace(ANNA, deliver="N")),),
     ),
     (
+        "an owned participation made anew by a call whose answer was lost is adopted again",
+        appt(guests=(replace(ANNA, full_name="Anna Renamed"),)),
+        SENT,
+        (session(guests=(remote_of(ANNA, 19, full_name="Anna Renamed"),)),),
+        (),
+    ),
+    (
+        "a guest claimed before an add whose answer was lost, then dropped by the EHR, is removed",
+        appt(guests=(ANNA,)),
+        replace(
+            SENT,
+            guests={
+                **SENT.guests,
+                FP.participant("pat-2"): replace(sent_guest(BEN, None, FP), fields_known=False),
+            },
+        ),
+        (session(guests=(remote_of(ANNA, 11), remote_of(BEN, 12))),),
+        (RemoveParticipant("A1", 500, 12, "pat-2", "removed"),),
+    ),
+    (
         "rename is remove then add",
         appt(guests=(replace(ANNA, full_name="Anna Renamed"),)),
         SENT,

@@ -283,15 +283,25 @@ def _owned(
     }
     wanted = {fp.participant(g.external_id): g for g in desired.guests}
     dropped: list[tuple[RemoteParticipant, str]] = []
+    gone: dict[str, AppliedGuest] = {}
     for key, mine in applied.guests.items():
         current = shown.get(mine.participation_id) if mine.participation_id is not None else None
         if mine.participation_id is None:
-            continue  # known by key only: adopt again below, if the EHR still wants it
+            # Claimed before a call whose answer never came: adopted below if still wanted,
+            # else what that call made is removed.
+            made = None if key in wanted else _made_by_lost_call(key, mine, session, claimed, fp)
+            if made is not None:
+                claimed.add(made.participation_id)
+                dropped.append((made, key))
+            continue
         if key not in wanted:
             if current is not None:
                 dropped.append((current, key))
             continue
-        if not mine.fields_known and current is not None:
+        if current is None:
+            gone[key] = mine  # adopted again below if a call whose answer was lost made it anew
+            continue
+        if not mine.fields_known:
             mine = observed_as_applied(key, current, mine.packet_id, fp)
         owned[key] = mine
     for key, guest in wanted.items():
@@ -301,8 +311,26 @@ def _owned(
         if found is not None:
             claimed.add(found.participation_id)
             owned[key] = observed_as_applied(key, found, guest.packet_id, fp)
+        elif key in gone:
+            owned[key] = gone[key]  # the clinic removed it
     dropped.sort(key=lambda d: d[0].participation_id)
     return owned, dropped
+
+
+def _made_by_lost_call(
+    key: str, mine: AppliedGuest, session: RemoteSession, taken: set[int], fp: Fingerprints
+) -> RemoteParticipant | None:
+    for p in session.guests:
+        if p.participation_id in taken:
+            continue
+        if mine.securevideo_user_id is not None:
+            if p.securevideo_user_id == mine.securevideo_user_id:
+                return p
+        elif (
+            p.securevideo_user_id is None and p.external_id and fp.participant(p.external_id) == key
+        ):
+            return p
+    return None
 
 
 def _op_key(op: Operation) -> str:

@@ -14,13 +14,15 @@ def applied_of(
     record: AppointmentRecord | None, rows: Mapping[str, ParticipantRecord]
 ) -> AppliedState:
     """What the ledger says syncd applied; participations of another session than the managed
-    one are stale and left out."""
+    one are stale and left out, except those claimed before a call that made no answer yet (no
+    participation id)."""
     if record is None:
         return AppliedState()
     guests = {
         key: _guest(r)
         for key, r in rows.items()
-        if record.session_id is not None and r.session_id == record.session_id
+        if r.participation_id is None
+        or (record.session_id is not None and r.session_id == record.session_id)
     }
     return AppliedState(
         session_id=record.session_id,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
 
@@ -28,6 +28,7 @@ from syncd.core.domain import (
     Appointment,
     CancelSession,
     CreateSession,
+    Guest,
     Operation,
     RemoteSession,
     RemoveParticipant,
@@ -178,7 +179,19 @@ class Executor:
                     sent_schedule_ts=None,
                     now=now,
                 )
+                tx.participants.replace(
+                    appt.appointment_id, [self._pending(appt, g, now) for g in op.guests]
+                )
+            elif isinstance(op, AddParticipant):
+                tx.participants.put(self._pending(appt, op.guest, now))
         return op_id
+
+    def _pending(self, appt: Appointment, guest: Guest, now: datetime) -> ParticipantRecord:
+        """Ownership claimed before the call: if its answer is lost and the EHR then drops the
+        guest, the participation the call made is still known as syncd's (by key), and removed.
+        No participation id yet and no fields: the planner adopts what SecureVideo shows."""
+        sent = sent_guest(guest, None, self._fingerprints)
+        return replace(participant_record(appt.appointment_id, 0, sent, now), deliver=None)
 
     def _record_failure(
         self,
