@@ -121,6 +121,8 @@ EXPECTED_COLUMNS = {
 }
 #: the newest migration: a new one changes this line and adds its own up-and-down test
 HEAD = "0006_applied_state"
+#: the revision 0006_applied_state follows (its down_revision)
+BEFORE_0006 = "0004_fingerprint_key"
 
 PHI_HINTS = ("first_name", "last_name", "full_name", "email", "phone", "sms", "topic", "birth")
 
@@ -409,7 +411,7 @@ def test_migration_0006_keys_participants_by_fingerprint_up_and_down(
     ledger = SqlLedger(create_ledger_engine(fresh_ledger_url))
     engine = ledger.engine
     try:
-        migrate(engine, "0004_fingerprint_key")
+        migrate(engine, BEFORE_0006)
         appointment = {**AT_0002["appointment"][0]}
         for dropped in FINGERPRINTS["appointment"]:
             appointment.pop(dropped)
@@ -449,8 +451,8 @@ def test_migration_0006_keys_participants_by_fingerprint_up_and_down(
             )
         with engine.connect() as conn:
             assert "pat-1" not in repr(conn.execute(select(metadata.tables["participant"])).all())
-        downgrade(engine, "0004_fingerprint_key")
-        assert current_revision(engine) == "0004_fingerprint_key"
+        downgrade(engine, BEFORE_0006)
+        assert current_revision(engine) == BEFORE_0006
         assert rows_of(engine, "appointment", appointment) == [{**appointment, "updated_at": T2}]
         assert rows_of(engine, "participant", participant) == []
         columns = {c["name"] for c in inspect(engine).get_columns("appointment")}

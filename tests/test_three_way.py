@@ -23,6 +23,8 @@ from syncd.ports.ledger import HELD_PREFIX, SKIPPED, SYNCED
 T = datetime(2031, 3, 5, 9, 0)
 UTC_OFFSET = timedelta(hours=5)  # New York in March 2031 before the DST switch (9 March)
 COLLEAGUE_USER_ID = 1003  # prov-003, a SecureVideo user of the account
+#: the revision migration 0006_applied_state follows
+BEFORE_0006 = "0004_fingerprint_key"
 
 
 @pytest.fixture(params=[False, True], ids=["exact-times", "quarter-hours"])
@@ -295,7 +297,7 @@ def _as_before_0006(w: World, packets: dict[str, int | None]) -> None:
 
     engine = create_ledger_engine(w.settings.ledger.url)
     try:
-        downgrade(engine, "0004_fingerprint_key")
+        downgrade(engine, BEFORE_0006)
         participant = table(
             "participant",
             *(
