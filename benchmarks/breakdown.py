@@ -100,7 +100,7 @@ def main() -> int:
 
         with tempfile.TemporaryDirectory(prefix="syncd-breakdown-") as tmp:
             ehr_url = f"sqlite:///{tmp}/ehr.sqlite3"
-            ehr = SampleEhr(create_outbox_engine(ehr_url), zone=ZONE)
+            ehr = SampleEhr(create_outbox_engine(ehr_url, writable=True), zone=ZONE)
             ehr.append_many(backlog(args.rows, prep=False).changes)
             settings = load_settings(
                 outbox={"url": ehr_url, "timezone": ZONE},

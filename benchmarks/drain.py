@@ -190,7 +190,7 @@ def measure(
         secrets = Path(tmp) / "secrets"
         secrets.mkdir()
         ehr_url = args.postgres or f"sqlite:///{tmp}/ehr.sqlite3"
-        ehr = SampleEhr(create_outbox_engine(ehr_url), zone=ZONE)
+        ehr = SampleEhr(create_outbox_engine(ehr_url, writable=True), zone=ZONE)
         if args.postgres:
             # One database serves every C: each run starts from an empty outbox, as on SQLite.
             ehr.table.drop(ehr.engine)
@@ -272,7 +272,7 @@ def local_cost(args: argparse.Namespace, concurrency: int, work: Backlog) -> dic
     with tempfile.TemporaryDirectory(prefix="syncd-local-") as tmp:
         state = EmulatorState(hosts)
         ehr_url = f"sqlite:///{tmp}/ehr.sqlite3"
-        ehr = SampleEhr(create_outbox_engine(ehr_url), zone=ZONE)
+        ehr = SampleEhr(create_outbox_engine(ehr_url, writable=True), zone=ZONE)
         settings = load_settings(
             outbox={"url": ehr_url, "timezone": ZONE},
             ledger={"url": f"sqlite:///{tmp}/ledger.sqlite3"},

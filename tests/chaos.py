@@ -109,6 +109,8 @@ class EhrModel:
     rng: random.Random
     size: int = 12
     prefix: str = "C"
+    #: how guests' external ids begin (an MRN-like prefix lets a PHI check search for them)
+    guest_id_prefix: str = "pat-"
     bookings: dict[str, Booking] = field(default_factory=dict)
     changes: int = 0
     _guests: int = 0
@@ -141,7 +143,7 @@ class EhrModel:
             b.guests.pop(self.rng.randrange(len(b.guests)))
         elif kind == "update":
             g = self.rng.choice(b.guests)
-            n = int(g["external_id"].removeprefix("pat-"))
+            n = int(g["external_id"].removeprefix(self.guest_id_prefix))
             what = self.rng.choice(["email", "sms", "time_zone", "deliver"])
             if what == "email":
                 g["email"] = f"canary{n}.{self.rng.randrange(10**6)}@phi.example"
@@ -176,7 +178,7 @@ class EhrModel:
         self._guests += 1
         n = self._guests
         return {
-            "external_id": f"pat-{n}",
+            "external_id": f"{self.guest_id_prefix}{n}",
             "full_name": f"Zelda Canary{n}",
             "email": f"canary{n}@phi.example",
             "sms": f"1555777{n % 10**4:04d}",
@@ -531,14 +533,3 @@ def let_waits_pass(w: World) -> int:
         "UPDATE appointment SET next_attempt_at = '2000-01-01 00:00:00.000000' "
         "WHERE state = 'pending' AND next_attempt_at IS NOT NULL",
     )
-
-
-def expire_lease(w: World) -> None:
-    """Age a SIGKILLed holder's leader lease past its time to live.
-
-    A killed ``syncd`` cannot release its lease, and the next start would wait out the TTL
-    (``SYNCD_SYNC__LEASE_SECONDS``) first.  The crash sweep is about what a crash leaves in the
-    ledger and in SecureVideo, not about takeover time (scenario 8), so it lets that time pass
-    at once instead of sleeping through it.
-    """
-    _ledger_sql(w, "UPDATE lease SET expires_at = '2000-01-01 00:00:00.000000'")

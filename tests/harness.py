@@ -231,7 +231,7 @@ def world(
         emulator = stack.enter_context(
             Emulator(round_to_quarter_hours=round_to_quarter_hours).start()
         )
-        ehr = SampleEhr(create_outbox_engine(ehr_url), zone=ZONE)
+        ehr = SampleEhr(create_outbox_engine(ehr_url, writable=True), zone=ZONE)
         settings = load_settings(
             outbox={"url": ehr_url, "timezone": ZONE},
             ledger={"url": ledger_url},

@@ -31,7 +31,6 @@ from chaos import (
     ExecChild,
     ForkServer,
     canary_hits,
-    expire_lease,
     fork_server,
     remote_differences,
     run_syncd,
@@ -143,7 +142,6 @@ class Sweep:
         self.seconds[key] = self.seconds.get(key, 0.0) + time.monotonic() - began
         if code == -9:
             self.killed[point] += 1
-            expire_lease(self.w)
             settle(self.w.emulator)
         else:
             self.exits[code] += 1
@@ -244,7 +242,6 @@ def test_control_without_look_before_create_the_sweep_sees_duplicates(
             w.write(row(f"X{n}", starts=datetime(2027, 2, 10, 9, 0), guests=[guest(n)]))
             crashed = spawner.spawn(unsafe, env | {CRASHPOINT_ENV: "after_call:1"}, out)
             assert wait_or_kill(crashed, 60) == -9
-            expire_lease(w)
             if n == 1:
                 # once through a brand-new interpreter too
                 assert run_syncd(unsafe, env, out) == 0
@@ -258,7 +255,6 @@ def test_control_without_look_before_create_the_sweep_sees_duplicates(
         w.write(row("S1", starts=datetime(2027, 2, 10, 9, 0), guests=[guest(9)]))
         crashed = spawner.spawn(["once"], env | {CRASHPOINT_ENV: "after_call:1"}, out)
         assert wait_or_kill(crashed, 60) == -9
-        expire_lease(w)
         assert wait_or_kill(spawner.spawn(["once"], env, out), 60) == 0
         assert len(w.live("S1")) == 1
 
@@ -283,7 +279,6 @@ def test_a_create_lost_to_a_crash_is_found_after_the_provider_changes(
         w.write(row("A1", starts=starts, provider="prov-002", guests=[guest(1)]))
         # the 1st call cancels under prov-001, the 2nd creates under prov-002: die after it
         assert once(**{CRASHPOINT_ENV: "after_call:2"}) == -9
-        expire_lease(w)
         assert [s.user_id for s in w.live("A1")] == [1002]
         if then == "cancelled":
             w.write(row("A1", starts=starts, status="cancelled", guests=[guest(1)]))

@@ -6,7 +6,8 @@ resolve it by reading SecureVideo again (never by sending it blindly again), and
 the EHR's state and no duplicate.
 
 Overload: a sustained storm of 503s and of 429s with ``Retry-After``.  Nothing may be sent before a
-``Retry-After`` has passed, attempts stay bounded, and the backlog drains once the storm is over.
+``Retry-After`` has passed, nothing parks (a temporary failure is retried for as long as it
+lasts), and the backlog drains once the storm is over.
 
 Determinism: every source of chance is seeded (the EHR model, the engine's back-off jitter through
 ``harness.World.app``, the emulator's fault plans), the fault plans decide by the request rather
@@ -187,12 +188,11 @@ def test_overload_honours_retry_after_and_drains(tmp_path: Path, long_run: bool)
     # Counted in requests: the storm is the same storm however fast the machine answers.
     storm_requests = 2500 if long_run else 150
     retry_after = RETRY_AFTER
-    max_attempts = 8
     started = time.monotonic()
     with world(tmp_path) as w, captured_logs("DEBUG") as logs:
         # A short retry budget per pass: an appointment told to wait out a Retry-After is left
         # for a later pass, so the storm leaves a backlog behind for the drain to prove itself on.
-        app = app_with(w, concurrency=4, max_attempts=max_attempts, pass_retry_budget_seconds=0.3)
+        app = app_with(w, concurrency=4, pass_retry_budget_seconds=0.3)
         faults = w.emulator.faults
         watch = DuplicateWatch(w.emulator)
         faults.fail_rate(0.30, status=503, seed=5)
@@ -241,8 +241,8 @@ def test_overload_honours_retry_after_and_drains(tmp_path: Path, long_run: bool)
     throttled = [c for c in storm_calls if c.fault == "throttle"]
     unavailable = [c for c in storm_calls if c.fault == "fail"]
 
-    # One operation: the same call for the same event.  Its failed tries are bounded by
-    # max_attempts; 429s are pacing, bounded in time by Retry-After rather than in number.
+    # One operation: the same call for the same event.  Its failed tries are not bounded (a
+    # temporary failure is retried until it passes); 429s are pacing, not tries at all.
     def key(op: OperationRecord) -> tuple[object, ...]:
         return (op.appointment_id, op.event_id, op.op, op.session_id, op.participant_external_id)
 
@@ -251,7 +251,7 @@ def test_overload_honours_retry_after_and_drains(tmp_path: Path, long_run: bool)
         f"\noverload: {storm_requests} request storm, {storm_passes} passes, {len(storm_calls)} "
         f"requests ({len(unavailable)} x 503, {len(throttled)} x 429 with Retry-After "
         f"{retry_after} s); sent before Retry-After: {len(early)}; highest attempt "
-        f"{max((op.attempt for op in journal), default=0)} (max {max_attempts}); most tries of "
+        f"{max((op.attempt for op in journal), default=0)}; most tries of "
         f"one operation, 429s aside, {max(per_op.values(), default=0)}; "
         f"backlog after the storm {backlog}, "
         f"parked {parked_in_storm}; drained in {drain_passes} pass(es), pending {pending}, "
@@ -261,8 +261,8 @@ def test_overload_honours_retry_after_and_drains(tmp_path: Path, long_run: bool)
     assert injected["fail"] == len(unavailable) > 0
     assert injected["throttle"] == len(throttled) > 0
     assert early == []
-    assert max(op.attempt for op in journal) <= max_attempts
-    assert max(per_op.values()) <= max_attempts
+    # Before, a streak of 8 failures parked (about one operation in 200 of this storm).
+    assert parked_in_storm == 0
     assert backlog > 0  # the storm did leave work behind
     assert pending == 0
     assert parked == [], [p.reason for p in parked]

@@ -83,8 +83,10 @@ def test_plan_prints_operations_and_changes_nothing(
     assert any("update_participant" in line and "fields=email" in line for line in lines)
     assert any(line.strip().startswith("reschedule") for line in lines)
     assert any(line.startswith("BAD: cannot apply") and "status" in line for line in lines)
-    for canary in ("Zelda", "phi.example", "1555777"):
+    for canary in ("Zelda", "phi.example", "1555777", "pat-1", "pat-2"):
         assert canary not in out
+    # Participants appear as the ledger-keyed fingerprints of their external ids.
+    assert f"participant_external_id={w.app().fingerprints.participant('pat-1')}" in out
 
     assert main(["plan", "--detailed-exitcode"]) == 2
     assert main(["once"]) == 1  # BAD is parked; the rest applied
@@ -219,7 +221,7 @@ def test_a_database_error_at_start_quotes_no_value() -> None:
     driver = Exception('invalid input syntax for type timestamp: "Zelda Canary"\nLINE 1: ...')
     line = describe_database_error(DataError("SELECT 1", {}, driver))
     assert line is not None
-    assert line.startswith("database unavailable: invalid input syntax for type timestamp")
+    assert line.startswith("ledger database: invalid input syntax for type timestamp")
     assert "Zelda" not in line
 
 

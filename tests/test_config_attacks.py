@@ -99,7 +99,7 @@ ATTACKS = [
         # opened (`run` waits for it instead: see test_db_outages.py).
         "ledger-url-unreachable-with-password",
         {"SYNCD_LEDGER__URL": f"postgresql+psycopg://syncd:{URL_SECRET}@127.0.0.1:1/ledger"},
-        "database unavailable",
+        "ledger database: the server cannot be reached",
         commands=("once",),
     ),
 ]
@@ -123,7 +123,7 @@ def base_env(tmp: Path) -> dict[str, str]:
 
 
 def make_outbox(tmp: Path) -> None:
-    ehr = SampleEhr(create_outbox_engine(base_env(tmp)["SYNCD_OUTBOX__URL"]))
+    ehr = SampleEhr(create_outbox_engine(base_env(tmp)["SYNCD_OUTBOX__URL"], writable=True))
     ehr.dispose()
 
 

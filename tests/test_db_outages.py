@@ -190,7 +190,7 @@ def test_a_failed_pass_leaves_no_worker_behind(pg: PrivatePostgres, tmp_path: Pa
 
 def test_ehr_database_dies_mid_pass(pg: PrivatePostgres, tmp_path: Path) -> None:
     ehr_url = pg.create_database(f"ehr_{uuid.uuid4().hex[:8]}")
-    ehr = SampleEhr(create_outbox_engine(ehr_url), zone=ZONE)
+    ehr = SampleEhr(create_outbox_engine(ehr_url, writable=True), zone=ZONE)
     try:
         # Batches of two: the pass reads the outbox again after the first batch is applied.
         with world(tmp_path, batch_size=2) as w:
@@ -282,7 +282,7 @@ def test_syncd_run_outlives_outages_mid_pass(
             env["SYNCD_LEDGER__URL"] = fresh_ledger(pg)
         else:
             ehr_url = pg.create_database(f"ehr_{uuid.uuid4().hex[:8]}")
-            ehr = SampleEhr(create_outbox_engine(ehr_url), zone=ZONE)
+            ehr = SampleEhr(create_outbox_engine(ehr_url, writable=True), zone=ZONE)
             env["SYNCD_OUTBOX__URL"] = ehr_url
         ids: list[str] = []
         cut_mid_pass = 0
@@ -367,11 +367,12 @@ def test_run_started_while_the_ledger_is_down_waits_then_works(
     waiting = [e for e in daemon.events() if e["event"] == "degraded"]
     assert len(waiting) == 1
     assert waiting[0]["state"] == "starting"
+    assert (waiting[0]["database"], waiting[0]["problem"]) == ("ledger", "unreachable")
     assert "daemon_started" in daemon.names()
     assert "Traceback" not in daemon.out + daemon.err
     lines = once.err.strip().splitlines()
     assert len(lines) == 1, once.err
-    assert lines[0].startswith("syncd: database unavailable: ")
+    assert lines[0].startswith("syncd: ledger database: the server cannot be reached: ")
     assert "Traceback" not in once.out + once.err
 
 
@@ -403,5 +404,5 @@ def test_once_with_the_ehr_database_down_exits_2_with_one_line(
     assert code == 2
     lines = once.err.strip().splitlines()
     assert len(lines) == 1, once.err
-    assert lines[0].startswith("syncd: database unavailable: ")
+    assert lines[0].startswith("syncd: EHR outbox database: the server cannot be reached: ")
     assert "Traceback" not in once.out + once.err

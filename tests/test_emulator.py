@@ -28,6 +28,7 @@ from syncd.emulator import (
     request_identity,
     serve,
 )
+from syncd.emulator.persist import restore, snapshot
 from syncd.emulator.server import _accept_queue_length
 from syncd.testing.waiting import wait_until
 
@@ -308,6 +309,38 @@ def test_hosts_added_at_runtime_serve_until_reset(emulator: Emulator, api: Api) 
 
 
 # --- sessions ------------------------------------------------------------------------------------
+
+
+def test_a_removed_host_is_404_and_its_sessions_stay(emulator: Emulator, api: Api) -> None:
+    session = create(api)
+    emulator.remove_host(HOST.external_id)
+    assert api.call("GET", f"/session/0?externalId={HOST.external_id}").status == 404
+    assert api.call("GET", f"/user/{HOST.user_id}").status == 404
+    assert api.call("POST", f"/session/{HOST.user_id}", new_session()).status == 404
+    listed = api.call("GET", "/session").json
+    assert [s["SessionId"] for s in listed] == [session["SessionId"]]
+    added = api.call("POST", f"/participant/{session['SessionId']}", guest("Ben Sample"))
+    assert added.status == 200
+    emulator.reset()
+    assert api.call("GET", f"/session/0?externalId={HOST.external_id}").status == 200
+
+
+def test_packets_cancels_and_departed_hosts_survive_the_state_file() -> None:
+    state = EmulatorState(seed=1)
+    body = new_session(participants=[guest(PacketId=None)])
+    sid = state.create_session(body, host_user_id=HOST.user_id)["SessionId"]
+    live = state.create_session(new_session(), host_user_id=HOST.user_id)["SessionId"]
+    state.set_billing(sid, datetime(2030, 3, 11, 15, 2))
+    state.cancel_session(session_id=sid)
+    state.remove_host(HOST.external_id)
+    again = EmulatorState(seed=1)
+    restore(again, json.loads(json.dumps(snapshot(state))))
+    assert [(g.sent, g.shown) for g in again.packets(sid).values()] == [(None, -1)]
+    assert again.session(sid).reported_type == "Scheduled"
+    with pytest.raises(UnknownResourceError):
+        again.list_sessions_json(host_external_id=HOST.external_id)
+    # The departed host's live session can still be changed: its host is remembered.
+    assert again.add_participant(guest("Ben Sample"), session_id=live)["UserId"] == HOST.user_id
 
 
 def test_create_session_by_user_id(emulator: Emulator, api: Api) -> None:
@@ -695,16 +728,170 @@ def test_invalid_participant_update_is_400(api: Api, change: dict[str, Any], exp
     assert expected in reply.message
 
 
-def test_time_zone_is_not_validated_and_defaults_to_the_host(api: Api) -> None:
+def test_time_zone_must_be_a_windows_id_and_defaults_to_the_host(api: Api) -> None:
     session = create(
         api,
         participants=[
-            guest(ParticipantTimeZoneWindowsId="Mars Standard Time"),
+            guest(ParticipantTimeZoneWindowsId="Canada Central Standard Time"),
             guest("Sam Sample", ParticipantTimeZoneWindowsId=None),
+            guest("Ada Sample", ParticipantTimeZoneWindowsId=" "),
         ],
     )
     zones = [p["ParticipantTimeZoneWindowsId"] for p in session["Participants"]]
-    assert zones == ["Eastern Standard Time", "Mars Standard Time", "Eastern Standard Time"]
+    assert zones == [
+        "Eastern Standard Time",
+        "Canada Central Standard Time",
+        "Eastern Standard Time",
+        "Eastern Standard Time",
+    ]
+    sid, patient = session["SessionId"], guest_of(session)
+    for zone in ("Mars Standard Time", "America/Chicago", "eastern standard time"):
+        refused = [
+            api.call(
+                "POST",
+                f"/session/{HOST.user_id}",
+                new_session(participants=[guest(ParticipantTimeZoneWindowsId=zone)]),
+            ),
+            api.call(
+                "POST",
+                f"/participant/{sid}",
+                guest("Ben Sample", ParticipantTimeZoneWindowsId=zone),
+            ),
+            api.call(
+                "PUT",
+                f"/participant/{patient['ParticipationId']}",
+                {"ParticipantTimeZoneWindowsId": zone},
+            ),
+        ]
+        assert [r.status for r in refused] == [400, 400, 400], zone
+        assert all("Windows time zone id" in r.message for r in refused)
+    moved = api.call(
+        "PUT",
+        f"/participant/{patient['ParticipationId']}",
+        {"ParticipantTimeZoneWindowsId": None},
+    )
+    assert guest_of(moved.json)["ParticipantTimeZoneWindowsId"] == "Eastern Standard Time"
+
+
+def test_securevideo_user_participations_carry_their_own_external_id(api: Api) -> None:
+    """As in the Session JSON article: one user, a different ParticipantExternalId (or null)
+    in each session; the host's participation keeps the host's ExternalId."""
+    colleague = {"SecureVideoUserId": str(OTHER_HOST.user_id), "PacketId": -1}
+    first = create(api, participants=[colleague | {"ParticipantExternalId": "EMR123456"}, guest()])
+    second = create(api, external_session_id="appt-2", participants=[colleague, guest()])
+    third = create(api, external_session_id="appt-3", participants=[guest()])
+    added = api.call(
+        "POST",
+        f"/participant/{third['SessionId']}",
+        colleague | {"ParticipantExternalId": "Provider_AMG"},
+    )
+    assert added.status == 200
+    ids = [
+        [(p["SecureVideoUserId"], p["ParticipantExternalId"]) for p in s["Participants"]]
+        for s in (first, second, added.json)
+    ]
+    assert ids == [
+        [(HOST.user_id, HOST.external_id), (OTHER_HOST.user_id, "EMR123456"), (None, "pat-1")],
+        [(HOST.user_id, HOST.external_id), (OTHER_HOST.user_id, None), (None, "pat-1")],
+        [(HOST.user_id, HOST.external_id), (None, "pat-1"), (OTHER_HOST.user_id, "Provider_AMG")],
+    ]
+
+
+def test_passkey_is_null_unless_the_account_option_is_on() -> None:
+    colleague = {"SecureVideoUserId": str(OTHER_HOST.user_id), "PacketId": -1}
+    body = new_session(participants=[guest(), colleague])
+    plain = EmulatorState(seed=1).create_session(body, host_user_id=HOST.user_id)
+    assert [p["Passkey"] for p in plain["Participants"]] == [None, None, None]
+    with Emulator(seed=1, passkeys=True) as emulator:
+        api = Api(emulator)
+        try:
+            session = api.call("POST", f"/session/{HOST.user_id}", body).json
+        finally:
+            api.close()
+    host, patient, user = (p["Passkey"] for p in session["Participants"])
+    # Registered users never have one; a guest made through the API has an RFC 4122 GUID.
+    assert (host, user) == (None, None)
+    assert isinstance(patient, str) and len(patient) == 36 and patient.count("-") == 4
+
+
+def test_a_cancelled_session_reads_cancelled_only_while_billable_ts_is_null(
+    emulator: Emulator, api: Api
+) -> None:
+    connected = create(api)
+    never = create(api, external_session_id="appt-2")
+    emulator.mark_connected(connected["SessionId"], at=datetime(2030, 3, 11, 15, 1))
+    emulator.mark_connected(
+        connected["SessionId"],
+        guest_of(connected)["ParticipationId"],
+        at=datetime(2030, 3, 11, 15, 2),
+    )
+    for s in (connected, never):
+        assert api.call("DELETE", f"/session/{s['SessionId']}").status == 204
+    listed = {s["SessionId"]: s for s in api.call("GET", "/session").json}
+    assert listed[never["SessionId"]]["ScheduleType"] == "Cancelled"
+    assert listed[connected["SessionId"]]["ScheduleType"] == "Scheduled"
+    assert listed[connected["SessionId"]]["BillableTs"] == "2030-03-11T15:02:00"
+    (history,) = api.call("GET", "/history").json
+    assert history["ScheduleType"] == "Scheduled"
+    # The other reading: SecureVideo refuses to cancel a session that has connected.
+    strict = EmulatorState(seed=1, refuse_cancelling_connected=True)
+    sid = strict.create_session(new_session(), host_user_id=HOST.user_id)["SessionId"]
+    strict.set_billing(sid, datetime(2030, 3, 11, 15, 2))
+    with pytest.raises(InvalidRequestError, match="has connected"):
+        strict.cancel_session(session_id=sid)
+    assert strict.session(sid).reported_type == "Scheduled"
+
+
+def test_the_packet_each_participation_was_given_is_recorded_as_sent(
+    emulator: Emulator, api: Api
+) -> None:
+    """A null or missing PacketId shows no documents at session creation, all of them when a
+    participant is added or updated; tests read what each patient is shown."""
+    names = ["Ann", "Bob", "Cy", "Di", "Ed"]
+    packets: list[dict[str, Any]] = [
+        {"PacketId": -1},
+        {"PacketId": 0},
+        {"PacketId": 12},
+        {"PacketId": None},
+        {},
+    ]
+    participants = []
+    for name, packet in zip(names, packets, strict=True):
+        body = guest(f"{name} Sample", ParticipantExternalId=name) | packet
+        if not packet:
+            del body["PacketId"]
+        participants.append(body)
+    session = create(api, participants=participants)
+    sid = session["SessionId"]
+    later = guest("Fay Sample", ParticipantExternalId="Fay")
+    del later["PacketId"]
+    assert api.call("POST", f"/participant/{sid}", later).status == 200
+    none_later = guest("Gus Sample", ParticipantExternalId="Gus", PacketId=-1)
+    assert api.call("POST", f"/participant/{sid}", none_later).status == 200
+    given = {g.external_id: (g.sent, g.shown) for g in emulator.packets(sid).values()}
+    assert given == {
+        "Ann": (-1, -1),
+        "Bob": (0, 0),
+        "Cy": (12, 12),
+        "Di": (None, -1),
+        "Ed": (None, -1),
+        "Fay": (None, 0),
+        "Gus": (-1, -1),
+    }
+    by_name = {g.external_id: g.participation_id for g in emulator.packets(sid).values()}
+    changes = {
+        "Ann": {"PacketId": None},
+        "Bob": {"PacketId": 7},
+        "Cy": {"ParticipantSmsNumber": ""},
+    }
+    for name, change in changes.items():
+        assert api.call("PUT", f"/participant/{by_name[name]}", change).status == 200
+    given = {g.external_id: (g.sent, g.shown) for g in emulator.packets(sid).values()}
+    assert (given["Ann"], given["Bob"], given["Cy"]) == ((None, 0), (7, 7), (12, 12))
+    refused = api.call("PUT", f"/participant/{by_name['Ann']}", {"PacketId": -2})
+    assert refused.status == 400 and "PacketId" in refused.message
+    # Session JSON still does not report it.
+    assert all("PacketId" not in p for p in api.call("GET", "/session").json[0]["Participants"])
 
 
 # --- RSVP ----------------------------------------------------------------------------------------

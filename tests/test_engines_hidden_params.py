@@ -23,7 +23,8 @@ from syncd.adapters.outbox import create_outbox_engine
 CANARY = "Zelda Canaryfield 1955-04-01"
 
 FACTORIES: dict[str, Callable[[str], sa.Engine]] = {
-    "outbox": create_outbox_engine,
+    # writable: the test writes through it (syncd's own opens a SQLite EHR read-only)
+    "outbox": lambda url: create_outbox_engine(url, writable=True),
     "ledger": create_ledger_engine,
     # the control: a plain engine shows the canary, so the assertions below can fail
     "plain": sa.create_engine,

@@ -20,7 +20,6 @@ from chaos import (
     ExecChild,
     ForkServer,
     canary_hits,
-    expire_lease,
     fork_server,
     let_waits_pass,
     log_events,
@@ -74,7 +73,6 @@ def stop_mid_pass(
     if code is None:
         child.kill()
         child.wait(10)
-        expire_lease(w)
         raise AssertionError(f"syncd run still running {took:.1f} s after SIGTERM")
     left_open = open_intents(w)
     calls_at_exit = w.mutating_calls()

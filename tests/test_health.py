@@ -231,7 +231,11 @@ def test_a_database_outage_fails_the_pass_and_healthz_until_it_is_back(
             assert status == 503
             assert "the last pass could not reach a database (see degraded)" in body["reasons"]
             assert body["checks"]["database"]["ok"] is False
-            assert body["checks"]["database"]["error"].startswith("outbox: database unavailable")
+            # The pass's own failure, named: which database, what, and the fix of its class.
+            assert body["checks"]["database"]["error"].startswith(
+                "EHR outbox database: the table or view is missing: no such table"
+            )
+            assert "SYNCD_OUTBOX__TABLE" in body["checks"]["database"]["error"]
             m = d.metrics()
             assert m[("syncd_passes_total", label(result="failed"))] == 1
             assert m[("syncd_pass_failures_total", label(component="database"))] == 1
@@ -255,6 +259,43 @@ def test_securevideo_unreachable_is_named_by_healthz(w: World, tmp_path: Path) -
         assert "GET /user" in check["error"] and "503" in check["error"]
         assert any(r.startswith("securevideo: ") for r in body["reasons"])
         assert d.healthz()[0] == 200  # the next probe gets through
+
+
+def test_a_securevideo_outage_is_one_degraded_state_until_it_answers(tmp_path: Path) -> None:
+    """Passes during an outage finish (their appointments wait to be retried), so the passes
+    alone would say healthy: /healthz says degraded, with 503, from the first few failed
+    requests until SecureVideo answers again; the log has one degraded and one recovered."""
+    with (
+        world(tmp_path, pass_retry_budget_seconds=0) as w,
+        daemon(w, tmp_path) as d,
+        structlog.testing.capture_logs() as logs,
+    ):
+        w.write(*(row(f"A{i}", starts=T, guests=[guest(i)]) for i in range(3)))
+        w.emulator.faults.fail_next(1_000_000, status=503)
+
+        def pass_until(outage_open: bool) -> bool:
+            d.runner()
+            return (d.health.outage.current is not None) is outage_open
+
+        wait_until(lambda: pass_until(True), timeout=30, what="passes to meet the outage")
+        status, body = d.healthz()
+        assert status == 503
+        assert body["status"] == "degraded"
+        assert body["degraded"]["securevideo"]["failures"] >= 3
+        reasons = body["reasons"]
+        assert any("securevideo: degraded for " in r and "none parked" in r for r in reasons)
+        w.emulator.faults.clear()
+        # The next pass whose back-offs have run out meets SecureVideo answering again.
+        wait_until(lambda: pass_until(False), timeout=30, what="a pass to find SecureVideo back")
+        status, body = d.healthz()
+        assert (status, body["status"]) == (200, "ok")
+        assert "degraded" not in body
+        with d.app.ledger.begin() as tx:
+            assert tx.appointments.parked() == []
+    outage = [
+        (e["event"], e.get("component")) for e in logs if e["event"] in ("degraded", "recovered")
+    ]
+    assert outage == [("degraded", "securevideo"), ("recovered", "securevideo")]
 
 
 def test_rejected_credentials_make_healthz_fail(w: World, tmp_path: Path) -> None:
@@ -450,3 +491,24 @@ def test_syncd_run_serves_health_and_metrics_and_stops_on_sigterm(w: World, tmp_
     assert not (data / "heartbeat.json").exists()
     for canary in CANARIES:
         assert canary not in text
+
+
+def test_healthz_says_the_outbox_went_back_until_its_reread_is_applied() -> None:
+    from syncd.ports.ledger import OutboxRewind
+    from syncd.sync.report import PassReport
+
+    health = HealthState(clock=lambda: 1000.0)
+    noticed = OutboxRewind(
+        at=datetime(2030, 1, 1), from_event_id=5001, newest_event_id=6, applied_at=None
+    )
+    health.report_pass(PassReport(pass_id="p1", rewound=True, rewind=noticed))
+    verdict = health.readiness()
+    assert not verdict.ok
+    assert verdict.reasons == (
+        "the outbox went back (newest event 6, cursor was 5001); its re-read is not all "
+        "applied yet (see outbox_rewound)",
+    )
+    assert health.liveness().ok  # the heartbeat: a restart would not help
+    applied = replace(noticed, applied_at=datetime(2030, 1, 1, 0, 1))
+    health.report_pass(PassReport(pass_id="p2", rewind=applied))
+    assert health.readiness().ok

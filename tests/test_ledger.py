@@ -34,6 +34,7 @@ from syncd.core.fingerprint import Fingerprints
 from syncd.ports.ledger import (
     TEXT_LIMIT,
     AppointmentRecord,
+    LeaseHolder,
     LedgerTransaction,
     OperationRecord,
     ParticipantRecord,
@@ -46,7 +47,17 @@ FP = "f" * 64
 
 #: Every column the ledger has.  Adding one means deciding, here, that it carries no patient data.
 EXPECTED_COLUMNS = {
-    "sync_cursor": {"id", "last_event_id", "updated_at", "fingerprint_key"},
+    "sync_cursor": {
+        "id",
+        "last_event_id",
+        "updated_at",
+        "fingerprint_key",
+        # the last rewind of the outbox: ids and times
+        "rewound_at",
+        "rewound_from_event_id",
+        "rewound_newest_event_id",
+        "rewind_applied_at",
+    },
     "appointment": {
         "appointment_id",
         "last_event_id",
@@ -63,6 +74,9 @@ EXPECTED_COLUMNS = {
         "schedule_ts",
         "external_session_id",
         "sent_schedule_ts",
+        # keyed digests of outbox rows (HMAC under the ledger's key), never their content
+        "last_digest",
+        "applied_digest",
     },
     "operation": {
         "id",
@@ -95,7 +109,16 @@ EXPECTED_COLUMNS = {
         "svc_id",
         "deposit",
     },
-    "lease": {"name", "holder", "expires_at", "updated_at"},
+    "lease": {
+        "name",
+        "holder",
+        "expires_at",
+        "updated_at",
+        "host",
+        "pid",
+        "process_start",
+        "acquired_at",
+    },
     "session_outcome": {
         "appointment_id",
         "session_id",
@@ -122,7 +145,7 @@ EXPECTED_COLUMNS = {
 #: the newest migration: a new one changes this line and adds its own up-and-down test
 HEAD = "0006_applied_state"
 #: the revision 0006_applied_state follows (its down_revision)
-BEFORE_0006 = "0004_fingerprint_key"
+BEFORE_0006 = "0007_outbox_row_digest"
 
 PHI_HINTS = ("first_name", "last_name", "full_name", "email", "phone", "sms", "topic", "birth")
 
@@ -346,7 +369,14 @@ def test_migration_0003_keeps_every_row_up_and_down(fresh_ledger_url: str) -> No
                 key: ParticipantRecord(**{**kept["participant"][0], "external_id": key})
             }
             assert tx.operations.of_appointment("A1") == [OperationRecord(**kept["operation"][0])]
-            assert not tx.leases.try_acquire("daemon", "host-b", 30, T1)
+            # An older syncd's row: no holder identity, judged by its expiry alone.
+            old = tx.leases.current("daemon")
+            assert old is not None
+            assert (old.holder, old.acquired_at, old.expires_at) == (
+                LeaseHolder("host-a"),
+                None,
+                T2,
+            )
             # written at head: the downgrade must make room for it in the old NOT NULL column
             tx.participants.upsert(
                 "A1", "pat-2", session_id=9001, participation_id=71, packet_id=None, now=T2
@@ -462,6 +492,68 @@ def test_migration_0006_keys_participants_by_fingerprint_up_and_down(
         assert is_at_head(engine)
     finally:
         ledger.dispose()
+
+
+def test_migration_0007_adds_digests_and_the_rewind_and_keeps_every_row(
+    fresh_ledger_url: str,
+) -> None:
+    ledger = SqlLedger(create_ledger_engine(fresh_ledger_url))
+    engine = ledger.engine
+    try:
+        migrate(engine, "0004_fingerprint_key")
+        with ledger.begin() as tx:  # a ledger in use: rows at 0004
+            tx.cursor.advance(41)
+            key = tx.cursor.fingerprint_key()
+        with engine.begin() as conn:
+            appointment = old_table("appointment", AT_0004_APPOINTMENT)
+            conn.execute(insert(appointment), [AT_0004_APPOINTMENT])
+        migrate(engine, "0007_outbox_row_digest")
+        with ledger.begin() as tx:  # no digest yet, no rewind: nothing looks rewound
+            assert tx.cursor.position() == (41, None)
+            assert tx.cursor.fingerprint_key() == key
+            got = tx.appointments.get("A1")
+            assert got is not None
+            assert (got.last_event_id, got.state, got.session_id) == (41, "synced", 9001)
+            assert (got.last_digest, got.applied_digest) == (None, None)
+            assert tx.appointments.newest_at([41]) == {41: ("A1", None)}
+            tx.appointments.note_digests({"A1": (41, "d1")})
+            tx.appointments.rebase_events(T1)
+            tx.cursor.rewind(newest_event_id=3, now=T1)
+        downgrade(engine, "0004_fingerprint_key")
+        columns = {
+            t: {c["name"] for c in inspect(engine).get_columns(t)}
+            for t in ("appointment", "sync_cursor")
+        }
+        assert not {"last_digest", "applied_digest"} & columns["appointment"]
+        assert not {"rewound_at", "rewind_applied_at"} & columns["sync_cursor"]
+        assert rows_of(engine, "appointment", AT_0004_APPOINTMENT) == [
+            AT_0004_APPOINTMENT | {"last_event_id": 0}
+        ]
+        migrate(engine)
+        with ledger.begin() as tx:  # and up again: the rows kept, digests and rewind gone
+            assert tx.cursor.position() == (0, None)
+            again = tx.appointments.get("A1")
+            assert again is not None and again.last_digest is None
+            assert again.session_id == 9001
+    finally:
+        ledger.dispose()
+
+
+AT_0004_APPOINTMENT: dict[str, Any] = {
+    "appointment_id": "A1",
+    "last_event_id": 41,
+    "applied_event_id": 41,
+    "state": "synced",
+    "attempts": 0,
+    "reason": None,
+    "next_attempt_at": None,
+    "session_id": 9001,
+    "host_external_id": "prov-001",
+    "created_at": T0,
+    "updated_at": T1,
+    "parked_at": None,
+    "schedule_ts": T2,
+}
 
 
 def test_script_location_and_head() -> None:
@@ -983,12 +1075,12 @@ def test_repositories_never_commit(ledger: SqlLedger) -> None:
     with pytest.raises(AbandonedError), ledger.begin() as tx:
         tx.appointments.note_events({"a": 1}, now=T0)
         tx.cursor.advance(9)
-        tx.leases.try_acquire("leader", "me", 30, T0)
+        tx.leases.try_acquire("leader", LeaseHolder("me"), 30)
         raise AbandonedError
     with ledger.begin() as tx:
         assert tx.appointments.get("a") is None
         assert tx.cursor.get() == 0
-        assert tx.leases.try_acquire("leader", "someone-else", 30, T0)
+        assert tx.leases.try_acquire("leader", LeaseHolder("someone-else"), 30)
 
 
 # --- the operation journal -----------------------------------------------------------------------
@@ -1109,32 +1201,28 @@ def test_participants(ledger: SqlLedger) -> None:
 # --- leases --------------------------------------------------------------------------------------
 
 
-def test_lease_acquire_renew_expire_release(ledger: SqlLedger) -> None:
-    def at(seconds: int) -> datetime:
-        return T0 + timedelta(seconds=seconds)
-
+def test_lease_rows_name_the_holder_and_its_times(ledger: SqlLedger) -> None:
+    me = LeaseHolder("host-a:41:tok", "host-a", 41, "0b1d/12345")
     with ledger.begin() as tx:
-        assert tx.leases.try_acquire("leader", "host-a", 30, at(0))
+        assert tx.leases.try_acquire("leader", me, 30)
     with ledger.begin() as tx:
-        assert not tx.leases.try_acquire("leader", "host-b", 30, at(10))
-    with ledger.begin() as tx:
-        assert tx.leases.try_acquire("leader", "host-a", 30, at(20))  # renewed until 50
-    with ledger.begin() as tx:
-        assert not tx.leases.try_acquire("leader", "host-b", 30, at(45))
-    with ledger.begin() as tx:
-        assert tx.leases.try_acquire("leader", "host-b", 30, at(51))  # expired: taken over
-    with ledger.begin() as tx:
-        assert not tx.leases.release("leader", "host-a")
-        assert not tx.leases.try_acquire("leader", "host-a", 30, at(52))
-        assert tx.leases.try_acquire("other", "host-a", 30, at(52))  # leases are independent
-    with ledger.begin() as tx:
-        assert tx.leases.release("leader", "host-b")
-    with ledger.begin() as tx:
-        assert tx.leases.try_acquire("leader", "host-a", 30, at(53))
+        assert tx.leases.try_acquire("leader", me, 30)  # renewed: acquired_at stays
+        record = tx.leases.current("leader")
     with ledger.engine.connect() as conn:
         lease = metadata.tables["lease"]
-        rows = conn.execute(select(lease.c.holder, lease.c.expires_at).order_by(lease.c.name))
-        assert [tuple(r) for r in rows] == [("host-a", at(83)), ("host-a", at(82))]
+        (row,) = conn.execute(select(lease)).mappings()
+    assert record is not None and record.holder == me
+    assert dict(row) == {
+        "name": "leader",
+        "holder": "host-a:41:tok",
+        "host": "host-a",
+        "pid": 41,
+        "process_start": "0b1d/12345",
+        "acquired_at": record.acquired_at,
+        "expires_at": record.expires_at,
+        "updated_at": row["updated_at"],
+    }
+    assert row["acquired_at"] <= row["updated_at"] < row["expires_at"]
 
 
 def test_lease_race_has_one_winner(ledger: SqlLedger) -> None:
@@ -1143,14 +1231,14 @@ def test_lease_race_has_one_winner(ledger: SqlLedger) -> None:
     def contender() -> None:
         try:
             with ledger.begin() as tx:
-                outcome["won"] = tx.leases.try_acquire("leader", "two", 30, T0)
+                outcome["won"] = tx.leases.try_acquire("leader", LeaseHolder("two"), 30)
                 # A lost INSERT race must not have poisoned the transaction (PostgreSQL).
                 outcome["cursor"] = tx.cursor.get()
         except Exception as exc:
             outcome["error"] = repr(exc)
 
     with ledger.begin() as first:
-        assert first.leases.try_acquire("leader", "one", 30, T0)
+        assert first.leases.try_acquire("leader", LeaseHolder("one"), 30)
         thread = threading.Thread(target=contender)
         thread.start()
         time.sleep(0.3)  # let the contender reach the lease row and wait on it

@@ -9,6 +9,7 @@ a server database's sequence does not restart when a test empties the tables.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 
@@ -31,7 +32,9 @@ from syncd.ports.ledger import (
     TEXT_LIMIT,
     AppointmentRecord,
     BookedAppointment,
+    LeaseHolder,
     Ledger,
+    OutboxRewind,
     OutcomeTarget,
     ParticipantOutcomeRecord,
     ParticipantRecord,
@@ -131,6 +134,31 @@ def test_fingerprint_key_is_made_once_and_kept(ledger: Ledger) -> None:
         assert tx.cursor.fingerprint_key() == key
 
 
+def test_only_a_rewind_moves_the_cursor_back_and_it_is_recorded(ledger: Ledger) -> None:
+    with ledger.begin() as tx:
+        assert tx.cursor.position() == (0, None)
+        assert not tx.cursor.rewind_applied(T0)
+        tx.cursor.advance(5001)
+    with ledger.begin() as tx:
+        rewind = tx.cursor.rewind(newest_event_id=3, now=T1)
+        assert rewind == OutboxRewind(at=T1, from_event_id=5001, newest_event_id=3, applied_at=None)
+    with ledger.begin() as tx:
+        assert tx.cursor.position() == (0, rewind)
+        tx.cursor.advance(6)
+        tx.cursor.advance(2)  # forward only again
+    with ledger.begin() as tx:
+        assert tx.cursor.position() == (6, rewind)
+        assert tx.cursor.rewind_applied(T2)
+        assert not tx.cursor.rewind_applied(T3)  # once
+    applied = OutboxRewind(at=T1, from_event_id=5001, newest_event_id=3, applied_at=T2)
+    with ledger.begin() as tx:
+        assert tx.cursor.position() == (6, applied)
+        again = tx.cursor.rewind(newest_event_id=4, now=T3)  # the last one replaces it
+    with ledger.begin() as tx:
+        assert tx.cursor.position() == (0, again)
+        assert again.from_event_id == 6 and again.applied_at is None
+
+
 # --- appointments: events and guards -------------------------------------------------------------
 
 
@@ -219,6 +247,38 @@ def test_mark_synced_settles_the_event_it_applied(ledger: Ledger) -> None:
     assert record.updated_at == T2
 
 
+def test_mark_synced_keeps_a_reason_for_the_operator(ledger: Ledger) -> None:
+    note(ledger, {"a01": 5})
+    with ledger.begin() as tx:
+        tx.appointments.mark_synced(
+            "a01",
+            event_id=5,
+            session_id=50001,
+            host_external_id="prov-002",
+            now=T1,
+            reason="previous host 'prov-001' is unknown",
+        )
+    record = appointment(ledger, "a01")
+    assert (record.state, record.reason) == (SYNCED, "previous host 'prov-001' is unknown")
+    note(ledger, {"a02": 5, "a00": 5})
+    with ledger.begin() as tx:
+        for aid in ("a02", "a00"):
+            tx.appointments.mark_synced(
+                aid, event_id=5, session_id=None, host_external_id=None, now=T1
+            )
+        assert [r.appointment_id for r in tx.appointments.noted()] == ["a01"]
+        tx.appointments.mark_synced(
+            "a00", event_id=5, session_id=None, host_external_id=None, now=T2, reason="gone"
+        )
+        assert [r.appointment_id for r in tx.appointments.noted()] == ["a00", "a01"]
+        assert [r.appointment_id for r in tx.appointments.noted(limit=1)] == ["a00"]
+        # A later sync without a reason clears it.
+        tx.appointments.mark_synced(
+            "a01", event_id=5, session_id=50001, host_external_id="prov-002", now=T2
+        )
+        assert [r.appointment_id for r in tx.appointments.noted()] == ["a00"]
+
+
 def test_mark_synced_of_an_older_event_keeps_the_newer_one_pending(ledger: Ledger) -> None:
     note(ledger, {"a01": 5})
     note(ledger, {"a01": 6}, now=T1)
@@ -235,6 +295,78 @@ def test_mark_synced_of_an_older_event_keeps_the_newer_one_pending(ledger: Ledge
     # The remote effect is recorded all the same.
     assert (record.applied_event_id, record.session_id) == (5, 50001)
     assert record.updated_at == T2
+
+
+def test_the_digest_on_file_is_the_newest_rows_and_settling_applies_it(ledger: Ledger) -> None:
+    note(ledger, {"a01": 5, "a02": 5, "a03": 5})
+    with ledger.begin() as tx:
+        tx.appointments.note_digests({"a01": (5, "d5"), "a02": (4, "old"), "a03": (5, "e5")})
+    with ledger.begin() as tx:
+        assert tx.appointments.mark_synced(
+            "a01", event_id=5, session_id=50001, host_external_id="prov-001", now=T1
+        )
+        assert tx.appointments.mark_skipped("a03", event_id=5, reason="fulfilled", now=T1)
+    a01, a02, a03 = (appointment(ledger, a) for a in ("a01", "a02", "a03"))
+    assert (a01.last_digest, a01.applied_digest) == ("d5", "d5")
+    assert (a02.last_digest, a02.applied_digest) == (None, None)  # not its newest event
+    assert (a03.last_digest, a03.applied_digest) == ("e5", "e5")
+    note(ledger, {"a01": 6}, now=T2)
+    with ledger.begin() as tx:  # an older event settled under a newer one: applied content unknown
+        assert not tx.appointments.mark_synced(
+            "a01", event_id=5, session_id=50001, host_external_id="prov-001", now=T2
+        )
+    assert appointment(ledger, "a01").applied_digest is None
+
+
+def test_newest_at_maps_event_ids_to_the_appointments_holding_them(ledger: Ledger) -> None:
+    note(ledger, {"a01": 5, "a02": 7})
+    with ledger.begin() as tx:
+        tx.appointments.note_digests({"a01": (5, "d5")})
+        assert tx.appointments.newest_at([5, 7, 6, 5]) == {5: ("a01", "d5"), 7: ("a02", None)}
+        assert tx.appointments.newest_at([]) == {}
+
+
+def test_after_a_rebase_content_decides_what_needs_work(ledger: Ledger) -> None:
+    note(ledger, {"a01": 51, "a02": 52, "a03": 53, "a04": 54, "a05": 55})
+    digests = {f"a0{n}": (50 + n, f"d{n}") for n in range(1, 6)}
+    with ledger.begin() as tx:
+        a = tx.appointments
+        a.note_digests(digests)
+        a.mark_synced("a01", event_id=51, session_id=1, host_external_id="prov-001", now=T1)
+        a.mark_synced("a02", event_id=52, session_id=2, host_external_id="prov-001", now=T1)
+        a.park("a03", reason="bad row", attempts=2, now=T1)
+        a.schedule_retry("a04", attempts=3, next_attempt_at=T3, reason="timeout", now=T1)
+        a.mark_skipped("a05", event_id=55, reason="fulfilled", now=T1)
+    with ledger.begin() as tx:
+        assert tx.appointments.rebase_events(T2) == 5
+        assert set(tx.appointments.last_events(digests).values()) == {0}
+    restored = {
+        "a01": (1, "d1"),  # as applied: nothing to do
+        "a02": (2, "changed"),  # rescheduled after the backup: work
+        "a03": (3, "d3"),  # the row it was parked for: still parked
+        "a04": (4, "d4"),  # the row it waits to retry: still waiting
+        "a05": (5, "d5"),
+        "a06": (6, "d6"),  # new
+    }
+    with ledger.begin() as tx:
+        assert tx.appointments.note_contents(restored, now=T2) == 2
+        assert tx.appointments.note_contents(restored, now=T3) == 0  # not newer: nothing
+    got = {aid: appointment(ledger, aid) for aid in restored}
+    states = {aid: (r.state, r.last_event_id, r.last_digest) for aid, r in got.items()}
+    assert states == {
+        "a01": (SYNCED, 1, "d1"),
+        "a02": (PENDING, 2, "changed"),
+        "a03": (PARKED, 3, "d3"),
+        "a04": (PENDING, 4, "d4"),
+        "a05": (SKIPPED, 5, "d5"),
+        "a06": (PENDING, 6, "d6"),
+    }
+    assert (got["a01"].applied_event_id, got["a01"].session_id) == (1, 1)
+    assert (got["a01"].updated_at, got["a03"].reason, got["a04"].attempts) == (T1, "bad row", 3)
+    assert (got["a02"].attempts, got["a02"].updated_at, got["a02"].session_id) == (0, T2, 2)
+    assert got["a06"].created_at == T2
+    with ledger.begin() as tx:
+        assert tx.appointments.pending_count() == 3
 
 
 def test_mark_skipped_clips_its_reason_and_loses_to_a_newer_event(ledger: Ledger) -> None:
@@ -265,7 +397,8 @@ def test_schedule_retry_is_guarded_by_the_event(ledger: Ledger) -> None:
     record = appointment(ledger, "a01")
     assert (record.state, record.attempts, record.next_attempt_at) == (PENDING, 3, T3)
     assert record.reason == LONG[:TEXT_LIMIT]
-    assert record.updated_at == T2
+    # Still waiting since its newer row came: a retry is not a change of state.
+    assert record.updated_at == T1
 
 
 def test_park_keeps_attempts_unless_given_and_is_guarded(ledger: Ledger) -> None:
@@ -403,6 +536,27 @@ def test_counts_parked_and_pending(ledger: Ledger) -> None:
     with ledger.begin() as tx:
         assert tx.appointments.oldest_pending_since() == T1
         assert tx.appointments.pending_count() == 2
+
+
+def test_retrying_lists_failed_pending_soonest_first_and_keeps_their_waiting_since(
+    ledger: Ledger,
+) -> None:
+    note(ledger, {"a01": 1, "a02": 1, "a03": 1}, now=T0)
+    with ledger.begin() as tx:
+        a = tx.appointments
+        assert a.retrying() == []
+        a.schedule_retry("a02", attempts=3, next_attempt_at=T2, reason="503", now=T1, event_id=1)
+        a.schedule_retry("a01", attempts=9, next_attempt_at=T3, reason="503", now=T2, event_id=1)
+    with ledger.begin() as tx:
+        a = tx.appointments
+        retrying = a.retrying()
+        assert [(r.appointment_id, r.attempts, r.next_attempt_at) for r in retrying] == [
+            ("a02", 3, T2),
+            ("a01", 9, T3),
+        ]
+        assert [r.appointment_id for r in a.retrying(limit=1)] == ["a02"]
+        # A retry is no newer row: the oldest pending change has been waiting since T0.
+        assert a.oldest_pending_since() == T0
 
 
 # --- operations ----------------------------------------------------------------------------------
@@ -591,28 +745,60 @@ def test_participants_upsert_delete_and_replace(ledger: Ledger) -> None:
 # --- leases --------------------------------------------------------------------------------------
 
 
+A = LeaseHolder("host-a:1:aaaa", "host-a", 1, "boot/100")
+B = LeaseHolder("host-b:2:bbbb", "host-b", 2, "boot/200")
+
+
 def test_a_lease_is_held_until_it_expires(ledger: Ledger) -> None:
     with ledger.begin() as tx:
         leases = tx.leases
-        assert leases.try_acquire("sync", "host-a", 60, T0)
-        assert not leases.try_acquire("sync", "host-b", 60, T0 + timedelta(seconds=30))
-        # An expiry equal to now still holds.
-        assert not leases.try_acquire("sync", "host-b", 60, T0 + timedelta(seconds=60))
-        assert leases.try_acquire("other", "host-b", 60, T0)
+        assert leases.try_acquire("sync", A, 30)
+        assert not leases.try_acquire("sync", B, 30)
+        assert leases.try_acquire("other", B, 30)
+        first = leases.current("sync")
+    assert first is not None and first.holder == A and not first.expired
+    assert first.acquired_at is not None
+    assert first.expires_at - first.acquired_at == timedelta(seconds=30)
+    # The database's clock, read as the lease was: within the TTL of its taking.
+    assert first.acquired_at <= first.database_now < first.expires_at
     with ledger.begin() as tx:
-        # Renewed by its holder: expires a minute after the renewal.
-        assert tx.leases.try_acquire("sync", "host-a", 60, T0 + timedelta(seconds=50))
-        assert not tx.leases.try_acquire("sync", "host-b", 60, T0 + timedelta(seconds=100))
-        assert tx.leases.try_acquire(
-            "sync", "host-b", 60, T0 + timedelta(seconds=110, microseconds=1)
-        )
+        # Renewed by its holder: a later expiry, the same since.
+        assert tx.leases.try_acquire("sync", A, 60)
+        renewed = tx.leases.current("sync")
+        assert tx.leases.current("nothing") is None
+    assert renewed is not None and renewed.acquired_at == first.acquired_at
+    assert renewed.expires_at > first.expires_at
     with ledger.begin() as tx:
-        assert not tx.leases.try_acquire("sync", "host-a", 60, T0 + timedelta(seconds=120))
-        assert not tx.leases.release("sync", "host-a")
-        assert not tx.leases.release("nothing", "host-a")
-        assert tx.leases.release("sync", "host-b")
-        assert not tx.leases.release("sync", "host-b")
-        assert tx.leases.try_acquire("sync", "host-a", 60, T0 + timedelta(seconds=121))
+        assert not tx.leases.release("sync", B.holder)
+        assert not tx.leases.release("nothing", A.holder)
+        assert tx.leases.release("sync", A.holder)
+        assert not tx.leases.release("sync", A.holder)
+        assert tx.leases.try_acquire("sync", B, 30)
+
+
+def test_an_expired_lease_is_taken_by_the_database_clock(ledger: Ledger) -> None:
+    with ledger.begin() as tx:
+        assert tx.leases.try_acquire("sync", A, 0.5)
+    # The real wait, with a second of margin: nothing here moves a clock or ages a row.
+    time.sleep(1.5)
+    with ledger.begin() as tx:
+        assert tx.leases.current("sync").expired  # type: ignore[union-attr]
+        assert tx.leases.try_acquire("sync", B, 30)
+        taken = tx.leases.current("sync")
+    assert taken is not None and taken.holder == B and not taken.expired
+
+
+def test_a_dead_holder_is_taken_over_whatever_its_expiry(ledger: Ledger) -> None:
+    with ledger.begin() as tx:
+        assert tx.leases.try_acquire("sync", A, 600)
+        # Only from the holder named: a taker that lost the race to another gets nothing.
+        assert not tx.leases.take_over("sync", B.holder, B, 30)
+        assert not tx.leases.take_over("nothing", A.holder, B, 30)
+        assert tx.leases.take_over("sync", A.holder, B, 30)
+        taken = tx.leases.current("sync")
+        assert not tx.leases.try_acquire("sync", A, 30)
+    assert taken is not None and taken.holder == B
+    assert taken.expires_at - taken.database_now <= timedelta(seconds=30)
 
 
 # --- visit outcomes ------------------------------------------------------------------------------
@@ -783,7 +969,7 @@ def test_a_block_that_raises_leaves_nothing_behind(ledger: Ledger) -> None:
         tx.participants.upsert(
             "a01", "g1", session_id=1, participation_id=None, packet_id=None, now=T1
         )
-        tx.leases.try_acquire("sync", "host-a", 60, T1)
+        tx.leases.try_acquire("sync", A, 60)
         tx.visits.put_session(outcome("a01", 50001))
         # Inside the transaction its own writes are visible.
         assert tx.appointments.get("a01") is not None
@@ -797,7 +983,7 @@ def test_a_block_that_raises_leaves_nothing_behind(ledger: Ledger) -> None:
         assert tx.participants.of_appointments(["a01"]) == {"a01": {}}
         assert tx.visits.sessions(["a01"]) == {}
         # The lease was never taken, so another holder gets it.
-        assert tx.leases.try_acquire("sync", "host-b", 60, T1)
+        assert tx.leases.try_acquire("sync", B, 60)
 
 
 def test_timestamps_are_stored_as_naive_utc(ledger: Ledger) -> None:

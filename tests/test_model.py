@@ -126,8 +126,8 @@ class SyncLoop(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.tmp = Path(tempfile.mkdtemp(prefix="syncd-model-"))
-        # Attempts are not what this model is about: a long fault streak must not park.
-        self._world = world(self.tmp, max_attempts=1000)
+        # A long fault streak never parks (temporary failures are retried without limit).
+        self._world = world(self.tmp)
         self.w: World = self._world.__enter__()
         self.app: App = self.w.app()
         self.model: dict[str, Appointment] = {}

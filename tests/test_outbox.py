@@ -12,9 +12,18 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 
+from syncd.adapters.dberrors import (
+    MISSING_COLUMN,
+    MISSING_TABLE,
+    NOT_FOUND,
+    OUTBOX,
+    READ_ONLY,
+    failure_of,
+)
 from syncd.adapters.outbox import (
     CONTRACT_COLUMNS,
     IN_LIST_CHUNK,
+    EhrDatabaseNotFoundError,
     OutboxReader,
     create_outbox_engine,
     outbox_table_ddl,
@@ -49,7 +58,8 @@ def db_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def engine(db_path: Path) -> Iterator[sa.Engine]:
-    eng = create_outbox_engine(f"sqlite:///{db_path}")
+    # Writable: these tests play the EHR too; syncd's own engine is read-only (tested below).
+    eng = create_outbox_engine(f"sqlite:///{db_path}", writable=True)
     yield eng
     eng.dispose()
 
@@ -351,10 +361,10 @@ def test_check_shape_of_a_good_outbox(engine: sa.Engine, outbox: sa.Table) -> No
 
 
 def test_check_shape_reports_a_missing_table(engine: sa.Engine) -> None:
-    problems = OutboxReader(engine, "nowhere").check_shape()
-    assert len(problems) == 1
-    assert "nowhere" in problems[0]
-    assert "does not exist" in problems[0]
+    (problem,) = OutboxReader(engine, "nowhere").check_shape()
+    assert problem.kind == MISSING_TABLE
+    assert "nowhere" in problem.message
+    assert "does not exist" in problem.message
 
 
 def test_check_shape_reports_missing_columns(engine: sa.Engine) -> None:
@@ -363,7 +373,8 @@ def test_check_shape_reports_missing_columns(engine: sa.Engine) -> None:
             "CREATE TABLE thin (event_id INTEGER PRIMARY KEY, appointment_id TEXT, seq INTEGER)"
         )
     problems = OutboxReader(engine, "thin", {"status": "appt_state"}).check_shape()
-    text = "\n".join(problems)
+    text = "\n".join(p.message for p in problems)
+    assert {p.kind for p in problems} == {MISSING_COLUMN}
     assert len(problems) == len(CONTRACT_COLUMNS) - 2
     assert "'status' (configured as 'appt_state')" in text
     for name in ("provider_external_id", "starts_at", "participants", "created_at"):
@@ -371,15 +382,15 @@ def test_check_shape_reports_missing_columns(engine: sa.Engine) -> None:
     assert "'event_id'" not in text
 
 
-def test_database_errors_propagate_as_sqlalchemy_errors(engine: sa.Engine) -> None:
-    # the daemon's classifier recognises these as a database outage
+def test_database_errors_propagate_as_sqlalchemy_errors_of_the_outbox(engine: sa.Engine) -> None:
+    # the daemon's classifier recognises these as the EHR outbox's, and the missing table as such
     reader = OutboxReader(engine, "nowhere")
-    with pytest.raises(sa.exc.OperationalError):
-        reader.refs_after(0, 10)
-    with pytest.raises(sa.exc.OperationalError):
-        reader.rows([1])
-    with pytest.raises(sa.exc.OperationalError):
-        reader.max_event_id()
+    for read in (lambda: reader.refs_after(0, 10), lambda: reader.rows([1]), reader.max_event_id):
+        with pytest.raises(sa.exc.OperationalError) as err:
+            read()
+        failure = failure_of(err.value)
+        assert failure is not None
+        assert (failure.database, failure.kind) == (OUTBOX, MISSING_TABLE)
 
 
 def test_check_shape_reports_a_column_it_cannot_select(engine: sa.Engine) -> None:
@@ -390,17 +401,24 @@ def test_check_shape_reports_a_column_it_cannot_select(engine: sa.Engine) -> Non
             + ", ".join(f"gone AS {c}" for c in CONTRACT_COLUMNS[1:])
             + " FROM t"
         )
-    problems = OutboxReader(engine, "broken").check_shape()
-    assert problems and "cannot" in problems[0]
+    (problem,) = OutboxReader(engine, "broken").check_shape()
+    assert problem.kind == MISSING_COLUMN
+    assert problem.message == "cannot read the outbox: no such column: gone"
 
 
-def test_check_shape_reports_an_unreachable_database(tmp_path: Path) -> None:
-    missing_dir = tmp_path / "no" / "such" / "dir" / "x.sqlite"
-    reader = OutboxReader(create_outbox_engine(f"sqlite:///{missing_dir}"))
-    problems = reader.check_shape()
+def test_check_shape_raises_when_the_database_cannot_be_opened(
+    db_path: Path, engine: sa.Engine, outbox: sa.Table
+) -> None:
+    # Not a shape problem: the failure propagates, marked, for the caller to explain.
+    reader = OutboxReader(create_outbox_engine(f"sqlite:///{db_path}"))
+    db_path.unlink()
+    with pytest.raises(sa.exc.OperationalError) as err:
+        reader.check_shape()
     reader.dispose()
-    assert len(problems) == 1
-    assert "cannot inspect" in problems[0]
+    failure = failure_of(err.value)
+    assert failure is not None
+    assert (failure.database, failure.kind) == (OUTBOX, NOT_FOUND)
+    assert not db_path.exists()
 
 
 # --- read-only ----------------------------------------------------------------------------------
@@ -416,7 +434,7 @@ def test_the_reader_never_writes(db_path: Path, engine: sa.Engine, outbox: sa.Ta
     before = _digest(db_path)
     siblings = sorted(p.name for p in db_path.parent.iterdir())
 
-    read_only = create_outbox_engine(f"sqlite:///file:{db_path}?mode=ro&uri=true")
+    read_only = create_outbox_engine(f"sqlite:///file:{db_path}?mode=rwc&uri=true")
     try:
         with pytest.raises(sa.exc.OperationalError), read_only.begin() as conn:
             conn.execute(outbox.delete())  # the URL really is read-only
@@ -433,6 +451,40 @@ def test_the_reader_never_writes(db_path: Path, engine: sa.Engine, outbox: sa.Ta
         read_only.dispose()
     assert _digest(db_path) == before
     assert sorted(p.name for p in db_path.parent.iterdir()) == siblings
+
+
+@pytest.mark.parametrize("form", ["path", "uri"])
+def test_a_missing_sqlite_ehr_is_an_error_and_never_created(tmp_path: Path, form: str) -> None:
+    missing = tmp_path / "ehr.sqlite3"
+    url = f"sqlite:///{missing}" if form == "path" else f"sqlite:///file:{missing}?uri=true"
+    with pytest.raises(EhrDatabaseNotFoundError) as err:
+        create_outbox_engine(url)
+    assert str(err.value) == f"EHR database not found at {missing}"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_outbox_engine_cannot_write(tmp_path: Path) -> None:
+    # A path SQLite's URI syntax would misread unless it is percent-encoded ('#' ends it).
+    db_path = tmp_path / "odd # name.sqlite3"
+    writer = create_outbox_engine(f"sqlite:///{db_path}", writable=True)
+    table = outbox_table_ddl(sa.MetaData())
+    table.create(writer)
+    fill(writer, table, 2)
+    writer.dispose()
+    before = _digest(db_path)
+
+    engine = create_outbox_engine(f"sqlite:///{db_path}")
+    try:
+        assert OutboxReader(engine).max_event_id() == 2
+        with pytest.raises(sa.exc.OperationalError) as err, engine.begin() as conn:
+            conn.execute(table.insert(), [outbox_row(3)])
+        failure = failure_of(err.value)
+        assert failure is not None and failure.kind == READ_ONLY
+        with pytest.raises(sa.exc.OperationalError), engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE sneaky (x INTEGER)")
+    finally:
+        engine.dispose()
+    assert _digest(db_path) == before
 
 
 # --- the engine factory and the contract table ---------------------------------------------------

@@ -357,7 +357,7 @@ def test_recipe_b_view_outbox_with_remapped_columns(
             create_outbox_engine(c.app.settings.require_outbox_url()), "syncd_outbox_view"
         )
         try:
-            assert unmapped.check_shape() == [
+            assert [p.message for p in unmapped.check_shape()] == [
                 "outbox column 'event_id' is missing",
                 "outbox column 'created_at' is missing",
             ]

@@ -22,7 +22,6 @@ from chaos import (
     EhrModel,
     ForkServer,
     canary_hits,
-    expire_lease,
     fork_server,
     log_events,
     run_syncd,
@@ -39,6 +38,8 @@ from syncd.emulator.server import Quote
 from syncd.testing.crashpoints import ENV as CRASHPOINT_ENV
 
 T = datetime(2027, 2, 10, 9, 0)
+#: The model's guests carry MRN-like external ids: shown only as fingerprints (defect 9).
+MRN = "MRN7770"
 
 #: Rows an EHR can get wrong, each with canary values where they do not belong.
 BAD_ROWS = [
@@ -70,7 +71,7 @@ def test_no_canary_leaves_the_ehr(tmp_path: Path, spawner: ForkServer) -> None:
     out = tmp_path / "syncd.out"
     with world(tmp_path) as w:
         env = syncd_env(w, LOG__LEVEL="DEBUG", SYNC__BASE_BACKOFF_SECONDS=0.01)
-        model = EhrModel(random.Random(11), size=10, prefix="P")
+        model = EhrModel(random.Random(11), size=10, prefix="P", guest_id_prefix=MRN)
         w.write(*model.rows(10), *BAD_ROWS)
 
         # SecureVideo quoting back the patients of the appointment a request is about, as a real
@@ -110,7 +111,6 @@ def test_no_canary_leaves_the_ehr(tmp_path: Path, spawner: ForkServer) -> None:
         codes.append(once(SYNCD_SYNC__CONCURRENCY="1"))
         w.write(*model.rows(10))
         codes.append(once(**{CRASHPOINT_ENV: "after_call:1"}))
-        expire_lease(w)
         codes.append(once())
         w.write(*model.rows(5))
         # What an operator runs: plan, status, retry, check.
@@ -157,3 +157,10 @@ def test_no_canary_leaves_the_ehr(tmp_path: Path, spawner: ForkServer) -> None:
     ]
     assert hits == []
     assert "Traceback" not in text
+    # Participant external ids (MRNs) stay out of logs, plan and status output and the journal;
+    # the operation table shows their fingerprints.
+    journal = [line for line in ledger_rows.splitlines() if line.startswith("operation:")]
+    assert any("'add_participant'" in line for line in journal)
+    assert MRN not in text
+    assert [line for line in journal if MRN in line] == []
+    assert MRN.encode() in ehr_bytes

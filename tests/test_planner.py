@@ -32,6 +32,7 @@ from syncd.core.fingerprint import Fingerprints
 from syncd.core.planner import changed_fields, plan, plan_in_full
 
 NOW = datetime(2027, 1, 10, 12, 0)
+PRINTS = Fingerprints(bytes(32))
 T = datetime(2027, 1, 15, 15, 0)
 
 ANNA = Guest(
@@ -477,10 +478,10 @@ CASES: list[Case] = [
     ),
     (
         "a PacketId change for a known participation is an update",
-        appt(guests=(replace(ANNA, packet_id=-1),)),
+        appt(guests=(replace(ANNA, packet_id=0),)),
         SENT,
         (IN_SYNC,),
-        (UpdateParticipant("A1", 500, 11, replace(ANNA, packet_id=-1), ("packet_id",)),),
+        (UpdateParticipant("A1", 500, 11, replace(ANNA, packet_id=0), ("packet_id",)),),
     ),
 ]
 
@@ -579,6 +580,19 @@ def test_no_zone_wanted_means_the_hosts_zone_is_fine() -> None:
     assert changed_fields(wanted, shown, FP) == ()
 
 
+def test_a_remembered_packet_is_known_and_a_remembered_null_is_not() -> None:
+    """A null PacketId on file was sent by a syncd that left it out: whether that showed no
+    documents or all of them depends on the endpoint, so it is not taken as known."""
+    legacy = replace(sent_guest(ANNA, 11, FP), fields_known=False, packet_id=None, deliver=None)
+    on_file = replace(SENT, guests={legacy.key: legacy})
+    assert plan(appt(), on_file, (IN_SYNC,), now=NOW, fingerprints=FP) == ()
+    known = replace(legacy, packet_id=0)
+    on_file = replace(SENT, guests={known.key: known})
+    assert plan(appt(), on_file, (IN_SYNC,), now=NOW, fingerprints=FP) == (
+        UpdateParticipant("A1", 500, 11, ANNA, ("packet_id",)),
+    )
+
+
 def test_describe_has_no_patient_data() -> None:
     ops = plan(
         appt(at=LATER, guests=(replace(ANNA, email="x@example.test"), BEN)),
@@ -587,6 +601,26 @@ def test_describe_has_no_patient_data() -> None:
         now=NOW,
         fingerprints=FP,
     )
-    text = repr([describe(op) for op in ops]) + repr(ops)
-    for secret in ("Anna", "Ben", "example.test", "1555", "Follow-up"):
+    text = repr([describe(op, PRINTS) for op in ops]) + repr(ops)
+    for secret in ("Anna", "Ben", "example.test", "1555", "Follow-up", "pat-1", "pat-2"):
         assert secret not in text
+
+
+def test_describe_shows_participant_external_ids_as_fingerprints() -> None:
+    """Defect 9: participant external ids are often MRNs; plan, logs and the journal show
+    their keyed fingerprints."""
+    mrn = replace(ANNA, external_id="MRN-00424242")
+    ops = (
+        create(appt(guests=(mrn, BEN))),
+        AddParticipant("A1", 500, mrn),
+        UpdateParticipant("A1", 500, 11, mrn, ("email",)),
+        RemoveParticipant("A1", 500, 11, "MRN-00424242", "removed"),
+    )
+    described = [describe(op, PRINTS) for op in ops]
+    assert "MRN-00424242" not in repr(described) and "00424242" not in repr(described)
+    shown = PRINTS.participant("MRN-00424242")
+    assert described[0]["participants"] == [shown, PRINTS.participant("pat-2")]
+    assert [d["participant_external_id"] for d in described[1:]] == [shown] * 3
+    assert shown.startswith("g-") and shown != Fingerprints(b"\x01" * 32).participant(
+        mrn.external_id
+    )

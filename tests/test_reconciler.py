@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import pytest
+from structlog.testing import capture_logs
 
 from syncd.core.domain import (
     Appointment,
@@ -98,6 +99,8 @@ class Rig:
         default_factory=lambda: RetryPolicy(base_seconds=0.0, rng=random.Random(1))
     )
     budget_seconds: float = 120.0
+    #: SecureVideo known to be down (the daemon's outage judge)
+    outage: bool = False
     checkpoints: list[str] = field(default_factory=list)
     queue: WorkQueue = field(default_factory=lambda: WorkQueue(2))
 
@@ -121,6 +124,7 @@ class Rig:
             stop=self.stop,
             retry_budget_seconds=self.budget_seconds,
             fingerprints=fp,
+            outage=lambda: self.outage,
         )
 
     def scope(self, *, may_act: bool = True) -> PassScope:
@@ -245,14 +249,30 @@ def test_a_temporary_failure_is_retried_within_the_turn(rig: Rig) -> None:
     assert rig.journal() == [("create", "failed"), ("create", "failed"), ("create", "applied")]
 
 
-def test_attempts_exhausted_park_with_the_reason(rig: Rig) -> None:
-    rig.retry = RetryPolicy(base_seconds=0.0, max_attempts=3, rng=random.Random(1))
+def test_a_temporary_failure_is_retried_past_max_attempts_never_parked(rig: Rig) -> None:
+    rig.retry = RetryPolicy(base_seconds=0.0, long_after_attempts=3, rng=random.Random(1))
     rig.gateway.fail_next("create", TemporaryError("503 from SecureVideo"), times=10)
-    assert rig.turn(appointment()) is Disposition.PARKED
+    with capture_logs() as logs:
+        assert rig.turn(appointment()) is Disposition.SYNCED
+    assert [c.outcome for c in rig.gateway.mutations()] == ["failed"] * 10 + ["applied"]
+    assert rig.state().state == "synced"
+    # Said once, when the attempts reached the threshold: an alert, not a verdict.
+    (long,) = [e for e in logs if e["event"] == "retrying_long"]
+    assert long["attempts"] == 3 and long["appointment_id"] == "A1"
+
+
+def test_during_a_known_outage_a_failure_is_left_to_a_later_pass_at_once(rig: Rig) -> None:
+    """A worker does not sit out a back-off while SecureVideo is down: with hundreds of pending
+    appointments, a pass would otherwise last their budgets end to end."""
+    rig.outage = True
+    rig.retry = RetryPolicy(base_seconds=30.0, rng=random.Random(1))
+    rig.gateway.fail_next("create", TemporaryError("503 from SecureVideo"), times=5)
+    # Without the outage this turn would wait out (real) back-offs of up to 30 s and sync.
+    assert rig.turn(appointment()) is Disposition.RETRY
     state = rig.state()
-    assert state.state == "parked" and state.attempts == 3
-    assert state.reason == "appointment A1: 503 from SecureVideo (gave up after 3 attempts)"
-    assert len(rig.gateway.mutations()) == 3
+    assert (state.state, state.attempts) == ("pending", 1)
+    assert state.next_attempt_at is not None and state.next_attempt_at > rig.clock.now()
+    assert len(rig.gateway.mutations()) == 1
 
 
 def test_a_wait_beyond_the_pass_budget_is_deferred_to_a_later_pass(rig: Rig) -> None:
@@ -283,10 +303,74 @@ def test_a_refused_call_parks_with_securevideo_s_message_redacted(rig: Rig) -> N
     assert reason == "appointment A1: SecureVideo refused create: 400: [redacted] has no e-mail"
 
 
+def test_a_refusal_quoting_a_participant_external_id_parks_without_it(rig: Rig) -> None:
+    mrn = Guest("MRN-00424242", full_name="Zelda Canary")
+    rig.gateway.fail_next("create", PermanentError("400: ParticipantExternalId MRN-00424242 taken"))
+    assert rig.turn(appointment(guests=(mrn,))) is Disposition.PARKED
+    reason = rig.state().reason
+    assert (
+        reason
+        == "appointment A1: SecureVideo refused create: 400: ParticipantExternalId [redacted] taken"
+    )
+
+
 def test_an_unknown_host_parks_naming_the_provider_field(rig: Rig) -> None:
     assert rig.turn(appointment(host="prov-nobody")) is Disposition.PARKED
     reason = rig.state().reason
     assert reason is not None and "field 'provider_external_id'" in reason
+
+
+def test_a_provider_change_away_from_a_host_who_left_creates_under_the_new_host(
+    rig: Rig,
+) -> None:
+    """Defect 6: the old host's list answers 404; the session is made under the new host and
+    the old one is reported, not blamed on the new provider."""
+    rig.turn(appointment())
+    rig.gateway.remove_host("prov-001")
+    with capture_logs() as logs:
+        assert rig.turn(appointment(event_id=2, host="prov-002")) is Disposition.SYNCED
+    assert kinds(rig.gateway) == ["create", "create"]
+    state = rig.state()
+    assert (state.state, state.host_external_id) == ("synced", "prov-002")
+    assert state.reason is not None and "previous host 'prov-001'" in state.reason
+    (gone,) = [e for e in logs if e["event"] == "previous_host_gone"]
+    assert gone["appointment_id"] == "A1"
+    assert (gone["provider_external_id"], gone["previous_host_external_id"]) == (
+        "prov-002",
+        "prov-001",
+    )
+    # The next change finds the session on its host and makes no call.
+    assert rig.turn(appointment(event_id=3, host="prov-002")) is Disposition.UNCHANGED
+
+
+def test_a_provider_change_to_an_unknown_host_parks_naming_the_new_host(rig: Rig) -> None:
+    rig.turn(appointment())
+    assert rig.turn(appointment(event_id=2, host="prov-nobody")) is Disposition.PARKED
+    reason = rig.state().reason
+    assert reason is not None and "field 'provider_external_id'" in reason
+    assert "'prov-nobody'" in reason and "prov-001" not in reason
+    assert kinds(rig.gateway) == ["create"]
+
+
+def test_the_journal_and_the_log_show_participants_as_fingerprints(rig: Rig) -> None:
+    """Defect 9: a participant external id (an MRN) is journalled and logged as its keyed
+    fingerprint."""
+    first = Guest("MRN-00424242", full_name="Zelda Canary")
+    second = Guest("MRN-00515151", full_name="Yves Canary")
+    with capture_logs() as logs:
+        rig.turn(appointment(guests=(first,)))
+        rig.turn(appointment(event_id=2, guests=(first, second)))
+    with rig.ledger.begin() as tx:
+        journal = tx.operations.of_appointment("A1")
+        prints = Fingerprints(tx.cursor.fingerprint_key())
+    shown = prints.participant("MRN-00515151")
+    assert [(o.op, o.participant_external_id) for o in journal] == [
+        ("create", None),
+        ("add_participant", shown),
+    ]
+    operations = [e for e in logs if e["event"] == "operation"]
+    assert [e["participant"] for e in operations] == [None, shown]
+    assert "MRN-" not in repr(logs) and "MRN-" not in repr(journal)
 
 
 def test_refused_credentials_stop_the_pass_and_are_reported_once(rig: Rig) -> None:

@@ -253,6 +253,16 @@ def test_decoded_json_with_float_deposit() -> None:
             id="packet-all",
         ),
         pytest.param(
+            lambda v, g: g[0].pop("packet_id"),
+            lambda a: a.guests[0].packet_id == -1,
+            id="packet-absent-is-none-never-null",
+        ),
+        pytest.param(
+            lambda v, g: g[0].update(packet_id=None),
+            lambda a: a.guests[0].packet_id == -1,
+            id="packet-null-is-none-never-null",
+        ),
+        pytest.param(
             lambda v, g: g[0].update(svc_id=None, deposit=None),
             lambda a: a.guests[0].svc_id is None and a.guests[0].deposit is None,
             id="no-payment",

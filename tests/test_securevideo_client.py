@@ -646,6 +646,30 @@ def test_updating_a_securevideo_user_sends_only_session_fields() -> None:
     assert "SecureVideoUserId" not in body
 
 
+def test_a_guest_without_a_packet_is_sent_packet_id_minus_one_on_every_call() -> None:
+    """Defect 2: a null PacketId shows no documents to POST /session but all of them to
+    POST /participant (and PUT), so "no packet" must travel as -1 on every call."""
+    answers = [httpx.Response(201, json=session_payload())] + [
+        httpx.Response(200, json=session_payload()) for _ in range(4)
+    ]
+    client, script, _ = scripted(*answers)
+    patient = Guest(external_id="pat-1", full_name="Anna Canary")
+    colleague = Guest(external_id="nurse-7", securevideo_user_id="12")
+    op = CreateSession(
+        "apt-1", "ehr-1", "prov-001", datetime(2030, 4, 16, 15, 0), None, False, (patient,)
+    )
+    with client:
+        client.create_session(op)
+        client.add_participant(9636, patient)
+        client.add_participant(9636, colleague)
+        client.update_participant(18620, patient)
+        client.update_participant(18620, colleague)
+    create, *changes = script.requests
+    sent = [p["PacketId"] for p in json.loads(create.content)["Participants"]]
+    sent += [json.loads(r.content)["PacketId"] for r in changes]
+    assert sent == [-1, -1, -1, -1, -1]
+
+
 def test_history_sends_month_as_its_first_day_and_dates_as_iso() -> None:
     client, script, _ = scripted()
     with client:
@@ -922,8 +946,9 @@ def test_emulator_participants_by_id_and_external_id(
         NewParticipant(secure_video_user_id="1003", packet_id=-1), session_id=session.session_id
     )
     by_ext = {p.participant_external_id: p for p in colleague.participants}
-    assert set(by_ext) == {"prov-001", "pat-1", "pat-2", "pat-3", "prov-003"}
-    assert by_ext["prov-003"].secure_video_user_id == "1003"
+    # A SecureVideo user's participation has its own ParticipantExternalId: none was sent.
+    assert set(by_ext) == {"prov-001", "pat-1", "pat-2", "pat-3", None}
+    assert by_ext[None].secure_video_user_id == "1003"
 
     quiet = ben.model_copy(update={"should_auto_deliver_code": "N"})
     after = client.update_participant_raw(quiet, participation_id=by_ext["pat-2"].participation_id)
@@ -939,7 +964,7 @@ def test_emulator_participants_by_id_and_external_id(
     client.remove_participant_raw(external_session_id="ehr-1", external_id="pat-3")
     (left,) = client.list_sessions(host_external_id="prov-001")
     remaining = {p.participant_external_id: p for p in left.participants}
-    assert set(remaining) == {"prov-001", "pat-1", "prov-003"}
+    assert set(remaining) == {"prov-001", "pat-1", None}
     assert remaining["pat-1"].rsvp == "Confirmed"
 
 

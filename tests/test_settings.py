@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from syncd.core.errors import ConfigError
 from syncd.runtime import settings as settings_module
@@ -180,17 +181,29 @@ def test_invalid_toml_is_one_line_error(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert "not valid TOML" in err.problem
 
 
-def test_typo_in_toml_is_an_error(tmp_path: Path) -> None:
-    write_toml(tmp_path / "config" / "syncd.toml", "[sync]\nconcurency = 3\n")
+def test_typo_in_toml_is_an_error_naming_the_file_and_the_key_as_written(tmp_path: Path) -> None:
+    write_toml(tmp_path / "config" / "syncd.toml", "[Sync]\nconcurency = 3\n")
     err = config_error()
-    assert err.setting == "SYNCD_SYNC__CONCURENCY"
+    assert err.setting == "config/syncd.toml: Sync.concurency"
     assert "not a known setting" in err.problem
+    assert "concurrency" in err.problem  # the known keys of the group
+
+
+def test_a_bad_toml_value_names_the_file_unless_the_environment_set_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    write_toml(tmp_path / "config" / "syncd.toml", "[sync]\nbatch_size = 0\n")
+    err = config_error()
+    assert err.setting == "config/syncd.toml: sync.batch_size"
+    assert err.problem == "must be at least 1 (got 0)"
+    monkeypatch.setenv("SYNCD_SYNC__BATCH_SIZE", "-1")
+    assert config_error().setting == "SYNCD_SYNC__BATCH_SIZE"
 
 
 def test_unknown_toml_key_value_is_not_echoed(tmp_path: Path) -> None:
     write_toml(tmp_path / "config" / "syncd.toml", f'[securevideo]\napi_secert = "{SECRET}"\n')
     err = config_error()
-    assert err.setting == "SYNCD_SECUREVIDEO__API_SECERT"
+    assert err.setting == "config/syncd.toml: securevideo.api_secert"
     assert SECRET not in str(err)
 
 
@@ -273,7 +286,7 @@ def test_bad_db_url_is_not_echoed() -> None:
 def test_api_secret_of_wrong_type_is_not_echoed(tmp_path: Path) -> None:
     write_toml(tmp_path / "config" / "syncd.toml", "[securevideo]\napi_secret = 12345678901\n")
     err = config_error()
-    assert err.setting == "SYNCD_SECUREVIDEO__API_SECRET"
+    assert err.setting == "config/syncd.toml: securevideo.api_secret"
     assert "12345678901" not in str(err)
 
 
@@ -545,6 +558,11 @@ def test_example_toml_documents_every_setting(
     data = tomllib.loads(uncommented)
     documented = {f"{group}.{key}" for group, table in data.items() for key in table}
     assert documented == _setting_names()
+    # The example CA bundle's path exists only on a configured host: point it at a real PEM.
+    ca_pem = tmp_path / "proxy-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca_pem))
+    example_ca = data["securevideo"]["ca_bundle_file"]
+    uncommented = uncommented.replace(f'"{example_ca}"', f'"{ca_pem.as_posix()}"')
     monkeypatch.setenv("SYNCD_CONFIG_FILE", str(write_toml(tmp_path / "all.toml", uncommented)))
     load_settings()
     column_vars = {f"SYNCD_OUTBOX__COLUMNS__{column.upper()}" for column in CONTRACT_COLUMNS}
@@ -559,3 +577,26 @@ def test_example_env_file_uses_known_names_only() -> None:
     assert used <= known_env_vars()
     settings_vars = {f"SYNCD_{name.replace('.', '__').upper()}" for name in _setting_names()}
     assert settings_vars <= used | {"SYNCD_OUTBOX__COLUMNS"}
+
+
+def test_example_env_file_shows_the_true_defaults() -> None:
+    # Under "defaults shown" each value must be the default; a setting without one (the rate
+    # limit once claimed 5.0) belongs in the section of unset settings.
+    text = (REPO / "config" / "syncd.env.example").read_text(encoding="utf-8")
+    section = text.split("--- Optional (defaults shown)", 1)[1].split("\n# ---", 1)[0]
+    shown = dict(re.findall(r"(?m)^#(SYNCD_[A-Z0-9_]+)=(.*)$", section))
+    assert len(shown) > 20
+    defaults: dict[str, Any] = load_settings().describe()
+    for name, value in shown.items():
+        group, _, key = name.removeprefix("SYNCD_").lower().partition("__")
+        default = defaults[group][key.split("__")[0]]
+        if isinstance(default, dict):  # SYNCD_OUTBOX__COLUMNS__STATUS
+            default = default[key.split("__")[1]]
+        if name == "SYNCD_LOG__FORMAT":
+            continue  # json, or console on a TTY
+        rendered = str(default).lower() if isinstance(default, bool) else str(default)
+        assert rendered in {value, str(value).removeprefix("./")}, f"{name}: default {default}"
+    unset = text.split("--- Optional, unset by default", 1)[1]
+    for name in re.findall(r"(?m)^#(SYNCD_[A-Z0-9_]+)=", unset):
+        group, _, key = name.removeprefix("SYNCD_").lower().partition("__")
+        assert defaults[group][key] is None, f"{name} has a default: show it above"

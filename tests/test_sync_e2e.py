@@ -12,9 +12,10 @@ Where each scenario runs:
 * ``test_uuid_keys_of_an_ehr_view_reach_syncd_as_text``: PostgreSQL only (its uuid type).
 * everything else on SQLite alone, because it tests the engine's logic and would meet the same
   database code three times: staff-added guests, each bad row on its own (all of them at once run
-  on every backend, each with that backend's own malformed timestamp), 5xx retries, attempts
-  exhausted, rejected credentials, the look-before-create control, the idle pass's statement
-  count (a figure about the SQL syncd sends, counted on one dialect) and the concurrency bound.
+  on every backend, each with that backend's own malformed timestamp), 5xx retries, a failure
+  outlasting its pass (retrying, never parked), rejected credentials, the look-before-create
+  control, the idle pass's statement count (a figure about the SQL syncd sends, counted on one
+  dialect) and the concurrency bound.
 
 A server that is absent skips its parameters, or fails them under ``CI=true``
 (``conftest.database_or_skip``).  Migrations from empty to head and back are covered per backend
@@ -23,6 +24,7 @@ in ``test_ledger``.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -31,9 +33,12 @@ from typing import cast
 
 import pytest
 from harness import ZONE, ServerDatabases, World, guest, row, world
+from sqlalchemy import delete
 
 from syncd.emulator.state import ParticipantRecord as EmuParticipant
 from syncd.runtime.app import App
+from syncd.runtime.cli import main
+from syncd.runtime.status import collect_status, render_status
 
 T = datetime(2027, 2, 10, 9, 0)  # naive, America/New_York (EST, UTC-5)
 T_UTC = datetime(2027, 2, 10, 14, 0)
@@ -197,6 +202,27 @@ def test_participant_add_update_remove(w: World) -> None:
     assert [c.method for c in w.emulator.mutating_calls()] == ["DELETE", "PUT", "POST"]
 
 
+def test_a_guest_without_a_packet_is_shown_no_documents_however_it_was_added(w: World) -> None:
+    """Defect 2: POST /participant and PUT read a null PacketId as "all documents"; syncd sends
+    -1 for "no packet" on every call, so a guest added or updated later sees none."""
+    w.write(row("A1", starts=T, guests=[guest(1), guest(2, packet_id=0)]))
+    w.run_pass()
+    w.write(
+        row(
+            "A1",
+            starts=T,
+            guests=[guest(1, email="moved@phi.example"), guest(2, packet_id=0), guest(3)],
+        )
+    )
+    report = w.run_pass()
+    assert report.operations == {"update_participant:applied": 1, "add_participant:applied": 1}
+    (session,) = w.live("A1")
+    given = {
+        g.external_id: (g.sent, g.shown) for g in w.emulator.packets(session.session_id).values()
+    }
+    assert given == {"pat-1": (-1, -1), "pat-2": (0, 0), "pat-3": (-1, -1)}
+
+
 @every_backend
 def test_rename_is_remove_then_add(w: World) -> None:
     w.write(row("A1", starts=T, guests=[guest(1)]))
@@ -218,6 +244,26 @@ def test_provider_change_cancels_under_the_old_host_and_creates_under_the_new(w:
     w.write(row("A1", starts=T, provider="prov-002", guests=[guest(1)]))
     w.run_pass()
     assert sessions_of(w, "A1") == [(1001, "Cancelled"), (1002, "Scheduled")]
+
+
+def test_a_provider_change_away_from_a_provider_who_left_creates_and_reports(w: World) -> None:
+    """Defect 6: the old host's session list answers 404 once the provider has left SecureVideo;
+    the session is made under the new host and ``syncd status`` names the old one."""
+    w.write(row("A1", starts=T, guests=[guest(1)]))
+    w.run_pass()
+    w.emulator.remove_host("prov-001")
+    w.write(row("A1", starts=T, provider="prov-002", guests=[guest(1)]))
+    report = w.run_pass()
+    assert report.outcomes == {"synced": 1}
+    # The old session went with its host: nothing can cancel it.
+    assert sessions_of(w, "A1") == [(1001, "Scheduled"), (1002, "Scheduled")]
+    status = collect_status(w.settings)
+    assert status["parked"] == []
+    (note,) = status["notes"]
+    assert note["appointment_id"] == "A1" and "previous host 'prov-001'" in note["reason"]
+    assert "prov-001" in render_status(status)
+    w.emulator.calls_clear()
+    assert w.run_pass().outcomes == {} and w.emulator.mutating_calls() == []
 
 
 def test_staff_added_guests_are_left_alone(w: World) -> None:
@@ -386,15 +432,31 @@ def test_5xx_on_create_is_retried_and_ends_with_exactly_one_session(w: World) ->
     assert w.emulator.state.duplicate_external_session_ids() == {}
 
 
-def test_attempts_exhausted_parks_with_the_reason(tmp_path: Path) -> None:
-    with world(tmp_path, max_attempts=2) as w:
+def test_a_failure_outlasting_the_pass_is_left_retrying_never_parked(tmp_path: Path) -> None:
+    # Attempts past max_attempts and a pass with no time to wait: it stays pending, with a next
+    # try, and says so in `syncd status`.
+    with world(tmp_path, max_attempts=1, pass_retry_budget_seconds=0) as w:
         w.emulator.faults.fail_next(10, status=503, methods=("POST",))
         w.write(row("A1", starts=T, guests=[guest(1)]))
         report = w.run_pass()
-        assert report.outcomes == {"parked": 1}
+        assert report.outcomes == {"retry": 1}
         with w.apps[-1].ledger.begin() as tx:
-            (parked,) = tx.appointments.parked()
-        assert parked.reason is not None and "503" in parked.reason
+            assert tx.appointments.parked() == []
+            (retrying,) = tx.appointments.retrying()
+        assert retrying.state == "pending" and retrying.attempts == 1
+        assert retrying.next_attempt_at is not None
+        assert retrying.reason is not None and "503" in retrying.reason
+        status = collect_status(w.settings)
+        assert status["retrying"] == [
+            {
+                "appointment_id": "A1",
+                "attempts": 1,
+                "error_class": "503",
+                "next_attempt_at": retrying.next_attempt_at.isoformat(),
+                "long": True,
+            }
+        ]
+        assert "A1  (attempts 1, last error 503, next try " in render_status(status)
 
 
 def test_rejected_credentials_stop_the_pass(tmp_path: Path) -> None:
@@ -527,3 +589,80 @@ def test_concurrency_bounds_the_requests_in_flight_and_every_host_is_read_once(
         assert len(w.emulator.calls_matching("GET", "/session")) == 5
         assert w.emulator.in_flight_peak == 2
         assert all(len(w.live(f"A{n}")) == 1 for n in range(20))
+
+
+# --- an outbox restored from a backup ------------------------------------------------------------
+
+
+def restore_outbox(w: World, rows: list[dict[str, object]]) -> None:
+    """Replace every outbox row, as restoring a backup of the EHR does: event ids from 1 again."""
+    with w.ehr.engine.begin() as conn:
+        conn.execute(delete(w.ehr.table))
+    w.write(*({**r, "event_id": n} for n, r in enumerate(rows, start=1)))
+
+
+@every_backend
+@pytest.mark.parametrize(
+    ("first_id", "repeats"),
+    [(4999, 0), (1, 5)],
+    ids=["cursor-at-5001", "cursor-inside-the-reread-window"],
+)
+def test_a_restored_outbox_is_noticed_and_each_change_after_it_applied_once(
+    w: World,
+    first_id: int,
+    repeats: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With the default settings (a 1,000-event window): the cursor at 5,001, or at 8 with the
+    restored ids inside the window.  After the backup: a reschedule, a cancel, a new appointment."""
+    for key, value in w.env().items():
+        monkeypatch.setenv(key, value)
+    backup = [row(a, starts=T, guests=[guest(n)]) for n, a in enumerate(("A1", "A2", "A3"), 1)]
+    # the same A3 again: rows that change nothing, only move the cursor on (to 8)
+    before = backup + [backup[2]] * repeats
+    w.write(*({**r, "event_id": first_id + n} for n, r in enumerate(before)))
+    assert main(["once"]) == 0
+    sessions = {a: w.live(a)[0].session_id for a in ("A1", "A2", "A3")}
+    cursor = first_id + len(before) - 1
+    after = [
+        row("A1", starts=T + timedelta(hours=3), guests=[guest(1)]),
+        row("A2", starts=T, status="cancelled", guests=[guest(2)]),
+        row("A4", starts=T, guests=[guest(4)]),
+    ]
+    restore_outbox(w, [*backup, *after])
+    w.emulator.calls_clear()
+    capsys.readouterr()
+
+    assert main(["status"]) == 0
+    shown = capsys.readouterr().out
+    assert f"outbox rewound:    yes (newest event 6, cursor {cursor})" in shown
+
+    assert main(["once"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("syncd: the outbox went back (newest event 6, cursor was ") and (
+        err.count("\n") == 1
+    )
+    mutating = sorted((c.method, c.path) for c in w.emulator.mutating_calls())
+    assert mutating == sorted(
+        [
+            ("PUT", f"/session/{sessions['A1']}"),
+            ("DELETE", f"/session/{sessions['A2']}"),
+            ("POST", "/session/0"),
+        ]
+    ), mutating
+    assert not any(str(sessions["A3"]) in c.path for c in w.emulator.calls)
+    assert w.live("A1")[0].schedule_ts == T_UTC + timedelta(hours=3)
+    assert w.live("A2") == [] and len(w.live("A4")) == 1
+
+    assert main(["status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    rewound = status["outbox_rewound"]
+    assert (rewound["cursor"], rewound["newest_event_id"]) == (cursor, 6)
+    assert rewound["noticed"] and rewound["applied"]
+    assert (status["cursor"], status["lag_events"]) == (6, 0)
+    assert status["counts"] == {"synced": 4, "pending": 0, "parked": 0, "skipped": 0}
+
+    w.emulator.calls_clear()
+    assert main(["once"]) == 0  # noticed once: the next pass is an ordinary one
+    assert w.emulator.mutating_calls() == []

@@ -24,7 +24,7 @@ T = datetime(2031, 3, 5, 9, 0)
 UTC_OFFSET = timedelta(hours=5)  # New York in March 2031 before the DST switch (9 March)
 COLLEAGUE_USER_ID = 1003  # prov-003, a SecureVideo user of the account
 #: the revision migration 0006_applied_state follows
-BEFORE_0006 = "0004_fingerprint_key"
+BEFORE_0006 = "0007_outbox_row_digest"
 
 
 @pytest.fixture(params=[False, True], ids=["exact-times", "quarter-hours"])

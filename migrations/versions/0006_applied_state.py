@@ -11,7 +11,7 @@ Downgrade drops the new columns and the participant rows (a fingerprint cannot b
 the id it came from); the older code then treats each participant's PacketId as unknown.
 
 Revision ID: 0006_applied_state
-Revises: 0004_fingerprint_key
+Revises: 0007_outbox_row_digest
 Create Date: 2026-12-04 00:00:00
 """
 
@@ -27,7 +27,7 @@ from sqlalchemy.dialects import mysql
 from syncd.core.fingerprint import Fingerprints
 
 revision: str = "0006_applied_state"
-down_revision: str | Sequence[str] | None = "0004_fingerprint_key"
+down_revision: str | Sequence[str] | None = "0007_outbox_row_digest"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -17,19 +17,33 @@ import functools
 import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import quote, unquote
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from syncd.core.errors import ConfigError
+from syncd.adapters.dberrors import (
+    MISSING_COLUMN,
+    MISSING_TABLE,
+    OUTBOX,
+    DatabaseFailure,
+    failure_of,
+    mark,
+)
+from syncd.adapters.dburl import engine_url
+from syncd.core.errors import ConfigError, SyncdError
 from syncd.ports import CONTRACT_COLUMNS, OutboxRef, OutboxRow
 
 __all__ = [
     "CONTRACT_COLUMNS",
     "DEFAULT_TABLE",
     "IN_LIST_CHUNK",
+    "EhrDatabaseNotFoundError",
+    "OutboxProblem",
     "OutboxReader",
     "create_outbox_engine",
     "outbox_table_ddl",
@@ -47,12 +61,33 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _INTEGER_TEXT = re.compile(r"[+-]?[0-9]{1,19}")
 
 
+class EhrDatabaseNotFoundError(SyncdError):
+    """A SQLite EHR file that does not exist: opened read-only, it is never created."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"EHR database not found at {path}")
+        self.path = path
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxProblem:
+    """Something wrong with the outbox's shape: ``kind`` is ``dberrors.MISSING_TABLE`` or
+    ``MISSING_COLUMN``, each with its own fix; ``message`` says which, in words."""
+
+    kind: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class OutboxReader:
     """``OutboxSource`` over a SQLAlchemy engine.  Read-only; one SELECT per call.
 
-    Database failures propagate as SQLAlchemy's own exceptions: the daemon classifies those as a
-    database outage (``syncd.adapters.dberrors``) and retries on the next tick.  The engine should
-    come from ``create_outbox_engine`` so bound values stay out of their text.
+    Database failures propagate as SQLAlchemy's own exceptions, marked as the EHR outbox's
+    (``dberrors.mark``): the daemon classifies them (``syncd.adapters.dberrors``) and retries on
+    the next tick.  The engine should come from ``create_outbox_engine`` so bound values stay out
+    of their text and a SQLite file is opened read-only.
     """
 
     def __init__(
@@ -120,54 +155,77 @@ class OutboxReader:
         value = rows[0][0] if rows else None
         return None if value is None else self._event_id(value)
 
-    def check_shape(self) -> list[str]:
-        """What is wrong with the outbox as configured, in words for an operator; [] if nothing."""
+    def check_shape(self) -> list[OutboxProblem]:
+        """What is wrong with the outbox's shape, in words for an operator; [] if nothing.
+
+        A database that cannot be reached or read at all (a login, a permission) raises, marked,
+        as every error of this reader does: that is not the shape's fault.
+        """
         try:
-            with self._engine.connect() as conn:
-                try:
-                    found = sa.inspect(conn).get_columns(self._table_name, schema=self._schema)
-                except sa_exc.NoSuchTableError:
-                    return [f"outbox table or view {self._display_name!r} does not exist"]
-                except sa_exc.DBAPIError:
-                    # MySQL and MariaDB describe a view only to accounts with SHOW VIEW, and
-                    # syncd's has SELECT alone: what the catalogue will not say, SELECTs will.
-                    found = None
+            return self._check_shape()
         except sa_exc.SQLAlchemyError as exc:
-            return [f"cannot inspect the outbox database: {_describe(exc)}"]
-        if found is None:
+            mark(exc, OUTBOX)
+            raise
+
+    def _check_shape(self) -> list[OutboxProblem]:
+        missing_table = OutboxProblem(
+            MISSING_TABLE, f"outbox table or view {self._display_name!r} does not exist"
+        )
+        with self._engine.connect() as conn:
             try:
-                self._fetch(sa.select(sa.literal(1)).select_from(self._table).where(sa.false()))
-            except sa_exc.SQLAlchemyError as exc:
-                return [f"cannot read the outbox: {_describe(exc)}"]
+                found = sa.inspect(conn).get_columns(self._table_name, schema=self._schema)
+            except sa_exc.NoSuchTableError:
+                return [missing_table]
+            except sa_exc.DBAPIError:
+                # MySQL and MariaDB describe a view only to accounts with SHOW VIEW, and
+                # syncd's has SELECT alone: what the catalogue will not say, SELECTs will.
+                found = None
+        if found is None:
+            broken = self._probe(
+                sa.select(sa.literal(1)).select_from(self._table).where(sa.false())
+            )
+            if broken is not None:
+                # No table, or a view that cannot be read at all (it names a column gone).
+                return [missing_table if broken.kind == MISSING_TABLE else self._unreadable(broken)]
             present = {
-                actual.casefold() for actual in self._actual.values() if self._readable(actual)
+                actual.casefold()
+                for actual in self._actual.values()
+                if self._probe(sa.select(self._table.c[actual]).where(sa.false())) is None
             }
         else:
             # Case-insensitive on purpose: SQLite, MySQL and SQL Server fold unquoted names;
             # where case does matter (PostgreSQL), the probe below catches the mismatch.
             present = {str(c["name"]).casefold() for c in found}
         problems = [
-            f"outbox column {contract!r} (configured as {actual!r}) is missing"
-            if contract != actual
-            else f"outbox column {contract!r} is missing"
+            OutboxProblem(
+                MISSING_COLUMN,
+                f"outbox column {contract!r} (configured as {actual!r}) is missing"
+                if contract != actual
+                else f"outbox column {contract!r} is missing",
+            )
             for contract, actual in self._actual.items()
             if actual.casefold() not in present
         ]
         if problems:
             return problems
         probe = sa.select(*[c.label(n) for n, c in self._col.items()]).where(sa.false()).limit(1)
-        try:
-            self._fetch(probe)
-        except sa_exc.SQLAlchemyError as exc:
-            return [f"cannot read the outbox: {_describe(exc)}"]
-        return []
+        broken = self._probe(probe)
+        return [] if broken is None else [self._unreadable(broken)]
 
-    def _readable(self, actual: str) -> bool:
+    def _probe(self, stmt: sa.Select[Any]) -> DatabaseFailure | None:
+        """None if ``stmt`` runs; the failure if a table or column is missing; raises otherwise."""
         try:
-            self._fetch(sa.select(self._table.c[actual]).where(sa.false()))
-        except sa_exc.SQLAlchemyError:
-            return False
-        return True
+            self._fetch(stmt)
+        except sa_exc.SQLAlchemyError as exc:
+            failure = failure_of(exc)
+            if failure is None or failure.kind not in (MISSING_TABLE, MISSING_COLUMN):
+                raise
+            return failure
+        return None
+
+    @staticmethod
+    def _unreadable(failure: DatabaseFailure) -> OutboxProblem:
+        return OutboxProblem(failure.kind, f"cannot read the outbox: {failure.detail}")
 
     def dispose(self) -> None:
         """Close the engine's pooled connections (at shutdown, or after a one-off check)."""
@@ -178,8 +236,12 @@ class OutboxReader:
     def _fetch(self, stmt: sa.Select[Any]) -> list[sa.Row[Any]]:
         # connect() without commit: the transaction SQLAlchemy begins is rolled back on close, so
         # nothing this reader does can ever write.
-        with self._engine.connect() as conn:
-            return list(conn.execute(stmt))
+        try:
+            with self._engine.connect() as conn:
+                return list(conn.execute(stmt))
+        except sa_exc.SQLAlchemyError as exc:
+            mark(exc, OUTBOX)
+            raise
 
     def _event_id(self, value: object) -> int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -199,10 +261,19 @@ class OutboxReader:
         )
 
 
-def create_outbox_engine(url: str) -> sa.Engine:
-    """An engine for the EHR's database, tuned for a long-lived poller."""
+def create_outbox_engine(url: str, *, writable: bool = False) -> sa.Engine:
+    """An engine for the EHR's database, tuned for a long-lived poller.
+
+    A SQLite file is opened read-only (``mode=ro``), so that not even opening it can write: a
+    missing file raises :class:`EhrDatabaseNotFoundError` instead of being created empty.  A
+    server database is read-only through the grants of syncd's account (SELECT only).
+    ``writable``: for the stand-in EHR of the demo, the tests and the benchmarks only.
+    """
+    parsed = engine_url(url)
+    if parsed.get_backend_name() == "sqlite" and not writable:
+        parsed = _read_only_sqlite(parsed)
     engine = sa.create_engine(
-        url,
+        parsed,
         # Bound values (ids today, maybe more tomorrow) stay out of logs and error text.
         hide_parameters=True,
         # EHR databases sit behind firewalls and failovers that drop idle connections silently.
@@ -212,6 +283,34 @@ def create_outbox_engine(url: str) -> sa.Engine:
     if engine.dialect.driver == "psycopg":
         sa.event.listen(engine, "connect", _lenient_psycopg_dates)
     return engine
+
+
+def _read_only_sqlite(url: sa.URL) -> sa.URL:
+    """The SQLite URL as a read-only URI (``file:PATH?mode=ro``); the file must exist."""
+    database = url.database or ""
+    query = dict(url.query)
+    if database in ("", ":memory:") or query.get("mode") == "memory":
+        return url  # nothing on disk to write to or to create
+    if str(query.get("uri", "")).lower() in ("true", "1"):
+        path = _uri_path(database)
+    else:
+        path = Path(database).expanduser()
+        # Percent-encoded: '?', '#' and '%' in a path would otherwise end or alter the URI.
+        database = "file:" + quote(path.as_posix())
+        query["uri"] = "true"
+    if not path.is_file():
+        raise EhrDatabaseNotFoundError(path)
+    query["mode"] = "ro"
+    return url.set(database=database, query=query)
+
+
+def _uri_path(database: str) -> Path:
+    """The file of a SQLite URI filename: ``file:/a/b``, ``file:///a/b``, ``file:rel``."""
+    rest = database.removeprefix("file:")
+    if rest.startswith("//"):
+        rest = rest[2:]
+        rest = rest[rest.find("/") :] if "/" in rest else ""
+    return Path(unquote(rest))
 
 
 def _lenient_psycopg_dates(dbapi_connection: Any, _record: Any) -> None:
@@ -319,12 +418,3 @@ def _id_as_text(value: object) -> object:
 def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def _describe(exc: sa_exc.SQLAlchemyError) -> str:
-    # For ``syncd check`` only, where the statements carry no row data (a WHERE false probe, the
-    # catalogue): the driver's first line names the missing column or the refused login.
-    orig = getattr(exc, "orig", None) or exc
-    lines = str(orig).strip().splitlines()
-    first = lines[0][:200] if lines else ""
-    return f"{type(orig).__name__}: {first}" if first else type(orig).__name__

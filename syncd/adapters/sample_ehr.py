@@ -64,7 +64,7 @@ class SampleEhr:
 
 @contextmanager
 def demo_outbox(url: str, table: str = DEFAULT_TABLE, zone: str = "UTC") -> Iterator[SampleEhr]:
-    ehr = SampleEhr(create_outbox_engine(url), table, zone)
+    ehr = SampleEhr(create_outbox_engine(url, writable=True), table, zone)
     try:
         yield ehr
     finally:

@@ -13,7 +13,14 @@ from decimal import Decimal
 from enum import Enum, StrEnum
 from typing import ClassVar, Literal
 
+from syncd.core.fingerprint import Fingerprints
+
 Delivery = Literal["E", "S", "N"]
+
+#: PacketId values with a meaning of their own.  An omitted or null PacketId means "no documents"
+#: to the Sessions API and "all documents" to the Participants API, so syncd always sends one.
+NO_DOCUMENTS = -1
+ALL_DOCUMENTS = 0
 
 
 class AppointmentStatus(StrEnum):
@@ -59,16 +66,17 @@ class Guest:
 
     Either a non-SecureVideo person (``full_name`` set) or a SecureVideo user
     (``securevideo_user_id`` set).  ``email``/``sms`` are "" when absent, as SecureVideo
-    reports them.
+    reports them.  ``external_id`` is often an MRN: shown only as a fingerprint, never in repr.
     """
 
-    external_id: str
+    external_id: str = field(repr=False)
     full_name: str = field(default="", repr=False)
     email: str = field(default="", repr=False)
     sms: str = field(default="", repr=False)
     time_zone_windows_id: str | None = None
     deliver: Delivery = "N"
-    packet_id: int | None = None
+    #: always sent: ``NO_DOCUMENTS`` (-1), ``ALL_DOCUMENTS`` (0) or a packet's id
+    packet_id: int = NO_DOCUMENTS
     svc_id: int | None = None
     deposit: Decimal | None = None
     securevideo_user_id: str | None = None
@@ -103,7 +111,7 @@ class RemoteParticipant:
     """A participant as SecureVideo reports it."""
 
     participation_id: int
-    external_id: str | None
+    external_id: str | None = field(repr=False)
     full_name: str = field(default="", repr=False)
     email: str = field(default="", repr=False)
     sms: str = field(default="", repr=False)
@@ -208,7 +216,7 @@ class RemoveParticipant:
     appointment_id: str
     session_id: int
     participation_id: int
-    external_id: str
+    external_id: str = field(repr=False)
     #: "removed" or "rename" (remove + add)
     reason: str
     #: the owned participation's ledger key (``Fingerprints.participant``), never shown
@@ -227,14 +235,17 @@ Operation = (
 )
 
 
-def describe(op: Operation) -> dict[str, object]:
-    """A PHI-free description of an operation, for logs, the ledger and ``syncd plan``."""
+def describe(op: Operation, fingerprints: Fingerprints) -> dict[str, object]:
+    """A PHI-free description of an operation, for logs, the ledger and ``syncd plan``.
+
+    Participant external ids are often MRNs: they appear as ``fingerprints.participant(id)``."""
     out: dict[str, object] = {"op": op.kind, "appointment_id": op.appointment_id}
+    shown = fingerprints.participant
     match op:
         case CreateSession():
             out["host"] = op.host_external_id
             out["schedule_ts"] = op.schedule_ts.isoformat()
-            out["participants"] = [g.external_id for g in op.guests]
+            out["participants"] = [shown(g.external_id) for g in op.guests]
         case RescheduleSession():
             out["session_id"] = op.session_id
             out["schedule_ts"] = op.schedule_ts.isoformat()
@@ -243,13 +254,13 @@ def describe(op: Operation) -> dict[str, object]:
             out["reason"] = op.reason
         case AddParticipant():
             out["session_id"] = op.session_id
-            out["participant_external_id"] = op.guest.external_id
+            out["participant_external_id"] = shown(op.guest.external_id)
         case UpdateParticipant():
             out["session_id"] = op.session_id
-            out["participant_external_id"] = op.guest.external_id
+            out["participant_external_id"] = shown(op.guest.external_id)
             out["fields"] = list(op.changed)
         case RemoveParticipant():
             out["session_id"] = op.session_id
-            out["participant_external_id"] = op.external_id
+            out["participant_external_id"] = shown(op.external_id)
             out["reason"] = op.reason
     return out

@@ -302,7 +302,10 @@ def _owned(
             gone[key] = mine  # adopted again below if a call whose answer was lost made it anew
             continue
         if not mine.fields_known:
-            mine = observed_as_applied(key, current, mine.packet_id, fp)
+            # A null PacketId on file was sent by a syncd that left it out: whether that showed
+            # no documents or all of them depended on the endpoint, so it is not taken as known.
+            packet = wanted[key].packet_id if mine.packet_id is None else mine.packet_id
+            mine = observed_as_applied(key, current, packet, fp)
         owned[key] = mine
     for key, guest in wanted.items():
         if key in owned:

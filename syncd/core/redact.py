@@ -32,6 +32,11 @@ def redact(text: str, appointment: Appointment | None = None) -> str:
         # Longest first, so a full name is replaced before a part of it could be.
         for value in sorted((s for s in secrets if len(s) >= 2), key=len, reverse=True):
             text = re.sub(re.escape(value), "[redacted]", text, flags=re.IGNORECASE)
+        # Participant external ids are often MRNs; only whole ids, so "12" leaves "1215" alone.
+        ids = {g.external_id for g in appointment.guests if len(g.external_id) >= 2}
+        for value in sorted(ids, key=len, reverse=True):
+            whole = rf"(?<![0-9A-Za-z]){re.escape(value)}(?![0-9A-Za-z])"
+            text = re.sub(whole, "[redacted]", text, flags=re.IGNORECASE)
     text = _EMAIL.sub("[redacted]", text)
     text = _PHONE.sub("[redacted]", text)
     text = "".join(ch if ch.isprintable() else " " for ch in text)

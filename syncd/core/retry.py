@@ -16,8 +16,9 @@ from syncd.core.errors import TemporaryError
 class RetryPolicy:
     base_seconds: float = 0.5
     cap_seconds: float = 60.0
-    #: tries before an appointment is parked
-    max_attempts: int = 8
+    #: failed tries in a row after which an appointment is reported as retrying for long
+    #: (``retrying_long``); a temporary failure is retried for as long as it lasts, never parked
+    long_after_attempts: int = 8
     rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 
     def delay(self, attempt: int, *, retry_after: float | None = None) -> float:
@@ -27,8 +28,9 @@ class RetryPolicy:
             return max(0.0, retry_after) + self.rng.uniform(0, self.base_seconds / 10)
         return self.rng.uniform(0, min(self.cap_seconds, self.base_seconds * 2 ** (attempt - 1)))
 
-    def exhausted(self, attempts: int) -> bool:
-        return attempts >= self.max_attempts
+    def turns_long(self, attempts: int) -> bool:
+        """The attempt at which to say, once, that this appointment has been retrying for long."""
+        return attempts == self.long_after_attempts
 
 
 def counts_as_failure(exc: TemporaryError) -> int:

@@ -23,7 +23,15 @@ from decimal import Decimal, InvalidOperation
 from typing import NoReturn
 from zoneinfo import ZoneInfo
 
-from syncd.core.domain import PRESENCE, Appointment, AppointmentStatus, Delivery, Guest, Presence
+from syncd.core.domain import (
+    NO_DOCUMENTS,
+    PRESENCE,
+    Appointment,
+    AppointmentStatus,
+    Delivery,
+    Guest,
+    Presence,
+)
 from syncd.core.errors import InvalidRowError
 
 #: An IANA name (or a Windows id) to the Windows id SecureVideo takes; ``ValueError`` if none.
@@ -365,9 +373,10 @@ class _Row:
         except ValueError:
             self.fail(field, "not an IANA time zone with a Windows id, nor a Windows time zone id")
 
-    def _packet_id(self, where: str, value: object) -> int | None:
+    def _packet_id(self, where: str, value: object) -> int:
         if value is None:
-            return None
+            # No packet named is no documents, whichever endpoint the guest is sent to.
+            return NO_DOCUMENTS
         number = _int_or_none(value)
         if number is None or not -1 <= number <= MAX_INT32:
             self.fail(f"{where}.packet_id", "must be an integer of at least -1")

@@ -42,7 +42,9 @@ def _with_packet(p: RemoteParticipant, known: KnownPackets) -> RemoteParticipant
     if p.packet_known or not p.external_id or p.external_id not in known:
         return p
     participation_id, packet_id = known[p.external_id]
-    if participation_id != p.participation_id:
+    # A null PacketId on file was sent by a syncd that left it out: what SecureVideo shows for it
+    # depends on the endpoint it went to, so it stays unknown.
+    if participation_id != p.participation_id or packet_id is None:
         return p
     return replace(p, packet_id=packet_id, packet_known=True)
 

@@ -11,8 +11,13 @@ method, path, query and JSON body, with SessionIds and ParticipationIds in the p
 host and ExternalSessionId they name) together with how many times it saw that same request.  The
 same requests meet the same faults whichever of a client's threads sends first, so a chaos run is
 reproducible from its seeds.  Counted faults (`fail_next`, ...) hit the next calls to arrive.
+
+For trying syncd by hand: `StateFile` keeps the account in a file across restarts, and
+`simulate_visit` (over HTTP, ``POST /emulator/visit/{SessionId}``) makes a session's participants
+connect so that it becomes billable.  `tls_context` serves HTTPS with a given certificate.
 """
 
+from syncd.emulator.persist import StateFile, StateFileError
 from syncd.emulator.server import (
     FAULT_KINDS,
     MUTATING_METHODS,
@@ -21,6 +26,7 @@ from syncd.emulator.server import (
     RecordedCall,
     request_identity,
     serve,
+    tls_context,
 )
 from syncd.emulator.state import (
     DEFAULT_HOSTS,
@@ -28,11 +34,13 @@ from syncd.emulator.state import (
     EmulatorState,
     HostUser,
     InvalidRequestError,
+    PacketGiven,
     ParticipantRecord,
     SessionRecord,
     UnknownResourceError,
     demo_hosts,
 )
+from syncd.emulator.visits import simulate_visit
 
 __all__ = [
     "DEFAULT_HOSTS",
@@ -44,11 +52,16 @@ __all__ = [
     "Faults",
     "HostUser",
     "InvalidRequestError",
+    "PacketGiven",
     "ParticipantRecord",
     "RecordedCall",
     "SessionRecord",
+    "StateFile",
+    "StateFileError",
     "UnknownResourceError",
     "demo_hosts",
     "request_identity",
     "serve",
+    "simulate_visit",
+    "tls_context",
 ]

@@ -18,6 +18,7 @@ import json
 import random
 import signal
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -27,20 +28,24 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from socketserver import TCPServer
 from types import FrameType, TracebackType
 from typing import Any, Final, Self, cast
 from urllib.parse import parse_qsl, unquote
 
+from syncd.emulator.persist import StateFile
 from syncd.emulator.state import (
     DEFAULT_HOSTS,
     ApiError,
     EmulatorState,
     HostUser,
     InvalidRequestError,
+    PacketGiven,
     SessionRecord,
     UnknownResourceError,
 )
+from syncd.emulator.visits import ADMIN_PATH, admin_request
 
 MUTATING_METHODS: Final = ("POST", "PUT", "DELETE")
 FAULT_KINDS: Final = ("latency", "fail", "throttle", "drop", "delay")
@@ -597,8 +602,11 @@ class _EmulatorHTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], emulator: Emulator) -> None:
+    def __init__(
+        self, address: tuple[str, int], emulator: Emulator, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.emulator = emulator
+        self.tls = tls
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         super().__init__(address, _Handler)
@@ -622,6 +630,11 @@ class _EmulatorHTTPServer(ThreadingHTTPServer):
         # queue or among ours when ``unfinished_connection_count`` looks.
         with self._connections_lock:
             request, address = self.socket.accept()
+            if self.tls is not None:
+                # No handshake here, in the accepting thread: the handler's thread does it.
+                request = self.tls.wrap_socket(
+                    request, server_side=True, do_handshake_on_connect=False
+                )
             self._connections.add(request)
         return request, address
 
@@ -676,6 +689,15 @@ class _Handler(BaseHTTPRequestHandler):
     # delayed ACKs add ~40 ms to every keep-alive answer.
     wbufsize = -1
     disable_nagle_algorithm = True
+
+    def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            # A failed handshake (a client that does not trust the certificate) raises an
+            # OSError here, which the server drops without a traceback.
+            self.request.settimeout(10)
+            self.request.do_handshake()
+            self.request.settimeout(None)
+        super().setup()
 
     def version_string(self) -> str:
         return self.server_version
@@ -772,6 +794,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._drop()
             return
         answer = _answer(emulator.state, method, path, query, body)
+        if answer.status < 400 and method in MUTATING_METHODS:
+            emulator._changed()
         if answer.status < 400 and emulator.faults.hook("after_apply", method, path):
             record(None, body, "hook")
             self._drop()
@@ -857,6 +881,10 @@ def _answer(
     state: EmulatorState, method: str, path: str, query: dict[str, str], body: Any
 ) -> _Answer:
     try:
+        if path.lower().startswith(ADMIN_PATH):
+            given = None if body is _BODY_MISSING else _require_body(body)
+            status, payload = admin_request(state, method, path[len(ADMIN_PATH) :], query, given)
+            return _Answer(status, payload)
         return _dispatch(state, method, path, query, body)
     except ApiError as exc:
         return _error(exc.status, exc.message)
@@ -885,12 +913,24 @@ class Emulator:
         *,
         seed: int | None = None,
         call_log_limit: int | None = None,
+        tls: ssl.SSLContext | None = None,
+        passkeys: bool = False,
+        refuse_cancelling_connected: bool = False,
         round_to_quarter_hours: bool = False,
     ) -> None:
         """`seed` makes generated codes reproducible; `call_log_limit` keeps only the newest
-        calls, for long benchmark runs; `round_to_quarter_hours` puts scheduled times on
-        quarter hours (one reading of the documents)."""
-        self.state = EmulatorState(hosts, seed=seed, round_to_quarter_hours=round_to_quarter_hours)
+        calls, for long benchmark runs; `tls`, a server context (its certificate loaded), serves
+        HTTPS instead of HTTP (see `tls_context`).  `passkeys`, `refuse_cancelling_connected` and
+        `round_to_quarter_hours` choose between readings of what the documents leave open (see
+        `EmulatorState`)."""
+        self.tls = tls
+        self.state = EmulatorState(
+            hosts,
+            seed=seed,
+            passkeys=passkeys,
+            refuse_cancelling_connected=refuse_cancelling_connected,
+            round_to_quarter_hours=round_to_quarter_hours,
+        )
         self.faults = Faults()
         self.api_key = api_key
         self.api_secret = api_secret
@@ -900,6 +940,7 @@ class Emulator:
         self._thread: threading.Thread | None = None
         self._lifecycle_lock = threading.Lock()
         self._calls: deque[RecordedCall] = deque(maxlen=call_log_limit)
+        self._change_hooks: list[Callable[[], object]] = []
         self._calls_lock = threading.Lock()
         self._in_flight = self._in_flight_peak = 0
 
@@ -909,7 +950,7 @@ class Emulator:
         with self._lifecycle_lock:
             if self._server is not None:
                 return self
-            server = _EmulatorHTTPServer((self._bind_host, self._port), self)
+            server = _EmulatorHTTPServer((self._bind_host, self._port), self, self.tls)
             self._port = int(server.server_address[1])
             thread = threading.Thread(
                 target=server.serve_forever,
@@ -956,7 +997,8 @@ class Emulator:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self._bind_host}:{self.port}"
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://{self._bind_host}:{self.port}"
 
     @property
     def open_connections(self) -> int:
@@ -1011,6 +1053,9 @@ class Emulator:
     def add_host(self, host: HostUser) -> None:
         self.state.add_host(host)
 
+    def remove_host(self, external_id: str) -> None:
+        self.state.remove_host(external_id)
+
     def mark_connected(
         self, session_id: int, participation_id: int | None = None, at: datetime | None = None
     ) -> None:
@@ -1032,6 +1077,10 @@ class Emulator:
     def sessions(self) -> list[SessionRecord]:
         return self.state.sessions()
 
+    def packets(self, session_id: int) -> dict[int, PacketGiven]:
+        """What each guest of a session was given as PacketId, and is shown."""
+        return self.state.packets(session_id)
+
     def live_sessions_by_external_id(self) -> dict[str, list[int]]:
         return self.state.live_sessions_by_external_id()
 
@@ -1045,7 +1094,15 @@ class Emulator:
         self.faults.reset_counters()
         self.calls_clear()
 
+    def on_change(self, hook: Callable[[], object]) -> None:
+        """Call ``hook`` after every request that changed the account (before it is answered)."""
+        self._change_hooks.append(hook)
+
     # used by the handler
+
+    def _changed(self) -> None:
+        for hook in self._change_hooks:
+            hook()
 
     def _arrived(self) -> None:
         with self._calls_lock:
@@ -1077,6 +1134,14 @@ class Emulator:
         return bool(separator) and key_ok and secret_ok
 
 
+def tls_context(cert_file: str, key_file: str | None = None) -> ssl.SSLContext:
+    """A server context for `Emulator(tls=...)` from a PEM certificate (chain) and its key
+    (None: the key is in ``cert_file`` too)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
 class _StopServing(BaseException):
     """Raised by the SIGTERM handler to leave `serve()` the way Ctrl-C does."""
 
@@ -1091,11 +1156,33 @@ def serve(
     on_ready: Callable[[Emulator], None] | None = None,
     stop: threading.Event | None = None,
     round_to_quarter_hours: bool = False,
+    tls: ssl.SSLContext | None = None,
+    state_file: Path | None = None,
+    passkeys: bool = False,
 ) -> None:
     """Run an emulator in the foreground until Ctrl-C, SIGTERM or `stop` is set.
 
-    `on_ready` gets the started emulator (e.g. to print its base URL).
+    `on_ready` gets the started emulator (e.g. to print its base URL).  `tls` serves HTTPS.
+    `state_file` keeps the account across restarts: loaded before the port opens (a
+    `StateFileError` when it cannot be), written after every change and at exit.  `passkeys`:
+    the account option that gives API-made guests a Passkey.  `round_to_quarter_hours`: scheduled
+    times on quarter hours (one reading of the documents).
     """
+    emulator = Emulator(
+        host,
+        port,
+        hosts,
+        api_key,
+        api_secret,
+        tls=tls,
+        passkeys=passkeys,
+        round_to_quarter_hours=round_to_quarter_hours,
+    )
+    saved = None if state_file is None else StateFile(state_file, emulator.state)
+    if saved is not None:
+        # Before anything else: a file that cannot be loaded must not be overwritten at exit.
+        saved.load()
+        emulator.on_change(saved.save)
     stop_event = stop or threading.Event()
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous_handler: Any = None
@@ -1105,9 +1192,6 @@ def serve(
 
     if in_main_thread:
         previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
-    emulator = Emulator(
-        host, port, hosts, api_key, api_secret, round_to_quarter_hours=round_to_quarter_hours
-    )
     try:
         emulator.start()
         if on_ready is not None:
@@ -1119,5 +1203,7 @@ def serve(
         pass
     finally:
         emulator.stop()
+        if saved is not None:
+            saved.save()
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous_handler)

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
+from syncd.emulator.windows_zones import WINDOWS_ZONE_IDS
+
 JsonObject = dict[str, Any]
 
 SCHEDULED: Final = "Scheduled"
@@ -30,6 +32,10 @@ CANCELLED: Final = "Cancelled"
 RSVP_VALUES: Final = ("Unknown", "Confirmed", "Declined")
 DELIVERY_CODES: Final = ("E", "S", "N")
 BILLABLE_STATUS_CODES: Final = ("BILL", "SVCO", "DUPL", "COMP")
+
+#: What a PacketId shows the participant: these two, or the packet of that id.
+NO_DOCUMENTS: Final = -1
+ALL_DOCUMENTS: Final = 0
 
 #: SecureVideo deactivates sessions older than this every night; only newer ones are listed.
 ACTIVE_WINDOW: Final = timedelta(days=1)
@@ -102,9 +108,25 @@ class ParticipantRecord:
     connection_ts: datetime | None = None
     expires_ts: datetime | None = None
     rsvp: str = "Unknown"
+    #: the PacketId as the request carried it; None when it was null or left out
     packet_id: int | None = None
     svc_id: int | None = None
     deposit_required: float | None = None
+    #: what the participant is shown: NO_DOCUMENTS, ALL_DOCUMENTS or a packet id.  A null or
+    #: missing PacketId means "none" to POST /session and "all" to POST and PUT /participant.
+    documents: int = NO_DOCUMENTS
+
+
+@dataclass(frozen=True, slots=True)
+class PacketGiven:
+    """The PacketId one participation was given, and what it shows the participant."""
+
+    participation_id: int
+    external_id: str | None
+    #: as sent, -1 and 0 included; None when the request sent null or left it out
+    sent: int | None
+    #: NO_DOCUMENTS (-1), ALL_DOCUMENTS (0) or the packet shown
+    shown: int
 
 
 @dataclass(slots=True)
@@ -126,10 +148,21 @@ class SessionRecord:
     wait_time: int | None = None
     scheduled_by_user_id: int | None = API_SCHEDULER_ID
     created_at: datetime | None = None
+    #: the ScheduleType a cancel replaced: what a session that had connected still reports
+    type_before_cancel: str | None = None
 
     @property
     def cancelled(self) -> bool:
         return self.schedule_type == CANCELLED
+
+    @property
+    def reported_type(self) -> str:
+        """ScheduleType as Session JSON shows it: "Cancelled" is documented as "cancelled prior
+        to the Scheduled Time, and the BillableTs is null", so a session that connected keeps
+        the type it had."""
+        if self.cancelled and self.billable_ts is not None:
+            return self.type_before_cancel or SCHEDULED
+        return self.schedule_type
 
     @property
     def host_participant(self) -> ParticipantRecord:
@@ -196,7 +229,7 @@ def session_json(session: SessionRecord) -> JsonObject:
         "DurationMinutes": session.duration_minutes,
         "WaitTime": session.wait_time,
         "BillableStatusCd": session.billable_status_cd,
-        "ScheduleType": session.schedule_type,
+        "ScheduleType": session.reported_type,
         "UserId": session.user_id,
         "IsRecorded": session.is_recorded,
         "ZoomMeetingId": session.zoom_meeting_id,
@@ -214,7 +247,7 @@ def history_json(session: SessionRecord) -> JsonObject:
         "DurationMinutes": session.duration_minutes,
         "WaitTime": session.wait_time,
         "BillableStatusCd": session.billable_status_cd,
-        "ScheduleType": session.schedule_type,
+        "ScheduleType": session.reported_type,
         "UserId": session.user_id,
         # The real description lists host and participant names; ours must not carry names.
         "UsageDescription": f"Session #{session.session_id}",
@@ -295,6 +328,23 @@ def _check_deposit(svc_id: int | None, deposit: float | None) -> None:
         raise InvalidRequestError("SvcId and DepositRequired must both be null or both be set")
 
 
+def _packet_id(obj: dict[str, Any]) -> int | None:
+    packet_id = _optional_int(obj, "PacketId")
+    if packet_id is not None and packet_id < NO_DOCUMENTS:
+        raise InvalidRequestError("PacketId must be -1, 0 or the id of a packet")
+    return packet_id
+
+
+def _time_zone(obj: dict[str, Any], host: HostUser) -> str:
+    """A participant's Windows zone id; none (null or blank) is the host's zone."""
+    zone = (_optional_str(obj, "ParticipantTimeZoneWindowsId") or "").strip()
+    if not zone:
+        return host.time_zone_windows_id
+    if zone not in WINDOWS_ZONE_IDS:
+        raise InvalidRequestError("ParticipantTimeZoneWindowsId must be a Windows time zone id")
+    return zone
+
+
 # --- the model ---------------------------------------------------------------------------------
 
 
@@ -310,15 +360,26 @@ class EmulatorState:
         hosts: Iterable[HostUser] = DEFAULT_HOSTS,
         *,
         seed: int | None = None,
+        passkeys: bool = False,
+        refuse_cancelling_connected: bool = False,
         round_to_quarter_hours: bool = False,
     ) -> None:
-        """``round_to_quarter_hours``: scheduled times land on minute 0, 15, 30 or 45 (nearest,
-        a half rounds up), as one edition of the docs says; unconfirmed, so tests run both."""
+        """``passkeys``: the account option that makes API-created guests join with a Passkey
+        (without it every Passkey is null).  ``refuse_cancelling_connected``: what DELETE does
+        to a session that has connected is undocumented; by default it is accepted and the
+        session keeps reporting its type (see ``SessionRecord.reported_type``), with this it is
+        a 400.  ``round_to_quarter_hours``: scheduled times land on minute 0, 15, 30 or 45
+        (nearest, a half rounds up), as one edition of the docs says; unconfirmed, so tests run
+        both."""
         self._lock = threading.RLock()
+        self._passkeys = passkeys
+        self._refuse_cancelling_connected = refuse_cancelling_connected
         self.round_to_quarter_hours = round_to_quarter_hours
         self._initial_hosts = tuple(hosts)
         self._rng = random.Random(seed)
         self._hosts: dict[int, HostUser] = {}
+        #: hosts removed by ``remove_host``: their sessions stay and still need their host
+        self._departed: dict[int, HostUser] = {}
         self._sessions: dict[int, SessionRecord] = {}
         self._by_external_session_id: dict[str, list[int]] = {}
         self._session_of_participation: dict[int, int] = {}
@@ -371,6 +432,14 @@ class EmulatorState:
             if any(h.external_id == host.external_id for h in self._hosts.values()):
                 raise ValueError(f"external id {host.external_id!r} already exists")
             self._hosts[host.user_id] = host
+
+    def remove_host(self, external_id: str) -> None:
+        """The provider leaves SecureVideo (a test control): their sessions stay, but the User
+        and Session APIs answer 404 for them."""
+        with self._lock:
+            host = self._resolve_host(None, external_id)
+            del self._hosts[host.user_id]
+            self._departed[host.user_id] = host
 
     def hosts(self) -> list[HostUser]:
         with self._lock:
@@ -495,7 +564,7 @@ class EmulatorState:
 
             members = [self._host_participation(host)]
             for raw in raw_participants:
-                candidate = self._new_participation(raw, host)
+                candidate = self._new_participation(raw, host, absent_packet=NO_DOCUMENTS)
                 _check_joinable(candidate, host, members)
                 members.append(candidate)
 
@@ -555,7 +624,12 @@ class EmulatorState:
             session = self._find_session(session_id, external_session_id)
             if session.cancelled:
                 raise InvalidRequestError(f"Session {session.session_id} is already cancelled")
+            if session.billable_ts is not None and self._refuse_cancelling_connected:
+                raise InvalidRequestError(
+                    f"Session {session.session_id} has connected and cannot be cancelled"
+                )
             # The session stays listed as a tombstone, as on SecureVideo.
+            session.type_before_cancel = session.schedule_type
             session.schedule_type = CANCELLED
 
     # participants
@@ -570,8 +644,8 @@ class EmulatorState:
         with self._lock:
             session = self._find_session(session_id, external_session_id)
             _refuse_if_cancelled(session)
-            host = self._hosts[session.user_id]
-            candidate = self._new_participation(body, host)
+            host = self._host_of(session)
+            candidate = self._new_participation(body, host, absent_packet=ALL_DOCUMENTS)
             _check_joinable(candidate, host, session.participants)
             self._attach(session, candidate)
             return session_json(session)
@@ -614,16 +688,15 @@ class EmulatorState:
                 "ParticipantEmailAddress": "email",
                 "ParticipantSmsNumber": "sms",
                 "ParticipantDefaultResolution": "default_resolution",
-                "ParticipantTimeZoneWindowsId": "time_zone_windows_id",
             }
             for key, attribute in text_fields.items():
                 if key in request:
                     value = _optional_str(request, key)
                     if value is None and attribute == "default_resolution":
                         value = "high"
-                    elif value is None and attribute == "time_zone_windows_id":
-                        value = session.host_participant.time_zone_windows_id
                     changes[attribute] = (value or "").strip()
+            if "ParticipantTimeZoneWindowsId" in request:
+                changes["time_zone_windows_id"] = _time_zone(request, self._host_of(session))
             if "ParticipantExternalId" in request:
                 changes["external_id"] = _optional_str(request, "ParticipantExternalId")
             if "ShouldAutoDeliverCode" in request:
@@ -631,7 +704,10 @@ class EmulatorState:
                     _optional_str(request, "ShouldAutoDeliverCode") or "N"
                 )
             if "PacketId" in request:
-                changes["packet_id"] = _optional_int(request, "PacketId")
+                packet_id = _packet_id(request)
+                changes["packet_id"] = packet_id
+                # The Participants API: a null PacketId shows every document.
+                changes["documents"] = ALL_DOCUMENTS if packet_id is None else packet_id
             if "SvcId" in request:
                 changes["svc_id"] = _optional_int(request, "SvcId")
             if "DepositRequired" in request:
@@ -736,6 +812,17 @@ class EmulatorState:
         with self._lock:
             return copy.deepcopy(self._session(session_id))
 
+    def packets(self, session_id: int) -> dict[int, PacketGiven]:
+        """Per guest participation of a session: the PacketId it was last given and what that
+        shows the participant (Session JSON does not report it)."""
+        with self._lock:
+            return {
+                p.participation_id: PacketGiven(
+                    p.participation_id, p.external_id, p.packet_id, p.documents
+                )
+                for p in self._session(session_id).participants[1:]
+            }
+
     def live_sessions_by_external_id(self) -> dict[str, list[int]]:
         """ExternalSessionId -> ids of its non-cancelled sessions; more than one is a duplicate."""
         with self._lock:
@@ -783,12 +870,16 @@ class EmulatorState:
             self._by_external_session_id.clear()
             self._session_of_participation.clear()
             self._hosts.clear()
+            self._departed.clear()
             for host in self._initial_hosts:
                 self._hosts[host.user_id] = host
             self._frozen_now = None
             self._clock_offset = timedelta()
 
     # internals (callers hold the lock)
+
+    def _host_of(self, session: SessionRecord) -> HostUser:
+        return self._hosts.get(session.user_id) or self._departed[session.user_id]
 
     def _session(self, session_id: int) -> SessionRecord:
         session = self._sessions.get(session_id)
@@ -862,22 +953,30 @@ class EmulatorState:
     def _connect_code(self) -> int:
         return self._rng.randint(100_000_000, 999_999_999)
 
-    def _passkey(self) -> str:
+    def _passkey(self) -> str | None:
+        # Only with the account option; a registered user never has one.
+        if not self._passkeys:
+            return None
         return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
 
     def _host_participation(self, host: HostUser) -> ParticipantRecord:
-        return self._user_participation(host, code="E")
+        return self._user_participation(host, code="E", external_id=host.external_id)
 
     def _user_participation(
         self,
         user: HostUser,
         *,
         code: str,
+        external_id: str | None,
         packet_id: int | None = None,
+        documents: int = NO_DOCUMENTS,
         svc_id: int | None = None,
         deposit: float | None = None,
     ) -> ParticipantRecord:
-        """A user of the account in a session: the host, or a SecureVideo user as a guest."""
+        """A user of the account in a session: the host, or a SecureVideo user as a guest.
+
+        ``external_id`` is the participation's own: the Session JSON article shows one user as
+        "Provider_AMG" in one session, "EMR123456" in another and null in a third."""
         return ParticipantRecord(
             participation_id=0,
             full_name=user.full_name,
@@ -886,19 +985,24 @@ class EmulatorState:
             sms="",
             default_resolution="high",
             time_zone_windows_id=user.time_zone_windows_id,
-            external_id=user.external_id,
+            external_id=external_id,
             connect_code=self._connect_code(),
-            passkey="",
+            passkey=None,
             should_auto_deliver_code=code,
             packet_id=packet_id,
             svc_id=svc_id,
             deposit_required=deposit,
+            documents=documents,
         )
 
-    def _new_participation(self, raw: Any, host: HostUser) -> ParticipantRecord:
-        """A participant from a request body; its ParticipationId is assigned on attach."""
+    def _new_participation(
+        self, raw: Any, host: HostUser, *, absent_packet: int
+    ) -> ParticipantRecord:
+        """A participant from a request body; its ParticipationId is assigned on attach.
+        ``absent_packet``: what a null or missing PacketId shows, which differs by endpoint."""
         request = _require_object(raw, "A participant")
-        packet_id = _optional_int(request, "PacketId")
+        packet_id = _packet_id(request)
+        documents = absent_packet if packet_id is None else packet_id
         svc_id = _optional_int(request, "SvcId")
         deposit = _optional_number(request, "DepositRequired")
         _check_deposit(svc_id, deposit)
@@ -912,7 +1016,13 @@ class EmulatorState:
             code = _optional_str(request, "ShouldAutoDeliverCode") or "E"
             _check_delivery(code, user.email, "")
             return self._user_participation(
-                user, code=code, packet_id=packet_id, svc_id=svc_id, deposit=deposit
+                user,
+                code=code,
+                external_id=_optional_str(request, "ParticipantExternalId"),
+                packet_id=packet_id,
+                documents=documents,
+                svc_id=svc_id,
+                deposit=deposit,
             )
         name = (_optional_str(request, "ParticipantFullName") or "").strip()
         if len(name) < 2:
@@ -928,9 +1038,7 @@ class EmulatorState:
             email=email,
             sms=sms,
             default_resolution=_optional_str(request, "ParticipantDefaultResolution") or "high",
-            # Time zones are stored unchecked; without one the host's zone applies.
-            time_zone_windows_id=_optional_str(request, "ParticipantTimeZoneWindowsId")
-            or host.time_zone_windows_id,
+            time_zone_windows_id=_time_zone(request, host),
             external_id=_optional_str(request, "ParticipantExternalId"),
             connect_code=self._connect_code(),
             passkey=self._passkey(),
@@ -938,6 +1046,7 @@ class EmulatorState:
             packet_id=packet_id,
             svc_id=svc_id,
             deposit_required=deposit,
+            documents=documents,
         )
 
 

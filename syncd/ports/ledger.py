@@ -13,9 +13,21 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Protocol
+
+from syncd.ports.records import (
+    AppointmentRecord,
+    BookedAppointment,
+    LeaseHolder,
+    LeaseRecord,
+    OperationRecord,
+    OutboxRewind,
+    OutcomeTarget,
+    ParticipantOutcomeRecord,
+    ParticipantRecord,
+    SessionOutcomeRecord,
+)
 
 __all__ = [
     "AMBIGUOUS",
@@ -35,11 +47,14 @@ __all__ = [
     "AppointmentRepository",
     "BookedAppointment",
     "CursorRepository",
+    "LeaseHolder",
+    "LeaseRecord",
     "LeaseRepository",
     "Ledger",
     "LedgerTransaction",
     "OperationJournal",
     "OperationRecord",
+    "OutboxRewind",
     "OutcomeTarget",
     "ParticipantOutcomeRecord",
     "ParticipantRecord",
@@ -72,131 +87,6 @@ HELD_PREFIX: Final = "held:"
 TEXT_LIMIT: Final = 1000
 
 
-# --- records -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AppointmentRecord:
-    appointment_id: str
-    #: the newest outbox event seen for this appointment
-    last_event_id: int
-    #: the newest event fully handled (synced or skipped)
-    applied_event_id: int | None
-    #: one of :data:`APPOINTMENT_STATES`
-    state: str
-    attempts: int
-    reason: str | None
-    next_attempt_at: datetime | None
-    #: the live SecureVideo session syncd manages for this appointment, and its host
-    session_id: int | None
-    host_external_id: str | None
-    created_at: datetime
-    updated_at: datetime
-    parked_at: datetime | None
-    #: the managed session's time (UTC) when last settled; None before migration 0002
-    schedule_ts: datetime | None = None
-    #: the ExternalSessionId the appointment got (kept across prefix changes); None before 0006
-    external_session_id: str | None = None
-    #: the ScheduleTs syncd last sent for the managed session; None before 0006 or without one
-    sent_schedule_ts: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class OperationRecord:
-    id: int
-    appointment_id: str
-    event_id: int
-    op: str
-    session_id: int | None
-    participant_external_id: str | None
-    #: one of :data:`OPERATION_STATES`
-    state: str
-    attempt: int
-    detail: str | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    pid: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class ParticipantRecord:
-    """An owned participation and what syncd last sent to it.  ``external_id`` is the ledger's
-    key for the participant, ``Fingerprints.participant(external id)``: never the raw id (an
-    MRN); name, e-mail and SMS are kept as fingerprints only."""
-
-    appointment_id: str
-    external_id: str
-    session_id: int
-    participation_id: int | None
-    #: what syncd last sent: SecureVideo never reports a participant's PacketId
-    packet_id: int | None
-    updated_at: datetime
-    #: None when the fields sent are not known (rows from before migration 0006)
-    deliver: str | None = None
-    securevideo_user_id: str | None = None
-    name_fp: str | None = None
-    email_fp: str | None = None
-    sms_fp: str | None = None
-    time_zone_windows_id: str | None = None
-    svc_id: int | None = None
-    #: decimal text ("20.00"): exact on every backend
-    deposit: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SessionOutcomeRecord:
-    """The billing values SecureVideo last reported for an appointment's managed session."""
-
-    appointment_id: str
-    session_id: int
-    host_external_id: str | None
-    schedule_ts: datetime | None
-    schedule_type: str | None
-    billable_ts: datetime | None
-    duration_minutes: int | None
-    wait_time: int | None
-    billable_status_cd: str | None
-    #: when ``GET /history`` gave the values after the session left the active list
-    final_at: datetime | None
-    #: when any value above last changed
-    changed_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class ParticipantOutcomeRecord:
-    """A managed participant's answer and first connection, as SecureVideo last reported them."""
-
-    appointment_id: str
-    participant_external_id: str
-    session_id: int
-    participation_id: int | None
-    rsvp: str | None
-    connection_ts: datetime | None
-    changed_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class OutcomeTarget:
-    """A managed session whose outcome is not final yet."""
-
-    appointment_id: str
-    session_id: int
-    host_external_id: str
-    #: the appointment's, else the one last observed for this session; None when neither is known
-    schedule_ts: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class BookedAppointment:
-    """An appointment with a managed session, for the billing report."""
-
-    appointment_id: str
-    session_id: int
-    schedule_ts: datetime
-    #: what the outcome collector recorded for this session, if anything
-    billable_ts: datetime | None
-
-
 # --- repositories ------------------------------------------------------------------------------
 
 
@@ -209,6 +99,19 @@ class CursorRepository(Protocol):
 
     def advance(self, event_id: int) -> None:
         """Move the cursor forward to ``event_id``; never backwards."""
+        ...
+
+    def position(self) -> tuple[int, OutboxRewind | None]:
+        """The cursor and the last rewind recorded (None if none ever was), in one read."""
+        ...
+
+    def rewind(self, *, newest_event_id: int, now: datetime) -> OutboxRewind:
+        """The outbox went back: move the cursor to 0 — the one way it moves backwards — and
+        record the rewind (its ``applied_at`` None) in place of the last one."""
+        ...
+
+    def rewind_applied(self, now: datetime) -> bool:
+        """The last rewind's re-read has been applied.  False without one not yet applied."""
         ...
 
     def fingerprint_key(self) -> bytes:
@@ -232,6 +135,33 @@ class AppointmentRepository(Protocol):
         """
         ...
 
+    def newest_at(self, event_ids: Collection[int]) -> dict[int, tuple[str, str | None]]:
+        """Event id → (appointment id, ``last_digest``) of the appointments whose newest event is
+        one of these ids."""
+        ...
+
+    def note_digests(self, digests: Mapping[str, tuple[int, str]]) -> None:
+        """Record each appointment's (event id, digest of that row), where that event is still
+        its newest."""
+        ...
+
+    def rebase_events(self, now: datetime) -> int:
+        """The outbox went back: its event ids mean nothing any more, so every appointment's
+        newest event becomes 0 (state, session and digests kept) until :meth:`note_contents`
+        sees its row again.  Returns how many appointments the ledger has."""
+        ...
+
+    def note_contents(self, rows: Mapping[str, tuple[int, str]], *, now: datetime) -> int:
+        """Record each appointment's newest (event id, row digest) where the event is newer than
+        the one on file; content, not the id, decides what needs work.
+
+        A new appointment enters ``pending``.  A known one is left as it is (its event id and
+        ``last_digest`` updated) when synced or skipped with this digest applied, or parked or
+        pending with this digest on file; otherwise it becomes ``pending`` afresh.  Returns how
+        many now need work.
+        """
+        ...
+
     def due(
         self, now: datetime, limit: int, after_appointment_id: str | None = None
     ) -> list[AppointmentRecord]:
@@ -251,14 +181,22 @@ class AppointmentRepository(Protocol):
         host_external_id: str | None,
         now: datetime,
         schedule_ts: datetime | None = None,
+        reason: str | None = None,
     ) -> bool:
-        """SecureVideo matches ``event_id``.  False when a newer event keeps it ``pending``."""
+        """SecureVideo matches ``event_id``.  False when a newer event keeps it ``pending``.
+
+        ``reason``: what an operator should still know (a previous host SecureVideo no longer
+        knows), shown as a parked appointment's reason is.
+
+        Either way ``applied_digest`` becomes the ``last_digest`` on file while ``event_id`` is
+        the newest, and None otherwise (what was applied is then unknown by content)."""
         ...
 
     def mark_skipped(
         self, appointment_id: str, *, event_id: int, reason: str, now: datetime
     ) -> bool:
-        """``event_id`` needs nothing from SecureVideo (fulfilled, no-show, outside its window)."""
+        """``event_id`` needs nothing from SecureVideo (fulfilled, no-show, outside its window).
+        ``applied_digest`` as for :meth:`mark_synced`."""
         ...
 
     def schedule_retry(
@@ -272,7 +210,8 @@ class AppointmentRepository(Protocol):
         event_id: int | None = None,
     ) -> bool:
         """Leave the appointment ``pending`` until ``next_attempt_at``.  With ``event_id``, only
-        while that is still its newest event."""
+        while that is still its newest event.  ``updated_at`` is left alone: the appointment has
+        been waiting since it became pending."""
         ...
 
     def park(
@@ -331,6 +270,15 @@ class AppointmentRepository(Protocol):
 
     def parked(self, limit: int = 100) -> list[AppointmentRecord]:
         """Parked appointments, longest parked first."""
+        ...
+
+    def noted(self, limit: int = 100) -> list[AppointmentRecord]:
+        """Synced appointments that carry a reason (``mark_synced(reason=…)``), by id."""
+        ...
+
+    def retrying(self, limit: int = 100) -> list[AppointmentRecord]:
+        """Pending appointments that failed at least once (a temporary failure being retried),
+        soonest next try first."""
         ...
 
     def oldest_pending_since(self) -> datetime | None:
@@ -427,8 +375,21 @@ class ParticipantRepository(Protocol):
 
 
 class LeaseRepository(Protocol):
-    def try_acquire(self, name: str, holder: str, ttl_seconds: float, now: datetime) -> bool:
-        """Take or renew the lease ``name`` for ``ttl_seconds``.  False while another holds it."""
+    """Named leases, their expiry reckoned by the ledger database's clock (``CURRENT_TIMESTAMP``),
+    so that hosts whose clocks disagree still agree on who holds a lease."""
+
+    def try_acquire(self, name: str, holder: LeaseHolder, ttl_seconds: float) -> bool:
+        """Take or renew the lease ``name`` for ``ttl_seconds`` of database time.  False while
+        another holder's lease has not expired."""
+        ...
+
+    def current(self, name: str) -> LeaseRecord | None:
+        """The lease as it stands, with the database's clock; None when nobody holds it."""
+        ...
+
+    def take_over(self, name: str, dead: str, holder: LeaseHolder, ttl_seconds: float) -> bool:
+        """Take the lease from ``dead`` (a holder shown to be gone), whatever its expiry; False if
+        the lease no longer belongs to ``dead`` (someone else was quicker)."""
         ...
 
     def release(self, name: str, holder: str) -> bool:

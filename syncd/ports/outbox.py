@@ -45,3 +45,7 @@ class OutboxSource(Protocol):
     def rows(self, event_ids: Sequence[int]) -> list[OutboxRow]:
         """The whole rows for these event ids (missing ids are simply absent)."""
         ...
+
+    def max_event_id(self) -> int | None:
+        """The newest event id in the outbox; None when it is empty."""
+        ...

@@ -16,17 +16,19 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Self
 
-from syncd.adapters.dberrors import classify
+from syncd.adapters.dberrors import classify, classify_at_start
+from syncd.adapters.dburl import UnusableUrlError
 from syncd.adapters.ledger import SqlLedger, create_ledger_engine, current_revision, head_revision
 from syncd.adapters.ledger import migrate as migrate_schema
-from syncd.adapters.outbox import OutboxReader, create_outbox_engine
-from syncd.adapters.securevideo import ResponseHook, SecureVideoClient
+from syncd.adapters.outbox import EhrDatabaseNotFoundError, OutboxReader, create_outbox_engine
+from syncd.adapters.securevideo import Egress, ResponseHook, SecureVideoClient
 from syncd.adapters.windows_zones import windows_zone_id
-from syncd.core.errors import SyncdError
+from syncd.core.errors import ConfigError, SyncdError
 from syncd.core.fingerprint import Fingerprints
 from syncd.core.retry import RetryPolicy
 from syncd.ports.securevideo import SessionGateway
 from syncd.runtime.daemon import PassRunner, open_when_available, run_daemon
+from syncd.runtime.dbhints import database_hint, explain_database_error, outbox_shape_error
 from syncd.runtime.health import HealthState, LedgerCounts, Probes
 from syncd.runtime.health_http import maybe_serve_health
 from syncd.runtime.settings import Settings
@@ -100,7 +102,7 @@ def sync_options(settings: Settings, *, rng: random.Random | None = None) -> Syn
         retry=RetryPolicy(
             base_seconds=s.base_backoff_seconds,
             cap_seconds=s.max_backoff_seconds,
-            max_attempts=s.max_attempts,
+            long_after_attempts=s.max_attempts,
             rng=rng or random.Random(),
         ),
         pass_retry_budget_seconds=s.pass_retry_budget_seconds,
@@ -111,10 +113,21 @@ def sync_options(settings: Settings, *, rng: random.Random | None = None) -> Syn
     )
 
 
+@contextmanager
+def url_setting(name: str) -> Iterator[None]:
+    """A database URL that cannot be used (no driver; a SQLite EHR file that does not exist)
+    becomes a bad setting, named: one line and exit 2."""
+    try:
+        yield
+    except (UnusableUrlError, EhrDatabaseNotFoundError) as exc:
+        raise ConfigError(name, str(exc)) from None
+
+
 def open_ledger(settings: Settings, *, auto_migrate: bool = True) -> SqlLedger:
     """The ledger, at head.  SQLite is migrated on start; a server database must be migrated
     deliberately (``syncd migrate``), because replicas racing to migrate is a known failure."""
-    ledger_db = create_ledger_engine(settings.ledger.url)
+    with url_setting("SYNCD_LEDGER__URL"):
+        ledger_db = create_ledger_engine(settings.ledger.url)
     ledger = SqlLedger(ledger_db)
     try:
         if ledger_db.dialect.name == "sqlite" and auto_migrate:
@@ -144,7 +157,8 @@ def ledger_of(settings: Settings) -> Iterator[SqlLedger]:
 
 def ledger_revisions(settings: Settings) -> tuple[str, str | None, str]:
     """(dialect, the ledger's revision or None when empty, the revision this syncd needs)."""
-    ledger_db = create_ledger_engine(settings.ledger.url)
+    with url_setting("SYNCD_LEDGER__URL"):
+        ledger_db = create_ledger_engine(settings.ledger.url)
     try:
         return ledger_db.dialect.name, current_revision(ledger_db), head_revision()
     finally:
@@ -153,7 +167,8 @@ def ledger_revisions(settings: Settings) -> tuple[str, str | None, str]:
 
 def migrate_ledger(settings: Settings, revision: str = "head") -> tuple[str | None, str | None]:
     """``syncd migrate``: (the revision before, the revision after)."""
-    ledger_db = create_ledger_engine(settings.ledger.url)
+    with url_setting("SYNCD_LEDGER__URL"):
+        ledger_db = create_ledger_engine(settings.ledger.url)
     try:
         before = current_revision(ledger_db)
         migrate_schema(ledger_db, revision)
@@ -163,12 +178,19 @@ def migrate_ledger(settings: Settings, revision: str = "head") -> tuple[str | No
 
 
 def open_outbox(settings: Settings) -> OutboxReader:
-    """The outbox reader (the one place it is built: daemon, status and check share it)."""
-    return OutboxReader(
-        create_outbox_engine(settings.require_outbox_url()),
-        table=settings.outbox.table,
-        columns=settings.outbox.columns,
-    )
+    """The outbox reader (the one place it is built: daemon, status and check share it).
+    Read-only: a SQLite EHR file that does not exist is an error, never created."""
+    with url_setting("SYNCD_OUTBOX__URL"):
+        engine = create_outbox_engine(settings.require_outbox_url())
+    return OutboxReader(engine, table=settings.outbox.table, columns=settings.outbox.columns)
+
+
+def verify_outbox(settings: Settings, reader: OutboxReader) -> None:
+    """Raise a one-line error when the outbox lacks its table or a column, as ``syncd check``
+    reports it: ``syncd run`` refuses to start on it rather than fail every pass."""
+    problems = reader.check_shape()
+    if problems:
+        raise outbox_shape_error(problems, settings)
 
 
 def open_gateway(
@@ -184,6 +206,7 @@ def open_gateway(
         connect_timeout=sv.connect_timeout,
         read_timeout=sv.read_timeout,
         rate_limit_per_second=sv.rate_limit_per_second,
+        egress=Egress(proxy_url=sv.proxy_url, ca_bundle_file=sv.ca_bundle_file),
         on_response=on_response,
         # The engine's concurrency is SecureVideo's load: the requests on the wire at once.
         max_in_flight=settings.sync.concurrency,
@@ -197,21 +220,29 @@ def build_app(
     on_response: ResponseHook | None = None,
     rng: random.Random | None = None,
     wiring: Wiring = Wiring(),  # frozen: one shared default is safe
+    outage: Callable[[], bool] | None = None,
 ) -> App:
     """``on_response`` sees every SecureVideo response (the metrics' latency histogram);
-    ``rng`` is the back-off's jitter (tests seed it)."""
+    ``rng`` is the back-off's jitter (tests seed it); ``outage`` says whether SecureVideo is
+    known to be down (the daemon's health state judges it from those responses)."""
     # Both are checked before anything opens, so a missing one is named without a traceback.
     settings.require_outbox_url()
     settings.require_credentials()
     stop = stop or threading.Event()
-    ledger = open_ledger(settings)
+    # The outbox first: a SQLite EHR file that is not there is named before the ledger migrates.
+    outbox = open_outbox(settings)
+    try:
+        ledger = open_ledger(settings)
+    except BaseException:
+        outbox.dispose()
+        raise
     try:
         with ledger.begin() as tx:
             fingerprints = Fingerprints(tx.cursor.fingerprint_key())
         gateway = open_gateway(settings, on_response=on_response)
-        outbox = open_outbox(settings)
     except BaseException:
         ledger.dispose()
+        outbox.dispose()
         raise
     synchronizer = Synchronizer(
         outbox=outbox,
@@ -221,6 +252,7 @@ def build_app(
         stop=stop,
         checkpoint=wiring.checkpoint,
         fingerprints=fingerprints,
+        outage=outage,
     )
     lease = None
     if wiring.lease:
@@ -286,15 +318,40 @@ def open_daemon(
     ``health``: a state with other limits or clocks (tests); by default the documented ones.
     """
     health = health or HealthState.for_settings(settings)
+
+    def build() -> App:
+        app = build_app(
+            settings,
+            stop=stop,
+            on_response=health.report_response,
+            wiring=wiring,
+            outage=lambda: health.outage.current is not None,
+        )
+        try:
+            verify_outbox(settings, app.outbox)
+        except BaseException:
+            app.close()
+            raise
+        return app
+
+    # Only a database that may come back is waited for: a wrong password, a missing grant or
+    # table stops the start with one line instead.
     app = open_when_available(
-        lambda: build_app(settings, stop=stop, on_response=health.report_response, wiring=wiring),
-        classify=classify,
+        build,
+        classify=classify_at_start,
         stop=stop,
         retry_seconds=settings.sync.poll_interval_seconds,
+        explain=lambda exc: database_hint(exc, settings),
     )
     if app is None:
         return None
-    runner = PassRunner(app.synchronizer, classify=classify, lease=app.lease, health=health)
+    runner = PassRunner(
+        app.synchronizer,
+        classify=classify,
+        lease=app.lease,
+        health=health,
+        explain=lambda exc: database_hint(exc, settings),
+    )
     outcomes = OutcomeJob(
         app.outcome_collector(),
         classify=classify,
@@ -320,4 +377,5 @@ def probes_of(app: App) -> Probes:
         databases=(("ledger", read_ledger), ("outbox", app.outbox.max_event_id)),
         securevideo=app.gateway.probe,
         ledger_counts=ledger_counts,
+        explain=lambda exc: explain_database_error(exc, app.settings),
     )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from syncd.adapters.dberrors import describe_database_error
+from syncd.adapters.securevideo import TlsError
 from syncd.core.errors import AuthenticationError, ConfigError, SyncdError
-from syncd.runtime.app import ledger_revisions, open_gateway, open_outbox
+from syncd.runtime.app import ledger_revisions, open_gateway, open_outbox, verify_outbox
+from syncd.runtime.dbhints import explain_database_error
 from syncd.runtime.settings import Settings
 
 #: One item of the checklist: the line to print when it passes; raises when it fails.
@@ -22,14 +23,9 @@ def _settings(settings: Settings) -> str:
 def _outbox(settings: Settings) -> str:
     reader = open_outbox(settings)
     try:
-        problems = reader.check_shape()
+        verify_outbox(settings, reader)
     finally:
         reader.dispose()
-    if problems:
-        raise SyncdError(
-            "; ".join(problems)
-            + " — fix the outbox view or map the columns with SYNCD_OUTBOX__COLUMNS__<NAME>"
-        )
     return f"outbox {settings.outbox.table} readable, columns as the contract says"
 
 
@@ -50,6 +46,11 @@ def _credentials(settings: Settings) -> str:
             raise SyncdError(
                 f"{exc} — check SYNCD_SECUREVIDEO__API_KEY and SYNCD_SECUREVIDEO__API_SECRET"
             ) from None
+        except TlsError as exc:
+            raise SyncdError(
+                f"{exc} — behind a TLS-inspecting proxy, set SYNCD_SECUREVIDEO__CA_BUNDLE_FILE "
+                "to its CA certificate (PEM)"
+            ) from None
     return f"SecureVideo accepted the credentials ({settings.securevideo.base_url})"
 
 
@@ -69,10 +70,11 @@ def run_checks(settings: Settings, *, out: Callable[[str], None] = print) -> int
             out(f"[FAIL] {name}: {exc}")
             return 1
         except Exception as exc:
-            described = describe_database_error(exc)
+            # Names the database and the fix of the failure's class (login, host, grant...).
+            described = explain_database_error(exc, settings)
             if described is None:
                 raise
-            out(f"[FAIL] {name}: {described} — check the URL, the server and the network")
+            out(f"[FAIL] {name}: {described}")
             return 1
         out(f"[ ok ] {detail}")
     return 0

@@ -2,7 +2,8 @@
 (``syncd.runtime.app``) for what the command needs, run it, map the result to an exit code.
 
 Exit codes: 0 done; 1 some appointments parked or failed (``once``), or a check failed; 2 could not
-run at all (settings, database, credentials) — always with one line on stderr that says why.
+run at all (settings, database, credentials) — always with one line on stderr that says why; 3
+(``once``) the outbox went back (a restored backup, say) and was read again from its start.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from syncd.runtime.settings import Settings, load_settings
 if TYPE_CHECKING:
     from syncd.runtime.app import Wiring
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_CANNOT_RUN = 0, 1, 2
+EXIT_OK, EXIT_SOME_FAILED, EXIT_CANNOT_RUN, EXIT_REWOUND = 0, 1, 2, 3
 
 Command = Callable[[argparse.Namespace, "Wiring"], int]
 
@@ -49,9 +50,10 @@ def main(argv: Sequence[str] | None = None, *, wiring: Wiring | None = None) -> 
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        from syncd.adapters.dberrors import describe_database_error
+        from syncd.runtime.dbhints import explain_database_error
 
-        described = describe_database_error(exc)
+        # Names the database, what failed and the fix of its class (login, host, grant...).
+        described = explain_database_error(exc, _loaded[-1] if _loaded else None)
         if described is None:
             raise
         return _fail(described)
@@ -62,6 +64,10 @@ def _fail(line: str) -> int:
     return EXIT_CANNOT_RUN
 
 
+#: the settings the running command loaded, for the fix a database error's line names
+_loaded: list[Settings] = []
+
+
 def _settings(*, report: bool = False) -> Settings:
     """Settings, and logging configured from them.
 
@@ -69,6 +75,7 @@ def _settings(*, report: bool = False) -> Settings:
     stays parseable; the daemon and ``once`` log JSON lines to stdout, as containers expect.
     """
     settings = load_settings()
+    _loaded[:] = [settings]
     configure_logging(settings.log.format, settings.log.level, stream=STDERR if report else None)
     return settings
 
@@ -135,14 +142,27 @@ def cmd_once(args: argparse.Namespace, wiring: Wiring) -> int:
     with build_app(settings, wiring=wiring) as app:
         report = run_one_pass(app.synchronizer, app.lease)
     if report is None:
+        from syncd.sync.lease import describe_holder
+
         # Not a failure to fix (exit 2): the running instance does this work.
+        other = describe_holder(app.lease.other if app.lease is not None else None)
         print(
-            "syncd: another syncd instance holds the leader lease on this ledger; nothing was done",
+            "syncd: another syncd instance holds the leader lease on this ledger "
+            f"({other}); nothing was done",
             file=sys.stderr,
         )
         return EXIT_SOME_FAILED
     if report.auth_error is not None:
         return _fail(report.auth_error)
+    if report.rewound and report.rewind is not None:
+        print(
+            f"syncd: the outbox went back (newest event {report.rewind.newest_event_id}, cursor "
+            f"was {report.rewind.from_event_id}): read again from its start, and the "
+            f"{report.ingested} appointment(s) whose newest row differs from the one applied "
+            "were worked on (see outbox_rewound)",
+            file=sys.stderr,
+        )
+        return EXIT_REWOUND
     return EXIT_OK if report.clean else EXIT_SOME_FAILED
 
 
@@ -248,20 +268,49 @@ def cmd_demo(args: argparse.Namespace, wiring: Wiring) -> int:
 
 
 def cmd_emulator(args: argparse.Namespace, wiring: Wiring) -> int:
-    from syncd.emulator import serve
+    import ssl
+    from pathlib import Path
 
+    from syncd.emulator import Emulator, StateFileError, serve, tls_context
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        return _fail("emulator: give --tls-cert and --tls-key together")
+    try:
+        tls = None if args.tls_cert is None else tls_context(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        return _fail(f"emulator: --tls-cert/--tls-key cannot be loaded: {_one_line(exc)}")
     configure_logging("console" if sys.stdout.isatty() else "json", "INFO")
-    structlog.get_logger("syncd.emulator").info(
-        "emulator_listening", host=args.host, port=args.port
-    )
-    serve(
-        port=args.port,
-        host=args.host,
-        api_key=args.api_key,
-        api_secret=args.api_secret,
-        round_to_quarter_hours=args.round_to_quarter_hours,
-    )
+    log = structlog.get_logger("syncd.emulator")
+
+    def ready(emulator: Emulator) -> None:
+        log.info("emulator_listening", host=args.host, port=emulator.port, tls=tls is not None)
+        # External ids and user ids only: they are what SYNCD_OUTBOX rows name as providers.
+        for host in emulator.state.hosts():
+            log.info(
+                "emulator_host", provider_external_id=host.external_id, host_user_id=host.user_id
+            )
+
+    try:
+        serve(
+            port=args.port,
+            host=args.host,
+            api_key=args.api_key,
+            api_secret=args.api_secret,
+            on_ready=ready,
+            tls=tls,
+            state_file=None if args.state_file is None else Path(args.state_file),
+            passkeys=args.passkeys,
+            round_to_quarter_hours=args.round_to_quarter_hours,
+        )
+    except StateFileError as exc:
+        return _fail(f"emulator: --state-file {exc}")
+    except OSError as exc:
+        return _fail(f"emulator: cannot serve on {args.host}:{args.port}: {_one_line(exc)}")
     return EXIT_OK
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -278,7 +327,12 @@ def _parser() -> argparse.ArgumentParser:
         return cmd
 
     add("run", cmd_run, "Run as a daemon: a pass every SYNCD_SYNC__POLL_INTERVAL_SECONDS.")
-    add("once", cmd_once, "Run one pass and exit (0 all applied, 1 some parked, 2 cannot run).")
+    add(
+        "once",
+        cmd_once,
+        "Run one pass and exit (0 all applied, 1 some parked, 2 cannot run, 3 the outbox went "
+        "back and was read again).",
+    )
     plan = add("plan", cmd_plan, "Show what the next pass would do; changes nothing.")
     plan.add_argument(
         "--detailed-exitcode", action="store_true", help="Exit 2 when changes are pending."
@@ -318,6 +372,19 @@ def _parser() -> argparse.ArgumentParser:
     emu.add_argument("--host", default="127.0.0.1")
     emu.add_argument("--api-key", default="demo")
     emu.add_argument("--api-secret", default="demo")
+    emu.add_argument(
+        "--state-file",
+        metavar="PATH",
+        help="Keep the account (sessions, participants, billing) in this JSON file: loaded at "
+        "start, written after every change and at exit.",
+    )
+    emu.add_argument("--tls-cert", metavar="PEM", help="Serve HTTPS with this certificate.")
+    emu.add_argument("--tls-key", metavar="PEM", help="The private key of --tls-cert.")
+    emu.add_argument(
+        "--passkeys",
+        action="store_true",
+        help="The account option: guests made through the API get a Passkey (else null).",
+    )
     emu.add_argument(
         "--round-to-quarter-hours",
         action="store_true",

@@ -20,9 +20,11 @@ from typing import TypeVar
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from syncd.adapters.dberrors import TRANSIENT
 from syncd.core.redact import without_quoted_values
+from syncd.runtime.dbhints import DatabaseHint
 from syncd.runtime.health import HealthState
-from syncd.sync.lease import LeaderLease
+from syncd.sync.lease import LeaderLease, describe_holder
 from syncd.sync.passes import Synchronizer
 from syncd.sync.report import PassReport
 
@@ -40,7 +42,8 @@ class PassRunner:
     ``classify`` names the component an unexpected exception came from ("database", …) so an
     outage is logged as a degraded state and retried on the next tick, by itself.  What happened
     is reported to ``health`` (the daemon's one :class:`HealthState`); the runner keeps only
-    what it needs to bound its own log lines.
+    what it needs to bound its own log lines.  ``explain`` reads a database failure into which
+    database, what and the fix (``dbhints.database_hint``), for the log line and ``/healthz``.
     """
 
     def __init__(
@@ -51,9 +54,11 @@ class PassRunner:
         clock: Callable[[], float] = time.monotonic,
         lease: LeaderLease | None = None,
         health: HealthState | None = None,
+        explain: Callable[[BaseException], DatabaseHint | None] | None = None,
     ) -> None:
         self.synchronizer = synchronizer
         self.classify = classify
+        self.explain = explain
         self.clock = clock
         #: None only where one instance is guaranteed (tests, the control run)
         self.lease = lease
@@ -92,8 +97,11 @@ class PassRunner:
                     report = self.synchronizer.run_pass(may_act=self.lease.may_act)
         except Exception as exc:  # noqa: BLE001 - a daemon outlives any one failed pass
             component = self.classify(exc) or "unexpected"
-            self._degrade(component, exc)
-            self.health.report_failure(component)
+            hint = None
+            if component == "database" and self.explain is not None:
+                hint = self.explain(exc)
+            self._degrade(component, exc, hint)
+            self.health.report_failure(component, None if hint is None else hint.line())
             return
         recovered = self.health.report_pass(report)
         if recovered is not None:
@@ -107,21 +115,33 @@ class PassRunner:
         now = self.clock()
         if now - self._last_standby_log >= DEGRADED_LOG_INTERVAL:
             self._last_standby_log = now
-            log.info("standby", pid=os.getpid())
+            other = self.lease.other if self.lease is not None else None
+            log.info("standby", pid=os.getpid(), holder=describe_holder(other))
 
-    def _degrade(self, component: str, exc: BaseException) -> None:
+    def _degrade(self, component: str, exc: BaseException, hint: DatabaseHint | None) -> None:
         now = self.clock()
         if now - self._last_degraded_log < DEGRADED_LOG_INTERVAL:
             self._suppressed += 1
             return
         self._last_degraded_log = now
-        fields = {
+        fields: dict[str, object] = {
             "component": component,
             "error_type": type(exc).__name__,
             "errors": self._suppressed,
         }
         if component == "unexpected":
             log.error("pass_failed", exc_info=exc, **fields)
+        elif hint is not None:
+            # An outage passes by itself; a refused login or a missing grant needs an operator.
+            emit = log.warning if hint.problem in TRANSIENT else log.error
+            emit(
+                "degraded",
+                database=hint.database,
+                problem=hint.problem,
+                error=hint.error,
+                fix=hint.fix,
+                **fields,
+            )
         else:
             # The message of a driver error can quote SQL, never values (hide_parameters).
             log.warning("degraded", error=_first_line(exc), **fields)
@@ -180,7 +200,8 @@ def run_daemon(
 
 
 def run_one_pass(synchronizer: Synchronizer, lease: LeaderLease | None) -> PassReport | None:
-    """``syncd once``: one pass under the leader lease; None when another instance holds it."""
+    """``syncd once``: one pass under the leader lease; None when another live instance holds it
+    (``lease.other`` says which)."""
     if lease is None:
         return synchronizer.run_pass()
     if not lease.acquire():
@@ -199,6 +220,7 @@ def open_when_available(
     stop: threading.Event,
     retry_seconds: float,
     clock: Callable[[], float] = time.monotonic,
+    explain: Callable[[BaseException], DatabaseHint | None] | None = None,
 ) -> T | None:
     """``build()``, retried while a database it needs is down; None if stopped while waiting.
 
@@ -218,13 +240,18 @@ def open_when_available(
             now = clock()
             if now - last_log >= DEGRADED_LOG_INTERVAL:
                 last_log = now
+                hint = None if explain is None else explain(exc)
+                named = {}
+                if hint is not None:
+                    named = {"database": hint.database, "problem": hint.problem, "fix": hint.fix}
                 log.warning(
                     "degraded",
                     component=component,
                     state="starting",
-                    error=_first_line(exc),
+                    error=_first_line(exc) if hint is None else hint.error,
                     error_type=type(exc).__name__,
                     errors=suppressed,
+                    **named,
                 )
                 suppressed = 0
             else:

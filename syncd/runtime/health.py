@@ -30,7 +30,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,13 +39,14 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from syncd import __version__
 from syncd.adapters.dberrors import describe_database_error
 from syncd.core.errors import AuthenticationError, SyncdError
+from syncd.runtime.gauges import LiveGauges
+from syncd.runtime.outage import OutageWatch
 from syncd.runtime.settings import Settings
+from syncd.sync.rewind import rewind_problem
 
 if TYPE_CHECKING:
     from syncd.sync.report import PassProgress, PassReport
@@ -130,9 +131,8 @@ class Verdict:
     details: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"status": "ok" if self.ok else "failing", "reasons": list(self.reasons)} | dict(
-            self.details
-        )
+        status = "ok" if self.ok else "degraded" if self.details.get("degraded") else "failing"
+        return {"status": status, "reasons": list(self.reasons)} | dict(self.details)
 
 
 #: Appointments by ledger state, and when the longest-waiting pending one began waiting.
@@ -144,12 +144,14 @@ class Probes:
     """How the health state asks again when its evidence is old; wired by the composition root.
 
     ``databases``: (name, read) pairs, each read raising when its database does not answer;
-    ``securevideo``: one cheap authenticated request; ``ledger_counts``: the ledger's gauges.
+    ``securevideo``: one cheap authenticated request; ``ledger_counts``: the ledger's gauges;
+    ``explain``: a failed read in one line.
     """
 
     databases: Sequence[tuple[str, Callable[[], object]]]
     securevideo: Callable[[], object]
     ledger_counts: Callable[[], LedgerCounts]
+    explain: Callable[[BaseException], str | None] = describe_database_error
 
 
 # --- the health state --------------------------------------------------------------------------
@@ -192,7 +194,11 @@ class HealthState:
         self._database: Reachability | None = None
         self._securevideo: Reachability | None = None
         self._ledger_snapshot: tuple[float, dict[str, float] | None] | None = None
+        #: what /healthz says while a rewound outbox's re-read is not all applied
+        self._rewound: str | None = None
         self._changed = threading.Event()
+        #: SecureVideo's outages, judged from every response (one degraded/recovered pair each)
+        self.outage = OutageWatch(clock=clock)
 
         self.registry = CollectorRegistry()
         r = self.registry
@@ -247,7 +253,7 @@ class HealthState:
             ["method", "endpoint", "status"],
             registry=r,
         )
-        r.register(_LiveGauges(self))
+        r.register(LiveGauges(self))
         ProcessCollector(registry=r)
 
     @classmethod
@@ -288,6 +294,7 @@ class HealthState:
         self.api_responses.labels(*labels, klass).inc()
         with self._lock:
             self._securevideo = _api_verdict(status, self.clock(), "response")
+        self.outage.observe(status)
 
     def report_tick(self) -> None:
         """The scheduler ran the pass runner (a standby's sign of life)."""
@@ -324,6 +331,7 @@ class HealthState:
         now = self.clock()
         recovered: str | None = None
         with self._lock:
+            self._rewound = rewind_problem(report.rewind)
             # Ingest reads the ledger and the outbox before anything else: both answered.
             self._database = Reachability(True, now, "pass")
             if report.auth_error is None:
@@ -336,8 +344,9 @@ class HealthState:
         self._changed.set()
         return recovered
 
-    def report_failure(self, component: str) -> None:
-        """A pass that ended with an exception, from ``component`` (see ``dberrors.classify``)."""
+    def report_failure(self, component: str, error: str | None = None) -> None:
+        """A pass that ended with an exception, from ``component`` (see ``dberrors.classify``);
+        ``error``: which database failed and the fix (``dbhints``), shown by ``/healthz``."""
         component = _label(component, _WORD)
         self.pass_failures.labels(component).inc()
         self.passes.labels("failed").inc()
@@ -347,7 +356,7 @@ class HealthState:
             self._credentials_rejected = False
             if component == "database":
                 self._database = Reachability(
-                    False, now, "pass", "the last pass could not reach it"
+                    False, now, "pass", error or "the last pass could not reach it"
                 )
         self._changed.set()
 
@@ -428,7 +437,8 @@ class HealthState:
         live = self.liveness()
         database, securevideo = self._checks()
         now = self.clock()
-        reasons = list(live.reasons)
+        with self._lock:
+            reasons = [*live.reasons, *([self._rewound] if self._rewound else [])]
         checks: dict[str, Any] = {}
         for name, check in (("database", database), ("securevideo", securevideo)):
             if check is None:
@@ -437,7 +447,18 @@ class HealthState:
             checks[name] = check.as_dict(now)
             if not check.ok:
                 reasons.append(f"{name}: {check.error or 'unreachable'}")
-        return Verdict(not reasons, tuple(reasons), live.details | {"checks": checks})
+        details = live.details | {"checks": checks}
+        outage = self.outage.current
+        if outage is not None:
+            since = round(now - outage.since, 1)
+            reasons.append(
+                f"securevideo: degraded for {since:.0f} s ({outage.last_error}); changes are "
+                "retried until it answers, none parked"
+            )
+            details["degraded"] = {
+                "securevideo": {"since_seconds": since, "failures": outage.failures}
+            }
+        return Verdict(not reasons, tuple(reasons), details)
 
     def metrics_text(self) -> bytes:
         return generate_latest(self.registry)
@@ -531,8 +552,8 @@ def _probe_databases(probes: Probes, clock: Callable[[], float]) -> Reachability
         try:
             read()
         except Exception as exc:  # noqa: BLE001 - any failure is the verdict
-            described = describe_database_error(exc) or type(exc).__name__
-            return Reachability(False, clock(), "probe", f"{name}: {described}")
+            described = probes.explain(exc) or f"{name}: {type(exc).__name__}"
+            return Reachability(False, clock(), "probe", described)
     return Reachability(True, clock(), "probe")
 
 
@@ -545,40 +566,3 @@ def _probe_securevideo(probes: Probes, clock: Callable[[], float]) -> Reachabili
         # The client's messages name the method, the endpoint template and the status only.
         return Reachability(False, clock(), "probe", str(exc).splitlines()[0][:200])
     return Reachability(True, clock(), "probe")
-
-
-class _LiveGauges(Collector):
-    """Gauges computed when scraped: ledger counts (cached) and leadership."""
-
-    def __init__(self, health: HealthState) -> None:
-        self._health = health
-
-    def describe(self) -> Iterable[Metric]:
-        return self._families({})
-
-    def collect(self) -> Iterable[Metric]:
-        values = self._health.ledger_gauges() or {}
-        standby = self._health.standby_gauge()
-        if standby is not None:
-            values = values | {"standby": standby}
-        return self._families(values)
-
-    @staticmethod
-    def _families(values: dict[str, float]) -> list[Metric]:
-        spec = (
-            ("parked", "syncd_parked_appointments", "Appointments parked for an operator"),
-            ("pending", "syncd_pending_appointments", "Appointments waiting for a pass"),
-            (
-                "oldest_pending",
-                "syncd_oldest_pending_seconds",
-                "How long the longest-waiting pending appointment has waited",
-            ),
-            ("standby", "syncd_standby", "1 while another instance holds the leader lease"),
-        )
-        out: list[Metric] = []
-        for key, name, doc in spec:
-            family = GaugeMetricFamily(name, doc)
-            if key in values:
-                family.add_metric([], values[key])
-            out.append(family)
-        return out

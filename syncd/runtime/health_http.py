@@ -3,6 +3,7 @@ healthcheck`` reads, and the optional HTTP listener for ``/healthz`` and ``/metr
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
 import threading
@@ -11,22 +12,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from syncd.runtime.settings import Settings
-
-if TYPE_CHECKING:
-    pass
-
+from syncd.core.errors import ConfigError
 from syncd.runtime.health import (
     HEARTBEAT_INTERVAL,
     HEARTBEAT_STALE_AFTER,
     HealthState,
     heartbeat_path,
 )
+from syncd.runtime.settings import Settings
 
 __all__ = ["HealthServer", "maybe_serve_health", "read_heartbeat"]
 
@@ -83,7 +81,10 @@ class HealthServer:
         server_class: type[_Server] = _Server
         if ":" in host:
             server_class = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
-        self._httpd = server_class((host, port), _Handler)
+        try:
+            self._httpd = server_class((host, port), _Handler)
+        except OSError as exc:
+            raise _listen_error(host, port, exc) from None
         self._httpd.health = health
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, name="syncd-health", daemon=True
@@ -102,6 +103,26 @@ class HealthServer:
             self._httpd.shutdown()
             self._thread.join(timeout=5)
         self._httpd.server_close()
+
+
+def _listen_error(host: str, port: int, exc: OSError) -> ConfigError:
+    """A listener that cannot start, as the setting to change: one line and exit 2."""
+    shown = f"[{host}]" if ":" in host else host
+    if exc.errno == errno.EADDRINUSE:
+        return ConfigError(
+            "SYNCD_HEALTH__PORT",
+            f"health port {shown}:{port} is in use (another syncd, or another service): "
+            "choose a free port",
+        )
+    if exc.errno == errno.EACCES:
+        return ConfigError(
+            "SYNCD_HEALTH__PORT", f"may not listen on {shown}:{port} (ports below 1024 need root)"
+        )
+    return ConfigError(
+        "SYNCD_HEALTH__HOST",
+        f"cannot listen on {shown}:{port} ({exc.strerror or type(exc).__name__}): use an address "
+        "of this machine, e.g. 127.0.0.1 or 0.0.0.0",
+    )
 
 
 class _HeartbeatWriter:

@@ -44,10 +44,15 @@ SAFE_KEYS: frozenset[str] = frozenset(
         "appointment_ids",
         "session_id",
         "participation_id",
-        "participant_external_id",
+        # a participant's fingerprint (core.fingerprint), never the external id: often an MRN
+        "participant",
         "external_session_id",
         "provider_external_id",
+        "previous_host_external_id",
         "host_user_id",
+        "tls",
+        "from_revision",
+        "to_revision",
         "op",
         "ops",
         "outcome",
@@ -100,6 +105,9 @@ SAFE_KEYS: frozenset[str] = frozenset(
         "pid",
         "signal",
         "database",
+        # a database failure's class and its fix: syncd's own words, a URL with its password masked
+        "problem",
+        "fix",
         "component",
         "changes",
         "fields",
@@ -126,6 +134,11 @@ _QUIET_LOGGERS: Mapping[str, int] = {
     # "Running job ..." / "Job ... executed successfully" twice a tick: the pass logs its own.
     "apscheduler.executors": logging.WARNING,
 }
+
+# Loggers held at WARNING unless the level is DEBUG: chatty, but with nothing to hide.  Alembic
+# says "Context impl SQLiteImpl." and the like on every look at the ledger's revision (on the
+# stderr of status, plan and check); a migration is logged as syncd's `ledger_migrated`.
+_CHATTY_LOGGERS: tuple[str, ...] = ("alembic",)
 
 _HANDLER_NAME = "syncd"
 
@@ -269,6 +282,9 @@ def configure_logging(
     root.setLevel(numeric_level)
     for name, floor in _QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(max(floor, numeric_level))
+    for name in _CHATTY_LOGGERS:
+        chatty = logging.DEBUG if numeric_level <= logging.DEBUG else logging.WARNING
+        logging.getLogger(name).setLevel(max(chatty, numeric_level))
 
     structlog.configure(
         processors=[

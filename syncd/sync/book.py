@@ -33,6 +33,7 @@ class AppointmentBook:
         *,
         unresolved: bool,
         state: AppliedState | None = None,
+        note: str | None = None,
     ) -> Write:
         """Marks the appointment synced with the session it now has, and ``state`` (when given:
         it differs from what is on file) as what syncd applied.  What it writes is worked out
@@ -55,6 +56,7 @@ class AppointmentBook:
                 now=now,
                 # what the outcome collector and the billing report select by
                 schedule_ts=session.schedule_ts if session else None,
+                reason=note,
             )
             if state is not None:
                 write_applied(tx, aid, state, now)
@@ -72,9 +74,10 @@ class AppointmentBook:
         *,
         applied: bool,
         unresolved: bool,
+        note: str | None = None,
         state: AppliedState | None = None,
     ) -> Disposition:
-        write = self.synced_write(appt, observed, unresolved=unresolved, state=state)
+        write = self.synced_write(appt, observed, unresolved=unresolved, note=note, state=state)
         with self._ledger.begin() as tx:
             write(tx)
         return Disposition.SYNCED if applied else Disposition.UNCHANGED

@@ -60,6 +60,12 @@ def no_checkpoint(_name: str) -> None:
     pass
 
 
+def ledger_fingerprints(ledger: Ledger) -> Fingerprints:
+    """Fingerprints under this ledger's key: how participants are shown and journalled."""
+    with ledger.begin() as tx:
+        return Fingerprints(tx.cursor.fingerprint_key())
+
+
 @dataclass(frozen=True, slots=True)
 class Applied:
     """SecureVideo's answer (None for a cancel or removal), and whether the appointment was
@@ -94,14 +100,15 @@ class Executor:
         gateway: SessionGateway,
         clock: Clock,
         *,
-        fingerprints: Fingerprints,
         checkpoint: Checkpoint = no_checkpoint,
+        fingerprints: Fingerprints | None = None,
     ) -> None:
+        """``fingerprints``: by default the ledger's own (``ledger_fingerprints``)."""
         self._ledger = ledger
         self._gateway = gateway
         self._clock = clock
-        self._fingerprints = fingerprints
         self._checkpoint = checkpoint
+        self._fingerprints = fingerprints or ledger_fingerprints(ledger)
 
     def apply(
         self,
@@ -140,14 +147,21 @@ class Executor:
             appointment_id=appt.appointment_id,
             op=op.kind,
             session_id=session_id,
+            participant=self._participant(op),
             outcome=APPLIED,
             attempt=attempt,
             duration_ms=duration_ms,
         )
         return Applied(result, settled=settle is not None)
 
+    def _participant(self, op: Operation) -> str | None:
+        """The fingerprint of the participant a call is about, for the log."""
+        shown = describe(op, self._fingerprints).get("participant_external_id")
+        return None if shown is None else str(shown)
+
     def _record_intent(self, op: Operation, appt: Appointment, attempt: int) -> int:
-        participant = describe(op).get("participant_external_id")
+        # The journal keeps the participant's fingerprint, never the external id (often an MRN).
+        participant = describe(op, self._fingerprints).get("participant_external_id")
         now = self._clock.now()
         with self._ledger.begin() as tx:
             op_id = tx.operations.record_intent(
@@ -216,6 +230,7 @@ class Executor:
             appointment_id=appt.appointment_id,
             op=op.kind,
             session_id=session_id_of(op),
+            participant=self._participant(op),
             outcome=state,
             attempt=attempt,
             duration_ms=duration_ms,

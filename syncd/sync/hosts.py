@@ -9,7 +9,7 @@ from dataclasses import replace
 from functools import partial
 
 from syncd.core.domain import Appointment, RemoteSession
-from syncd.core.errors import AuthenticationError, PermanentError, TemporaryError
+from syncd.core.errors import AuthenticationError, NotFoundError, PermanentError, TemporaryError
 from syncd.ports.securevideo import SessionGateway
 
 #: one host's sessions by ExternalSessionId, or what reading them raised
@@ -49,6 +49,8 @@ class HostSessions:
         self._submit = submit
         self._lock = threading.Lock()
         self._reads: dict[str, Future[HostIndex]] = {}
+        #: hosts SecureVideo answered 404 for in this pass (a provider who left SecureVideo)
+        self._gone: set[str] = set()
         #: reads made, fresh ones included (``count_read``)
         self.reads = 0
 
@@ -86,22 +88,41 @@ class HostSessions:
     def sessions(self, hosts: Sequence[str], external_session_id: str) -> list[RemoteSession]:
         """This appointment's sessions on these hosts; raises what a failed host read raised.
 
-        Every host must have been requested."""
+        Every host must have been requested.  A previous host (any but the first) that
+        SecureVideo no longer knows is left out, and named by ``gone``: its sessions went with it,
+        and the appointment's current host must not be held up by it."""
         out: list[RemoteSession] = []
-        for host in hosts:
+        for index, host in enumerate(hosts):
             with self._lock:
                 read = self._reads[host]
             entry = read.result()
+            if isinstance(entry, NotFoundError) and index > 0:
+                self._note_gone(host)
+                continue
             if isinstance(entry, Exception):
                 raise entry
             out += entry.get(external_session_id, [])
         return out
 
+    def gone(self, hosts: Sequence[str]) -> list[str]:
+        """Those of these hosts that SecureVideo answered 404 for in this pass."""
+        with self._lock:
+            return [h for h in hosts if h in self._gone]
+
+    def _note_gone(self, host: str) -> None:
+        with self._lock:
+            self._gone.add(host)
+
     def fresh(self, hosts: Sequence[str], external_session_id: str) -> list[RemoteSession]:
         """Read these hosts again for one appointment (after an answer that may have changed
         what they hold)."""
         out: list[RemoteSession] = []
-        for host in hosts:
+        for index, host in enumerate(hosts):
             self.count_read()
-            out += read_sessions(self._gateway, [host], external_session_id)
+            try:
+                out += read_sessions(self._gateway, [host], external_session_id)
+            except NotFoundError:
+                if index == 0:
+                    raise
+                self._note_gone(host)
         return out

@@ -11,18 +11,19 @@ renewal was *sent*: the row says the lease runs until at least that moment plus 
 other process can take it over before then.  A margin of a quarter of the TTL is kept, so a call
 is only started while the lease still has that long to run; a request slower than the margin, or a
 process frozen between the check and the call (a long GC pause, SIGSTOP, a suspended VM), is the
-residual risk — SecureVideo has no fencing token that would let it refuse a stale holder.  Wall
-clocks of the instances must agree to well within the margin (NTP), because the row's expiry is
-written with the holder's clock and compared with the taker's.
+residual risk — SecureVideo has no fencing token that would let it refuse a stale holder.
+
+The row's expiry is written and compared by the ledger database's clock, never a host's, so the
+instances' clocks may disagree.  A holder that is provably dead (``syncd.sync.liveness``: same
+machine, and its process is gone or is another start) is taken over at once rather than after
+the TTL: a restart after ``kill -9`` or a crash resumes in the time a pass takes to begin.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -30,7 +31,8 @@ from typing import Final
 
 import structlog
 
-from syncd.ports.ledger import Ledger
+from syncd.ports.ledger import LeaseHolder, LeaseRecord, Ledger
+from syncd.sync.liveness import holder_is_dead, this_process
 
 log = structlog.get_logger("syncd.lease")
 
@@ -42,10 +44,21 @@ def _utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def default_holder() -> str:
-    """Who holds the lease, for an operator reading the ledger: host, pid and a random tag
-    (a restarted container can reuse a pid)."""
-    return f"{socket.gethostname()[:80]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+#: The host clock may differ from the ledger database's by this much before it is worth a warning
+#: (the lease does not depend on it; the ledger's other timestamps are the host's).
+SKEW_WARNING_SECONDS: Final = 5.0
+
+
+def describe_holder(record: LeaseRecord | None) -> str:
+    """The holder for an operator: host, pid, since and until (ledger clock, UTC).  No PHI."""
+    if record is None:
+        return "unknown (the lease was just released)"
+    h = record.holder
+    since = record.acquired_at.isoformat(sep=" ", timespec="seconds") if record.acquired_at else "?"
+    until = record.expires_at.isoformat(sep=" ", timespec="seconds")
+    host = h.host or h.holder
+    pid = "?" if h.pid is None else str(h.pid)
+    return f"host {host}, pid {pid}, since {since} UTC, until {until} UTC unless renewed"
 
 
 class LeaderLease:
@@ -55,31 +68,64 @@ class LeaderLease:
         *,
         ttl_seconds: float,
         name: str = LEASE_NAME,
-        holder: str | None = None,
+        holder: LeaseHolder | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = _utcnow,
+        is_dead: Callable[[LeaseHolder, LeaseHolder], bool] = holder_is_dead,
     ) -> None:
+        """``wall``: this host's clock, only compared with the database's to warn of skew;
+        ``is_dead(holder, me)``: whether a holder on file is provably gone."""
         self.ledger = ledger
         self.ttl = ttl_seconds
         self.name = name
-        self.holder = holder or default_holder()
+        self.me = holder or this_process()
+        self.holder = self.me.holder
         self.margin = ttl_seconds / 4
         self._monotonic = monotonic
         self._wall = wall
+        self._is_dead = is_dead
         self._lock = threading.Lock()
         self._valid_until = float("-inf")
+        self._skew_warned = False
+        #: the other instance's lease, as last seen when this one could not take it
+        self.other: LeaseRecord | None = None
 
     def acquire(self) -> bool:
-        """Take the lease, or renew it if this process holds it.  False while another holds it.
+        """Take the lease, or renew it if this process holds it.  False while another live
+        holder has it (then :attr:`other` says who, and until when).
 
         Database errors propagate: the caller treats them as an outage.
         """
         sent = self._monotonic()
         with self.ledger.begin() as tx:
-            taken = tx.leases.try_acquire(self.name, self.holder, self.ttl, self._wall())
+            taken = tx.leases.try_acquire(self.name, self.me, self.ttl)
+            current = None if taken else tx.leases.current(self.name)
+            if not taken and current is None:
+                # Released between the two statements: it is free now.
+                taken = tx.leases.try_acquire(self.name, self.me, self.ttl)
+            dead = current is not None and self._is_dead(current.holder, self.me)
+            if current is not None and dead:
+                taken = tx.leases.take_over(self.name, current.holder.holder, self.me, self.ttl)
+        if current is not None and dead and taken:
+            log.warning(
+                "lease_taken_over",
+                reason="the holder's process on this machine is gone (or is another start)",
+                holder_host=current.holder.host,
+                holder_pid=current.holder.pid,
+                expires_at=current.expires_at.isoformat(),
+            )
+        self.other = None if taken else current
+        if current is not None:
+            self._check_skew(current)
         with self._lock:
             self._valid_until = sent + self.ttl if taken else float("-inf")
         return taken
+
+    def _check_skew(self, seen: LeaseRecord) -> None:
+        skew = (self._wall() - seen.database_now).total_seconds()
+        if abs(skew) > SKEW_WARNING_SECONDS and not self._skew_warned:
+            self._skew_warned = True
+            log.warning("clock_skew", seconds=round(skew, 1), against="ledger database")
 
     def may_act(self) -> bool:
         """Whether a mutating call may start now: the lease is held and has the margin to run."""

@@ -26,12 +26,12 @@ from syncd.core.planner import PAST_VISIT_GRACE
 from syncd.core.retry import RetryPolicy
 from syncd.core.rows import WindowsZone
 from syncd.ports.clock import Clock, SystemClock
-from syncd.ports.ledger import AppointmentRecord, Ledger, ParticipantRecord
+from syncd.ports.ledger import AppointmentRecord, Ledger, OutboxRewind, ParticipantRecord
 from syncd.ports.outbox import OutboxRow, OutboxSource
 from syncd.ports.securevideo import SessionGateway
 from syncd.sync.applied import applied_of
 from syncd.sync.book import AppointmentBook
-from syncd.sync.execute import Checkpoint, Executor, no_checkpoint
+from syncd.sync.execute import Checkpoint, Executor, ledger_fingerprints, no_checkpoint
 from syncd.sync.hosts import HostSessions, hosts_of
 from syncd.sync.ingest import Ingest
 from syncd.sync.load import RowReading, Work, load
@@ -81,12 +81,12 @@ class Synchronizer:
         stop: threading.Event | None = None,
         checkpoint: Checkpoint = no_checkpoint,
         fingerprints: Fingerprints | None = None,
+        wait: Callable[[float], bool] | None = None,
+        outage: Callable[[], bool] | None = None,
     ) -> None:
-        """``fingerprints``: keyed under the ledger's secret; read from the ledger when None."""
-        if fingerprints is None:
-            with ledger.begin() as tx:
-                fingerprints = Fingerprints(tx.cursor.fingerprint_key())
-        self.fingerprints = fingerprints
+        """``fingerprints``: how participants are shown (plan, logs, the journal), by default the
+        ledger's own; ``wait``: how a back-off is waited out (default ``stop.wait``); ``outage``:
+        whether SecureVideo is known to be down (see ``Reconciler``)."""
         self.outbox = outbox
         self.ledger = ledger
         self.gateway = gateway
@@ -101,18 +101,21 @@ class Synchronizer:
             batch_size=options.batch_size,
             reread_window=options.reread_window,
         )
+        self.fingerprints = fingerprints or ledger_fingerprints(ledger)
         self._book = AppointmentBook(ledger, self.clock)
         self._reconciler = Reconciler(
             book=self._book,
             executor=Executor(
-                ledger, gateway, self.clock, fingerprints=fingerprints, checkpoint=checkpoint
+                ledger, gateway, self.clock, checkpoint=checkpoint, fingerprints=self.fingerprints
             ),
             clock=self.clock,
             retry=options.retry,
             stop=self.stop,
             retry_budget_seconds=options.pass_retry_budget_seconds,
-            fingerprints=fingerprints,
+            fingerprints=self.fingerprints,
             past_visit_grace=options.past_visit_grace,
+            wait=wait,
+            outage=outage,
         )
         self._progress = ProgressLog(self.clock, options.progress_log_interval_seconds)
 
@@ -139,11 +142,13 @@ class Synchronizer:
             progress = self._progress.start(report.pass_id)
             try:
                 report.ingested = self._ingest.run()
+                report.rewound = self._ingest.rewound
                 self._apply_due(scope)
             finally:
                 progress.finished = True
                 report.reads = scope.hosts.reads
             report.interrupted = report.interrupted or scope.halted()
+            report.rewind = self._settle_rewind(report)
             report.duration_ms = int((self.clock.monotonic() - started) * 1000)
             if report.ingested or sum(report.outcomes.values()) or report.auth_error:
                 log.info(
@@ -157,6 +162,18 @@ class Synchronizer:
                     error=report.auth_error,
                 )
         return report
+
+    def _settle_rewind(self, report: PassReport) -> OutboxRewind | None:
+        """The last rewind, marked applied once a whole pass after it leaves nothing pending:
+        until then ``status`` and ``/healthz`` say the outbox went back."""
+        rewind = self._ingest.rewind
+        if rewind is None or rewind.applied_at is not None or report.interrupted:
+            return rewind
+        with self.ledger.begin() as tx:
+            if tx.appointments.pending_count() == 0 and tx.cursor.rewind_applied(self.clock.now()):
+                rewind = tx.cursor.position()[1]
+        self._ingest.rewind = rewind
+        return rewind
 
     def _apply_due(self, scope: PassScope) -> None:
         """Reconcile every due appointment.  Two batches in the pool at most: the next one is
@@ -242,12 +259,24 @@ class Synchronizer:
         """Parse the batch's rows; park the bad ones."""
         now = self.clock.now()
 
-        def lag(row: OutboxRow) -> None:
+        digests: dict[int, str] = {}
+
+        def seen(row: OutboxRow) -> None:
+            digests[row.event_id] = self._ingest.digest(row)
             created = self.options.reading.created_at(row)
             if created is not None:
                 report.saw_lag((now - created).total_seconds())
 
-        work, bad = load(batch, self.outbox, self.options.reading, on_row=lag)
+        work, bad = load(batch, self.outbox, self.options.reading, on_row=seen)
+        # What a rewind's re-read compares with: the row each settled state was decided on.
+        changed = {
+            r.appointment_id: (r.last_event_id, digests[r.last_event_id])
+            for r, _ in work
+            if r.last_digest != digests[r.last_event_id]
+        }
+        if changed:
+            with self.ledger.begin() as tx:
+                tx.appointments.note_digests(changed)
         for b in bad:
             self._book.parked(
                 b.record.appointment_id,

@@ -73,7 +73,9 @@ def preview(
             managed_session_id=managed,
             past_grace=past_grace,
         )
-        previews.append(Preview(appt.appointment_id, tuple(describe(op) for op in ops)))
+        previews.append(
+            Preview(appt.appointment_id, tuple(describe(op, fingerprints) for op in ops))
+        )
     return previews
 
 
@@ -83,14 +85,20 @@ def _pending(
     """What a pass would work on: the window's newer rows and the due appointments, by event."""
     with ledger.begin() as tx:
         cursor = tx.cursor.get()
+    # An outbox that went back (restored): the pass re-reads it all, and its ids say nothing.
+    newest = outbox.max_event_id()
+    went_back = newest is not None and newest < cursor
     wanted: dict[str, int] = {}
-    for refs in pages(outbox, max(0, cursor - reread_window), batch_size):
+    start = 0 if went_back else max(0, cursor - reread_window)
+    for refs in pages(outbox, start, batch_size):
         for aid, event_id in newest_per_appointment(refs).items():
             wanted[aid] = max(event_id, wanted.get(aid, 0))
     with ledger.begin() as tx:
         records = tx.appointments.get_many(list(wanted))
         newer = {
-            a: e for a, e in wanted.items() if a not in records or e > records[a].last_event_id
+            a: e
+            for a, e in wanted.items()
+            if went_back or a not in records or e > records[a].last_event_id
         }
         due = {
             r.appointment_id: r.last_event_id

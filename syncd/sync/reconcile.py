@@ -87,10 +87,16 @@ class _Turn:
     read_failures: int
     call_failures: int
     fresh_read: bool = False
+    #: what the synced appointment still tells an operator (its previous host is gone)
+    note: str | None = None
     rounds: int = 0
     #: a call was made: the disposition is "synced", not "unchanged"
     acted: bool = False
     progressed: set[Operation] = field(default_factory=set)
+
+
+def _never() -> bool:
+    return False
 
 
 #: What one step of a turn says: the turn ends with this disposition, or goes on (None).
@@ -109,8 +115,16 @@ class Reconciler:
         retry_budget_seconds: float,
         fingerprints: Fingerprints,
         past_visit_grace: timedelta = PAST_VISIT_GRACE,
+        wait: Callable[[float], bool] | None = None,
+        outage: Callable[[], bool] | None = None,
     ) -> None:
+        """``wait(seconds)`` waits out a back-off and says whether a shutdown ended it (default:
+        ``stop.wait``; a test on a hand-moved clock moves the clock instead).  ``outage()``: True
+        while SecureVideo is known to be down, when a failed appointment is left to a later pass
+        at once rather than hold a worker through its back-off."""
         self._book = book
+        self._wait = wait or stop.wait
+        self._outage = outage or _never
         self._executor = executor
         self._clock = clock
         self._retry = retry
@@ -167,10 +181,11 @@ class Reconciler:
         except AuthenticationError as exc:
             return scope.reject_credentials(exc)
         except NotFoundError as exc:
+            # Only the current host's read raises it: a previous host's 404 is left out.
             return self._park(
                 appt,
                 f"appointment {aid}: field 'provider_external_id': SecureVideo does not "
-                f"know this host ({exc.message})",
+                f"know host {appt.provider_external_id!r} ({exc.message})",
                 field_name="provider_external_id",
             )
         except PermanentError as exc:
@@ -180,7 +195,26 @@ class Reconciler:
             turn.fresh_read = True
             return self._back_off(turn, max(turn.read_failures, turn.call_failures), exc)
         turn.read_failures = 0
+        self._note_gone_hosts(turn, scope.hosts.gone(turn.hosts[1:]))
         return observed
+
+    def _note_gone_hosts(self, turn: _Turn, gone: list[str]) -> None:
+        """A previous host SecureVideo no longer knows: its session cannot be cancelled, so
+        an operator is told, once per turn."""
+        if not gone or turn.note is not None:
+            return
+        appt = turn.appt
+        turn.note = (
+            f"appointment {appt.appointment_id}: previous host {gone[0]!r} is unknown to "
+            f"SecureVideo; its session, if any, could not be cancelled"
+        )
+        log.warning(
+            "previous_host_gone",
+            appointment_id=appt.appointment_id,
+            provider_external_id=appt.provider_external_id,
+            previous_host_external_id=gone[0],
+            reason=turn.note,
+        )
 
     def _plan_and_apply(self, turn: _Turn, observed: list[RemoteSession], scope: PassScope) -> Step:
         appt = turn.appt
@@ -200,7 +234,12 @@ class Reconciler:
                 # Logged as appointment_skipped, with the reason that names what was held.
                 return self._book.skipped(appt, "; ".join(planned.held), state=state)
             return self._book.synced(
-                appt, observed, applied=turn.acted, unresolved=turn.unresolved, state=state
+                appt,
+                observed,
+                applied=turn.acted,
+                unresolved=turn.unresolved,
+                note=turn.note,
+                state=state,
             )
         turn.rounds += 1
         turn.acted = True
@@ -245,7 +284,7 @@ class Reconciler:
             view = after(view, op, applied.result)
             if op not in turn.progressed:
                 # Progress.  An op applied a second time is not (an API ignoring it): that loop
-                # stays bounded by max_attempts.
+                # stays bounded by MAX_ROUNDS.
                 turn.progressed.add(op)
                 turn.call_failures = 0
             if isinstance(op, CreateSession) and applied.result is not None:
@@ -259,8 +298,8 @@ class Reconciler:
         # Whatever was known may be stale now (an ambiguous call may have applied): look again
         # before planning again.
         turn.fresh_read = True
-        # A round cut short by a failed call says nothing about convergence; max_attempts
-        # bounds those.
+        # A round cut short by a failed call says nothing about convergence: it is retried, not
+        # counted.
         turn.rounds -= 1
         return self._back_off(turn, turn.call_failures, exc)
 
@@ -280,7 +319,11 @@ class Reconciler:
             if planned.ops or planned.held:
                 return None
             return self._book.synced_write(
-                turn.appt, now_shows, unresolved=turn.unresolved, state=planned.applied
+                turn.appt,
+                now_shows,
+                unresolved=turn.unresolved,
+                note=turn.note,
+                state=planned.applied,
             )
 
         return finish
@@ -303,16 +346,23 @@ class Reconciler:
         )
 
     def _back_off(self, turn: _Turn, attempts: int, exc: TemporaryError) -> Step:
-        """Wait and return None to try again in this turn, or a disposition to stop here."""
+        """Wait and return None to try again in this turn, or a disposition to stop here.
+
+        A temporary failure never parks: it is retried, with capped and jittered back-off, across
+        as many passes as it lasts (an outage ends; an operator should not have to notice it)."""
         appt = turn.appt
         reason = f"appointment {appt.appointment_id}: {redact(exc.message, appt)}"
-        if self._retry.exhausted(attempts):
-            return self._park(
-                appt, f"{reason} (gave up after {attempts} attempts)", attempts=attempts
+        if self._retry.turns_long(attempts):
+            log.warning(
+                "retrying_long",
+                appointment_id=appt.appointment_id,
+                attempts=attempts,
+                reason=reason,
             )
         delay = self._retry.delay(attempts, retry_after=exc.retry_after)
         until = self._clock.now() + timedelta(seconds=delay)
-        if self._clock.monotonic() + delay > turn.deadline or self._stop.is_set():
+        later = self._clock.monotonic() + delay > turn.deadline
+        if later or self._stop.is_set() or self._outage():
             self._book.deferred(appt, attempts, until, reason)
             log.warning(
                 "appointment_deferred",
@@ -323,8 +373,8 @@ class Reconciler:
             )
             return Disposition.RETRY
         # The wait outlives a shutdown: the next start must not send before SecureVideo's
-        # Retry-After has passed.  stop.wait, not sleep: a shutdown request ends the wait at once.
-        if self._stop.wait(delay):
+        # Retry-After has passed.  A wait that a shutdown request ends at once, not a sleep.
+        if self._wait(delay):
             self._book.deferred(appt, attempts, until, reason)
             return Disposition.INTERRUPTED
         return None

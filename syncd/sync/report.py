@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from syncd.ports.ledger import OutboxRewind
+
 
 class Disposition(StrEnum):
     """Where one appointment stands at the end of its turn in a pass."""
@@ -15,7 +17,7 @@ class Disposition(StrEnum):
     UNCHANGED = "unchanged"  # nothing to do
     SKIPPED = "skipped"  # fulfilled/noshow, or outside SecureVideo's active window
     RETRY = "retry"  # temporary failure: left pending for a later pass
-    PARKED = "parked"  # permanent failure or attempts exhausted: waits for a newer row or retry
+    PARKED = "parked"  # permanent refusal or bad row: waits for a newer row or `syncd retry`
     INTERRUPTED = "interrupted"  # shutdown asked for: left pending, every result committed
 
 
@@ -30,6 +32,10 @@ class PassReport:
     auth_error: str | None = None
     interrupted: bool = False
     duration_ms: int = 0
+    #: this pass found that the outbox went back, and read it again from its start
+    rewound: bool = False
+    #: the ledger's last rewind after this pass (``applied_at`` None: not yet re-applied)
+    rewind: OutboxRewind | None = None
 
     @property
     def clean(self) -> bool:

@@ -281,6 +281,11 @@ class FakeSecureVideo:
         with self._lock:
             return [c for c in self.mutations() if c.outcome != "failed"]
 
+    def remove_host(self, external_id: str) -> None:
+        """The provider leaves SecureVideo: their session list answers 404 from now on."""
+        with self._lock:
+            del self._hosts[external_id]
+
     def add_host(self, external_id: str, *, user_id: int | None = None) -> FakeHost:
         with self._lock:
             if external_id in self._hosts:

@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 from syncd.testing.memory_appointments import MemoryAppointments, MemoryCursor
@@ -51,6 +52,10 @@ class InMemoryTransaction:
         self.visits = MemoryVisits(work)
 
 
+def _utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
 # --- the ledger ----------------------------------------------------------------------------------
 
 FailurePoint = Literal["begin", "commit"]
@@ -69,7 +74,10 @@ class InMemoryLedger:
     """Implements ``syncd.ports.ledger.Ledger`` in memory.  ``with ledger.begin() as tx:`` commits
     on a clean exit and drops every write when the block raises."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, database_clock: Callable[[], datetime] | None = None) -> None:
+        """``database_clock``: the "server's" clock that lease expiry is reckoned by (default the
+        real one, naive UTC); a test gives a hand-moved one."""
+        self._database_clock = database_clock or _utcnow
         # Reentrant: a transaction begun inside another one of the same thread must not deadlock.
         self._lock = threading.RLock()
         self._committed = Tables()
@@ -88,7 +96,7 @@ class InMemoryLedger:
             if failure is not None and failure.at == "begin":
                 self.rollbacks += 1
                 raise failure.make()
-            work = Work(self._committed, self._take_operation_id)
+            work = Work(self._committed, self._take_operation_id, self._database_clock)
             try:
                 yield InMemoryTransaction(work)
             except BaseException:

@@ -16,6 +16,7 @@ from syncd.ports.ledger import (
     SKIPPED,
     SYNCED,
     AppointmentRecord,
+    OutboxRewind,
 )
 from syncd.testing.memory_tables import Work, clip, pick, unknown, utc
 
@@ -31,6 +32,28 @@ class MemoryCursor:
         if event_id > self._w.t.cursor:
             self._w.t.cursor = event_id
             self._w.cursor_moved = True
+
+    def position(self) -> tuple[int, OutboxRewind | None]:
+        return self._w.t.cursor, self._w.t.rewind
+
+    def rewind(self, *, newest_event_id: int, now: datetime) -> OutboxRewind:
+        rewind = OutboxRewind(
+            at=utc(now),
+            from_event_id=self._w.t.cursor,
+            newest_event_id=newest_event_id,
+            applied_at=None,
+        )
+        self._w.t.cursor, self._w.t.rewind = 0, rewind
+        self._w.rewind_changed = True
+        return rewind
+
+    def rewind_applied(self, now: datetime) -> bool:
+        rewind = self._w.t.rewind
+        if rewind is None or rewind.applied_at is not None:
+            return False
+        self._w.t.rewind = dataclasses.replace(rewind, applied_at=utc(now))
+        self._w.rewind_changed = True
+        return True
 
     def fingerprint_key(self) -> bytes:
         if self._w.t.fingerprint_key is None:
@@ -93,6 +116,49 @@ class MemoryAppointments:
             changed += 1
         return changed
 
+    def newest_at(self, event_ids: Collection[int]) -> dict[int, tuple[str, str | None]]:
+        wanted = set(event_ids)
+        return {
+            r.last_event_id: (r.appointment_id, r.last_digest)
+            for r in self._rows.values()
+            if r.last_event_id in wanted
+        }
+
+    def note_digests(self, digests: Mapping[str, tuple[int, str]]) -> None:
+        for aid, (event_id, digest) in digests.items():
+            record = self._rows.get(aid)
+            if record is not None and record.last_event_id == event_id:
+                self._change(record, last_digest=digest)
+
+    def rebase_events(self, now: datetime) -> int:
+        for record in list(self._rows.values()):
+            self._change(record, last_event_id=0)
+        return len(self._rows)
+
+    def note_contents(self, rows: Mapping[str, tuple[int, str]], *, now: datetime) -> int:
+        now = utc(now)
+        changed = 0
+        for aid, (event_id, digest) in rows.items():
+            known = self._rows.get(aid)
+            if known is None:
+                self.note_events({aid: event_id}, now=now)
+                self._change(self._rows[aid], last_digest=digest)
+            elif event_id <= known.last_event_id:
+                continue
+            elif known.state in (SYNCED, SKIPPED) and digest == known.applied_digest:
+                self._change(
+                    known, last_event_id=event_id, applied_event_id=event_id, last_digest=digest
+                )
+                continue
+            elif known.state in (PARKED, PENDING) and digest == known.last_digest:
+                self._change(known, last_event_id=event_id, last_digest=digest)
+                continue
+            else:
+                self.note_events({aid: event_id}, now=now)
+                self._change(self._rows[aid], last_digest=digest)
+            changed += 1
+        return changed
+
     def due(
         self, now: datetime, limit: int, after_appointment_id: str | None = None
     ) -> list[AppointmentRecord]:
@@ -124,6 +190,7 @@ class MemoryAppointments:
         host_external_id: str | None,
         now: datetime,
         schedule_ts: datetime | None = None,
+        reason: str | None = None,
     ) -> bool:
         applied = {
             "applied_event_id": event_id,
@@ -131,7 +198,7 @@ class MemoryAppointments:
             "host_external_id": host_external_id,
             "schedule_ts": None if schedule_ts is None else utc(schedule_ts),
         }
-        return self._settle(appointment_id, event_id, SYNCED, applied, reason=None, now=now)
+        return self._settle(appointment_id, event_id, SYNCED, applied, reason=reason, now=now)
 
     def mark_skipped(
         self, appointment_id: str, *, event_id: int, reason: str, now: datetime
@@ -157,6 +224,7 @@ class MemoryAppointments:
             self._change(
                 record,
                 **applied,
+                applied_digest=record.last_digest,
                 state=state,
                 attempts=0,
                 reason=clip(reason),
@@ -167,7 +235,7 @@ class MemoryAppointments:
             return True
         # A newer event is pending: what was done remotely is still recorded (its plan starts
         # from it), but the state, attempts and reason stay the newer event's.
-        self._change(record, **applied, updated_at=now)
+        self._change(record, **applied, applied_digest=None, updated_at=now)
         return False
 
     def schedule_retry(
@@ -187,7 +255,8 @@ class MemoryAppointments:
             attempts=attempts,
             next_attempt_at=utc(next_attempt_at),
             reason=clip(reason),
-            updated_at=utc(now),
+            # updated_at stays when the appointment began waiting: a retry changes no state,
+            # and the oldest pending change's age must not restart with every retry.
         )
 
     def park(
@@ -313,6 +382,25 @@ class MemoryAppointments:
             (r for r in self._rows.values() if r.state == PARKED),
             # SQLite and MariaDB sort a NULL first; park() always sets parked_at anyway.
             key=lambda r: (r.parked_at is not None, r.parked_at or datetime.min, r.appointment_id),
+        )
+        return found[: max(limit, 0)]
+
+    def noted(self, limit: int = 100) -> list[AppointmentRecord]:
+        found = sorted(
+            (r for r in self._rows.values() if r.state == SYNCED and r.reason is not None),
+            key=lambda r: r.appointment_id,
+        )
+        return found[: max(limit, 0)]
+
+    def retrying(self, limit: int = 100) -> list[AppointmentRecord]:
+        found = sorted(
+            (r for r in self._rows.values() if r.state == PENDING and r.attempts > 0),
+            # NULL first, as SQLite and MariaDB sort it; schedule_retry always sets it anyway.
+            key=lambda r: (
+                r.next_attempt_at is not None,
+                r.next_attempt_at or datetime.min,
+                r.appointment_id,
+            ),
         )
         return found[: max(limit, 0)]
 

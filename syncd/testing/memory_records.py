@@ -15,6 +15,8 @@ from syncd.ports.ledger import (
     RESOLVED,
     AppointmentRecord,
     BookedAppointment,
+    LeaseHolder,
+    LeaseRecord,
     OperationRecord,
     OutcomeTarget,
     ParticipantOutcomeRecord,
@@ -190,19 +192,37 @@ class MemoryLeases:
     def __init__(self, work: Work) -> None:
         self._w = work
 
-    def try_acquire(self, name: str, holder: str, ttl_seconds: float, now: datetime) -> bool:
-        now = utc(now)
+    def try_acquire(self, name: str, holder: LeaseHolder, ttl_seconds: float) -> bool:
+        now = self._w.database_now()
         current = self._w.t.leases.get(name)
-        # An expiry equal to now still holds: the SQL ledger takes a lease only once it is past.
-        if current is not None and current.holder != holder and not current.expires_at < now:
-            return False
         expires_at = now + timedelta(seconds=ttl_seconds)
-        self._w.put("leases", name, Lease(holder, expires_at, now))
+        if current is not None and current.holder.holder == holder.holder:
+            self._w.put("leases", name, dataclasses.replace(current, expires_at=expires_at))
+            return True
+        # An expiry equal to now still holds: the SQL ledger takes a lease only once it is past.
+        if current is not None and not current.expires_at < now:
+            return False
+        self._w.put("leases", name, Lease(holder, now, expires_at, now))
+        return True
+
+    def current(self, name: str) -> LeaseRecord | None:
+        now = self._w.database_now()
+        lease = self._w.t.leases.get(name)
+        if lease is None:
+            return None
+        return LeaseRecord(name, lease.holder, lease.acquired_at, lease.expires_at, now)
+
+    def take_over(self, name: str, dead: str, holder: LeaseHolder, ttl_seconds: float) -> bool:
+        now = self._w.database_now()
+        current = self._w.t.leases.get(name)
+        if current is None or current.holder.holder != dead:
+            return False
+        self._w.put("leases", name, Lease(holder, now, now + timedelta(seconds=ttl_seconds), now))
         return True
 
     def release(self, name: str, holder: str) -> bool:
         current = self._w.t.leases.get(name)
-        if current is None or current.holder != holder:
+        if current is None or current.holder.holder != holder:
             return False
         return self._w.drop("leases", name)
 

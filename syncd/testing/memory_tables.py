@@ -10,7 +10,9 @@ from typing import Any, TypeVar
 from syncd.ports.ledger import (
     TEXT_LIMIT,
     AppointmentRecord,
+    LeaseHolder,
     OperationRecord,
+    OutboxRewind,
     ParticipantOutcomeRecord,
     ParticipantRecord,
     SessionOutcomeRecord,
@@ -22,7 +24,8 @@ _V = TypeVar("_V")
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    holder: str
+    holder: LeaseHolder
+    acquired_at: datetime
     expires_at: datetime
     updated_at: datetime
 
@@ -34,6 +37,7 @@ class Tables:
     cursor: int = 0
     #: made on first use, like the SQL ledger's; fixed here so fakes give the same fingerprints
     fingerprint_key: bytes | None = None
+    rewind: OutboxRewind | None = None
     appointments: dict[str, AppointmentRecord] = field(default_factory=dict)
     operations: dict[int, OperationRecord] = field(default_factory=dict)
     participants: dict[tuple[str, str], ParticipantRecord] = field(default_factory=dict)
@@ -47,6 +51,7 @@ class Tables:
         return Tables(
             cursor=self.cursor,
             fingerprint_key=self.fingerprint_key,
+            rewind=self.rewind,
             appointments=dict(self.appointments),
             operations=dict(self.operations),
             participants=dict(self.participants),
@@ -69,10 +74,19 @@ TABLES = (
 class Work:
     """One transaction's copy of the tables and the rows it changed (what commit writes back)."""
 
-    def __init__(self, committed: Tables, take_operation_id: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        committed: Tables,
+        take_operation_id: Callable[[], int],
+        database_now: Callable[[], datetime],
+    ) -> None:
         self.t = committed.copy()
+        #: the "database server's" clock, which lease expiry is reckoned by
+        self.database_now = database_now
         self.dirty: dict[str, set[Any]] = {name: set() for name in TABLES}
         self.cursor_moved = False
+        #: the cursor was moved back, or the rewind record changed: both are written as they are
+        self.rewind_changed = False
         self.take_operation_id = take_operation_id
 
     def put(self, table: str, key: Hashable, value: object) -> None:
@@ -89,7 +103,9 @@ class Work:
         return True
 
     def write_back(self, committed: Tables) -> None:
-        if self.cursor_moved:
+        if self.rewind_changed:
+            committed.cursor, committed.rewind = self.t.cursor, self.t.rewind
+        elif self.cursor_moved:
             committed.cursor = max(committed.cursor, self.t.cursor)
         if committed.fingerprint_key is None:
             committed.fingerprint_key = self.t.fingerprint_key

@@ -25,6 +25,13 @@ class InMemoryOutbox:
             self._rows[event_id] = {**values, "event_id": event_id}
             return event_id
 
+    def restore(self, rows: Sequence[Mapping[str, object]]) -> list[int]:
+        """Replace every row, as restoring a backup does: event ids start again at 1 (or at each
+        row's own ``event_id``).  Returns the ids."""
+        with self._lock:
+            self._rows, self._next = {}, 1
+        return [self.append(r) for r in rows]
+
     def refs_after(self, event_id: int, limit: int) -> list[OutboxRef]:
         with self._lock:
             ids = sorted(e for e in self._rows if e > event_id)[:limit]
@@ -33,6 +40,10 @@ class InMemoryOutbox:
     def rows(self, event_ids: Sequence[int]) -> list[OutboxRow]:
         with self._lock:
             return [OutboxRow(e, dict(self._rows[e])) for e in event_ids if e in self._rows]
+
+    def max_event_id(self) -> int | None:
+        with self._lock:
+            return max(self._rows, default=None)
 
 
 def _text(value: object) -> str | None:

@@ -10,7 +10,7 @@ from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, or_, select, update
+from sqlalchemy import bindparam, func, insert, null, or_, select, update
 from sqlalchemy.sql.expression import ColumnElement
 
 from syncd.adapters.ledger.schema import appointment_table
@@ -44,6 +44,40 @@ _RENEW = Prepared(
     .where(_t.c.appointment_id == bindparam("b_id"), _t.c.last_event_id < bindparam("b_event"))
     .values(
         last_event_id=bindparam("b_event"),
+        state=PENDING,
+        attempts=0,
+        reason=None,
+        next_attempt_at=None,
+        parked_at=None,
+        updated_at=bindparam("b_at"),
+    )
+)
+_NOTE_DIGEST = Prepared(
+    update(_t)
+    .where(_t.c.appointment_id == bindparam("b_id"), _t.c.last_event_id == bindparam("b_event"))
+    .values(last_digest=bindparam("b_digest"))
+)
+# A re-read row whose content needs nothing: its new event id, the state as it was.
+_RESTATE = Prepared(
+    update(_t)
+    .where(_t.c.appointment_id == bindparam("b_id"))
+    .values(last_event_id=bindparam("b_event"), last_digest=bindparam("b_digest"))
+)
+_RESTATE_APPLIED = Prepared(
+    update(_t)
+    .where(_t.c.appointment_id == bindparam("b_id"))
+    .values(
+        last_event_id=bindparam("b_event"),
+        applied_event_id=bindparam("b_event"),
+        last_digest=bindparam("b_digest"),
+    )
+)
+_RENEW_CONTENT = Prepared(
+    update(_t)
+    .where(_t.c.appointment_id == bindparam("b_id"))
+    .values(
+        last_event_id=bindparam("b_event"),
+        last_digest=bindparam("b_digest"),
         state=PENDING,
         attempts=0,
         reason=None,
@@ -89,6 +123,8 @@ def _settle_statement(columns: tuple[str, ...], *, guarded: bool) -> Prepared:
         where.append(c.last_event_id <= bindparam("b_event"))
     values: dict[str, Any] = {name: bindparam(f"b_{name}") for name in columns}
     values["updated_at"] = bindparam("b_updated_at")
+    # The digest on file is the row at the newest event: applied only when that is this event.
+    values["applied_digest"] = c.last_digest if guarded else null()
     if guarded:
         for name in ("state", "attempts", "reason", "next_attempt_at", "parked_at"):
             values[name] = bindparam(f"b_{name}")
@@ -107,6 +143,22 @@ _SETTLE: dict[tuple[tuple[str, ...], bool], Prepared] = {
     for cols in (_SYNCED_COLUMNS, _SKIPPED_COLUMNS)
     for guarded in (True, False)
 }
+
+
+def _content_statement(record: AppointmentRecord, digest: str) -> Prepared:
+    """How a re-read row changes a known appointment: content, not the id, decides."""
+    if record.state in (SYNCED, SKIPPED) and digest == record.applied_digest:
+        return _RESTATE_APPLIED
+    if record.state in (PARKED, PENDING) and digest == record.last_digest:
+        return _RESTATE
+    return _RENEW_CONTENT
+
+
+def _only_bound(statement: Prepared, params: dict[str, Any]) -> dict[str, Any]:
+    # An executemany must not carry a value its statement does not bind.
+    return (
+        params if statement is _RENEW_CONTENT else {k: v for k, v in params.items() if k != "b_at"}
+    )
 
 
 class SqlAppointments:
@@ -160,6 +212,65 @@ class SqlAppointments:
             self._sql.write(_RENEW, newer)
         return len(fresh) + len(newer)
 
+    # --- an outbox that went back -----------------------------------------------------------
+
+    def newest_at(self, event_ids: Collection[int]) -> dict[int, tuple[str, str | None]]:
+        c = _t.c
+        out: dict[int, tuple[str, str | None]] = {}
+        for chunk in chunks(event_ids):
+            rows = self._sql.rows(
+                select(c.last_event_id, c.appointment_id, c.last_digest).where(
+                    c.last_event_id.in_(chunk)
+                )
+            )
+            out.update({int(ev): (aid, digest) for ev, aid, digest in rows})
+        return out
+
+    def note_digests(self, digests: Mapping[str, tuple[int, str]]) -> None:
+        params = [
+            {"b_id": aid, "b_event": ev, "b_digest": digest}
+            for aid, (ev, digest) in digests.items()
+        ]
+        if params:
+            self._sql.write(_NOTE_DIGEST, params)
+
+    def rebase_events(self, now: datetime) -> int:
+        self._sql.write(update(_t).values(last_event_id=0))
+        return int(self._sql.rows(select(func.count()).select_from(_t)).scalar_one())
+
+    def note_contents(self, rows: Mapping[str, tuple[int, str]], *, now: datetime) -> int:
+        if not rows:
+            return 0
+        now = utc(now)
+        known = self.get_many(rows.keys())
+        fresh = [
+            {
+                "appointment_id": aid,
+                "last_event_id": ev,
+                "last_digest": digest,
+                "state": PENDING,
+                "attempts": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for aid, (ev, digest) in rows.items()
+            if aid not in known
+        ]
+        batches: dict[Prepared, list[dict[str, Any]]] = {}
+        for aid, (ev, digest) in rows.items():
+            record = known.get(aid)
+            if record is None or ev <= record.last_event_id:
+                continue
+            statement = _content_statement(record, digest)
+            batches.setdefault(statement, []).append(
+                {"b_id": aid, "b_event": ev, "b_digest": digest, "b_at": now}
+            )
+        if fresh:
+            self._sql.write(_INSERT, fresh)
+        for statement, params in batches.items():
+            self._sql.write(statement, [_only_bound(statement, p) for p in params])
+        return len(fresh) + len(batches.get(_RENEW_CONTENT, []))
+
     # --- reading ----------------------------------------------------------------------------
 
     def due(
@@ -197,6 +308,7 @@ class SqlAppointments:
         host_external_id: str | None,
         now: datetime,
         schedule_ts: datetime | None = None,
+        reason: str | None = None,
     ) -> bool:
         """``schedule_ts`` is the managed session's time as SecureVideo shows it (None without
         one)."""
@@ -206,7 +318,7 @@ class SqlAppointments:
             "host_external_id": host_external_id,
             "schedule_ts": None if schedule_ts is None else utc(schedule_ts),
         }
-        return self._settle(appointment_id, event_id, SYNCED, applied, reason=None, now=now)
+        return self._settle(appointment_id, event_id, SYNCED, applied, reason=reason, now=now)
 
     def mark_skipped(
         self, appointment_id: str, *, event_id: int, reason: str, now: datetime
@@ -263,7 +375,8 @@ class SqlAppointments:
             attempts=attempts,
             next_attempt_at=utc(next_attempt_at),
             reason=clip(reason),
-            updated_at=utc(now),
+            # updated_at stays when the appointment began waiting: a retry changes no state,
+            # and the oldest pending change's age must not restart with every retry.
         )
 
     def park(
@@ -384,6 +497,26 @@ class SqlAppointments:
         c = _t.c
         query = (
             select(_t).where(c.state == PARKED).order_by(c.parked_at, c.appointment_id).limit(limit)
+        )
+        return records(AppointmentRecord, self._sql.rows(query))
+
+    def noted(self, limit: int = 100) -> list[AppointmentRecord]:
+        c = _t.c
+        query = (
+            select(_t)
+            .where(c.state == SYNCED, c.reason.is_not(None))
+            .order_by(c.appointment_id)
+            .limit(limit)
+        )
+        return records(AppointmentRecord, self._sql.rows(query))
+
+    def retrying(self, limit: int = 100) -> list[AppointmentRecord]:
+        c = _t.c
+        query = (
+            select(_t)
+            .where(c.state == PENDING, c.attempts > 0)
+            .order_by(c.next_attempt_at, c.appointment_id)
+            .limit(limit)
         )
         return records(AppointmentRecord, self._sql.rows(query))
 

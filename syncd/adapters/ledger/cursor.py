@@ -1,16 +1,18 @@
-"""How far the outbox has been read: one row, moved forward only."""
+"""How far the outbox has been read: one row, moved forward only — but for a rewind."""
 
 from __future__ import annotations
 
 import secrets
+from datetime import datetime
 from typing import Final
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from syncd.adapters.ledger.schema import cursor_table
-from syncd.adapters.ledger.sql import Sql, utcnow
+from syncd.adapters.ledger.sql import Sql, utc, utcnow
 from syncd.core.fingerprint import KEY_BYTES
+from syncd.ports.ledger import OutboxRewind
 
 __all__ = ["SqlCursor"]
 
@@ -53,6 +55,60 @@ class SqlCursor:
                 )
         except IntegrityError:
             self.advance(event_id)  # another writer seeded it first: move that row instead
+
+    def position(self) -> tuple[int, OutboxRewind | None]:
+        c = cursor_table.c
+        row = self._sql.rows(
+            select(
+                c.last_event_id,
+                c.rewound_at,
+                c.rewound_from_event_id,
+                c.rewound_newest_event_id,
+                c.rewind_applied_at,
+            ).where(c.id == _CURSOR_ID)
+        ).one_or_none()
+        if row is None:
+            return 0, None
+        rewind = None
+        if row.rewound_at is not None:
+            rewind = OutboxRewind(
+                at=row.rewound_at,
+                from_event_id=int(row.rewound_from_event_id or 0),
+                newest_event_id=int(row.rewound_newest_event_id or 0),
+                applied_at=row.rewind_applied_at,
+            )
+        return int(row.last_event_id), rewind
+
+    def rewind(self, *, newest_event_id: int, now: datetime) -> OutboxRewind:
+        c = cursor_table.c
+        was = self.get()
+        self.advance(0)  # the row exists afterwards, whatever was done to the table by hand
+        rewind = OutboxRewind(
+            at=utc(now), from_event_id=was, newest_event_id=newest_event_id, applied_at=None
+        )
+        self._sql.write(
+            update(cursor_table)
+            .where(c.id == _CURSOR_ID)
+            .values(
+                last_event_id=0,
+                updated_at=rewind.at,
+                rewound_at=rewind.at,
+                rewound_from_event_id=was,
+                rewound_newest_event_id=newest_event_id,
+                rewind_applied_at=None,
+            )
+        )
+        return rewind
+
+    def rewind_applied(self, now: datetime) -> bool:
+        c = cursor_table.c
+        return bool(
+            self._sql.write(
+                update(cursor_table)
+                .where(c.id == _CURSOR_ID, c.rewound_at.is_not(None), c.rewind_applied_at.is_(None))
+                .values(rewind_applied_at=utc(now))
+            )
+        )
 
     def fingerprint_key(self) -> bytes:
         c = cursor_table.c

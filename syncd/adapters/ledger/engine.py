@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+from syncd.adapters.dburl import engine_url
 
 __all__ = ["create_ledger_engine", "make_sessionmaker"]
 
@@ -16,9 +18,11 @@ def create_ledger_engine(url: str) -> Engine:
 
     Bound values stay out of logs and error messages; pooled connections are checked and renewed
     for a long-running daemon.  A SQLite file's directory is created; SQLite runs in WAL mode with
-    a generous busy timeout, so the worker threads and a CLI can share it.
+    a generous busy timeout, so the worker threads and a CLI can share it.  ``postgres://`` and
+    URLs without a driver connect with an installed one (``dburl.engine_url``, which raises
+    ``UnusableUrlError`` when there is none).
     """
-    parsed = make_url(url)
+    parsed = engine_url(url)
     sqlite = parsed.get_backend_name() == "sqlite"
     connect_args: dict[str, Any] = {}
     if sqlite:

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
+import structlog
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -46,6 +47,8 @@ def _alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
+log = structlog.get_logger("syncd.ledger")
+
 #: Arbitrary but fixed: the PostgreSQL advisory lock and MariaDB named lock taken while migrating.
 _MIGRATION_LOCK_KEY: Final = 0x5359_4E43_4400
 _MIGRATION_LOCK_NAME: Final = "syncd.ledger.migrate"
@@ -81,7 +84,12 @@ def _migration_transaction(engine: Engine) -> Iterator[Connection]:
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Upgrade the ledger schema to ``revision``."""
     with _migration_transaction(engine) as conn:
+        before = MigrationContext.configure(conn).get_current_revision()
         command.upgrade(_alembic_config(conn), revision)
+        after = MigrationContext.configure(conn).get_current_revision()
+    if after != before:
+        # Alembic's own lines are silenced (see syncd.runtime.log): this is the one that says it.
+        log.info("ledger_migrated", from_revision=before, to_revision=after)
 
 
 def downgrade(engine: Engine, revision: str) -> None:

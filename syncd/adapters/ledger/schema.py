@@ -92,6 +92,11 @@ class SyncCursorRow(Base):
     updated_at: Mapped[datetime] = mapped_column(_TIMESTAMP)
     #: hex of the HMAC key behind every fingerprint this ledger holds or shows (core.fingerprint)
     fingerprint_key: Mapped[str | None] = mapped_column(String(64))
+    #: the last time the outbox went back (ports.ledger.OutboxRewind); all NULL if it never did
+    rewound_at: Mapped[datetime | None] = mapped_column(_TIMESTAMP)
+    rewound_from_event_id: Mapped[int | None] = mapped_column(BigInteger)
+    rewound_newest_event_id: Mapped[int | None] = mapped_column(BigInteger)
+    rewind_applied_at: Mapped[datetime | None] = mapped_column(_TIMESTAMP)
 
 
 class AppointmentRow(Base):
@@ -99,6 +104,8 @@ class AppointmentRow(Base):
     __table_args__ = (
         _states_check(APPOINTMENT_STATES),
         Index("ix_appointment_state_next_attempt_at", "state", "next_attempt_at"),
+        # what the ids of a re-read outbox window are checked against (sync.rewind)
+        Index("ix_appointment_last_event_id", "last_event_id"),
         MYSQL_TABLE_OPTIONS,
     )
 
@@ -120,6 +127,9 @@ class AppointmentRow(Base):
     external_session_id: Mapped[str | None] = mapped_column(_identifier(128))
     #: the ScheduleTs syncd last sent (UTC): a change is the EHR's time versus this one
     sent_schedule_ts: Mapped[datetime | None] = mapped_column(_TIMESTAMP)
+    #: keyed digests (never content) of the newest row read and of the row last applied
+    last_digest: Mapped[str | None] = mapped_column(String(64))
+    applied_digest: Mapped[str | None] = mapped_column(String(64))
 
 
 class OperationRow(Base):
@@ -175,6 +185,13 @@ class LeaseRow(Base):
     holder: Mapped[str] = mapped_column(_identifier(128))
     expires_at: Mapped[datetime] = mapped_column(_TIMESTAMP)
     updated_at: Mapped[datetime] = mapped_column(_TIMESTAMP)
+    #: the holder's machine and process, and that process's per-start identity (boot id and
+    #: start time): what lets a process on the same machine tell that the holder is dead
+    host: Mapped[str | None] = mapped_column(_identifier(80))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    process_start: Mapped[str | None] = mapped_column(_identifier(64))
+    #: when this holder took the lease; renewals keep it
+    acquired_at: Mapped[datetime | None] = mapped_column(_TIMESTAMP)
 
 
 class SessionOutcomeRow(Base):

@@ -119,6 +119,7 @@ class Sql:
 
 
 _R = TypeVar("_R")
+_H = TypeVar("_H", str, int)
 
 
 def records(cls: type[_R], rows: Result[Any]) -> list[_R]:
@@ -140,7 +141,7 @@ def clip(value: str | None) -> str | None:
     return None if value is None else value[:TEXT_LIMIT]
 
 
-def chunks(items: Collection[str]) -> Iterator[list[str]]:
+def chunks(items: Collection[_H]) -> Iterator[list[_H]]:
     """The distinct items, in IN lists of at most :data:`IN_CHUNK`."""
     ordered = list(dict.fromkeys(items))
     for start in range(0, len(ordered), IN_CHUNK):

@@ -7,7 +7,7 @@ the Retry-After gate and the rate limit.
 Keeping httpx in here keeps a change of HTTP library to this package.
 """
 
-from syncd.adapters.securevideo.client import ResponseHook, SecureVideoClient
+from syncd.adapters.securevideo.client import ResponseHook, SecureVideoClient, TlsError
 from syncd.adapters.securevideo.gate import parse_retry_after
 from syncd.adapters.securevideo.mapping import (
     history_record,
@@ -16,10 +16,13 @@ from syncd.adapters.securevideo.mapping import (
     remote_participant,
     remote_session,
 )
+from syncd.adapters.securevideo.transport import Egress
 
 __all__ = [
+    "Egress",
     "ResponseHook",
     "SecureVideoClient",
+    "TlsError",
     "history_record",
     "new_participant",
     "parse_history",

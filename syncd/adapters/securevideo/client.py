@@ -37,7 +37,14 @@ from syncd.adapters.securevideo.routes import (
     history_route,
     path_id,
 )
-from syncd.adapters.securevideo.transport import LANE_TAKEN_AT, LaneTransport, http_transport
+from syncd.adapters.securevideo.transport import (
+    DIRECT,
+    LANE_TAKEN_AT,
+    Egress,
+    LaneTransport,
+    http_transport,
+    tls_failure,
+)
 from syncd.adapters.securevideo.wire import (
     HISTORY,
     SESSIONS,
@@ -61,7 +68,7 @@ from syncd.core.errors import (
 )
 from syncd.ports.securevideo import HistoryPage
 
-__all__ = ["ResponseHook", "SecureVideoClient"]
+__all__ = ["ResponseHook", "SecureVideoClient", "TlsError"]
 
 T = TypeVar("T")
 
@@ -100,6 +107,7 @@ class SecureVideoClient:
         max_wait_in_client: float = 1.0,
         max_in_flight: int | None = None,
         transport: httpx.BaseTransport | None = None,
+        egress: Egress = DIRECT,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         on_response: ResponseHook | None = None,
@@ -111,7 +119,8 @@ class SecureVideoClient:
         it out, deaf to SIGTERM.
         ``max_in_flight``: at most this many requests on the wire at once (None: as many as the
         caller's threads); a thread beyond it waits its turn before sending.  ``transport``
-        replaces the HTTP transport (tests pass an ``httpx.MockTransport``)."""
+        replaces the HTTP transport (tests pass an ``httpx.MockTransport``).  ``egress``: the
+        proxy to tunnel through and the CA bundle to trust (see ``Egress``)."""
         url = httpx.URL(base_url)
         if url.userinfo:
             raise ValueError("base_url must not carry credentials; pass api_key and api_secret")
@@ -132,11 +141,11 @@ class SecureVideoClient:
         )
         if max_in_flight is not None:
             lanes: httpx.BaseTransport = LaneTransport(
-                max_in_flight, transport=transport, clock=clock
+                max_in_flight, transport=transport, clock=clock, egress=egress
             )
         else:
             # ~16 engine threads, and room for a probe or a slow answer.
-            lanes = transport or http_transport(32)
+            lanes = transport or http_transport(32, egress)
         self._closed = False
         self._urls: dict[str, httpx.URL] = {}
         # trust_env=False: no proxy, .netrc or CA bundle from the environment; redirects are
@@ -532,8 +541,21 @@ def _message_of(response: httpx.Response) -> str | None:
     return message
 
 
+class TlsError(TemporaryError):
+    """The TLS handshake with SecureVideo (or the proxy) failed: most often a certificate no
+    trusted CA signed, as behind a TLS-inspecting proxy.  Nothing was sent."""
+
+
 def _transport_failure(method: str, where: str, exc: httpx.RequestError) -> TemporaryError:
     kind = type(exc).__name__
+    tls = tls_failure(exc) if isinstance(exc, httpx.ConnectError) else None
+    if tls is not None:
+        return TlsError(f"{where}: not sent (TLS handshake failed: {tls})")
+    if isinstance(exc, httpx.ProxyError):
+        # The proxy refused the tunnel ("407 Proxy Authentication Required"): nothing reached
+        # SecureVideo.  Its status line is the proxy's own words, with no URL in it.
+        said = " ".join(str(exc).split())[:_MESSAGE_LIMIT]
+        return TemporaryError(f"{where}: not sent (the egress proxy answered {said})")
     # These fail before a byte of the request leaves: nothing can have been applied.
     never_sent = isinstance(
         exc,

@@ -203,7 +203,9 @@ class NewParticipant(_Request):
     participant_external_id: str | None = Field(None, alias="ParticipantExternalId")
     should_auto_deliver_code: Literal["E", "S", "N"] = Field("N", alias="ShouldAutoDeliverCode")
     secure_video_user_id: str | None = Field(None, alias="SecureVideoUserId")
-    packet_id: int | None = Field(None, alias="PacketId")
+    #: never null: a null or missing PacketId means "none" to POST /session and "all" to
+    #: POST /participant, so -1 (none), 0 (all) or a packet id is always sent
+    packet_id: int = Field(-1, alias="PacketId", ge=-1)
     svc_id: int | None = Field(None, alias="SvcId")
     deposit_required: Deposit = Field(None, alias="DepositRequired")
 
