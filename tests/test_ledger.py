@@ -143,9 +143,9 @@ EXPECTED_COLUMNS = {
     },
 }
 #: the newest migration: a new one changes this line and adds its own up-and-down test
-HEAD = "0006_applied_state"
-#: the revision 0006_applied_state follows (its down_revision)
-BEFORE_0006 = "0007_outbox_row_digest"
+HEAD = "0008_applied_state"
+#: the revision 0008_applied_state follows (its down_revision)
+BEFORE_0008 = "0007_outbox_row_digest"
 
 PHI_HINTS = ("first_name", "last_name", "full_name", "email", "phone", "sms", "topic", "birth")
 
@@ -357,7 +357,7 @@ def test_migration_0003_keeps_every_row_up_and_down(fresh_ledger_url: str) -> No
             for name, rows in AT_0002.items()
         }
         with ledger.begin() as tx:
-            # 0006 keys the participant by its fingerprint
+            # 0008 keys the participant by its fingerprint
             key = Fingerprints(tx.cursor.fingerprint_key()).participant("pat-1")
         on_disk = {**kept, "participant": [{**kept["participant"][0], "external_id": key}]}
         for name, rows in on_disk.items():
@@ -387,7 +387,7 @@ def test_migration_0003_keeps_every_row_up_and_down(fresh_ledger_url: str) -> No
         back = {name: [dict(r) for r in rows] for name, rows in AT_0002.items()}
         for row in back["appointment"]:
             row.update(desired_fingerprint=None, applied_fingerprint=None)
-        # 0006's downgrade drops the participant rows (a fingerprint does not give its id back)
+        # 0008's downgrade drops the participant rows (a fingerprint does not give its id back)
         participant_columns = back.pop("participant")[0]
         for name, rows in back.items():
             assert rows_of(engine, name, rows[0]) == rows, name
@@ -435,13 +435,13 @@ def test_migration_0004_makes_one_key_and_keeps_it(fresh_ledger_url: str) -> Non
         ledger.dispose()
 
 
-def test_migration_0006_keys_participants_by_fingerprint_up_and_down(
+def test_migration_0008_keys_participants_by_fingerprint_up_and_down(
     fresh_ledger_url: str,
 ) -> None:
     ledger = SqlLedger(create_ledger_engine(fresh_ledger_url))
     engine = ledger.engine
     try:
-        migrate(engine, BEFORE_0006)
+        migrate(engine, BEFORE_0008)
         appointment = {**AT_0002["appointment"][0]}
         for dropped in FINGERPRINTS["appointment"]:
             appointment.pop(dropped)
@@ -450,7 +450,7 @@ def test_migration_0006_keys_participants_by_fingerprint_up_and_down(
         with engine.begin() as conn:
             conn.execute(insert(old_table("appointment", appointment)), [appointment])
             conn.execute(insert(old_table("participant", participant)), [participant])
-        migrate(engine, "0006_applied_state")
+        migrate(engine, "0008_applied_state")
         with ledger.begin() as tx:
             key = Fingerprints(tx.cursor.fingerprint_key()).participant("pat-1")
             got = tx.appointments.get("A1")
@@ -481,8 +481,8 @@ def test_migration_0006_keys_participants_by_fingerprint_up_and_down(
             )
         with engine.connect() as conn:
             assert "pat-1" not in repr(conn.execute(select(metadata.tables["participant"])).all())
-        downgrade(engine, BEFORE_0006)
-        assert current_revision(engine) == BEFORE_0006
+        downgrade(engine, BEFORE_0008)
+        assert current_revision(engine) == BEFORE_0008
         assert rows_of(engine, "appointment", appointment) == [{**appointment, "updated_at": T2}]
         assert rows_of(engine, "participant", participant) == []
         columns = {c["name"] for c in inspect(engine).get_columns("appointment")}

@@ -23,8 +23,8 @@ from syncd.ports.ledger import HELD_PREFIX, SKIPPED, SYNCED
 T = datetime(2031, 3, 5, 9, 0)
 UTC_OFFSET = timedelta(hours=5)  # New York in March 2031 before the DST switch (9 March)
 COLLEAGUE_USER_ID = 1003  # prov-003, a SecureVideo user of the account
-#: the revision migration 0006_applied_state follows
-BEFORE_0006 = "0007_outbox_row_digest"
+#: the revision migration 0008_applied_state follows
+BEFORE_0008 = "0007_outbox_row_digest"
 
 
 @pytest.fixture(params=[False, True], ids=["exact-times", "quarter-hours"])
@@ -251,7 +251,7 @@ def test_the_ledger_holds_no_participant_id_or_contact(w: World) -> None:
 def test_an_upgraded_ledger_takes_what_secure_video_shows_as_applied(
     tmp_path: Path, ledger_kind: str, rounding: bool
 ) -> None:
-    """A ledger of the schema before 0006 (no applied state, participants by raw id) with live
+    """A ledger of the schema before 0008 (no applied state, participants by raw id) with live
     sessions: after the migration, a pass over every appointment makes no call."""
     nurse = {"external_id": "nurse-7", "securevideo_user_id": "1002", "packet_id": -1}
     rows = [
@@ -263,7 +263,7 @@ def test_an_upgraded_ledger_takes_what_secure_video_shows_as_applied(
         w.write(*rows)
         w.run_pass()
         made = len(mutations(w))
-        _as_before_0006(w, {"pat-1": 0, "pat-2": None, "pat-3": None, "nurse-7": -1})
+        _as_before_0008(w, {"pat-1": 0, "pat-2": None, "pat-3": None, "nurse-7": -1})
 
         w.app()  # a new start on the migrated ledger
         w.write(*rows)  # every appointment due again, as after an EHR touch
@@ -286,8 +286,8 @@ def test_an_upgraded_ledger_takes_what_secure_video_shows_as_applied(
         assert [m for m, _ in mutations(w)[made:]] == ["PUT"]
 
 
-def _as_before_0006(w: World, packets: dict[str, int | None]) -> None:
-    """The ledger as the code before 0006 left it: downgraded, and participants on file by raw
+def _as_before_0008(w: World, packets: dict[str, int | None]) -> None:
+    """The ledger as the code before 0008 left it: downgraded, and participants on file by raw
     external id with what was sent then (a SecureVideo user's participation id was not found in
     the answer by that code, so it is None)."""
     from sqlalchemy import column as col
@@ -297,7 +297,7 @@ def _as_before_0006(w: World, packets: dict[str, int | None]) -> None:
 
     engine = create_ledger_engine(w.settings.ledger.url)
     try:
-        downgrade(engine, BEFORE_0006)
+        downgrade(engine, BEFORE_0008)
         participant = table(
             "participant",
             *(

@@ -66,7 +66,7 @@ class AppliedGuest:
     key: str
     participation_id: int | None
     securevideo_user_id: str | None = None
-    #: False for a participation known by id only (a ledger from before migration 0006): the
+    #: False for a participation known by id only (a ledger from before migration 0008): the
     #: planner compares the EHR with what SecureVideo shows, once, and keeps that as applied
     fields_known: bool = False
     #: fingerprints of what was sent (``Fingerprints.name`` / ``.contact``)
@@ -88,7 +88,7 @@ class AppliedState:
     #: the ExternalSessionId the appointment got: kept even when the configured prefix changes
     external_session_id: str | None = None
     host_external_id: str | None = None
-    #: the ScheduleTs syncd sent (UTC); None when unknown (a ledger from before migration 0006)
+    #: the ScheduleTs syncd sent (UTC); None when unknown (a ledger from before migration 0008)
     schedule_ts: datetime | None = None
     #: owned participations by key
     guests: Mapping[str, AppliedGuest] = field(default_factory=dict)

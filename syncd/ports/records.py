@@ -43,9 +43,9 @@ class AppointmentRecord:
     parked_at: datetime | None
     #: the managed session's time (UTC) when last settled; None before migration 0002
     schedule_ts: datetime | None = None
-    #: the ExternalSessionId the appointment got (kept across prefix changes); None before 0006
+    #: the ExternalSessionId the appointment got (kept across prefix changes); None before 0008
     external_session_id: str | None = None
-    #: the ScheduleTs syncd last sent for the managed session; None before 0006 or without one
+    #: the ScheduleTs syncd last sent for the managed session; None before 0008 or without one
     sent_schedule_ts: datetime | None = None
     #: keyed digest of the outbox row at ``last_event_id`` once read (``sync.rewind``), and of the
     #: row last synced or skipped; None until then (and on ledgers from before migration 0007)
@@ -96,7 +96,7 @@ class ParticipantRecord:
     #: what syncd last sent: SecureVideo never reports a participant's PacketId
     packet_id: int | None
     updated_at: datetime
-    #: None when the fields sent are not known (rows from before migration 0006)
+    #: None when the fields sent are not known (rows from before migration 0008)
     deliver: str | None = None
     securevideo_user_id: str | None = None
     name_fp: str | None = None

@@ -166,7 +166,7 @@ class ParticipantRow(Base):
     participation_id: Mapped[int | None] = mapped_column(BigInteger)
     packet_id: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(_TIMESTAMP)
-    # What syncd sent (PHI as fingerprints only); deliver NULL: not known (before 0006).
+    # What syncd sent (PHI as fingerprints only); deliver NULL: not known (before 0008).
     deliver: Mapped[str | None] = mapped_column(String(1))
     securevideo_user_id: Mapped[str | None] = mapped_column(_identifier(64))
     name_fp: Mapped[str | None] = mapped_column(String(16))

@@ -10,7 +10,7 @@ what SecureVideo shows as applied, with no call.
 Downgrade drops the new columns and the participant rows (a fingerprint cannot be turned back into
 the id it came from); the older code then treats each participant's PacketId as unknown.
 
-Revision ID: 0006_applied_state
+Revision ID: 0008_applied_state
 Revises: 0007_outbox_row_digest
 Create Date: 2026-12-04 00:00:00
 """
@@ -26,7 +26,7 @@ from sqlalchemy.dialects import mysql
 
 from syncd.core.fingerprint import Fingerprints
 
-revision: str = "0006_applied_state"
+revision: str = "0008_applied_state"
 down_revision: str | Sequence[str] | None = "0007_outbox_row_digest"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
