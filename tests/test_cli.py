@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from harness import World, guest, row, world
 
-from syncd.runtime.cli import main
+from syncd.runtime.cli import _parser, main
 
 T = datetime(2027, 2, 10, 9, 0)
 
@@ -230,3 +230,9 @@ def test_the_degraded_line_quotes_no_value() -> None:
 
     line = _first_line(Exception("invalid input syntax for type timestamp: 'Zelda Canary'\nDETAIL"))
     assert line == "invalid input syntax for type timestamp: '…'"
+
+
+def test_the_emulator_command_takes_the_rounding_reading() -> None:
+    assert _parser().parse_args(["emulator"]).round_to_quarter_hours is False
+    args = _parser().parse_args(["emulator", "--round-to-quarter-hours"])
+    assert args.round_to_quarter_hours is True

@@ -590,7 +590,7 @@ def test_participant_name_cannot_change_through_put(api: Api) -> None:
     assert api.call("PUT", path, {"ParticipantSmsNumber": "1"}).status == 200
 
 
-def test_host_and_securevideo_user_participations_cannot_be_updated(api: Api) -> None:
+def test_host_cannot_be_updated_and_a_securevideo_user_only_in_session_fields(api: Api) -> None:
     colleague = {"SecureVideoUserId": OTHER_HOST.user_id}
     session = create(api, participants=[guest(), colleague])
     host, _, user = session["Participants"]
@@ -599,8 +599,17 @@ def test_host_and_securevideo_user_participations_cannot_be_updated(api: Api) ->
         api.call("PUT", "/participant/0?externalSessionId=appt-1&externalId=prov-001", {}).status
         == 400
     )
-    assert api.call("PUT", f"/participant/{user['ParticipationId']}", {}).status == 400
     assert api.call("DELETE", f"/participant/{host['ParticipationId']}").status == 400
+    # "If updating a User ... include only Session-specific properties (e.g., PacketId, SvcId,
+    # and DepositRequired), not User-specified properties ... maintained using the User API."
+    route = f"/participant/{user['ParticipationId']}"
+    refused = api.call("PUT", route, {"ParticipantEmailAddress": "x@clinic.example"})
+    assert refused.status == 400
+    assert "User API" in refused.json["Message"]
+    answer = api.call("PUT", route, {"PacketId": 1215, "SvcId": 1037, "DepositRequired": 20.0})
+    assert answer.status == 200
+    updated = answer.json["Participants"][2]
+    assert (updated["SvcId"], updated["DepositRequired"]) == (1037, 20.0)
 
 
 def test_remove_participant_by_id_and_by_external_ids(api: Api) -> None:
@@ -1356,3 +1365,24 @@ def test_serve_returns_on_sigterm() -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.mark.parametrize(
+    ("asked", "exact", "rounded"),
+    [
+        ("2030-03-11T09:07:30", "09:07", "09:00"),
+        ("2030-03-11T09:08:00", "09:08", "09:15"),
+        ("2030-03-11T09:53:00", "09:53", "10:00"),
+        ("2030-03-11T09:45:00", "09:45", "09:45"),
+    ],
+)
+def test_quarter_hour_rounding_is_an_option(asked: str, exact: str, rounded: str) -> None:
+    """Only one edition of the documents says scheduled times sit on quarter hours: the emulator
+    does either, so syncd's tests can run against both readings."""
+    for rounding, expected in ((False, exact), (True, rounded)):
+        state = EmulatorState(round_to_quarter_hours=rounding)
+        body = {"ScheduleTs": asked, "Participants": [{"ParticipantFullName": "Sam Sample"}]}
+        made = state.create_session(body, host_user_id=HOST.user_id)
+        assert made["ScheduleTs"][11:16] == expected
+        moved = state.reschedule_session({"ScheduleTs": asked}, session_id=made["SessionId"])
+        assert moved["ScheduleTs"][11:16] == expected

@@ -19,6 +19,7 @@ from syncd.core.errors import (
     PermanentError,
     TemporaryError,
 )
+from syncd.core.fingerprint import Fingerprints
 from syncd.core.planner import plan
 from syncd.core.retry import RetryPolicy
 from syncd.ports import Clock, Ledger, SessionGateway
@@ -30,6 +31,7 @@ from syncd.testing.ledger import InMemoryLedger
 from syncd.testing.outbox import InMemoryOutbox
 
 NOW = datetime(2030, 1, 7, 9, 0)
+FP = Fingerprints(bytes(32))
 STARTS = datetime(2030, 1, 8, 15, 30)
 
 ALICE = Guest(
@@ -79,7 +81,7 @@ def test_a_created_session_reads_back_as_the_planner_wants_it() -> None:
     assert created.schedule_type == "Scheduled"
     # SecureVideo never reports a PacketId: the ledger must remember it.
     assert (alice.packet_id, alice.packet_known) == (None, False)
-    assert plan(appointment((ALICE, BOB)), listed, now=NOW) == ()
+    assert plan(appointment((ALICE, BOB)), None, listed, now=NOW, fingerprints=FP) == ()
     assert gateway.list_host_sessions("prov-002") == []
 
 
@@ -110,7 +112,9 @@ def test_changes_are_applied_and_recorded_in_order() -> None:
     # A cancelled session stays listed, and the planner looks past it.
     (tombstone,) = fake.list_host_sessions("prov-001")
     assert tombstone.is_cancelled
-    assert [op.kind for op in plan(appointment(), [tombstone], now=NOW)] == ["create"]
+    assert [op.kind for op in plan(appointment(), None, [tombstone], now=NOW, fingerprints=FP)] == [
+        "create"
+    ]
     assert fake.reads == {"prov-001": 1}
 
 
@@ -217,7 +221,10 @@ def test_a_lost_answer_is_applied_then_ambiguous() -> None:
         ("create", made.session_id, "ambiguous")
     ]
     # The retry reads first and finds it: nothing more to do.
-    assert plan(appointment(), fake.list_host_sessions("prov-001"), now=NOW) == ()
+    assert (
+        plan(appointment(), None, fake.list_host_sessions("prov-001"), now=NOW, fingerprints=FP)
+        == ()
+    )
     fake.lose_answer(None, error=TemporaryError("read timeout (scripted)"))
     with pytest.raises(TemporaryError, match="read timeout"):
         fake.cancel_session(made.session_id)
@@ -266,7 +273,7 @@ def test_a_hook_after_a_success_of_the_fake() -> None:
     assert fired == ["create"]
     assert hooked.created == ["ehr-a01", "ehr-a01"]
     # Two live sessions for one appointment: the planner cancels the duplicate.
-    ops = plan(appointment(), fake.list_host_sessions("prov-001"), now=NOW)
+    ops = plan(appointment(), None, fake.list_host_sessions("prov-001"), now=NOW, fingerprints=FP)
     assert [op.kind for op in ops] == ["cancel"]
     assert list(fake.live_by_external_session_id().values()) == [
         [s.session_id for s in fake.sessions()]

@@ -30,6 +30,7 @@ from syncd.adapters.ledger import (
     migrate,
     script_location,
 )
+from syncd.core.fingerprint import Fingerprints
 from syncd.ports.ledger import (
     TEXT_LIMIT,
     AppointmentRecord,
@@ -72,6 +73,8 @@ EXPECTED_COLUMNS = {
         "updated_at",
         "parked_at",
         "schedule_ts",
+        "external_session_id",
+        "sent_schedule_ts",
         # keyed digests of outbox rows (HMAC under the ledger's key), never their content
         "last_digest",
         "applied_digest",
@@ -97,6 +100,15 @@ EXPECTED_COLUMNS = {
         "participation_id",
         "packet_id",
         "updated_at",
+        # what was sent; name_fp/email_fp/sms_fp are keyed fingerprints, never the values
+        "deliver",
+        "securevideo_user_id",
+        "name_fp",
+        "email_fp",
+        "sms_fp",
+        "time_zone_windows_id",
+        "svc_id",
+        "deposit",
     },
     "lease": {
         "name",
@@ -143,6 +155,10 @@ EXPECTED_COLUMNS = {
 }
 #: the newest migration: a new one changes this line and adds its own up-and-down test
 HEAD = "0008_join_links"
+#: the revision 0008_applied_state follows (its down_revision)
+BEFORE_0008 = "0007_outbox_row_digest"
+#: the revision 0008_join_links follows (its down_revision)
+BEFORE_JOIN_LINKS = "0008_applied_state"
 
 PHI_HINTS = ("first_name", "last_name", "full_name", "email", "phone", "sms", "topic", "birth")
 
@@ -353,13 +369,17 @@ def test_migration_0003_keeps_every_row_up_and_down(fresh_ledger_url: str) -> No
             ]
             for name, rows in AT_0002.items()
         }
-        for name, rows in kept.items():
+        with ledger.begin() as tx:
+            # 0008 keys the participant by its fingerprint
+            key = Fingerprints(tx.cursor.fingerprint_key()).participant("pat-1")
+        on_disk = {**kept, "participant": [{**kept["participant"][0], "external_id": key}]}
+        for name, rows in on_disk.items():
             assert rows_of(engine, name, rows[0]) == rows, name
         with ledger.begin() as tx:  # and the port reads them
             assert tx.cursor.get() == 8
             assert tx.appointments.get("A1") == AppointmentRecord(**kept["appointment"][0])
             assert tx.participants.of_appointments(["A1"])["A1"] == {
-                "pat-1": ParticipantRecord(**kept["participant"][0])
+                key: ParticipantRecord(**{**kept["participant"][0], "external_id": key})
             }
             assert tx.operations.of_appointment("A1") == [OperationRecord(**kept["operation"][0])]
             # An older syncd's row: no holder identity, judged by its expiry alone.
@@ -380,26 +400,17 @@ def test_migration_0003_keeps_every_row_up_and_down(fresh_ledger_url: str) -> No
         back = {name: [dict(r) for r in rows] for name, rows in AT_0002.items()}
         for row in back["appointment"]:
             row.update(desired_fingerprint=None, applied_fingerprint=None)
-        back["participant"][0]["fingerprint"] = ""
-        back["participant"].append(
-            {
-                "appointment_id": "A1",
-                "external_id": "pat-2",
-                "session_id": 9001,
-                "participation_id": 71,
-                "packet_id": None,
-                "fingerprint": "",
-                "updated_at": T2,
-            }
-        )
+        # 0008's downgrade drops the participant rows (a fingerprint does not give its id back)
+        participant_columns = back.pop("participant")[0]
         for name, rows in back.items():
             assert rows_of(engine, name, rows[0]) == rows, name
+        assert rows_of(engine, "participant", participant_columns) == []
 
         migrate(engine)
         assert is_at_head(engine)
         with ledger.begin() as tx:
             assert tx.appointments.get("A1") == AppointmentRecord(**kept["appointment"][0])
-            assert set(tx.participants.of_appointments(["A1"])["A1"]) == {"pat-1", "pat-2"}
+            assert tx.participants.of_appointments(["A1"])["A1"] == {}
             assert tx.visits.sessions(["A1"])["A1"].billable_ts == T2
     finally:
         ledger.dispose()
@@ -437,6 +448,65 @@ def test_migration_0004_makes_one_key_and_keeps_it(fresh_ledger_url: str) -> Non
         ledger.dispose()
 
 
+def test_migration_0008_keys_participants_by_fingerprint_up_and_down(
+    fresh_ledger_url: str,
+) -> None:
+    ledger = SqlLedger(create_ledger_engine(fresh_ledger_url))
+    engine = ledger.engine
+    try:
+        migrate(engine, BEFORE_0008)
+        appointment = {**AT_0002["appointment"][0]}
+        for dropped in FINGERPRINTS["appointment"]:
+            appointment.pop(dropped)
+        participant = {**AT_0002["participant"][0]}
+        participant.pop("fingerprint")
+        with engine.begin() as conn:
+            conn.execute(insert(old_table("appointment", appointment)), [appointment])
+            conn.execute(insert(old_table("participant", participant)), [participant])
+        migrate(engine, "0008_applied_state")
+        with ledger.begin() as tx:
+            key = Fingerprints(tx.cursor.fingerprint_key()).participant("pat-1")
+            got = tx.appointments.get("A1")
+            assert got == AppointmentRecord(**appointment)
+            assert (got.external_session_id, got.sent_schedule_ts) == (None, None)
+            rows = tx.participants.of_appointments(["A1"])["A1"]
+            # the raw id (an MRN at most clinics) is gone; the fields sent are not known yet
+            assert rows == {key: ParticipantRecord(**{**participant, "external_id": key})}
+            assert rows[key].deliver is None
+            tx.appointments.record_applied(
+                "A1", external_session_id="ehr-A1", sent_schedule_ts=T2, now=T2
+            )
+            tx.participants.put(
+                ParticipantRecord(
+                    "A1", key, 9001, 70, -1, T2, deliver="E", name_fp="ab" * 8, deposit="20.00"
+                )
+            )
+        with ledger.begin() as tx:
+            again = tx.appointments.get("A1")
+            assert again is not None
+            assert (again.external_session_id, again.sent_schedule_ts) == ("ehr-A1", T2)
+            row = tx.participants.of_appointments(["A1"])["A1"][key]
+            assert (row.packet_id, row.deliver, row.name_fp, row.deposit) == (
+                -1,
+                "E",
+                "ab" * 8,
+                "20.00",
+            )
+        with engine.connect() as conn:
+            assert "pat-1" not in repr(conn.execute(select(metadata.tables["participant"])).all())
+        downgrade(engine, BEFORE_0008)
+        assert current_revision(engine) == BEFORE_0008
+        assert rows_of(engine, "appointment", appointment) == [{**appointment, "updated_at": T2}]
+        assert rows_of(engine, "participant", participant) == []
+        columns = {c["name"] for c in inspect(engine).get_columns("appointment")}
+        assert "sent_schedule_ts" not in columns
+        assert "name_fp" not in {c["name"] for c in inspect(engine).get_columns("participant")}
+        migrate(engine)
+        assert is_at_head(engine)
+    finally:
+        ledger.dispose()
+
+
 def test_migration_0007_adds_digests_and_the_rewind_and_keeps_every_row(
     fresh_ledger_url: str,
 ) -> None:
@@ -450,7 +520,7 @@ def test_migration_0007_adds_digests_and_the_rewind_and_keeps_every_row(
         with engine.begin() as conn:
             appointment = old_table("appointment", AT_0004_APPOINTMENT)
             conn.execute(insert(appointment), [AT_0004_APPOINTMENT])
-        migrate(engine, "0007_outbox_row_digest")
+        migrate(engine)  # through 0007, to head: the port reads head columns
         with ledger.begin() as tx:  # no digest yet, no rewind: nothing looks rewound
             assert tx.cursor.position() == (41, None)
             assert tx.cursor.fingerprint_key() == key
@@ -488,7 +558,7 @@ def test_migration_0008_adds_join_links_and_their_view_and_drops_them(
     ledger = SqlLedger(create_ledger_engine(fresh_ledger_url))
     engine = ledger.engine
     try:
-        migrate(engine, "0007_outbox_row_digest")
+        migrate(engine, BEFORE_JOIN_LINKS)
         with ledger.begin() as tx:
             tx.cursor.advance(5)
         assert "join_link" not in inspect(engine).get_table_names()
@@ -510,7 +580,7 @@ def test_migration_0008_adds_join_links_and_their_view_and_drops_them(
             }
         ]
         assert "guest_join_link" in inspect(engine).get_view_names()
-        downgrade(engine, "0007_outbox_row_digest")
+        downgrade(engine, BEFORE_JOIN_LINKS)
         assert "join_link" not in inspect(engine).get_table_names()
         assert "guest_join_link" not in inspect(engine).get_view_names()
         migrate(engine)
@@ -552,7 +622,9 @@ def test_columns_are_exactly_the_phi_free_ones(ledger_engine: Engine) -> None:
     assert in_database == EXPECTED_COLUMNS
     assert {t.name: set(t.columns.keys()) for t in metadata.sorted_tables} == EXPECTED_COLUMNS
     columns = {c for cols in EXPECTED_COLUMNS.values() for c in cols}
-    assert not [c for c in columns if any(hint in c for hint in PHI_HINTS)]
+    # A keyed fingerprint (``*_fp``) may name what it digests; it is not the value.
+    named = [c for c in columns if not c.endswith("_fp")]
+    assert not [c for c in named if any(hint in c for hint in PHI_HINTS)]
 
 
 def test_models_match_the_migration(ledger_engine: Engine) -> None:

@@ -22,6 +22,7 @@ from syncd.ports.ledger import (
     AMBIGUOUS,
     APPLIED,
     FAILED,
+    HELD_PREFIX,
     INTENT,
     PARKED,
     PENDING,
@@ -615,6 +616,84 @@ def test_open_intents_and_their_resolution(ledger: Ledger) -> None:
     assert states[open_a] == (RESOLVED, T2, None)
     assert states[ambiguous_a] == (RESOLVED, T2, "timeout")
     assert states[done_a] == (APPLIED, T1, None)
+
+
+# --- applied state ------------------------------------------------------------------------------
+
+
+def test_applied_state_is_kept_and_the_time_sent_goes_with_the_session(ledger: Ledger) -> None:
+    note(ledger, {"a01": 1, "a02": 1})
+    with ledger.begin() as tx:
+        tx.appointments.set_session("a01", session_id=50001, host_external_id="prov-001", now=T0)
+        tx.appointments.record_applied(
+            "a01", external_session_id="old-a01", sent_schedule_ts=T2, now=T1
+        )
+        with pytest.raises(LookupError):
+            tx.appointments.record_applied(
+                "zz9", external_session_id="x", sent_schedule_ts=None, now=T1
+            )
+    with ledger.begin() as tx:
+        got = tx.appointments.get("a01")
+        assert got is not None
+        assert (got.external_session_id, got.sent_schedule_ts, got.updated_at) == (
+            "old-a01",
+            T2,
+            T1,
+        )
+        assert tx.appointments.forget_session("a01", 50001, now=T2)
+    with ledger.begin() as tx:
+        got = tx.appointments.get("a01")
+        assert got is not None
+        # the time sent was the cancelled session's; the ExternalSessionId stays the appointment's
+        assert (got.session_id, got.external_session_id, got.sent_schedule_ts) == (
+            None,
+            "old-a01",
+            None,
+        )
+
+
+def test_held_lists_the_skips_held_back_newest_first(ledger: Ledger) -> None:
+    note(ledger, {"a01": 1, "a02": 1, "a03": 1, "a04": 1})
+    with ledger.begin() as tx:
+        tx.appointments.mark_skipped("a01", event_id=1, reason=f"{HELD_PREFIX} x", now=T1)
+        tx.appointments.mark_skipped("a02", event_id=1, reason="status noshow", now=T1)
+        tx.appointments.mark_skipped("a03", event_id=1, reason=f"{HELD_PREFIX} y", now=T2)
+        tx.appointments.park("a04", reason=f"{HELD_PREFIX} not a skip", now=T3)
+    with ledger.begin() as tx:
+        assert [r.appointment_id for r in tx.appointments.held()] == ["a03", "a01"]
+        assert [r.appointment_id for r in tx.appointments.held(1)] == ["a03"]
+
+
+def test_put_keeps_every_field_sent(ledger: Ledger) -> None:
+    full = ParticipantRecord(
+        "a01",
+        "g-1",
+        50001,
+        700001,
+        -1,
+        T0,
+        deliver="E",
+        securevideo_user_id="77",
+        name_fp="n" * 16,
+        email_fp="e" * 16,
+        sms_fp="s" * 16,
+        time_zone_windows_id="Eastern Standard Time",
+        svc_id=1037,
+        deposit="20.00",
+    )
+    with ledger.begin() as tx:
+        tx.participants.put(full)
+        tx.participants.put(ParticipantRecord("a01", "g-2", 50001, 700002, None, T0))
+    with ledger.begin() as tx:
+        assert tx.participants.of_appointments(["a01"])["a01"]["g-1"] == full
+        changed = ParticipantRecord("a01", "g-1", 50001, 700003, 0, T1, deliver="N")
+        tx.participants.put(changed)
+    with ledger.begin() as tx:
+        found = tx.participants.of_appointments(["a01"])["a01"]
+    assert found == {
+        "g-1": changed,
+        "g-2": ParticipantRecord("a01", "g-2", 50001, 700002, None, T0),
+    }
 
 
 # --- participants -------------------------------------------------------------------------------

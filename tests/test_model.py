@@ -7,10 +7,18 @@ rules make SecureVideo (the emulator) misbehave (5xx, a change applied then its 
 429 with Retry-After), crash and restart syncd in process — a new App from the same settings,
 possibly with the crash between a remote success and its ledger commit — and run passes.
 
+Staff act in SecureVideo too (on a settled appointment's session): they add a guest of their own,
+add a SecureVideo user (a colleague), move the session's time, or change a syncd guest's e-mail.
+syncd owns only what it created: it must never remove or change what staff added, and it must not
+undo a staff change until the EHR changes that same thing (a change is the EHR versus what syncd
+applied, not versus what SecureVideo shows).
+
 Invariant: at quiescence (faults cleared, passes until nothing is due) SecureVideo holds exactly
-the EHR's appointments, and no ExternalSessionId is live twice.  At every step, no
+the EHR's appointments — plus what staff added, with staff's changes where the EHR did not change
+the same field since — and no ExternalSessionId is live twice.  At every step, no
 ExternalSessionId is live twice under the same host (across hosts it is, for an instant, while a
-provider change cancels under the old host and creates under the new one).
+provider change cancels under the old host and creates under the new one), and every staff-added
+participant of a live session is there as staff left it.
 
 Fast form: 4 programs of up to 30 steps (derandomized); long form (``--long``): 100 of up to 50.
 """
@@ -53,6 +61,8 @@ GUEST_ZONES = {
 }
 SLOTS = st.integers(min_value=0, max_value=40)  # half-hour slots after BASE
 PICK = st.integers(min_value=0, max_value=10_000)  # which appointment or guest
+#: SecureVideo users of the emulator's account that are never a host in this model
+COLLEAGUES = (1004, 1005)
 #: What the programs did, printed at the end (the long form's figures in docs/reliability.md).
 STATS: Counter[str] = Counter()
 
@@ -75,12 +85,26 @@ class Guest:
 
 
 @dataclass
+class Staff:
+    """What staff did to one session of an appointment in SecureVideo."""
+
+    session_id: int
+    #: participations staff added: id -> (ParticipantExternalId, name, SecureVideo user id)
+    added: dict[int, tuple[str | None, str, int | None]] = field(default_factory=dict)
+    #: the time staff moved the session to (UTC)
+    moved_to: datetime | None = None
+    #: a syncd guest's e-mail as staff changed it, by the guest's external id
+    emails: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class Appointment:
     aid: str
     status: str
     slot: int
     provider: str
     guests: list[Guest] = field(default_factory=list)
+    staff: Staff | None = None
 
     @property
     def starts(self) -> datetime:
@@ -129,6 +153,10 @@ class SyncLoop(RuleBasedStateMachine):
 
     def _write(self, appt: Appointment) -> None:
         self.w.write(appt.as_row())
+        if appt.staff is not None:
+            # The EHR's change meets staff's on the same session: apply it now, so that the
+            # model knows which of the two SecureVideo shows (the EHR's change wins).
+            self._settle()
 
     def _new_guest(self, zone: str) -> Guest:
         n = next(self.numbers)
@@ -168,6 +196,8 @@ class SyncLoop(RuleBasedStateMachine):
     @rule(pick=PICK, slot=SLOTS)
     def reschedule(self, pick: int, slot: int) -> None:
         appt = self._pick("booked", pick)
+        if appt.staff is not None and slot != appt.slot:
+            appt.staff.moved_to = None  # a change in the EHR: its time is sent
         appt.slot = slot
         self._write(appt)
 
@@ -177,6 +207,7 @@ class SyncLoop(RuleBasedStateMachine):
         appt = self._pick("booked", pick)
         appt.status = "cancelled"
         self._write(appt)
+        appt.staff = None  # the session staff worked on is gone
 
     @precondition(lambda self: self._has("cancelled"))
     @rule(pick=PICK, slot=SLOTS)
@@ -200,6 +231,8 @@ class SyncLoop(RuleBasedStateMachine):
         i = which % len(appt.guests)
         n = next(self.numbers)
         appt.guests[i] = replace(appt.guests[i], email=f"moved{n}@phi.example", zone=zone)
+        if appt.staff is not None:
+            appt.staff.emails.pop(appt.guests[i].external_id, None)
         self._write(appt)
 
     @precondition(lambda self: self._has("booked"))
@@ -208,6 +241,8 @@ class SyncLoop(RuleBasedStateMachine):
         appt = self._pick("booked", pick)
         i = which % len(appt.guests)
         appt.guests[i] = replace(appt.guests[i], full_name=f"Zelda Renamed{next(self.numbers)}")
+        if appt.staff is not None:  # removed and added again, with the EHR's e-mail
+            appt.staff.emails.pop(appt.guests[i].external_id, None)
         self._write(appt)
 
     @precondition(lambda self: any(len(a.guests) > 1 for a in self.model.values()))
@@ -215,15 +250,96 @@ class SyncLoop(RuleBasedStateMachine):
     def remove_participant(self, pick: int, which: int) -> None:
         several = sorted((a for a in self.model.values() if len(a.guests) > 1), key=lambda a: a.aid)
         appt = several[pick % len(several)]
-        del appt.guests[which % len(appt.guests)]
+        gone = appt.guests.pop(which % len(appt.guests))
+        if appt.staff is not None:
+            appt.staff.emails.pop(gone.external_id, None)
         self._write(appt)
 
     @precondition(lambda self: self._has("booked"))
     @rule(pick=PICK, provider=st.sampled_from(sorted(PROVIDERS)))
     def change_provider(self, pick: int, provider: str) -> None:
         appt = self._pick("booked", pick)
+        if provider != appt.provider:
+            appt.staff = None  # a new session under the new host
         appt.provider = provider
         self._write(appt)
+
+    # --- staff in SecureVideo --------------------------------------------------------------
+
+    def _touch(self, appt: Appointment) -> None:
+        """The EHR sends the appointment again, unchanged (an edit of something syncd does not
+        send): what staff just did must survive the pass that follows."""
+        self._write(appt)
+
+    def _staff_session(self, pick: int) -> tuple[Appointment, Any]:
+        """A booked appointment, settled, and its live session (staff work on what they see)."""
+        self._settle()
+        appt = self._pick("booked", pick)
+        (session,) = self.w.live(appt.aid)
+        if appt.staff is None or appt.staff.session_id != session.session_id:
+            appt.staff = Staff(session.session_id)
+        STATS["staff actions"] += 1
+        return appt, session
+
+    @precondition(lambda self: self._has("booked"))
+    @rule(pick=PICK, with_id=st.booleans())
+    def staff_add_guest(self, pick: int, with_id: bool) -> None:
+        appt, session = self._staff_session(pick)
+        n = next(self.numbers)
+        external_id = f"EMR{n:06d}" if with_id else None
+        name = f"Front Desk Guest{n}"
+        body: dict[str, Any] = {"ParticipantFullName": name, "PacketId": -1}
+        if external_id:
+            body["ParticipantExternalId"] = external_id
+        answer = self.w.emulator.state.add_participant(body, session_id=session.session_id)
+        pid = int(answer["Participants"][-1]["ParticipationId"])
+        assert appt.staff is not None
+        appt.staff.added[pid] = (external_id, name, None)
+        self._touch(appt)
+
+    @precondition(lambda self: self._has("booked"))
+    @rule(pick=PICK, which=st.sampled_from(COLLEAGUES))
+    def staff_add_user(self, pick: int, which: int) -> None:
+        appt, session = self._staff_session(pick)
+        assert appt.staff is not None
+        if any(user == which for _, _, user in appt.staff.added.values()):
+            return  # a session holds a SecureVideo user once
+        answer = self.w.emulator.state.add_participant(
+            {"SecureVideoUserId": which, "PacketId": -1}, session_id=session.session_id
+        )
+        last = answer["Participants"][-1]
+        appt.staff.added[int(last["ParticipationId"])] = (
+            last.get("ParticipantExternalId"),
+            last["ParticipantFullName"],
+            which,
+        )
+        self._touch(appt)
+
+    @precondition(lambda self: self._has("booked"))
+    @rule(pick=PICK, minutes=st.integers(min_value=1, max_value=90))
+    def staff_move_time(self, pick: int, minutes: int) -> None:
+        appt, session = self._staff_session(pick)
+        moved = session.schedule_ts + timedelta(minutes=minutes)
+        self.w.emulator.state.reschedule_session(
+            {"ScheduleTs": moved.isoformat()}, session_id=session.session_id
+        )
+        assert appt.staff is not None
+        appt.staff.moved_to = moved
+        self._touch(appt)
+
+    @precondition(lambda self: self._has("booked"))
+    @rule(pick=PICK, which=PICK)
+    def staff_change_guest(self, pick: int, which: int) -> None:
+        appt, session = self._staff_session(pick)
+        assert appt.staff is not None
+        guest = appt.guests[which % len(appt.guests)]
+        (p,) = [p for p in session.participants[1:] if p.external_id == guest.external_id]
+        email = f"desk{next(self.numbers)}@clinic.example"
+        self.w.emulator.state.update_participant(
+            {"ParticipantEmailAddress": email}, participation_id=p.participation_id
+        )
+        appt.staff.emails[guest.external_id] = email
+        self._touch(appt)
 
     # --- SecureVideo misbehaving -----------------------------------------------------------
 
@@ -287,6 +403,22 @@ class SyncLoop(RuleBasedStateMachine):
         )
         assert [k for k, n in live.items() if n > 1] == []
 
+    @invariant()
+    def what_staff_added_stays(self) -> None:
+        """syncd never removes or changes a participant it does not own."""
+        for appt in self.model.values():
+            if appt.staff is None or not appt.staff.added:
+                continue
+            session = self.w.emulator.state.session(appt.staff.session_id)
+            if session.schedule_type == "Cancelled":
+                continue
+            shown = {
+                p.participation_id: (p.external_id, p.full_name, p.secure_video_user_id)
+                for p in session.participants
+            }
+            for pid, was in appt.staff.added.items():
+                assert shown.get(pid) == was, (appt.aid, pid)
+
     @rule()
     def settle_and_compare(self) -> None:
         """Quiescence: faults cleared, passes until nothing is due; then SecureVideo == EHR.
@@ -294,8 +426,12 @@ class SyncLoop(RuleBasedStateMachine):
         The first pass still meets the faults armed since the last pass (each fault is counted:
         "the next n calls"), so none of them goes unexercised.
         """
-        deadline = time.monotonic() + 30
         STATS["quiescence checks"] += 1
+        self._settle()
+        self.compare()
+
+    def _settle(self) -> None:
+        deadline = time.monotonic() + 30
         while True:
             self.app.synchronizer.run_pass()
             STATS["passes"] += 1
@@ -308,7 +444,6 @@ class SyncLoop(RuleBasedStateMachine):
                 break
             assert time.monotonic() < deadline, "no quiescence within 30 s"
             time.sleep(0.02)  # a back-off (Retry-After) may still be running
-        self.compare()
 
     def compare(self) -> None:
         emulator = self.w.emulator
@@ -323,15 +458,31 @@ class SyncLoop(RuleBasedStateMachine):
             (session,) = live
             assert session.user_id == PROVIDERS[appt.provider], aid
             starts_utc = appt.starts.replace(tzinfo=zone).astimezone(UTC).replace(tzinfo=None)
+            staff = (
+                appt.staff if appt.staff and appt.staff.session_id == session.session_id else None
+            )
+            if staff is not None and staff.moved_to is not None:
+                starts_utc = staff.moved_to  # staff's move stands until the EHR moves the visit
             assert session.schedule_ts == starts_utc, aid
+            added = staff.added if staff is not None else {}
+            emails = staff.emails if staff is not None else {}
             remote = sorted(
                 (p.external_id, p.full_name, p.email, p.time_zone_windows_id)
                 for p in session.participants[1:]
+                if p.participation_id not in added
             )
             wanted = sorted(
-                (g.external_id, g.full_name, g.email, GUEST_ZONES[g.zone]) for g in appt.guests
+                (
+                    g.external_id,
+                    g.full_name,
+                    emails.get(g.external_id, g.email),
+                    GUEST_ZONES[g.zone],
+                )
+                for g in appt.guests
             )
             assert remote == wanted, aid
+            shown = {p.participation_id for p in session.participants}
+            assert set(added) <= shown, aid
         # Nothing live that the EHR does not know.
         assert set(emulator.live_sessions_by_external_id()) <= set(self.model)
 

@@ -29,6 +29,7 @@ from syncd.core.errors import AmbiguousError, PermanentError, TemporaryError
 from syncd.core.fingerprint import Fingerprints
 from syncd.core.retry import RetryPolicy
 from syncd.ports.ledger import AppointmentRecord
+from syncd.sync.applied import applied_of
 from syncd.sync.book import AppointmentBook
 from syncd.sync.execute import Executor
 from syncd.sync.hosts import HostSessions
@@ -103,16 +104,26 @@ class Rig:
     checkpoints: list[str] = field(default_factory=list)
     queue: WorkQueue = field(default_factory=lambda: WorkQueue(2))
 
+    def fingerprints(self) -> Fingerprints:
+        with self.ledger.begin() as tx:
+            return Fingerprints(tx.cursor.fingerprint_key())
+
     def reconciler(self) -> Reconciler:
+        fp = self.fingerprints()
         return Reconciler(
             book=AppointmentBook(self.ledger, self.clock),
             executor=Executor(
-                self.ledger, self.gateway, self.clock, checkpoint=self.checkpoints.append
+                self.ledger,
+                self.gateway,
+                self.clock,
+                fingerprints=fp,
+                checkpoint=self.checkpoints.append,
             ),
             clock=self.clock,
             retry=self.retry,
             stop=self.stop,
             retry_budget_seconds=self.budget_seconds,
+            fingerprints=fp,
             outage=lambda: self.outage,
         )
 
@@ -141,7 +152,7 @@ class Rig:
         return self.reconciler().reconcile(
             record,
             appt,
-            {k: (p.participation_id, p.packet_id) for k, p in known.items()},
+            applied_of(record, known),
             scope,
             unresolved=unresolved,
         )
@@ -443,6 +454,8 @@ def test_the_executor_journals_an_ambiguous_answer_and_raises_it(rig: Rig) -> No
     )
     report = PassReport(pass_id="unit")
     with pytest.raises(AmbiguousError):
-        Executor(rig.ledger, rig.gateway, rig.clock).apply(op, appt, 1, report)
+        Executor(rig.ledger, rig.gateway, rig.clock, fingerprints=rig.fingerprints()).apply(
+            op, appt, 1, report
+        )
     assert rig.journal() == [("create", "ambiguous")]
     assert report.operations == {"create:ambiguous": 1}

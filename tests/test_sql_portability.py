@@ -212,6 +212,13 @@ def every_ledger_method(ledger: SqlLedger) -> None:
             packet_id=None,
             now=now,
         )
+        tx.participants.put(
+            ParticipantRecord("A9", "g-9", 7, 73, -1, now, deliver="E", deposit="20.00")
+        )
+        tx.appointments.record_applied(
+            "A9", external_session_id="ehr-A9", sent_schedule_ts=now, now=now
+        )
+        tx.appointments.held(10)
         tx.participants.of_appointments(["A9"])
         tx.participants.delete("A9", "pat-9")
         tx.participants.delete_all_of("A9")

@@ -291,6 +291,7 @@ def test_status_says_in_words_what_is_unknown_or_not_waiting() -> None:
         "outbox_error": None,
         "counts": {},
         "parked": [],
+        "retrying": [],
     }
     text = render_status(base)
     assert "lag:               unknown (outbox not read); no change pending" in text

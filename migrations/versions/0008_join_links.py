@@ -6,7 +6,7 @@ credential).  ``guest_join_link`` is the view the EHR reads with its own databas
 on the view alone.  The table stays empty unless the setting is on.  Downgrade drops both.
 
 Revision ID: 0008_join_links
-Revises: 0007_outbox_row_digest
+Revises: 0008_applied_state
 Create Date: 2026-12-04 00:00:00
 """
 
@@ -20,7 +20,7 @@ from alembic import op
 from sqlalchemy.dialects import mysql
 
 revision: str = "0008_join_links"
-down_revision: str | Sequence[str] | None = "0007_outbox_row_digest"
+down_revision: str | Sequence[str] | None = "0008_applied_state"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

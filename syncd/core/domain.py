@@ -219,6 +219,8 @@ class RemoveParticipant:
     external_id: str = field(repr=False)
     #: "removed" or "rename" (remove + add)
     reason: str
+    #: the owned participation's ledger key (``Fingerprints.participant``), never shown
+    key: str = field(default="", repr=False, compare=False)
 
     kind: ClassVar[str] = "remove_participant"
 

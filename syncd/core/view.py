@@ -21,33 +21,6 @@ from syncd.core.domain import (
     UpdateParticipant,
 )
 
-#: per ParticipantExternalId: the participation syncd made, and the PacketId it sent there
-KnownPackets = Mapping[str, tuple[int | None, int | None]]
-
-
-def with_known_packets(
-    observed: Sequence[RemoteSession], known: KnownPackets
-) -> list[RemoteSession]:
-    """Fill in the PacketIds SecureVideo does not report, from what syncd last sent to that same
-    participation."""
-    if not known:
-        return list(observed)
-    return [
-        replace(s, participants=tuple(_with_packet(p, known) for p in s.participants))
-        for s in observed
-    ]
-
-
-def _with_packet(p: RemoteParticipant, known: KnownPackets) -> RemoteParticipant:
-    if p.packet_known or not p.external_id or p.external_id not in known:
-        return p
-    participation_id, packet_id = known[p.external_id]
-    # A null PacketId on file was sent by a syncd that left it out: what SecureVideo shows for it
-    # depends on the endpoint it went to, so it stays unknown.
-    if participation_id != p.participation_id or packet_id is None:
-        return p
-    return replace(p, packet_id=packet_id, packet_known=True)
-
 
 def session_id_of(op: Operation) -> int | None:
     """The session an operation acts on; None for a create (the session does not exist yet)."""

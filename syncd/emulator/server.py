@@ -916,17 +916,20 @@ class Emulator:
         tls: ssl.SSLContext | None = None,
         passkeys: bool = False,
         refuse_cancelling_connected: bool = False,
+        round_to_quarter_hours: bool = False,
     ) -> None:
         """`seed` makes generated codes reproducible; `call_log_limit` keeps only the newest
         calls, for long benchmark runs; `tls`, a server context (its certificate loaded), serves
-        HTTPS instead of HTTP (see `tls_context`).  `passkeys` and `refuse_cancelling_connected`
-        choose between readings of what the documents leave open (see `EmulatorState`)."""
+        HTTPS instead of HTTP (see `tls_context`).  `passkeys`, `refuse_cancelling_connected` and
+        `round_to_quarter_hours` choose between readings of what the documents leave open (see
+        `EmulatorState`)."""
         self.tls = tls
         self.state = EmulatorState(
             hosts,
             seed=seed,
             passkeys=passkeys,
             refuse_cancelling_connected=refuse_cancelling_connected,
+            round_to_quarter_hours=round_to_quarter_hours,
         )
         self.faults = Faults()
         self.api_key = api_key
@@ -1155,6 +1158,7 @@ def serve(
     api_secret: str = "demo",  # noqa: S107 - the demo account's documented secret
     on_ready: Callable[[Emulator], None] | None = None,
     stop: threading.Event | None = None,
+    round_to_quarter_hours: bool = False,
     tls: ssl.SSLContext | None = None,
     state_file: Path | None = None,
     passkeys: bool = False,
@@ -1164,9 +1168,19 @@ def serve(
     `on_ready` gets the started emulator (e.g. to print its base URL).  `tls` serves HTTPS.
     `state_file` keeps the account across restarts: loaded before the port opens (a
     `StateFileError` when it cannot be), written after every change and at exit.  `passkeys`:
-    the account option that gives API-made guests a Passkey.
+    the account option that gives API-made guests a Passkey.  `round_to_quarter_hours`: scheduled
+    times on quarter hours (one reading of the documents).
     """
-    emulator = Emulator(host, port, hosts, api_key, api_secret, tls=tls, passkeys=passkeys)
+    emulator = Emulator(
+        host,
+        port,
+        hosts,
+        api_key,
+        api_secret,
+        tls=tls,
+        passkeys=passkeys,
+        round_to_quarter_hours=round_to_quarter_hours,
+    )
     saved = None if state_file is None else StateFile(state_file, emulator.state)
     if saved is not None:
         # Before anything else: a file that cannot be loaded must not be overwritten at exit.

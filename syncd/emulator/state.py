@@ -360,6 +360,10 @@ def _time_zone(obj: dict[str, Any], host: HostUser) -> str:
 # --- the model ---------------------------------------------------------------------------------
 
 
+#: what an update of a SecureVideo user's participation may carry
+_SESSION_SPECIFIC: Final = frozenset({"PacketId", "SvcId", "DepositRequired"})
+
+
 class EmulatorState:
     """One SecureVideo account. Every public method is atomic under a single lock."""
 
@@ -370,15 +374,19 @@ class EmulatorState:
         seed: int | None = None,
         passkeys: bool = False,
         refuse_cancelling_connected: bool = False,
+        round_to_quarter_hours: bool = False,
     ) -> None:
         """``passkeys``: the account option that makes API-created guests join with a Passkey
         (without it every Passkey is null).  ``refuse_cancelling_connected``: what DELETE does
         to a session that has connected is undocumented; by default it is accepted and the
         session keeps reporting its type (see ``SessionRecord.reported_type``), with this it is
-        a 400."""
+        a 400.  ``round_to_quarter_hours``: scheduled times land on minute 0, 15, 30 or 45
+        (nearest, a half rounds up), as one edition of the docs says; unconfirmed, so tests run
+        both."""
         self._lock = threading.RLock()
         self._passkeys = passkeys
         self._refuse_cancelling_connected = refuse_cancelling_connected
+        self.round_to_quarter_hours = round_to_quarter_hours
         self._initial_hosts = tuple(hosts)
         self._rng = random.Random(seed)
         self._hosts: dict[int, HostUser] = {}
@@ -397,6 +405,15 @@ class EmulatorState:
         self._clock_offset = timedelta()
         for host in self._initial_hosts:
             self.add_host(host)
+
+    def _scheduled(self, asked: datetime) -> datetime:
+        """The time SecureVideo keeps for a requested ScheduleTs: seconds zeroed, and rounded to
+        the nearest quarter hour under ``round_to_quarter_hours``."""
+        ts = asked.replace(second=0, microsecond=0)
+        if not self.round_to_quarter_hours:
+            return ts
+        down = ts.replace(minute=ts.minute - ts.minute % 15)
+        return down + timedelta(minutes=15) if ts.minute % 15 >= 8 else down
 
     # clock
 
@@ -545,9 +562,7 @@ class EmulatorState:
                 schedule_ts = now.replace(microsecond=0)
                 schedule_type = ON_DEMAND
             else:
-                schedule_ts = parse_timestamp(request["ScheduleTs"], "ScheduleTs").replace(
-                    second=0, microsecond=0
-                )
+                schedule_ts = self._scheduled(parse_timestamp(request["ScheduleTs"], "ScheduleTs"))
                 schedule_type = SCHEDULED
             is_recorded = request.get("IsRecorded")
             if is_recorded is not None and not isinstance(is_recorded, bool):
@@ -611,8 +626,8 @@ class EmulatorState:
             if request["ScheduleTs"] is None:
                 session.schedule_ts = self.now().replace(microsecond=0)
             else:
-                session.schedule_ts = parse_timestamp(request["ScheduleTs"], "ScheduleTs").replace(
-                    second=0, microsecond=0
+                session.schedule_ts = self._scheduled(
+                    parse_timestamp(request["ScheduleTs"], "ScheduleTs")
                 )
             session.schedule_type = RESCHEDULED
             return session_json(session)
@@ -666,12 +681,16 @@ class EmulatorState:
             current = session.participants[index]
             if index == 0:
                 raise InvalidRequestError("The session host participation cannot be changed")
-            if current.secure_video_user_id is not None:
-                raise InvalidRequestError(
-                    f"Participation {current.participation_id} is a SecureVideo user; "
-                    "change it through the User API"
-                )
             request = _require_object(body)
+            if current.secure_video_user_id is not None:
+                # The Participants API: a User's update carries only session-specific
+                # properties (PacketId, SvcId, DepositRequired); the rest is the User API's.
+                user_fields = sorted(set(request) - _SESSION_SPECIFIC)
+                if user_fields:
+                    raise InvalidRequestError(
+                        f"Participation {current.participation_id} is a SecureVideo user; "
+                        f"change {', '.join(user_fields)} through the User API"
+                    )
             new_name = _optional_str(request, "ParticipantFullName")
             if new_name is not None and new_name.strip() != current.full_name:
                 raise InvalidRequestError(

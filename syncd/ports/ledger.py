@@ -13,17 +13,29 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Protocol
 
 from syncd.ports.links import LinkRepository
+from syncd.ports.records import (
+    AppointmentRecord,
+    BookedAppointment,
+    LeaseHolder,
+    LeaseRecord,
+    OperationRecord,
+    OutboxRewind,
+    OutcomeTarget,
+    ParticipantOutcomeRecord,
+    ParticipantRecord,
+    SessionOutcomeRecord,
+)
 
 __all__ = [
     "AMBIGUOUS",
     "APPLIED",
     "APPOINTMENT_STATES",
     "FAILED",
+    "HELD_PREFIX",
     "INTENT",
     "OPEN_OPERATION_STATES",
     "OPERATION_STATES",
@@ -69,161 +81,11 @@ OPERATION_STATES: Final = (INTENT, APPLIED, FAILED, AMBIGUOUS, RESOLVED)
 #: Operations whose remote effect is unknown until SecureVideo is read again.
 OPEN_OPERATION_STATES: Final = (INTENT, AMBIGUOUS)
 
+#: A skip reason that starts with this is a past visit's change held back (``syncd status``).
+HELD_PREFIX: Final = "held:"
+
 #: Width of the free-text ``reason``/``detail`` columns: longer texts are cut, never refused.
 TEXT_LIMIT: Final = 1000
-
-
-# --- records -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AppointmentRecord:
-    appointment_id: str
-    #: the newest outbox event seen for this appointment
-    last_event_id: int
-    #: the newest event fully handled (synced or skipped)
-    applied_event_id: int | None
-    #: one of :data:`APPOINTMENT_STATES`
-    state: str
-    attempts: int
-    reason: str | None
-    next_attempt_at: datetime | None
-    #: the live SecureVideo session syncd manages for this appointment, and its host
-    session_id: int | None
-    host_external_id: str | None
-    created_at: datetime
-    updated_at: datetime
-    parked_at: datetime | None
-    #: the managed session's time (UTC) when last settled; None before migration 0002
-    schedule_ts: datetime | None = None
-    #: keyed digest of the outbox row at ``last_event_id`` once read (``sync.rewind``), and of the
-    #: row last synced or skipped; None until then (and on ledgers from before migration 0007)
-    last_digest: str | None = None
-    applied_digest: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRewind:
-    """The outbox went back (restored from a backup, say): when syncd noticed, and how far."""
-
-    at: datetime
-    #: the cursor when it was noticed
-    from_event_id: int
-    #: the outbox's newest event id then
-    newest_event_id: int
-    #: when a pass first ended with nothing pending after the re-read; None until then
-    applied_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class OperationRecord:
-    id: int
-    appointment_id: str
-    event_id: int
-    op: str
-    session_id: int | None
-    participant_external_id: str | None
-    #: one of :data:`OPERATION_STATES`
-    state: str
-    attempt: int
-    detail: str | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    pid: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class ParticipantRecord:
-    appointment_id: str
-    external_id: str
-    session_id: int
-    participation_id: int | None
-    #: what syncd last sent: SecureVideo never reports a participant's PacketId
-    packet_id: int | None
-    updated_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class SessionOutcomeRecord:
-    """The billing values SecureVideo last reported for an appointment's managed session."""
-
-    appointment_id: str
-    session_id: int
-    host_external_id: str | None
-    schedule_ts: datetime | None
-    schedule_type: str | None
-    billable_ts: datetime | None
-    duration_minutes: int | None
-    wait_time: int | None
-    billable_status_cd: str | None
-    #: when ``GET /history`` gave the values after the session left the active list
-    final_at: datetime | None
-    #: when any value above last changed
-    changed_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class ParticipantOutcomeRecord:
-    """A managed participant's answer and first connection, as SecureVideo last reported them."""
-
-    appointment_id: str
-    participant_external_id: str
-    session_id: int
-    participation_id: int | None
-    rsvp: str | None
-    connection_ts: datetime | None
-    changed_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class OutcomeTarget:
-    """A managed session whose outcome is not final yet."""
-
-    appointment_id: str
-    session_id: int
-    host_external_id: str
-    #: the appointment's, else the one last observed for this session; None when neither is known
-    schedule_ts: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class BookedAppointment:
-    """An appointment with a managed session, for the billing report."""
-
-    appointment_id: str
-    session_id: int
-    schedule_ts: datetime
-    #: what the outcome collector recorded for this session, if anything
-    billable_ts: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseHolder:
-    """Who asks for a lease.  ``holder`` is unique to one start of one process (it carries a
-    random per-start token); the rest lets a process on the same machine tell it is dead."""
-
-    holder: str
-    host: str | None = None
-    pid: int | None = None
-    #: the process's per-start identity (boot id and start time); None where it cannot be read
-    process_start: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseRecord:
-    """A lease as the ledger holds it, with the ledger database's own clock at the reading."""
-
-    name: str
-    holder: LeaseHolder
-    #: when this holder took it (None for a row an older syncd wrote)
-    acquired_at: datetime | None
-    expires_at: datetime
-    #: the database's clock when this was read: expiry is judged by it, never a host's clock
-    database_now: datetime
-
-    @property
-    def expired(self) -> bool:
-        return self.expires_at < self.database_now
 
 
 # --- repositories ------------------------------------------------------------------------------
@@ -384,7 +246,23 @@ class AppointmentRepository(Protocol):
         ...
 
     def forget_session(self, appointment_id: str, session_id: int, *, now: datetime) -> bool:
-        """The managed session was cancelled: forget it, if it is still the one on file."""
+        """The managed session was cancelled: forget it (and the time sent to it), if it is still
+        the one on file."""
+        ...
+
+    def record_applied(
+        self,
+        appointment_id: str,
+        *,
+        external_session_id: str | None,
+        sent_schedule_ts: datetime | None,
+        now: datetime,
+    ) -> None:
+        """What syncd applied: the ExternalSessionId the appointment got and the time sent."""
+        ...
+
+    def held(self, limit: int = 100) -> list[AppointmentRecord]:
+        """Skipped appointments whose reason starts with :data:`HELD_PREFIX`, newest first."""
         ...
 
     def counts_by_state(self) -> dict[str, int]:
@@ -479,6 +357,10 @@ class ParticipantRepository(Protocol):
         packet_id: int | None,
         now: datetime,
     ) -> None: ...
+
+    def put(self, record: ParticipantRecord) -> None:
+        """Insert or replace one participation's row, every field as given."""
+        ...
 
     def delete(self, appointment_id: str, external_id: str) -> None: ...
 

@@ -131,6 +131,7 @@ def sync_options(settings: Settings, *, rng: random.Random | None = None) -> Syn
         zone=settings.outbox.zone,
         session_id_prefix=settings.outbox.session_id_prefix,
         windows_zone=windows_zone_id,
+        past_visit_grace=timedelta(minutes=s.past_visit_grace_minutes),
     )
 
 

@@ -333,6 +333,7 @@ def cmd_emulator(args: argparse.Namespace, wiring: Wiring) -> int:
             tls=tls,
             state_file=None if args.state_file is None else Path(args.state_file),
             passkeys=args.passkeys,
+            round_to_quarter_hours=args.round_to_quarter_hours,
         )
     except StateFileError as exc:
         return _fail(f"emulator: --state-file {exc}")
@@ -424,6 +425,11 @@ def _parser() -> argparse.ArgumentParser:
         "--passkeys",
         action="store_true",
         help="The account option: guests made through the API get a Passkey (else null).",
+    )
+    emu.add_argument(
+        "--round-to-quarter-hours",
+        action="store_true",
+        help="Put scheduled times on minute 0, 15, 30 or 45 (one reading of the API documents).",
     )
     return p
 

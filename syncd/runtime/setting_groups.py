@@ -325,6 +325,11 @@ class SyncSettings(_Group):
         description="Leader lease time to live: of several syncd instances on one ledger only "
         "the lease holder applies changes; another takes over this long after the holder died.",
     )
+    past_visit_grace_minutes: int = Field(
+        default=60,
+        ge=0,
+        description="No session is created for a visit that started longer ago than this.",
+    )
 
 
 def _default_log_format() -> Literal["json", "console"]:

@@ -1,4 +1,5 @@
-"""``syncd status``: how far syncd has read, what waits, what is parked and why.  Ids only."""
+"""``syncd status``: how far syncd has read, what waits, what is parked or held and why.
+Ids only."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ def collect_status(settings: Settings, *, parked_limit: int = 100) -> dict[str, 
         cursor, rewind = tx.cursor.position()
         counts = tx.appointments.counts_by_state()
         parked = tx.appointments.parked(parked_limit)
+        held = tx.appointments.held(parked_limit)
         noted = tx.appointments.noted(parked_limit)
         oldest = tx.appointments.oldest_pending_since()
         retrying = tx.appointments.retrying(parked_limit)
@@ -57,6 +59,15 @@ def collect_status(settings: Settings, *, parked_limit: int = 100) -> dict[str, 
                 "reason": r.reason,
             }
             for r in parked
+        ],
+        # past visits: changes syncd did not send (no create, reschedule or cancel)
+        "held": [
+            {
+                "appointment_id": r.appointment_id,
+                "since": r.updated_at.isoformat(),
+                "reason": r.reason,
+            }
+            for r in held
         ],
         # synced, with something an operator should know (a previous host that is gone)
         "notes": [{"appointment_id": r.appointment_id, "reason": r.reason} for r in noted],
@@ -120,6 +131,12 @@ def render_status(status: dict[str, Any]) -> str:
         lines.append(
             "fix the EHR row (a newer row un-parks it) or run `syncd retry APPOINTMENT_ID`"
         )
+    held = status.get("held", [])
+    if held:
+        lines.append(f"held (past visits): {len(held)}")
+        for h in held:
+            lines.append(f"  {h['appointment_id']}  (since {h['since']})")
+            lines.append(f"      {h['reason']}")
     notes = status.get("notes", [])
     if notes:
         lines.append(f"synced with notes: {len(notes)}")

@@ -8,9 +8,11 @@ from datetime import datetime
 
 import structlog
 
+from syncd.core.applied import AppliedState
 from syncd.core.domain import Appointment, Presence, RemoteSession
 from syncd.ports.clock import Clock
 from syncd.ports.ledger import Ledger, LedgerTransaction
+from syncd.sync.applied import write_applied
 from syncd.sync.report import Disposition
 
 log = structlog.get_logger("syncd.engine")
@@ -30,10 +32,12 @@ class AppointmentBook:
         observed: Sequence[RemoteSession],
         *,
         unresolved: bool,
+        state: AppliedState | None = None,
         note: str | None = None,
     ) -> Write:
-        """Marks the appointment synced with the session it now has.  What it writes is worked
-        out here, so that the transaction it runs in holds the ledger for the writes only."""
+        """Marks the appointment synced with the session it now has, and ``state`` (when given:
+        it differs from what is on file) as what syncd applied.  What it writes is worked out
+        here, so that the transaction it runs in holds the ledger for the writes only."""
         live = [
             s
             for s in observed
@@ -54,6 +58,8 @@ class AppointmentBook:
                 schedule_ts=session.schedule_ts if session else None,
                 reason=note,
             )
+            if state is not None:
+                write_applied(tx, aid, state, now)
             if unresolved:
                 # Calls whose answer was lost are settled now that SecureVideo was read and
                 # matches.
@@ -69,17 +75,24 @@ class AppointmentBook:
         applied: bool,
         unresolved: bool,
         note: str | None = None,
+        state: AppliedState | None = None,
     ) -> Disposition:
-        write = self.synced_write(appt, observed, unresolved=unresolved, note=note)
+        write = self.synced_write(appt, observed, unresolved=unresolved, note=note, state=state)
         with self._ledger.begin() as tx:
             write(tx)
         return Disposition.SYNCED if applied else Disposition.UNCHANGED
 
-    def skipped(self, appt: Appointment, reason: str) -> Disposition:
+    def skipped(
+        self, appt: Appointment, reason: str, *, state: AppliedState | None = None
+    ) -> Disposition:
+        """``state``: what syncd applied, when it differs from what is on file."""
         with self._ledger.begin() as tx:
+            now = self._clock.now()
             tx.appointments.mark_skipped(
-                appt.appointment_id, event_id=appt.event_id, reason=reason, now=self._clock.now()
+                appt.appointment_id, event_id=appt.event_id, reason=reason, now=now
             )
+            if state is not None:
+                write_applied(tx, appt.appointment_id, state, now)
         log.info("appointment_skipped", appointment_id=appt.appointment_id, reason=reason)
         return Disposition.SKIPPED
 

@@ -9,17 +9,26 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
 
 import structlog
 
+from syncd.core.applied import (
+    NOTHING_APPLIED,
+    AppliedState,
+    applied_after,
+    is_schedule_drift,
+    participation_of,
+    sent_guest,
+)
 from syncd.core.domain import (
     AddParticipant,
     Appointment,
     CancelSession,
     CreateSession,
+    Guest,
     Operation,
     RemoteSession,
     RemoveParticipant,
@@ -34,6 +43,7 @@ from syncd.core.view import session_id_of
 from syncd.ports.clock import Clock
 from syncd.ports.ledger import APPLIED, Ledger, LedgerTransaction, ParticipantRecord
 from syncd.ports.securevideo import SessionGateway
+from syncd.sync.applied import participant_record, write_applied
 from syncd.sync.book import Write
 from syncd.sync.report import PassReport
 
@@ -175,7 +185,27 @@ class Executor:
                     host_external_id=op.host_external_id,
                     now=now,
                 )
+                # The ExternalSessionId too: a new prefix must not give this appointment a
+                # second one after a crash here.
+                tx.appointments.record_applied(
+                    appt.appointment_id,
+                    external_session_id=op.external_session_id,
+                    sent_schedule_ts=None,
+                    now=now,
+                )
+                tx.participants.replace(
+                    appt.appointment_id, [self._pending(appt, g, now) for g in op.guests]
+                )
+            elif isinstance(op, AddParticipant):
+                tx.participants.put(self._pending(appt, op.guest, now))
         return op_id
+
+    def _pending(self, appt: Appointment, guest: Guest, now: datetime) -> ParticipantRecord:
+        """Ownership claimed before the call: if its answer is lost and the EHR then drops the
+        guest, the participation the call made is still known as syncd's (by key), and removed.
+        No participation id yet and no fields: the planner adopts what SecureVideo shows."""
+        sent = sent_guest(guest, None, self._fingerprints)
+        return replace(participant_record(appt.appointment_id, 0, sent, now), deliver=None)
 
     def _record_failure(
         self,
@@ -210,77 +240,74 @@ class Executor:
     def _effects(
         self, op: Operation, appt: Appointment, result: RemoteSession | None, *, settling: bool
     ) -> Write:
-        """What to keep that SecureVideo won't tell later: the session and packet ids, worked out
-        here, outside the transaction.  ``settling``: the appointment is marked synced in the
+        """What syncd applied, which SecureVideo won't tell later (the time and PacketIds sent,
+        fingerprints of what else was sent), worked out here, outside the transaction: it is
+        committed with the call's result.  ``settling``: the appointment is marked synced in the
         same transaction, which records the session too."""
         now = self._clock.now()
         aid = appt.appointment_id
+        fp = self._fingerprints
         match op:
             case CreateSession() if result is not None:
-                return _created(aid, op, result, now, record_session=not settling)
+                made = applied_after(NOTHING_APPLIED, op, result, fp)
+                return partial(_created, aid, op, made, now, not settling)
+            case RescheduleSession() if result is None or not is_schedule_drift(
+                result.schedule_ts, op.schedule_ts
+            ):
+                return partial(_rescheduled, aid, appt.external_session_id, op, now)
             case AddParticipant() | UpdateParticipant() if result is not None:
-                ids = {p.external_id: p.participation_id for p in result.guests}
-                record = ParticipantRecord(
-                    appointment_id=aid,
-                    external_id=op.guest.external_id,
-                    session_id=result.session_id,
-                    participation_id=ids.get(op.guest.external_id),
-                    packet_id=op.guest.packet_id,
-                    updated_at=now,
+                pid = (
+                    op.participation_id
+                    if isinstance(op, UpdateParticipant)
+                    else participation_of(op.guest, result)
                 )
-                return partial(_remembered, record)
-            case RemoveParticipant():
-                return partial(_removed, aid, op.external_id)
+                sent = sent_guest(op.guest, pid, fp)
+                return partial(_remembered, participant_record(aid, result.session_id, sent, now))
+            case RemoveParticipant() if op.key:
+                return partial(_removed, aid, op.key)
             case CancelSession():
-                return partial(_cancelled, aid, op.session_id, now)
+                return partial(_cancelled, aid, appt.external_session_id, op.session_id, now)
             case _:
                 return _nothing
 
 
 def _created(
-    aid: str, op: CreateSession, result: RemoteSession, now: datetime, *, record_session: bool
-) -> Write:
-    ids = {p.external_id: p.participation_id for p in result.guests}
-    people = [
-        ParticipantRecord(
-            appointment_id=aid,
-            external_id=g.external_id,
-            session_id=result.session_id,
-            participation_id=ids.get(g.external_id),
-            packet_id=g.packet_id,
-            updated_at=now,
+    aid: str,
+    op: CreateSession,
+    made: AppliedState,
+    now: datetime,
+    record_session: bool,
+    tx: LedgerTransaction,
+) -> None:
+    if record_session:
+        tx.appointments.set_session(
+            aid, session_id=made.session_id, host_external_id=op.host_external_id, now=now
         )
-        for g in op.guests
-    ]
-
-    def write(tx: LedgerTransaction) -> None:
-        if record_session:
-            tx.appointments.set_session(
-                aid, session_id=result.session_id, host_external_id=op.host_external_id, now=now
-            )
-        tx.participants.replace(aid, people)
-
-    return write
+    write_applied(tx, aid, made, now)
 
 
-def _remembered(p: ParticipantRecord, tx: LedgerTransaction) -> None:
-    tx.participants.upsert(
-        p.appointment_id,
-        p.external_id,
-        session_id=p.session_id,
-        participation_id=p.participation_id,
-        packet_id=p.packet_id,
-        now=p.updated_at,
+def _rescheduled(
+    aid: str, esid: str, op: RescheduleSession, now: datetime, tx: LedgerTransaction
+) -> None:
+    tx.appointments.record_applied(
+        aid, external_session_id=esid, sent_schedule_ts=op.schedule_ts, now=now
     )
 
 
-def _removed(aid: str, external_id: str, tx: LedgerTransaction) -> None:
-    tx.participants.delete(aid, external_id)
+def _remembered(p: ParticipantRecord, tx: LedgerTransaction) -> None:
+    tx.participants.put(p)
 
 
-def _cancelled(aid: str, session_id: int, now: datetime, tx: LedgerTransaction) -> None:
+def _removed(aid: str, key: str, tx: LedgerTransaction) -> None:
+    tx.participants.delete(aid, key)
+
+
+def _cancelled(aid: str, esid: str, session_id: int, now: datetime, tx: LedgerTransaction) -> None:
     if tx.appointments.forget_session(aid, session_id, now=now):
         tx.participants.delete_all_of(aid)
+        tx.appointments.record_applied(
+            aid, external_session_id=esid, sent_schedule_ts=None, now=now
+        )
 
 
 def _nothing(_tx: LedgerTransaction) -> None:

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import partial
 from zoneinfo import ZoneInfo
 
@@ -21,12 +22,14 @@ import structlog
 
 from syncd.core.domain import Appointment, Presence
 from syncd.core.fingerprint import Fingerprints
+from syncd.core.planner import PAST_VISIT_GRACE
 from syncd.core.retry import RetryPolicy
 from syncd.core.rows import WindowsZone
 from syncd.ports.clock import Clock, SystemClock
 from syncd.ports.ledger import AppointmentRecord, Ledger, OutboxRewind, ParticipantRecord
 from syncd.ports.outbox import OutboxRow, OutboxSource
 from syncd.ports.securevideo import SessionGateway
+from syncd.sync.applied import applied_of
 from syncd.sync.book import AppointmentBook
 from syncd.sync.execute import Checkpoint, Executor, ledger_fingerprints, no_checkpoint
 from syncd.sync.hosts import HostSessions, hosts_of
@@ -54,6 +57,8 @@ class SyncOptions:
     windows_zone: WindowsZone = field(kw_only=True)
     #: A pass that drains a backlog logs ``backlog_progress`` at most this often.
     progress_log_interval_seconds: float = 10.0
+    #: no session is created for a visit that started longer ago than this
+    past_visit_grace: timedelta = PAST_VISIT_GRACE
 
     @property
     def reading(self) -> RowReading:
@@ -107,6 +112,8 @@ class Synchronizer:
             retry=options.retry,
             stop=self.stop,
             retry_budget_seconds=options.pass_retry_budget_seconds,
+            fingerprints=self.fingerprints,
+            past_visit_grace=options.past_visit_grace,
             wait=wait,
             outage=outage,
         )
@@ -241,7 +248,7 @@ class Synchronizer:
             return self._reconciler.reconcile(
                 record,
                 appt,
-                {k: (p.participation_id, p.packet_id) for k, p in mine.items()},
+                applied_of(record, mine),
                 scope,
                 unresolved=appt.appointment_id in unresolved,
             )
@@ -291,4 +298,5 @@ class Synchronizer:
             batch_size=self.options.batch_size,
             reread_window=self.options.reread_window,
             fingerprints=self.fingerprints,
+            past_grace=self.options.past_visit_grace,
         )

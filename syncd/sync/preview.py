@@ -4,15 +4,18 @@ helpers."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from syncd.core.applied import kept_session_id
 from syncd.core.domain import Appointment, describe
 from syncd.core.errors import AuthenticationError, InvalidRowError, PermanentError, TemporaryError
 from syncd.core.fingerprint import Fingerprints
 from syncd.core.planner import plan
 from syncd.core.redact import redact
-from syncd.core.view import with_known_packets
 from syncd.ports.clock import Clock
 from syncd.ports.ledger import AppointmentRecord, Ledger, ParticipantRecord
 from syncd.ports.outbox import OutboxSource
+from syncd.sync.applied import applied_of
 from syncd.sync.hosts import HostSessions, hosts_of
 from syncd.sync.ingest import newest_per_appointment, pages
 from syncd.sync.load import RowReading, rows_of
@@ -32,6 +35,7 @@ def preview(
     batch_size: int,
     reread_window: int,
     fingerprints: Fingerprints,
+    past_grace: timedelta,
 ) -> list[Preview]:
     todo, records, participants = _pending(ledger, outbox, clock, batch_size, reread_window)
     rows = rows_of(outbox, list(todo.values()))
@@ -48,6 +52,8 @@ def preview(
             previews.append(Preview(aid, problem=str(err)))
             continue
         record = records.get(aid)
+        applied = applied_of(record, participants.get(aid, {}))
+        appt = kept_session_id(appt, applied)
         parsed.append((appt, hosts_of(appt, record.host_external_id if record else None), record))
     hosts.request(h for _, host_list, _ in parsed for h in host_list)
     for appt, host_list, record in parsed:
@@ -56,12 +62,17 @@ def preview(
         except (TemporaryError, PermanentError, AuthenticationError) as exc:
             previews.append(Preview(appt.appointment_id, problem=redact(str(exc), appt)))
             continue
-        known = participants.get(appt.appointment_id, {})
-        observed = with_known_packets(
-            observed, {k: (p.participation_id, p.packet_id) for k, p in known.items()}
-        )
+        applied = applied_of(record, participants.get(appt.appointment_id, {}))
         managed = record.session_id if record else None
-        ops = plan(appt, observed, now=clock.now(), managed_session_id=managed)
+        ops = plan(
+            appt,
+            applied,
+            observed,
+            now=clock.now(),
+            fingerprints=fingerprints,
+            managed_session_id=managed,
+            past_grace=past_grace,
+        )
         previews.append(
             Preview(appt.appointment_id, tuple(describe(op, fingerprints) for op in ops))
         )

@@ -1,8 +1,9 @@
 """The reconciler: one appointment's turn in a pass.
 
-Plan from what SecureVideo shows, apply the plan one operation at a time, and after an answer that
-may or may not have been applied, look again before planning again.  Rounds are bounded: a plan
-that does not converge parks the appointment rather than loop and message the patient.
+Plan from what the EHR wants, what syncd applied (the ledger) and what SecureVideo shows; apply
+the plan one operation at a time, and after an answer that may or may not have been applied, look
+again before planning again.  Rounds are bounded: a plan that does not converge parks the
+appointment rather than loop and message the patient.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from datetime import timedelta
 
 import structlog
 
+from syncd.core.applied import AppliedState, applied_after, kept_session_id
 from syncd.core.domain import Appointment, CreateSession, Operation, Presence, RemoteSession
 from syncd.core.errors import (
     AmbiguousError,
@@ -22,10 +24,11 @@ from syncd.core.errors import (
     PermanentError,
     TemporaryError,
 )
-from syncd.core.planner import is_outside_active_window, plan
+from syncd.core.fingerprint import Fingerprints
+from syncd.core.planner import PAST_VISIT_GRACE, Plan, is_outside_active_window, plan_in_full
 from syncd.core.redact import redact
 from syncd.core.retry import RetryPolicy, counts_as_failure
-from syncd.core.view import KnownPackets, after, with_known_packets
+from syncd.core.view import after
 from syncd.ports.clock import Clock
 from syncd.ports.ledger import AppointmentRecord
 from syncd.sync.book import AppointmentBook, Write
@@ -71,7 +74,10 @@ class _Turn:
 
     appt: Appointment
     hosts: list[str]
-    known: KnownPackets
+    #: what syncd applied, as the ledger had it and as this turn's calls changed it
+    applied: AppliedState
+    #: what the ledger had: the applied state is written again only when it differs
+    loaded: AppliedState
     #: calls whose answer was lost are on file: resolve them once SecureVideo matches
     unresolved: bool
     #: the session the ledger says syncd manages
@@ -107,6 +113,8 @@ class Reconciler:
         retry: RetryPolicy,
         stop: threading.Event,
         retry_budget_seconds: float,
+        fingerprints: Fingerprints,
+        past_visit_grace: timedelta = PAST_VISIT_GRACE,
         wait: Callable[[float], bool] | None = None,
         outage: Callable[[], bool] | None = None,
     ) -> None:
@@ -122,22 +130,26 @@ class Reconciler:
         self._retry = retry
         self._stop = stop
         self._budget = retry_budget_seconds
+        self._fingerprints = fingerprints
+        self._grace = past_visit_grace
 
     def reconcile(
         self,
         record: AppointmentRecord,
         appt: Appointment,
-        known: KnownPackets,
+        applied: AppliedState,
         scope: PassScope,
         *,
         unresolved: bool,
     ) -> Disposition:
         if appt.presence is Presence.LEAVE_ALONE:
             return self._book.skipped(appt, "status leaves SecureVideo alone")
+        appt = kept_session_id(appt, applied)
         turn = _Turn(
             appt=appt,
             hosts=hosts_of(appt, record.host_external_id),
-            known=known,
+            applied=applied,
+            loaded=applied,
             unresolved=unresolved,
             managed=record.session_id,
             deadline=self._clock.monotonic() + self._budget,
@@ -184,7 +196,7 @@ class Reconciler:
             return self._back_off(turn, max(turn.read_failures, turn.call_failures), exc)
         turn.read_failures = 0
         self._note_gone_hosts(turn, scope.hosts.gone(turn.hosts[1:]))
-        return with_known_packets(observed, turn.known)
+        return observed
 
     def _note_gone_hosts(self, turn: _Turn, gone: list[str]) -> None:
         """A previous host SecureVideo no longer knows: its session cannot be cancelled, so
@@ -213,10 +225,21 @@ class Reconciler:
             and all(s.is_cancelled for s in observed)
         ):
             return self._book.skipped(appt, "starts before SecureVideo's active window")
-        ops = plan(appt, observed, now=now, managed_session_id=turn.managed)
+        planned = self._plan(turn, observed, turn.applied, turn.managed)
+        turn.applied = planned.applied
+        ops = planned.ops
         if not ops:
+            state = turn.applied if turn.applied != turn.loaded else None
+            if planned.held:
+                # Logged as appointment_skipped, with the reason that names what was held.
+                return self._book.skipped(appt, "; ".join(planned.held), state=state)
             return self._book.synced(
-                appt, observed, applied=turn.acted, unresolved=turn.unresolved, note=turn.note
+                appt,
+                observed,
+                applied=turn.acted,
+                unresolved=turn.unresolved,
+                note=turn.note,
+                state=state,
             )
         turn.rounds += 1
         turn.acted = True
@@ -255,6 +278,7 @@ class Reconciler:
                 )
             except TemporaryError as exc:
                 return self._after_failed_call(turn, exc)
+            turn.applied = applied_after(turn.applied, op, applied.result, self._fingerprints)
             if applied.settled:
                 return Disposition.SYNCED
             view = after(view, op, applied.result)
@@ -289,14 +313,37 @@ class Reconciler:
                 if isinstance(op, CreateSession) and result is not None
                 else turn.managed
             )
+            state = applied_after(turn.applied, op, result, self._fingerprints)
             # The answers carry the new state: plan against them to confirm convergence.
-            if plan(turn.appt, now_shows, now=self._clock.now(), managed_session_id=managed):
+            planned = self._plan(turn, now_shows, state, managed)
+            if planned.ops or planned.held:
                 return None
             return self._book.synced_write(
-                turn.appt, now_shows, unresolved=turn.unresolved, note=turn.note
+                turn.appt,
+                now_shows,
+                unresolved=turn.unresolved,
+                note=turn.note,
+                state=planned.applied,
             )
 
         return finish
+
+    def _plan(
+        self,
+        turn: _Turn,
+        observed: list[RemoteSession],
+        applied: AppliedState,
+        managed: int | None,
+    ) -> Plan:
+        return plan_in_full(
+            turn.appt,
+            applied,
+            observed,
+            now=self._clock.now(),
+            fingerprints=self._fingerprints,
+            managed_session_id=managed,
+            past_grace=self._grace,
+        )
 
     def _back_off(self, turn: _Turn, attempts: int, exc: TemporaryError) -> Step:
         """Wait and return None to try again in this turn, or a disposition to stop here.

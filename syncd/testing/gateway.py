@@ -491,10 +491,11 @@ class FakeSecureVideo:
         if index == 0:
             raise _bad_request("The session host participation cannot be changed")
         if current.securevideo_user_id is not None:
-            raise _bad_request(
-                f"Participation {current.participation_id} is a SecureVideo user; "
-                "change it through the User API"
-            )
+            # Only the session-specific properties of a SecureVideo user's participation.
+            if guest.securevideo_user_id != current.securevideo_user_id:
+                raise _bad_request("SecureVideoUserId cannot be changed")
+            _check_deposit(guest.svc_id, guest.deposit)
+            return dataclasses.replace(current, svc_id=guest.svc_id, deposit=guest.deposit)
         if guest.is_securevideo_user:
             raise _bad_request("SecureVideoUserId cannot be changed")
         if guest.full_name.strip() and guest.full_name.strip() != current.full_name:

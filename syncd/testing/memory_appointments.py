@@ -10,6 +10,7 @@ from typing import Any
 from syncd.core.fingerprint import KEY_BYTES
 from syncd.ports.ledger import (
     APPOINTMENT_STATES,
+    HELD_PREFIX,
     PARKED,
     PENDING,
     SKIPPED,
@@ -331,8 +332,44 @@ class MemoryAppointments:
         record = self._rows.get(appointment_id)
         if record is None or record.session_id != session_id:
             return False
-        self._change(record, session_id=None, host_external_id=None, updated_at=utc(now))
+        self._change(
+            record,
+            session_id=None,
+            host_external_id=None,
+            sent_schedule_ts=None,
+            updated_at=utc(now),
+        )
         return True
+
+    def record_applied(
+        self,
+        appointment_id: str,
+        *,
+        external_session_id: str | None,
+        sent_schedule_ts: datetime | None,
+        now: datetime,
+    ) -> None:
+        record = self._rows.get(appointment_id)
+        if record is None:
+            raise unknown(appointment_id)
+        self._change(
+            record,
+            external_session_id=external_session_id,
+            sent_schedule_ts=None if sent_schedule_ts is None else utc(sent_schedule_ts),
+            updated_at=utc(now),
+        )
+
+    def held(self, limit: int = 100) -> list[AppointmentRecord]:
+        found = sorted(
+            (
+                r
+                for r in self._rows.values()
+                if r.state == SKIPPED and (r.reason or "").startswith(HELD_PREFIX)
+            ),
+            key=lambda r: r.appointment_id,
+        )
+        found.sort(key=lambda r: r.updated_at, reverse=True)
+        return found[: max(limit, 0)]
 
     def counts_by_state(self) -> dict[str, int]:
         counts = dict.fromkeys(APPOINTMENT_STATES, 0)

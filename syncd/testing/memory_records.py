@@ -157,6 +157,13 @@ class MemoryParticipants:
             ),
         )
 
+    def put(self, record: ParticipantRecord) -> None:
+        self._w.put(
+            "participants",
+            (record.appointment_id, record.external_id),
+            dataclasses.replace(record, updated_at=utc(record.updated_at)),
+        )
+
     def delete(self, appointment_id: str, external_id: str) -> None:
         self._w.drop("participants", (appointment_id, external_id))
 

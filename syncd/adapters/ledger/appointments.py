@@ -25,6 +25,7 @@ from syncd.adapters.ledger.sql import (
 )
 from syncd.ports.ledger import (
     APPOINTMENT_STATES,
+    HELD_PREFIX,
     PARKED,
     PENDING,
     SKIPPED,
@@ -100,7 +101,18 @@ _FORGET_SESSION = Prepared(
         _t.c.appointment_id == bindparam("b_aid"),
         _t.c.session_id == bindparam("b_session_id"),
     )
-    .values(session_id=None, host_external_id=None, updated_at=bindparam("b_at"))
+    .values(
+        session_id=None, host_external_id=None, sent_schedule_ts=None, updated_at=bindparam("b_at")
+    )
+)
+_RECORD_APPLIED = Prepared(
+    update(_t)
+    .where(_t.c.appointment_id == bindparam("b_aid"))
+    .values(
+        external_session_id=bindparam("b_esid"),
+        sent_schedule_ts=bindparam("b_sent"),
+        updated_at=bindparam("b_at"),
+    )
 )
 
 
@@ -446,7 +458,34 @@ class SqlAppointments:
         params = {"b_aid": appointment_id, "b_session_id": session_id, "b_at": utc(now)}
         return bool(self._sql.write(_FORGET_SESSION, params))
 
+    def record_applied(
+        self,
+        appointment_id: str,
+        *,
+        external_session_id: str | None,
+        sent_schedule_ts: datetime | None,
+        now: datetime,
+    ) -> None:
+        params = {
+            "b_aid": appointment_id,
+            "b_esid": external_session_id,
+            "b_sent": None if sent_schedule_ts is None else utc(sent_schedule_ts),
+            "b_at": utc(now),
+        }
+        if not self._sql.write(_RECORD_APPLIED, params):
+            raise unknown_appointment(appointment_id)
+
     # --- reporting --------------------------------------------------------------------------
+
+    def held(self, limit: int = 100) -> list[AppointmentRecord]:
+        c = _t.c
+        query = (
+            select(_t)
+            .where(c.state == SKIPPED, c.reason.like(f"{HELD_PREFIX}%"))
+            .order_by(c.updated_at.desc(), c.appointment_id)
+            .limit(limit)
+        )
+        return records(AppointmentRecord, self._sql.rows(query))
 
     def counts_by_state(self) -> dict[str, int]:
         counts = dict.fromkeys(APPOINTMENT_STATES, 0)

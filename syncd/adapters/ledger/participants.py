@@ -17,6 +17,7 @@ _t = participant_table
 
 _DELETE_ALL_OF = Prepared(delete(_t).where(_t.c.appointment_id == bindparam("b_aid")))
 _INSERT = Prepared(insert(_t))
+_COLUMNS = tuple(ParticipantRecord.__dataclass_fields__)
 
 
 class SqlParticipants:
@@ -65,6 +66,18 @@ class SqlParticipants:
                 insert(_t).values(appointment_id=appointment_id, external_id=external_id, **values)
             )
 
+    def put(self, record: ParticipantRecord) -> None:
+        values = _values(record)
+        c = _t.c
+        # Portable UPDATE-then-INSERT: one appointment is only ever worked on by one worker.
+        changed = self._sql.write(
+            update(_t)
+            .where(c.appointment_id == record.appointment_id, c.external_id == record.external_id)
+            .values(**values)
+        )
+        if not changed:
+            self._sql.write(insert(_t).values(**values))
+
     def delete(self, appointment_id: str, external_id: str) -> None:
         c = _t.c
         self._sql.write(
@@ -83,16 +96,13 @@ class SqlParticipants:
         self.delete_all_of(appointment_id)
         if participants:
             self._sql.write(
-                _INSERT,
-                [
-                    {
-                        "appointment_id": appointment_id,
-                        "external_id": p.external_id,
-                        "session_id": p.session_id,
-                        "participation_id": p.participation_id,
-                        "packet_id": p.packet_id,
-                        "updated_at": utc(p.updated_at),
-                    }
-                    for p in participants
-                ],
+                _INSERT, [_values(p, appointment_id=appointment_id) for p in participants]
             )
+
+
+def _values(p: ParticipantRecord, appointment_id: str | None = None) -> dict[str, object]:
+    """Every column of ``p``'s row (``appointment_id`` overrides the record's own)."""
+    values = {f: getattr(p, f) for f in _COLUMNS}
+    values["appointment_id"] = appointment_id or p.appointment_id
+    values["updated_at"] = utc(p.updated_at)
+    return values

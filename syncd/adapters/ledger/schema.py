@@ -124,6 +124,10 @@ class AppointmentRow(Base):
     parked_at: Mapped[datetime | None] = mapped_column(_TIMESTAMP)
     #: the managed session's time (UTC), as SecureVideo last showed it: what outcomes select by
     schedule_ts: Mapped[datetime | None] = mapped_column(_TIMESTAMP, index=True)
+    #: the ExternalSessionId the appointment got: SecureVideo cannot change it, so it is kept
+    external_session_id: Mapped[str | None] = mapped_column(_identifier(128))
+    #: the ScheduleTs syncd last sent (UTC): a change is the EHR's time versus this one
+    sent_schedule_ts: Mapped[datetime | None] = mapped_column(_TIMESTAMP)
     #: keyed digests (never content) of the newest row read and of the row last applied
     last_digest: Mapped[str | None] = mapped_column(String(64))
     applied_digest: Mapped[str | None] = mapped_column(String(64))
@@ -157,11 +161,21 @@ class ParticipantRow(Base):
     __table_args__ = (MYSQL_TABLE_OPTIONS,)
 
     appointment_id: Mapped[str] = mapped_column(_identifier(96), primary_key=True)
+    #: Fingerprints.participant(the external id), never the raw id (often an MRN)
     external_id: Mapped[str] = mapped_column(_identifier(64), primary_key=True)
     session_id: Mapped[int] = mapped_column(BigInteger)
     participation_id: Mapped[int | None] = mapped_column(BigInteger)
     packet_id: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(_TIMESTAMP)
+    # What syncd sent (PHI as fingerprints only); deliver NULL: not known (before 0008).
+    deliver: Mapped[str | None] = mapped_column(String(1))
+    securevideo_user_id: Mapped[str | None] = mapped_column(_identifier(64))
+    name_fp: Mapped[str | None] = mapped_column(String(16))
+    email_fp: Mapped[str | None] = mapped_column(String(16))
+    sms_fp: Mapped[str | None] = mapped_column(String(16))
+    time_zone_windows_id: Mapped[str | None] = mapped_column(String(64))
+    svc_id: Mapped[int | None] = mapped_column(Integer)
+    deposit: Mapped[str | None] = mapped_column(String(32))
 
 
 class LeaseRow(Base):
