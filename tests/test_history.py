@@ -539,7 +539,12 @@ def test_counted_and_not_counted_match_a_hand_count(
     assert platforms[str(ids["vsee"])] == "VSee"
 
     assert main(["history", "--month", "2027-02"]) == 0
-    table = capsys.readouterr().out
+    table, err = capsys.readouterr()
+    alarm = [line for line in err.splitlines() if line.startswith("syncd: history: ALARM")]
+    assert alarm == [
+        "syncd: history: ALARM: 1 session(s) made through the API are unknown to the ledger "
+        f"(another integration, or a lost ledger): {ids['api_orphan']}"
+    ]
     assert (
         "Counted towards the monthly session limit (BILL): 5 session(s), 114 minute(s) "
         "(91 after the second participant connected)" in table
@@ -625,3 +630,27 @@ def test_emulator_history_follows_the_person_who_now_has_the_address() -> None:
         first,
         second,
     ]
+
+
+def test_emulator_visit_control_takes_the_platform() -> None:
+    from syncd.emulator.state import EmulatorState, InvalidRequestError
+    from syncd.emulator.visits import admin_request
+
+    state = EmulatorState(seed=3)
+    state.set_clock(datetime(2027, 2, 10, 15, 0))
+    created = state.create_session(
+        {
+            "ScheduleTs": "2027-02-10T14:00:00",
+            "Participants": [{"ParticipantFullName": "Walk In", "ShouldAutoDeliverCode": "N"}],
+        },
+        host_external_id="prov-001",
+    )
+    body = {"StartTs": "2027-02-10T14:00:00", "DurationMinutes": 20, "WaitTime": 5}
+    path = f"visit/{created['SessionId']}"
+    admin_request(state, "POST", path, {}, {**body, "ReportableMeetingProvider": "VSee"})
+    (record,) = state.history_json(month=date(2027, 2, 1))
+    # VSee: only the host's minutes with a participant, and WaitTime always 0.
+    assert (record["ReportableMeetingProvider"], record["DurationMinutes"]) == ("VSee", 15)
+    assert record["WaitTime"] == 0
+    with pytest.raises(InvalidRequestError, match="ReportableMeetingProvider must be"):
+        admin_request(state, "POST", path, {}, {**body, "ReportableMeetingProvider": "Skype"})

@@ -164,6 +164,14 @@ def cmd_history(args: argparse.Namespace, wiring: Wiring) -> int:
     sys.stdout.write(render(report, args.format))
     for line in skipped_lines(report):
         print(f"syncd: {line}", file=sys.stderr)
+    if report.api_orphans:
+        # Not a failure of the report, but something to look into: said where it is seen.
+        print(
+            f"syncd: history: ALARM: {len(report.api_orphans)} session(s) made through the API "
+            "are unknown to the ledger (another integration, or a lost ledger): "
+            + ", ".join(str(s.session_id) for s in report.api_orphans),
+            file=sys.stderr,
+        )
     return EXIT_SOME_FAILED if report.skipped else EXIT_OK
 
 
