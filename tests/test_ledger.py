@@ -154,10 +154,10 @@ EXPECTED_COLUMNS = {
     },
 }
 #: the newest migration: a new one changes this line and adds its own up-and-down test
-HEAD = "0008_join_links"
+HEAD = "0009_join_links"
 #: the revision 0008_applied_state follows (its down_revision)
 BEFORE_0008 = "0007_outbox_row_digest"
-#: the revision 0008_join_links follows (its down_revision)
+#: the revision 0009_join_links follows (its down_revision)
 BEFORE_JOIN_LINKS = "0008_applied_state"
 
 PHI_HINTS = ("first_name", "last_name", "full_name", "email", "phone", "sms", "topic", "birth")
@@ -562,7 +562,7 @@ def test_migration_0008_adds_join_links_and_their_view_and_drops_them(
         with ledger.begin() as tx:
             tx.cursor.advance(5)
         assert "join_link" not in inspect(engine).get_table_names()
-        migrate(engine, "0008_join_links")
+        migrate(engine, "0009_join_links")
         link = JoinLinkRecord(
             "A1", "pat-1", 9001, 71, "https://hub.securevideo.com/Pass/Join/1", T1
         )

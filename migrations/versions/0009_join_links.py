@@ -5,7 +5,7 @@ session is active: the URL the guest joins by, which carries the connect code (a
 credential).  ``guest_join_link`` is the view the EHR reads with its own database account, granted
 on the view alone.  The table stays empty unless the setting is on.  Downgrade drops both.
 
-Revision ID: 0008_join_links
+Revision ID: 0009_join_links
 Revises: 0008_applied_state
 Create Date: 2026-12-04 00:00:00
 """
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
 
-revision: str = "0008_join_links"
+revision: str = "0009_join_links"
 down_revision: str | Sequence[str] | None = "0008_applied_state"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
