@@ -151,18 +151,8 @@ CSV_COLUMNS: Final = (
 
 
 def _csv_total(kind: str, counts: str, t: StatusTotal, **more: str) -> dict[str, object]:
-    return {
-        "kind": kind,
-        "counts": counts,
-        "sessions": t.sessions,
-        "minutes": t.minutes,
-        "connected_minutes": t.connected_minutes,
-        "wait_minutes": t.wait_minutes,
-        "minutes_unknown": t.minutes_unknown,
-        "wait_unknown": t.wait_unknown,
-        "connected_unknown": t.connected_unknown,
-        **more,
-    }
+    figures = {k: v for k, v in _total_json(t).items() if k != "status"}
+    return {"kind": kind, "counts": counts, **figures, **more}
 
 
 def _csv_session(s: SessionLine) -> dict[str, object]:
