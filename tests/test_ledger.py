@@ -30,6 +30,7 @@ from syncd.adapters.ledger import (
     migrate,
     script_location,
 )
+from syncd.ports.inbox import InboxMessage
 from syncd.ports.ledger import (
     TEXT_LIMIT,
     AppointmentRecord,
@@ -129,9 +130,21 @@ EXPECTED_COLUMNS = {
         "connection_ts",
         "changed_at",
     },
+    # The one table that holds patient data, by design: the HL7 inbox keeps the whole appointment
+    # row (as the EHR's outbox would) in row_json until a newer message supersedes it.
+    "hl7_inbox": {
+        "id",
+        "control_id",
+        "appointment_id",
+        "message_type",
+        "message_at",
+        "received_at",
+        "superseded_at",
+        "row_json",
+    },
 }
 #: the newest migration: a new one changes this line and adds its own up-and-down test
-HEAD = "0007_outbox_row_digest"
+HEAD = "0009_hl7_inbox"
 
 PHI_HINTS = ("first_name", "last_name", "full_name", "email", "phone", "sms", "topic", "birth")
 
@@ -467,6 +480,35 @@ def test_migration_0007_adds_digests_and_the_rewind_and_keeps_every_row(
             again = tx.appointments.get("A1")
             assert again is not None and again.last_digest is None
             assert again.session_id == 9001
+    finally:
+        ledger.dispose()
+
+
+def test_migration_0009_adds_the_hl7_inbox_and_keeps_every_row(fresh_ledger_url: str) -> None:
+    ledger = SqlLedger(create_ledger_engine(fresh_ledger_url))
+    engine = ledger.engine
+    try:
+        migrate(engine, "0007_outbox_row_digest")
+        with ledger.begin() as tx:  # a ledger in use before the inbox
+            tx.cursor.advance(41)
+            tx.appointments.note_events({"A1": 41}, now=T0)
+        migrate(engine, "0009_hl7_inbox")
+        inbox_message = InboxMessage(
+            control_id="M1", appointment_id="H1", message_type="S12", message_at=T0, row="{}"
+        )
+        with ledger.begin() as tx:
+            assert tx.appointments.last_events(["A1"]) == {"A1": 41}
+            outcome, inbox_id = tx.inbox.accept(inbox_message, now=T1)
+            assert outcome == "stored" and inbox_id is not None
+        downgrade(engine, "0007_outbox_row_digest")
+        assert "hl7_inbox" not in inspect(engine).get_table_names()
+        with ledger.begin() as tx:
+            assert tx.cursor.get() == 41
+            assert tx.appointments.last_events(["A1"]) == {"A1": 41}
+        migrate(engine)
+        with ledger.begin() as tx:  # up again: an empty inbox, the rest kept
+            assert tx.inbox.count() == 0
+            assert tx.appointments.last_events(["A1"]) == {"A1": 41}
     finally:
         ledger.dispose()
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Protocol
 
+from syncd.ports.inbox import InboxRepository
+
 __all__ = [
     "AMBIGUOUS",
     "APPLIED",
@@ -571,6 +573,9 @@ class LedgerTransaction(Protocol):
 
     @property
     def visits(self) -> VisitRepository: ...
+
+    @property
+    def inbox(self) -> InboxRepository: ...
 
 
 class Ledger(Protocol):

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from syncd.testing.memory_appointments import MemoryAppointments, MemoryCursor
+from syncd.testing.memory_inbox import MemoryInbox
 from syncd.testing.memory_records import (
     MemoryLeases,
     MemoryOperations,
@@ -50,6 +51,7 @@ class InMemoryTransaction:
         self.participants = MemoryParticipants(work)
         self.leases = MemoryLeases(work)
         self.visits = MemoryVisits(work)
+        self.inbox = MemoryInbox(work)
 
 
 def _utcnow() -> datetime:
