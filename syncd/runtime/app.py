@@ -25,13 +25,17 @@ from syncd.adapters.windows_zones import windows_zone_id
 from syncd.core.errors import ConfigError, SyncdError
 from syncd.core.fingerprint import Fingerprints
 from syncd.core.retry import RetryPolicy
+from syncd.ports.clock import SystemClock
+from syncd.ports.outbox import OutboxSource
 from syncd.ports.securevideo import SessionGateway
 from syncd.runtime.daemon import PassRunner, open_when_available, run_daemon
 from syncd.runtime.dbhints import database_hint, explain_database_error, outbox_shape_error
 from syncd.runtime.health import HealthState, LedgerCounts, Probes
 from syncd.runtime.health_http import maybe_serve_health
+from syncd.runtime.hl7 import Hl7Service
 from syncd.runtime.settings import Settings
 from syncd.sync.execute import Checkpoint, no_checkpoint
+from syncd.sync.inbox import CombinedSource, InboxWriter, NoOutbox
 from syncd.sync.lease import LeaderLease
 from syncd.sync.passes import Synchronizer, SyncOptions
 from syncd.sync.visits import OutcomeCollector, OutcomeJob
@@ -61,7 +65,8 @@ class Wiring:
 class App:
     settings: Settings
     ledger: SqlLedger
-    outbox: OutboxReader
+    #: None when HL7 is the only source (no ``SYNCD_OUTBOX__URL``)
+    outbox: OutboxReader | None
     gateway: SecureVideoClient
     #: the sync layer's entry point (the databases' SQLAlchemy engines stay inside the adapters)
     synchronizer: Synchronizer
@@ -78,7 +83,8 @@ class App:
     def close(self) -> None:
         self.synchronizer.close()
         self.gateway.close()
-        self.outbox.dispose()
+        if self.outbox is not None:
+            self.outbox.dispose()
         self.ledger.dispose()
 
     def __enter__(self) -> Self:
@@ -224,15 +230,18 @@ def build_app(
     ``rng`` is the back-off's jitter (tests seed it); ``outage`` says whether SecureVideo is
     known to be down (the daemon's health state judges it from those responses)."""
     # Both are checked before anything opens, so a missing one is named without a traceback.
-    settings.require_outbox_url()
+    hl7_only = settings.hl7.enabled and not settings.outbox.url
+    if not hl7_only:
+        settings.require_outbox_url()
     settings.require_credentials()
     stop = stop or threading.Event()
     # The outbox first: a SQLite EHR file that is not there is named before the ledger migrates.
-    outbox = open_outbox(settings)
+    outbox = None if hl7_only else open_outbox(settings)
     try:
         ledger = open_ledger(settings)
     except BaseException:
-        outbox.dispose()
+        if outbox is not None:
+            outbox.dispose()
         raise
     try:
         with ledger.begin() as tx:
@@ -240,10 +249,14 @@ def build_app(
         gateway = open_gateway(settings, on_response=on_response)
     except BaseException:
         ledger.dispose()
-        outbox.dispose()
+        if outbox is not None:
+            outbox.dispose()
         raise
+    source: OutboxSource = NoOutbox() if outbox is None else outbox
+    if settings.hl7.enabled:
+        source = CombinedSource(source, ledger)
     synchronizer = Synchronizer(
-        outbox=outbox,
+        outbox=source,
         ledger=ledger,
         gateway=gateway if wiring.gateway is None else wiring.gateway(gateway),
         options=sync_options(settings, rng=rng),
@@ -279,11 +292,13 @@ class Daemon:
     health: HealthState
     runner: PassRunner
     outcomes: OutcomeJob
+    #: the HL7 listener, when ``SYNCD_HL7__ENABLED``
+    hl7: Hl7Service | None = None
 
     def run(self, *, install_signal_handlers: bool = True) -> int:
         """Passes until ``app.stop`` is set; the heartbeat (and the listener) run around them."""
         settings = self.app.settings
-        with maybe_serve_health(settings, self.health):
+        with maybe_serve_health(settings, self.health), self._hl7_listening():
             return run_daemon(
                 self.runner,
                 interval_seconds=settings.sync.poll_interval_seconds,
@@ -292,6 +307,18 @@ class Daemon:
                 outcomes=self.outcomes,
                 outcomes_interval_seconds=settings.sync.outcomes_interval_seconds,
             )
+
+    @contextmanager
+    def _hl7_listening(self) -> Iterator[None]:
+        # Stopped before the ledger closes: no message is taken that could not be stored.
+        if self.hl7 is None:
+            yield
+            return
+        self.hl7.start()
+        try:
+            yield
+        finally:
+            self.hl7.stop()
 
     def close(self) -> None:
         self.app.close()
@@ -326,7 +353,8 @@ def open_daemon(
             outage=lambda: health.outage.current is not None,
         )
         try:
-            verify_outbox(settings, app.outbox)
+            if app.outbox is not None:
+                verify_outbox(settings, app.outbox)
         except BaseException:
             app.close()
             raise
@@ -357,7 +385,27 @@ def open_daemon(
         should_run=lambda: not health.standby,
     )
     health.attach(probes_of(app))
-    return Daemon(app=app, health=health, runner=runner, outcomes=outcomes)
+    hl7 = None
+    if settings.hl7.enabled:
+        try:
+            hl7 = open_hl7(app, health)
+        except BaseException:
+            app.close()
+            raise
+    return Daemon(app=app, health=health, runner=runner, outcomes=outcomes, hl7=hl7)
+
+
+def open_hl7(app: App, health: HealthState) -> Hl7Service:
+    """The HL7 listener (not yet started), storing into the app's ledger, reported in /healthz."""
+    writer = InboxWriter(app.ledger, SystemClock())
+    service = Hl7Service(app.settings, writer.store, registry=health.registry)
+
+    def check() -> tuple[bool, dict[str, object], str | None]:
+        verdict = service.check()
+        return verdict.ok, verdict.details, verdict.problem
+
+    health.add_part("hl7", check)
+    return service
 
 
 def probes_of(app: App) -> Probes:
@@ -372,7 +420,8 @@ def probes_of(app: App) -> Probes:
             return tx.appointments.counts_by_state(), tx.appointments.oldest_pending_since()
 
     return Probes(
-        databases=(("ledger", read_ledger), ("outbox", app.outbox.max_event_id)),
+        databases=(("ledger", read_ledger),)
+        + (() if app.outbox is None else (("outbox", app.outbox.max_event_id),)),
         securevideo=app.gateway.probe,
         ledger_counts=ledger_counts,
         explain=lambda exc: explain_database_error(exc, app.settings),

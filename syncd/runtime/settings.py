@@ -17,6 +17,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from pydantic import (
     BaseModel,
@@ -49,6 +50,7 @@ from syncd.runtime.setting_errors import (
 )
 from syncd.runtime.setting_groups import (
     HealthSettings,
+    Hl7Settings,
     LedgerSettings,
     LogSettings,
     OutboxSettings,
@@ -65,6 +67,7 @@ __all__ = [
     "ENV_PREFIX",
     "SECRETS_DIR_ENV",
     "HealthSettings",
+    "Hl7Settings",
     "LedgerSettings",
     "LogSettings",
     "OutboxSettings",
@@ -135,6 +138,7 @@ class Settings(BaseSettings):
     sync: SyncSettings = Field(default_factory=SyncSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
+    hl7: Hl7Settings = Field(default_factory=Hl7Settings)
 
     _config_file: Path | None = PrivateAttr(default=None)
 
@@ -194,6 +198,10 @@ class Settings(BaseSettings):
                 f"postgresql+psycopg://syncd@ehr-db/ehr): {self._not_set('SYNCD_OUTBOX__URL')}",
             )
         return self.outbox.url
+
+    def hl7_zone(self) -> ZoneInfo:
+        """The zone of HL7 times without an offset: its own setting, else the outbox's."""
+        return ZoneInfo(self.hl7.timezone or self.outbox.timezone)
 
     def require_credentials(self) -> tuple[str, SecretStr]:
         """The SecureVideo API key and secret, or a ConfigError naming the missing one."""
