@@ -37,11 +37,10 @@ def siu(
     reason: str = "Chest pain^Chest pain",
 ) -> str:
     """One SIU message; ``None`` leaves that field out."""
-    structure = "" if version.startswith("2.3") else f"^SIU_{'S12'}"
-    msh = "MSH|^~\\&|" + "|".join(
-        ["EHR", "CLINIC", "SYNCD", "SV", sent, "", f"SIU^{trigger}{structure}", control_id, "P"]
-        + [version]
-    )
+    # 2.3 has no message structure component in MSH-9; SIU_S12 is every SIU's structure.
+    kind = f"SIU^{trigger}" if version.startswith("2.3") else f"SIU^{trigger}^SIU_S12"
+    header = ["EHR", "CLINIC", "SYNCD", "SV", sent, "", kind, control_id, "P", version]
+    msh = "MSH|^~\\&|" + "|".join(header)
     sch_values = {7: reason, 25: filler_status}
     if placer_id is not None:
         sch_values[1] = f"{placer_id}^EHR"

@@ -71,7 +71,12 @@ ACCEPTED = [
     ("S13 booked", {"trigger": "S13"}, "status", "booked"),
     ("S14 booked", {"trigger": "S14"}, "status", "booked"),
     ("S12 without SCH-25: booked", {"filler_status": ""}, "status", "booked"),
-    ("S14 SCH-25 Cancelled", {"trigger": "S14", "filler_status": "Cancelled"}, "status", "cancelled"),
+    (
+        "S14 SCH-25 Cancelled",
+        {"trigger": "S14", "filler_status": "Cancelled"},
+        "status",
+        "cancelled",
+    ),
     ("S14 SCH-25 Deleted", {"trigger": "S14", "filler_status": "Deleted"}, "status", "cancelled"),
     ("S14 SCH-25 Noshow", {"trigger": "S14", "filler_status": "Noshow"}, "status", "noshow"),
     ("S14 SCH-25 Complete", {"trigger": "S14", "filler_status": "Complete"}, "status", "fulfilled"),
@@ -91,7 +96,12 @@ ACCEPTED = [
     # no topic: a reason can be a diagnosis
     ("no topic, whatever SCH-7 says", {}, "topic", None),
     # versions
-    ("2.3 reads the same", {"version": "2.3", "email_as": "use"}, "guest.email", "canary1@phi.example"),
+    (
+        "2.3 reads the same",
+        {"version": "2.3", "email_as": "use"},
+        "guest.email",
+        "canary1@phi.example",
+    ),
     ("2.3 start", {"version": "2.3"}, "starts_at", "2026-12-10T14:30:00+00:00"),
 ]
 

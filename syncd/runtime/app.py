@@ -66,7 +66,7 @@ class App:
     settings: Settings
     ledger: SqlLedger
     #: None when HL7 is the only source (no ``SYNCD_OUTBOX__URL``)
-    outbox: OutboxReader | None
+    ehr_outbox: OutboxReader | None
     gateway: SecureVideoClient
     #: the sync layer's entry point (the databases' SQLAlchemy engines stay inside the adapters)
     synchronizer: Synchronizer
@@ -76,6 +76,13 @@ class App:
     lease: LeaderLease | None = None
     stop: threading.Event = field(default_factory=threading.Event)
 
+    @property
+    def outbox(self) -> OutboxReader:
+        """The EHR outbox's reader, for the commands that need one (an HL7-only app has none)."""
+        if self.ehr_outbox is None:
+            raise ConfigError("SYNCD_OUTBOX__URL", "is required for this command")
+        return self.ehr_outbox
+
     def outcome_collector(self) -> OutcomeCollector:
         """Visit outcomes from SecureVideo into the ledger; stops with the app."""
         return OutcomeCollector(ledger=self.ledger, gateway=self.gateway, stop=self.stop)
@@ -83,8 +90,8 @@ class App:
     def close(self) -> None:
         self.synchronizer.close()
         self.gateway.close()
-        if self.outbox is not None:
-            self.outbox.dispose()
+        if self.ehr_outbox is not None:
+            self.ehr_outbox.dispose()
         self.ledger.dispose()
 
     def __enter__(self) -> Self:
@@ -271,7 +278,7 @@ def build_app(
     return App(
         settings=settings,
         ledger=ledger,
-        outbox=outbox,
+        ehr_outbox=outbox,
         gateway=gateway,
         synchronizer=synchronizer,
         fingerprints=fingerprints,
@@ -353,8 +360,8 @@ def open_daemon(
             outage=lambda: health.outage.current is not None,
         )
         try:
-            if app.outbox is not None:
-                verify_outbox(settings, app.outbox)
+            if app.ehr_outbox is not None:
+                verify_outbox(settings, app.ehr_outbox)
         except BaseException:
             app.close()
             raise
@@ -388,17 +395,21 @@ def open_daemon(
     hl7 = None
     if settings.hl7.enabled:
         try:
-            hl7 = open_hl7(app, health)
+            hl7 = open_hl7(app, health, checkpoint=wiring.checkpoint)
         except BaseException:
             app.close()
             raise
     return Daemon(app=app, health=health, runner=runner, outcomes=outcomes, hl7=hl7)
 
 
-def open_hl7(app: App, health: HealthState) -> Hl7Service:
+def open_hl7(
+    app: App, health: HealthState, *, checkpoint: Checkpoint = no_checkpoint
+) -> Hl7Service:
     """The HL7 listener (not yet started), storing into the app's ledger, reported in /healthz."""
     writer = InboxWriter(app.ledger, SystemClock())
-    service = Hl7Service(app.settings, writer.store, registry=health.registry)
+    service = Hl7Service(
+        app.settings, writer.store, registry=health.registry, checkpoint=checkpoint
+    )
 
     def check() -> tuple[bool, dict[str, object], str | None]:
         verdict = service.check()
@@ -421,7 +432,7 @@ def probes_of(app: App) -> Probes:
 
     return Probes(
         databases=(("ledger", read_ledger),)
-        + (() if app.outbox is None else (("outbox", app.outbox.max_event_id),)),
+        + (() if app.ehr_outbox is None else (("outbox", app.ehr_outbox.max_event_id),)),
         securevideo=app.gateway.probe,
         ledger_counts=ledger_counts,
         explain=lambda exc: explain_database_error(exc, app.settings),

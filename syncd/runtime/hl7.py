@@ -17,6 +17,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from syncd.adapters.hl7 import Hl7Mapping, Mapped, MllpListener, Outcome, ack_message, map_message
+from syncd.adapters.hl7.mapping import TRIGGERS
 from syncd.adapters.hl7.mllp import server_context
 from syncd.adapters.windows_zones import windows_zone_id
 from syncd.core.errors import ConfigError
@@ -55,9 +56,13 @@ class Hl7Service:
         store: Callable[[InboxMessage], InboxOutcome],
         *,
         registry: CollectorRegistry | None = None,
+        checkpoint: Callable[[str], None] = lambda _name: None,
     ) -> None:
+        """``checkpoint`` is called as ``hl7_after_commit`` between the commit and the ACK (the
+        crash test kills the process there)."""
         hl7 = settings.hl7
         self._store = store
+        self._checkpoint = checkpoint
         self._mapping = Hl7Mapping(
             zone=settings.hl7_zone(),
             windows_zone=windows_zone_id,
@@ -88,7 +93,8 @@ class Hl7Service:
         registry = registry or CollectorRegistry()
         self.messages = Counter(
             "syncd_hl7_messages",
-            "HL7 messages received, by trigger event and ACK code (none: not stored, no ACK)",
+            "HL7 messages received, by trigger event (other: not one syncd takes) and ACK code "
+            "(none: not stored, no ACK sent)",
             ["type", "ack"],
             registry=registry,
         )
@@ -121,7 +127,8 @@ class Hl7Service:
                 field=None if result is None else result.location,
                 problem="longer than the limit" if result is None else result.problem,
             )
-            self.messages.labels(trigger or "unknown", code).inc()
+            # Only the triggers syncd takes become labels: a sender's own codes are unbounded.
+            self.messages.labels(trigger if trigger in TRIGGERS else "other", code).inc()
             ack = ack_message(
                 code,
                 control_id=None if result is None else result.control_id,
@@ -163,6 +170,7 @@ class Hl7Service:
             return Outcome(None)
         with self._lock:
             self._last_store_failed = False
+        self._checkpoint("hl7_after_commit")
         log.info(
             "hl7_accepted",
             ack="AA",

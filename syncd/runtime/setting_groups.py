@@ -398,13 +398,6 @@ class Hl7Settings(_Group):
             raise ValueError("is not a known IANA time zone (e.g. UTC, America/New_York)") from None
         return value
 
-    @field_validator("tls_cert_file", "tls_key_file")
-    @classmethod
-    def _check_file(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError("is not a readable file")
-        return value
-
     @model_validator(mode="after")
     def _tls_pair(self) -> Hl7Settings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):

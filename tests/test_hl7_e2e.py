@@ -1,0 +1,243 @@
+"""The HL7 feed end to end: a real MLLP client over loopback, the listener ``syncd run`` starts,
+the ledger's inbox, the engine, the SecureVideo emulator."""
+
+from __future__ import annotations
+
+import signal
+import socket
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from harness import ZONE, World, guest, row, world
+from hl7_samples import MllpClient, segment, siu
+from procs import Syncd
+
+from syncd.adapters.ledger import SqlLedger, create_ledger_engine
+from syncd.runtime.app import App, open_hl7
+from syncd.runtime.health import HealthState
+from syncd.runtime.hl7 import Hl7Service
+from syncd.testing import crashpoints
+from syncd.testing.waiting import wait_until
+
+START = datetime(2026, 12, 10, 14, 30)  # 09:30 New York, as the samples say
+
+
+class Feed:
+    def __init__(self, w: World, app: App, service: Hl7Service, health: HealthState) -> None:
+        self.w, self.app, self.service, self.health = w, app, service, health
+        self.client = MllpClient(service.listener.address)
+
+    def send(self, message: str | bytes) -> tuple[str, list[str]]:
+        ack = self.client.send(message)
+        assert ack is not None, "no ACK"
+        msa = segment(ack, "MSA")
+        return msa[1], msa
+
+    def inbox_rows(self) -> int:
+        with self.app.ledger.begin() as tx:
+            return tx.inbox.count()
+
+    def sessions(self, external_id: str = "APT-1") -> list[object]:
+        return list(self.w.live(external_id))
+
+
+@pytest.fixture
+def feed(tmp_path: Path) -> Iterator[Feed]:
+    with world(tmp_path) as w:
+        app = w.app(hl7={"enabled": True, "port": 0})
+        health = HealthState()
+        service = open_hl7(app, health)
+        service.start()
+        fed = Feed(w, app, service, health)
+        try:
+            yield fed
+        finally:
+            fed.client.close()
+            service.stop()
+
+
+def test_s12_makes_a_session_and_its_ack_echoes_the_control_id(feed: Feed) -> None:
+    code, msa = feed.send(siu("S12", control_id="C-1"))
+    assert (code, msa[2]) == ("AA", "C-1")
+    feed.w.run_pass()
+    (session,) = feed.w.live("APT-1")
+    assert session.schedule_ts == START
+    assert [(g.full_name, g.email) for g in session.participants[1:]] == [
+        ("Zelda Canary", "canary1@phi.example")
+    ]
+
+
+def test_s13_reschedules(feed: Feed) -> None:
+    feed.send(siu("S12", control_id="C-1"))
+    feed.w.run_pass()
+    code, _ = feed.send(
+        siu("S13", control_id="C-2", sent="20261205090000-0500", ais_start="20261211100000-0500")
+    )
+    assert code == "AA"
+    feed.w.run_pass()
+    (session,) = feed.w.live("APT-1")
+    assert session.schedule_ts == datetime(2026, 12, 11, 15, 0)
+
+
+def test_s14_with_a_new_email_updates_the_participant(feed: Feed) -> None:
+    feed.send(siu("S12", control_id="C-1"))
+    feed.w.run_pass()
+    (before,) = feed.w.live("APT-1")
+    session_id = before.session_id
+    feed.send(siu("S14", control_id="C-2", sent="20261205090000-0500", email="new@phi.example"))
+    feed.w.run_pass()
+    (after,) = feed.w.live("APT-1")
+    assert after.session_id == session_id
+    assert [p.email for p in after.participants[1:]] == ["new@phi.example"]
+
+
+def test_s15_cancels(feed: Feed) -> None:
+    feed.send(siu("S12", control_id="C-1"))
+    feed.w.run_pass()
+    assert len(feed.w.live("APT-1")) == 1
+    code, _ = feed.send(siu("S15", control_id="C-2", sent="20261205090000-0500", pid=False))
+    assert code == "AA"
+    feed.w.run_pass()
+    assert feed.w.live("APT-1") == []
+
+
+def test_a_duplicate_control_id_is_acknowledged_and_stored_once(feed: Feed) -> None:
+    assert feed.send(siu(control_id="C-1"))[0] == "AA"
+    assert feed.send(siu(control_id="C-1"))[0] == "AA"
+    assert feed.inbox_rows() == 1
+    feed.w.run_pass()
+    assert len(feed.w.live("APT-1")) == 1
+
+
+def test_an_older_message_is_acknowledged_and_ignored(feed: Feed) -> None:
+    feed.send(siu("S15", control_id="C-2", sent="20261205090000-0500", pid=False))
+    assert feed.send(siu("S12", control_id="C-1", sent="20261205083000-0500"))[0] == "AA"
+    assert feed.inbox_rows() == 1
+    feed.w.run_pass()
+    assert feed.w.live("APT-1") == []
+
+
+def test_malformed_messages_store_nothing_and_the_next_one_is_fine(feed: Feed) -> None:
+    code, msa = feed.send(siu(control_id="BAD-1", email="not-an-address"))
+    assert (code, msa[2]) == ("AE", "BAD-1")
+    assert feed.send(b"this is not HL7 at all")[0] == "AR"
+    assert feed.send(siu(trigger="S18", control_id="BAD-2"))[0] == "AR"
+    assert feed.send(b"\xff\xfe\x00garbage")[0] == "AR"
+    assert feed.inbox_rows() == 0
+    # the same connection goes on, and so does another one
+    assert feed.send(siu(control_id="GOOD-1"))[0] == "AA"
+    with MllpClient(feed.service.listener.address) as other:
+        ack = other.send(siu(control_id="GOOD-2", filler_id="APT-2"))
+    assert ack is not None and segment(ack, "MSA")[1] == "AA"
+    assert feed.inbox_rows() == 2
+
+
+def test_ae_carries_an_err_segment_naming_the_field(feed: Feed) -> None:
+    ack = feed.client.send(siu(control_id="BAD-1", patient_id=None))
+    assert ack is not None
+    assert segment(ack, "ERR")[2] == "PID^1^3"
+
+
+def test_a_storage_failure_sends_no_ack_and_the_resend_is_stored(feed: Feed) -> None:
+    feed.app.ledger.engine.dispose()
+    original = feed.app.ledger.begin
+
+    def failing() -> object:
+        raise OSError("the ledger is down")
+
+    feed.app.ledger.begin = failing  # type: ignore[method-assign,assignment]
+    try:
+        assert feed.client.send(siu(control_id="C-1")) is None
+    finally:
+        feed.app.ledger.begin = original  # type: ignore[method-assign]
+    assert feed.inbox_rows() == 0
+    ok, details, problem = feed.health._parts["hl7"]()
+    assert not ok and details["storing"] is False and problem is not None
+    with MllpClient(feed.service.listener.address) as again:
+        ack = again.send(siu(control_id="C-1"))
+    assert ack is not None and segment(ack, "MSA")[1] == "AA"
+    assert feed.inbox_rows() == 1
+    assert feed.health._parts["hl7"]()[0]
+
+
+def test_the_outbox_and_the_inbox_are_both_read(feed: Feed) -> None:
+    feed.w.write(row("EHR-1", starts=datetime(2026, 12, 10, 9, 0), guests=[guest(1)]))
+    feed.send(siu(control_id="C-1"))
+    feed.w.run_pass()
+    assert len(feed.w.live("EHR-1")) == 1
+    assert len(feed.w.live("APT-1")) == 1
+
+
+def test_without_an_outbox_url_the_inbox_is_the_only_source(tmp_path: Path) -> None:
+    with world(tmp_path) as w:
+        app = w.app(hl7={"enabled": True, "port": 0}, outbox={"url": None, "timezone": ZONE})
+        assert app.ehr_outbox is None
+        service = open_hl7(app, HealthState())
+        service.start()
+        try:
+            with MllpClient(service.listener.address) as client:
+                ack = client.send(siu(control_id="C-1"))
+            assert ack is not None and segment(ack, "MSA")[1] == "AA"
+            app.synchronizer.run_pass()
+            assert len(w.live("APT-1")) == 1
+        finally:
+            service.stop()
+
+
+def test_metrics_count_messages_by_type_and_ack(feed: Feed) -> None:
+    feed.send(siu(control_id="C-1"))
+    feed.send(siu(control_id="BAD", email="nope"))
+    text = feed.health.metrics_text().decode()
+    assert 'syncd_hl7_messages_total{ack="AA",type="S12"} 1.0' in text
+    assert 'syncd_hl7_messages_total{ack="AE",type="S12"} 1.0' in text
+    assert "canary" not in text.lower()
+
+
+def _inbox_rows(w: World) -> int:
+    ledger = SqlLedger(create_ledger_engine(w.settings.ledger.url))
+    try:
+        with ledger.begin() as tx:
+            return tx.inbox.count()
+    finally:
+        ledger.dispose()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_sigkill_between_the_commit_and_the_ack_then_the_resend_makes_one_session(
+    tmp_path: Path,
+) -> None:
+    with world(tmp_path) as w:
+        port = _free_port()
+        env = w.env() | {
+            "SYNCD_HL7__ENABLED": "true",
+            "SYNCD_HL7__PORT": str(port),
+            "SYNCD_SYNC__POLL_INTERVAL_SECONDS": "1",
+        }
+        message = siu(control_id="C-1")
+        crashing = env | {crashpoints.ENV: "hl7_after_commit:1"}
+        with Syncd(crashing, "run", module="syncd.testing.control") as first:
+            assert first.wait_event("hl7_listening"), first.tail()
+            with MllpClient(("127.0.0.1", port)) as client:
+                assert client.send(message) is None  # killed before the ACK
+            assert first.wait() == -signal.SIGKILL
+        assert _inbox_rows(w) == 1  # committed before the ACK that never left
+        with Syncd(env, "run", module="syncd.testing.control") as second:
+            assert second.wait_event("hl7_listening"), second.tail()
+            with MllpClient(("127.0.0.1", port)) as client:
+                ack = client.send(message)  # the sender resends what it never saw acknowledged
+            assert ack is not None and segment(ack, "MSA")[1:3] == ["AA", "C-1"]
+            wait_until(lambda: w.live("APT-1"), what="the session")
+            assert second.terminate() == 0
+        creates = w.emulator.calls_matching("POST", "/session")
+        assert len(creates) == 1, creates
+        assert len(w.live("APT-1")) == 1
+        assert _inbox_rows(w) == 1  # the resend was a duplicate
+        assert '"hl7_accepted"' in second.out and "canary" not in second.out.lower()
