@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import threading
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -240,4 +241,26 @@ def test_sigkill_between_the_commit_and_the_ack_then_the_resend_makes_one_sessio
         assert len(creates) == 1, creates
         assert len(w.live("APT-1")) == 1
         assert _inbox_rows(w) == 1  # the resend was a duplicate
-        assert '"hl7_accepted"' in second.out and "canary" not in second.out.lower()
+        accepted = [e for e in second.events() if e.get("event") == "hl7_accepted"]
+        assert accepted and accepted[0]["control_id"] == "C-1" and accepted[0]["ack"] == "AA"
+        assert accepted[0]["outcome"] == "duplicate" and accepted[0]["type"] == "S12"
+        assert "canary" not in second.out.lower() and "zelda" not in second.out.lower()
+
+
+def test_one_message_sent_on_several_connections_at_once_is_one_row(feed: Feed) -> None:
+    address = feed.service.listener.address
+    clients = [MllpClient(address) for _ in range(4)]
+    answers: list[str | None] = [None] * len(clients)
+
+    def send(i: int) -> None:
+        answers[i] = clients[i].send(siu(control_id="C-1"))
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(clients))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for c in clients:
+        c.close()
+    assert [a is not None and segment(a, "MSA")[1] for a in answers] == ["AA"] * 4
+    assert feed.inbox_rows() == 1
