@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import signal
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
+import trustme
 from harness import ZONE, World, guest, row, world
 from hl7_samples import MllpClient, segment, siu
 from procs import Syncd
@@ -264,3 +266,33 @@ def test_one_message_sent_on_several_connections_at_once_is_one_row(feed: Feed) 
         c.close()
     assert [a is not None and segment(a, "MSA")[1] for a in answers] == ["AA"] * 4
     assert feed.inbox_rows() == 1
+
+
+def test_mllp_over_tls(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    with world(tmp_path) as w:
+        tls = {"tls_cert_file": str(cert_file), "tls_key_file": str(key_file)}
+        app = w.app(hl7={"enabled": True, "port": 0} | tls)
+        service = open_hl7(app, HealthState())
+        service.start()
+        try:
+            context = ssl.create_default_context()
+            ca.configure_trust(context)
+            raw = socket.create_connection(service.listener.address, timeout=10)
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+                sock.sendall(b"\x0b" + siu(control_id="T-1").encode() + b"\x1c\r")
+                answer = b""
+                while b"\x1c\r" not in answer:
+                    chunk = sock.recv(65536)
+                    assert chunk, "closed without an ACK"
+                    answer += chunk
+            assert b"MSA|AA|T-1" in answer
+            # A plain-text client gets no ACK from a TLS listener.
+            with MllpClient(service.listener.address, timeout=5) as plain:
+                assert plain.send(siu(control_id="T-2")) is None
+        finally:
+            service.stop()

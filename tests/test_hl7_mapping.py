@@ -9,6 +9,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from hl7_samples import siu
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from syncd.adapters.hl7 import Hl7Mapping, Mapped, Refused, ack_message, map_message
 from syncd.adapters.windows_zones import windows_zone_id
@@ -198,3 +200,26 @@ def test_ae_names_the_field_in_err(version: str, err: str) -> None:
 def test_ack_escapes_what_it_echoes() -> None:
     ack = ack_message("AA", control_id="A|B^C", trigger="S12", version="2.5.1")
     assert "MSA|AA|A\\F\\B\\S\\C|" in ack
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        siu().replace("PID|1||", "PID|1||^~&\\E\\^&&&|||"),
+        siu().replace("|^~\\&|", "|^|"),
+        "MSH|^~\\&|" + "|" * 5000,
+        siu() + "ZZZ|" + "^" * 1000,
+    ],
+)
+def test_odd_shapes_are_answered_not_raised(text: str) -> None:
+    assert isinstance(map_message(text, NEW_YORK), Mapped | Refused)
+
+
+@settings(derandomize=True, max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(list(siu().split("|"))), min_size=1, max_size=40),
+    st.text(max_size=30),
+)
+def test_any_rearrangement_of_a_message_is_answered(parts: list[str], noise: str) -> None:
+    text = "MSH|^~\\&|" + "|".join(parts) + noise
+    assert isinstance(map_message(text, NEW_YORK), Mapped | Refused)

@@ -119,6 +119,14 @@ def parse(text: str) -> Any:
 
 
 def map_message(text: str, mapping: Hl7Mapping) -> Mapped | Refused:
+    """The message's row, or why it is refused; never raises on any text."""
+    try:
+        return _map_text(text, mapping)
+    except Exception:  # noqa: BLE001 - a shape the library trips on is still not ours to take
+        return Refused("AR", None, "not a readable HL7 v2 message", None, None, None, "100")
+
+
+def _map_text(text: str, mapping: Hl7Mapping) -> Mapped | Refused:
     message = parse(text)
     if message is None:
         return Refused("AR", None, "not an HL7 v2 message", None, None, None, "100")
