@@ -18,6 +18,7 @@ from hl7_samples import MllpClient, segment, siu
 from procs import Syncd
 
 from syncd.adapters.ledger import SqlLedger, create_ledger_engine
+from syncd.adapters.ledger import metadata as ledger_metadata
 from syncd.runtime.app import App, open_hl7
 from syncd.runtime.health import HealthState
 from syncd.runtime.hl7 import Hl7Service
@@ -144,25 +145,23 @@ def test_ae_carries_an_err_segment_naming_the_field(feed: Feed) -> None:
 
 
 def test_a_storage_failure_sends_no_ack_and_the_resend_is_stored(feed: Feed) -> None:
-    feed.app.ledger.engine.dispose()
-    original = feed.app.ledger.begin
-
-    def failing() -> object:
-        raise OSError("the ledger is down")
-
-    feed.app.ledger.begin = failing  # type: ignore[method-assign,assignment]
+    inbox = ledger_metadata.tables["hl7_inbox"]
+    engine = feed.app.ledger.engine
+    inbox.drop(engine)  # the ledger refuses every insert: a real storage failure
     try:
         assert feed.client.send(siu(control_id="C-1")) is None
+        verdict = feed.health.readiness()
+        assert verdict.details["checks"]["hl7"]["storing"] is False
+        assert any(r.startswith("hl7: ") for r in verdict.reasons)
     finally:
-        feed.app.ledger.begin = original  # type: ignore[method-assign]
+        inbox.create(engine)
     assert feed.inbox_rows() == 0
-    ok, details, problem = feed.health._parts["hl7"]()
-    assert not ok and details["storing"] is False and problem is not None
     with MllpClient(feed.service.listener.address) as again:
         ack = again.send(siu(control_id="C-1"))
     assert ack is not None and segment(ack, "MSA")[1] == "AA"
     assert feed.inbox_rows() == 1
-    assert feed.health._parts["hl7"]()[0]
+    check = feed.health.readiness().details["checks"]["hl7"]
+    assert check["storing"] is True and check["listening"] is True
 
 
 def test_the_outbox_and_the_inbox_are_both_read(feed: Feed) -> None:
@@ -220,6 +219,7 @@ def test_sigkill_between_the_commit_and_the_ack_then_the_resend_makes_one_sessio
     with world(tmp_path) as w:
         port = _free_port()
         env = w.env() | {
+            "SYNCD_OUTBOX__URL": "",  # unset: the HL7 inbox is the only source
             "SYNCD_HL7__ENABLED": "true",
             "SYNCD_HL7__PORT": str(port),
             "SYNCD_SYNC__POLL_INTERVAL_SECONDS": "1",
