@@ -296,3 +296,22 @@ def test_mllp_over_tls(tmp_path: Path) -> None:
                 assert plain.send(siu(control_id="T-2")) is None
         finally:
             service.stop()
+
+
+def test_an_over_long_message_is_ar_and_the_connection_goes_on(tmp_path: Path) -> None:
+    with world(tmp_path) as w:
+        app = w.app(hl7={"enabled": True, "port": 0, "max_message_bytes": 1024})
+        service = open_hl7(app, HealthState())
+        service.start()
+        try:
+            with MllpClient(service.listener.address) as client:
+                # one read holds the first whole; the second spans many reads
+                for size in (4000, 300_000):
+                    ack = client.send(siu(control_id="L-1", reason="x" * size))
+                    assert ack is not None and segment(ack, "MSA")[1] == "AR"
+                ack = client.send(siu(control_id="C-1"))
+                assert ack is not None and segment(ack, "MSA")[1:3] == ["AA", "C-1"]
+            with app.ledger.begin() as tx:
+                assert tx.inbox.count() == 1
+        finally:
+            service.stop()

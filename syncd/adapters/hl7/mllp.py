@@ -81,7 +81,9 @@ class _Connection(socketserver.BaseRequestHandler):
             end = buffer.find(END, start + 1) if start >= 0 else -1
             if start >= 0 and end >= 0:
                 body, buffer = buffer[start + 1 : end], buffer[end + len(END) :]
-                outcome = listener.handler(body)
+                # An over-long message is answered as no message at all: AR.
+                too_long = len(body) > listener.max_message_bytes
+                outcome = listener.handler(b"" if too_long else body)
                 if outcome.ack is None:
                     return  # no ACK: close, and the sender resends
                 sock.sendall(frame(outcome.ack))
