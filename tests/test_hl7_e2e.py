@@ -20,6 +20,7 @@ from procs import Syncd
 from syncd.adapters.ledger import SqlLedger, create_ledger_engine
 from syncd.adapters.ledger import metadata as ledger_metadata
 from syncd.runtime.app import App, open_hl7
+from syncd.runtime.cli import main as cli_main
 from syncd.runtime.health import HealthState
 from syncd.runtime.hl7 import Hl7Service
 from syncd.testing import crashpoints
@@ -315,3 +316,19 @@ def test_an_over_long_message_is_ar_and_the_connection_goes_on(tmp_path: Path) -
                 assert tx.inbox.count() == 1
         finally:
             service.stop()
+
+
+def test_check_and_status_without_an_outbox_when_hl7_feeds_syncd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with world(tmp_path) as w:
+        for key, value in w.env().items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.delenv("SYNCD_OUTBOX__URL")
+        assert cli_main(["check"]) == 1  # without HL7 the outbox is required
+        assert "[FAIL]" in (out := capsys.readouterr().out) and "SYNCD_OUTBOX__URL" in out
+        monkeypatch.setenv("SYNCD_HL7__ENABLED", "true")
+        assert cli_main(["check"]) == 0
+        out = capsys.readouterr().out
+        assert out.count("[ ok ]") == 4 and "the HL7 inbox is the only source" in out
+        assert cli_main(["status", "--json"]) == 0
