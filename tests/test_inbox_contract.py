@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Engine
 
 from syncd.adapters.ledger import SqlLedger
-from syncd.ports.inbox import SUPERSEDED_KEPT_SECONDS, InboxMessage
+from syncd.ports.inbox import INBOX_EVENT_BASE, SUPERSEDED_KEPT_SECONDS, InboxMessage
 from syncd.ports.ledger import Ledger
 from syncd.testing.ledger import InMemoryLedger
 
@@ -96,3 +96,11 @@ def test_a_rolled_back_accept_stores_nothing(ledger: Ledger) -> None:
         tx.inbox.accept(message("M1"), now=T0)
         raise RuntimeError("the commit never happens")
     assert accept(ledger, message("M1"))[0] == "stored"
+
+
+def test_an_outbox_rewind_keeps_inbox_event_ids(ledger: Ledger) -> None:
+    with ledger.begin() as tx:
+        tx.appointments.note_events({"E1": 5, "H1": INBOX_EVENT_BASE + 1}, now=T0)
+        assert tx.appointments.rebase_events(T0) == 2
+    with ledger.begin() as tx:
+        assert tx.appointments.last_events(["E1", "H1"]) == {"E1": 0, "H1": INBOX_EVENT_BASE + 1}

@@ -287,7 +287,8 @@ class AppointmentRepository(Protocol):
     def rebase_events(self, now: datetime) -> int:
         """The outbox went back: its event ids mean nothing any more, so every appointment's
         newest event becomes 0 (state, session and digests kept) until :meth:`note_contents`
-        sees its row again.  Returns how many appointments the ledger has."""
+        sees its row again — but for an HL7 inbox event (``INBOX_EVENT_BASE`` and up), which
+        the outbox never numbered.  Returns how many appointments the ledger has."""
         ...
 
     def note_contents(self, rows: Mapping[str, tuple[int, str]], *, now: datetime) -> int:
