@@ -16,7 +16,15 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from syncd.adapters.hl7 import Hl7Mapping, Mapped, MllpListener, Outcome, ack_message, map_message
+from syncd.adapters.hl7 import (
+    Hl7Mapping,
+    Mapped,
+    MllpListener,
+    Outcome,
+    Refused,
+    ack_message,
+    map_message,
+)
 from syncd.adapters.hl7.mapping import TRIGGERS
 from syncd.adapters.hl7.mllp import server_context
 from syncd.adapters.windows_zones import windows_zone_id
@@ -27,6 +35,8 @@ from syncd.runtime.settings import Settings
 __all__ = ["Hl7Service", "decode"]
 
 log = structlog.get_logger("syncd.hl7")
+
+_TOO_LONG = Refused("AR", None, "longer than SYNCD_HL7__MAX_MESSAGE_BYTES", None, None, None, "100")
 
 ACK_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -115,36 +125,34 @@ class Hl7Service:
 
     def handle(self, body: bytes) -> Outcome:
         started = time.perf_counter()
-        result = map_message(decode(body), self._mapping) if body else None
-        if not isinstance(result, Mapped):
-            code = "AR" if result is None else result.code
-            trigger = None if result is None else result.message_type
-            log.warning(
-                "hl7_refused",
-                ack=code,
-                control_id=None if result is None else result.control_id,
-                type=trigger,
-                field=None if result is None else result.location,
-                problem="longer than the limit" if result is None else result.problem,
-            )
-            # Only the triggers syncd takes become labels: a sender's own codes are unbounded.
-            self.messages.labels(trigger if trigger in TRIGGERS else "other", code).inc()
-            ack = ack_message(
-                code,
-                control_id=None if result is None else result.control_id,
-                trigger=trigger,
-                version=None if result is None else result.version,
-                sender=("", "") if result is None else result.sender,
-                receiver=("", "") if result is None else result.receiver,
-                location=None if result is None else result.location,
-                error_code="100" if result is None else result.error_code,
-                text=None
-                if result is None
-                else f"{result.location or 'message'}: {result.problem}",
-            )
-            self.ack_latency.observe(time.perf_counter() - started)
-            return Outcome(ack)
-        return self._accept(result, started)
+        # The listener hands over an over-long message as no bytes at all.
+        result = map_message(decode(body), self._mapping) if body else _TOO_LONG
+        if isinstance(result, Mapped):
+            return self._accept(result, started)
+        log.warning(
+            "hl7_refused",
+            ack=result.code,
+            control_id=result.control_id,
+            type=result.message_type,
+            field=result.location,
+            problem=result.problem,
+        )
+        # Only the triggers syncd takes become labels: a sender's own codes are unbounded.
+        trigger = result.message_type
+        self.messages.labels(trigger if trigger in TRIGGERS else "other", result.code).inc()
+        ack = ack_message(
+            result.code,
+            control_id=result.control_id,
+            trigger=trigger,
+            version=result.version,
+            sender=result.sender,
+            receiver=result.receiver,
+            location=result.location,
+            error_code=result.error_code,
+            text=f"{result.location or 'MSH'}: {result.problem}",
+        )
+        self.ack_latency.observe(time.perf_counter() - started)
+        return Outcome(ack)
 
     def _accept(self, mapped: Mapped, started: float) -> Outcome:
         message = InboxMessage(

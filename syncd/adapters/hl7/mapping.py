@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Final, Literal
@@ -350,7 +349,3 @@ class _Reader:
 
 def _text(value: object) -> str:
     return value if isinstance(value, str) else str(value)
-
-
-#: re-exported for the listener's type of a mapper
-Mapper = Callable[[str], Mapped | Refused]
