@@ -31,6 +31,7 @@ from syncd.adapters.ledger import (
     script_location,
 )
 from syncd.core.fingerprint import Fingerprints
+from syncd.ports.inbox import InboxMessage
 from syncd.ports.ledger import (
     TEXT_LIMIT,
     AppointmentRecord,
@@ -152,13 +153,27 @@ EXPECTED_COLUMNS = {
         "join_url",
         "changed_at",
     },
+    # The one table that holds patient data, by design: the HL7 inbox keeps the whole appointment
+    # row (as the EHR's outbox would) in row_json until a newer message supersedes it.
+    "hl7_inbox": {
+        "id",
+        "control_id",
+        "appointment_id",
+        "message_type",
+        "message_at",
+        "received_at",
+        "superseded_at",
+        "row_json",
+    },
 }
 #: the newest migration: a new one changes this line and adds its own up-and-down test
-HEAD = "0009_join_links"
+HEAD = "0010_hl7_inbox"
 #: the revision 0008_applied_state follows (its down_revision)
 BEFORE_0008 = "0007_outbox_row_digest"
 #: the revision 0009_join_links follows (its down_revision)
 BEFORE_JOIN_LINKS = "0008_applied_state"
+#: the revision 0010_hl7_inbox follows (its down_revision)
+BEFORE_HL7 = "0009_join_links"
 
 PHI_HINTS = ("first_name", "last_name", "full_name", "email", "phone", "sms", "topic", "birth")
 
@@ -587,6 +602,35 @@ def test_migration_0008_adds_join_links_and_their_view_and_drops_them(
         with ledger.begin() as tx:  # up again: empty, the rest kept
             assert tx.links.all() == []
             assert tx.cursor.get() == 5
+    finally:
+        ledger.dispose()
+
+
+def test_migration_0010_adds_the_hl7_inbox_and_keeps_every_row(fresh_ledger_url: str) -> None:
+    ledger = SqlLedger(create_ledger_engine(fresh_ledger_url))
+    engine = ledger.engine
+    try:
+        migrate(engine, BEFORE_HL7)
+        with ledger.begin() as tx:  # a ledger in use before the inbox
+            tx.cursor.advance(41)
+            tx.appointments.note_events({"A1": 41}, now=T0)
+        migrate(engine, HEAD)
+        inbox_message = InboxMessage(
+            control_id="M1", appointment_id="H1", message_type="S12", message_at=T0, row="{}"
+        )
+        with ledger.begin() as tx:
+            assert tx.appointments.last_events(["A1"]) == {"A1": 41}
+            outcome, inbox_id = tx.inbox.accept(inbox_message, now=T1)
+            assert outcome == "stored" and inbox_id is not None
+        downgrade(engine, BEFORE_HL7)
+        assert "hl7_inbox" not in inspect(engine).get_table_names()
+        with ledger.begin() as tx:
+            assert tx.cursor.get() == 41
+            assert tx.appointments.last_events(["A1"]) == {"A1": 41}
+        migrate(engine)
+        with ledger.begin() as tx:  # up again: an empty inbox, the rest kept
+            assert tx.inbox.count() == 0
+            assert tx.appointments.last_events(["A1"]) == {"A1": 41}
     finally:
         ledger.dispose()
 

@@ -38,12 +38,14 @@ from syncd.adapters.ledger import (
 )
 from syncd.adapters.ledger.appointments import SqlAppointments
 from syncd.adapters.ledger.cursor import SqlCursor
+from syncd.adapters.ledger.inbox import SqlInbox
 from syncd.adapters.ledger.leases import SqlLeases
 from syncd.adapters.ledger.links import SqlLinks
 from syncd.adapters.ledger.operations import SqlOperations
 from syncd.adapters.ledger.participants import SqlParticipants
 from syncd.adapters.ledger.visits import SqlVisits
 from syncd.adapters.outbox import OutboxReader
+from syncd.ports.inbox import InboxMessage
 from syncd.ports.ledger import LeaseHolder, LedgerTransaction
 from syncd.ports.links import JoinLinkRecord
 
@@ -79,6 +81,7 @@ REPOSITORIES: tuple[type, ...] = (
     SqlLeases,
     SqlVisits,
     SqlLinks,
+    SqlInbox,
 )
 
 
@@ -272,6 +275,11 @@ def every_ledger_method(ledger: SqlLedger) -> None:
         tx.links.put(sample(JoinLinkRecord, appointment_id="A9"))
         tx.links.all()
         tx.links.delete("A9", "x-1")
+        message = InboxMessage("M-1", "H1", "S12", datetime(2030, 1, 1), "{}")
+        _, inbox_id = tx.inbox.accept(message, now=datetime(2030, 1, 1, 0, 1))
+        tx.inbox.accept(message, now=datetime(2030, 1, 1, 0, 2))  # a resend: the duplicate path
+        tx.inbox.rows([inbox_id or 0])
+        tx.inbox.count()
 
 
 def public_methods(*classes: type) -> set[str]:

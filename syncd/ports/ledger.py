@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Final, Protocol
 
+from syncd.ports.inbox import InboxRepository
 from syncd.ports.links import LinkRepository
 from syncd.ports.records import (
     AppointmentRecord,
@@ -149,7 +150,8 @@ class AppointmentRepository(Protocol):
     def rebase_events(self, now: datetime) -> int:
         """The outbox went back: its event ids mean nothing any more, so every appointment's
         newest event becomes 0 (state, session and digests kept) until :meth:`note_contents`
-        sees its row again.  Returns how many appointments the ledger has."""
+        sees its row again — but for an HL7 inbox event (``INBOX_EVENT_BASE`` and up), which
+        the outbox never numbered.  Returns how many appointments the ledger has."""
         ...
 
     def note_contents(self, rows: Mapping[str, tuple[int, str]], *, now: datetime) -> int:
@@ -458,6 +460,9 @@ class LedgerTransaction(Protocol):
 
     @property
     def links(self) -> LinkRepository: ...
+
+    @property
+    def inbox(self) -> InboxRepository: ...
 
 
 class Ledger(Protocol):

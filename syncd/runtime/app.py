@@ -26,13 +26,17 @@ from syncd.adapters.windows_zones import windows_zone_id
 from syncd.core.errors import ConfigError, SyncdError
 from syncd.core.fingerprint import Fingerprints
 from syncd.core.retry import RetryPolicy
+from syncd.ports.clock import SystemClock
+from syncd.ports.outbox import OutboxSource
 from syncd.ports.securevideo import SessionGateway
 from syncd.runtime.daemon import PassRunner, open_when_available, run_daemon
 from syncd.runtime.dbhints import database_hint, explain_database_error, outbox_shape_error
 from syncd.runtime.health import HealthState, LedgerCounts, Probes
 from syncd.runtime.health_http import maybe_serve_health
+from syncd.runtime.hl7 import Hl7Service
 from syncd.runtime.settings import Settings
 from syncd.sync.execute import Checkpoint, no_checkpoint
+from syncd.sync.inbox import CombinedSource, InboxWriter, NoOutbox
 from syncd.sync.lease import LeaderLease
 from syncd.sync.links import LinkPublisher, Links, read_links
 from syncd.sync.passes import Synchronizer, SyncOptions
@@ -63,7 +67,8 @@ class Wiring:
 class App:
     settings: Settings
     ledger: SqlLedger
-    outbox: OutboxReader
+    #: None when HL7 is the only source (no ``SYNCD_OUTBOX__URL``)
+    ehr_outbox: OutboxReader | None
     gateway: SecureVideoClient
     #: the sync layer's entry point (the databases' SQLAlchemy engines stay inside the adapters)
     synchronizer: Synchronizer
@@ -72,6 +77,13 @@ class App:
     #: None when wired without one (``Wiring(lease=False)``)
     lease: LeaderLease | None = None
     stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def outbox(self) -> OutboxReader:
+        """The EHR outbox's reader, for the commands that need one (an HL7-only app has none)."""
+        if self.ehr_outbox is None:
+            raise ConfigError("SYNCD_OUTBOX__URL", "is required for this command")
+        return self.ehr_outbox
 
     def outcome_collector(self) -> OutcomeCollector:
         """Visit outcomes from SecureVideo into the ledger; stops with the app."""
@@ -101,7 +113,8 @@ class App:
     def close(self) -> None:
         self.synchronizer.close()
         self.gateway.close()
-        self.outbox.dispose()
+        if self.ehr_outbox is not None:
+            self.ehr_outbox.dispose()
         self.ledger.dispose()
 
     def __enter__(self) -> Self:
@@ -248,15 +261,18 @@ def build_app(
     ``rng`` is the back-off's jitter (tests seed it); ``outage`` says whether SecureVideo is
     known to be down (the daemon's health state judges it from those responses)."""
     # Both are checked before anything opens, so a missing one is named without a traceback.
-    settings.require_outbox_url()
+    hl7_only = settings.hl7.enabled and not settings.outbox.url
+    if not hl7_only:
+        settings.require_outbox_url()
     settings.require_credentials()
     stop = stop or threading.Event()
     # The outbox first: a SQLite EHR file that is not there is named before the ledger migrates.
-    outbox = open_outbox(settings)
+    outbox = None if hl7_only else open_outbox(settings)
     try:
         ledger = open_ledger(settings)
     except BaseException:
-        outbox.dispose()
+        if outbox is not None:
+            outbox.dispose()
         raise
     try:
         with ledger.begin() as tx:
@@ -264,10 +280,14 @@ def build_app(
         gateway = open_gateway(settings, on_response=on_response)
     except BaseException:
         ledger.dispose()
-        outbox.dispose()
+        if outbox is not None:
+            outbox.dispose()
         raise
+    source: OutboxSource = NoOutbox() if outbox is None else outbox
+    if settings.hl7.enabled:
+        source = CombinedSource(source, ledger)
     synchronizer = Synchronizer(
-        outbox=outbox,
+        outbox=source,
         ledger=ledger,
         gateway=gateway if wiring.gateway is None else wiring.gateway(gateway),
         options=sync_options(settings, rng=rng),
@@ -282,7 +302,7 @@ def build_app(
     return App(
         settings=settings,
         ledger=ledger,
-        outbox=outbox,
+        ehr_outbox=outbox,
         gateway=gateway,
         synchronizer=synchronizer,
         fingerprints=fingerprints,
@@ -303,11 +323,13 @@ class Daemon:
     health: HealthState
     runner: PassRunner
     outcomes: OutcomeJob
+    #: the HL7 listener, when ``SYNCD_HL7__ENABLED``
+    hl7: Hl7Service | None = None
 
     def run(self, *, install_signal_handlers: bool = True) -> int:
         """Passes until ``app.stop`` is set; the heartbeat (and the listener) run around them."""
         settings = self.app.settings
-        with maybe_serve_health(settings, self.health):
+        with maybe_serve_health(settings, self.health), self._hl7_listening():
             return run_daemon(
                 self.runner,
                 interval_seconds=settings.sync.poll_interval_seconds,
@@ -316,6 +338,18 @@ class Daemon:
                 outcomes=self.outcomes,
                 outcomes_interval_seconds=settings.sync.outcomes_interval_seconds,
             )
+
+    @contextmanager
+    def _hl7_listening(self) -> Iterator[None]:
+        # Stopped before the ledger closes: no message is taken that could not be stored.
+        if self.hl7 is None:
+            yield
+            return
+        self.hl7.start()
+        try:
+            yield
+        finally:
+            self.hl7.stop()
 
     def close(self) -> None:
         self.app.close()
@@ -350,7 +384,8 @@ def open_daemon(
             outage=lambda: health.outage.current is not None,
         )
         try:
-            verify_outbox(settings, app.outbox)
+            if app.ehr_outbox is not None:
+                verify_outbox(settings, app.ehr_outbox)
         except BaseException:
             app.close()
             raise
@@ -382,7 +417,31 @@ def open_daemon(
         after=app.link_publisher().publish,
     )
     health.attach(probes_of(app))
-    return Daemon(app=app, health=health, runner=runner, outcomes=outcomes)
+    hl7 = None
+    if settings.hl7.enabled:
+        try:
+            hl7 = open_hl7(app, health, checkpoint=wiring.checkpoint)
+        except BaseException:
+            app.close()
+            raise
+    return Daemon(app=app, health=health, runner=runner, outcomes=outcomes, hl7=hl7)
+
+
+def open_hl7(
+    app: App, health: HealthState, *, checkpoint: Checkpoint = no_checkpoint
+) -> Hl7Service:
+    """The HL7 listener (not yet started), storing into the app's ledger, reported in /healthz."""
+    writer = InboxWriter(app.ledger, SystemClock())
+    service = Hl7Service(
+        app.settings, writer.store, registry=health.registry, checkpoint=checkpoint
+    )
+
+    def check() -> tuple[bool, dict[str, object], str | None]:
+        verdict = service.check()
+        return verdict.ok, verdict.details, verdict.problem
+
+    health.add_part("hl7", check)
+    return service
 
 
 def probes_of(app: App) -> Probes:
@@ -397,7 +456,8 @@ def probes_of(app: App) -> Probes:
             return tx.appointments.counts_by_state(), tx.appointments.oldest_pending_since()
 
     return Probes(
-        databases=(("ledger", read_ledger), ("outbox", app.outbox.max_event_id)),
+        databases=(("ledger", read_ledger),)
+        + (() if app.ehr_outbox is None else (("outbox", app.ehr_outbox.max_event_id),)),
         securevideo=app.gateway.probe,
         ledger_counts=ledger_counts,
         explain=lambda exc: explain_database_error(exc, app.settings),

@@ -14,13 +14,20 @@ from syncd.runtime.settings import Settings
 CheckStep = Callable[[Settings], str]
 
 
+def _hl7_only(settings: Settings) -> bool:
+    return settings.hl7.enabled and not settings.outbox.url
+
+
 def _settings(settings: Settings) -> str:
-    settings.require_outbox_url()
+    if not _hl7_only(settings):
+        settings.require_outbox_url()
     settings.require_credentials()
     return f"settings (config file: {settings.describe()['config_file'] or 'none'})"
 
 
 def _outbox(settings: Settings) -> str:
+    if _hl7_only(settings):
+        return "outbox: none set, the HL7 inbox is the only source (SYNCD_HL7__ENABLED)"
     reader = open_outbox(settings)
     try:
         verify_outbox(settings, reader)

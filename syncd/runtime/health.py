@@ -197,6 +197,8 @@ class HealthState:
         #: what /healthz says while a rewound outbox's re-read is not all applied
         self._rewound: str | None = None
         self._changed = threading.Event()
+        #: more parts /healthz reports on (the HL7 listener): name → (ok, details, problem)
+        self._parts: dict[str, Callable[[], tuple[bool, dict[str, Any], str | None]]] = {}
         #: SecureVideo's outages, judged from every response (one degraded/recovered pair each)
         self.outage = OutageWatch(clock=clock)
 
@@ -272,6 +274,12 @@ class HealthState:
         """Where to ask again when evidence is old, and where the ledger's gauges come from."""
         with self._lock:
             self._probes = probes
+
+    def add_part(
+        self, name: str, check: Callable[[], tuple[bool, dict[str, Any], str | None]]
+    ) -> None:
+        """Report on another part in ``/healthz`` (its check must do no I/O)."""
+        self._parts[name] = check
 
     def follow_progress(self, progress: Callable[[], PassProgress | None]) -> None:
         """Where the running pass's progress is read: a long pass that advances is healthy."""
@@ -447,6 +455,10 @@ class HealthState:
             checks[name] = check.as_dict(now)
             if not check.ok:
                 reasons.append(f"{name}: {check.error or 'unreachable'}")
+        for name, part in self._parts.items():
+            ok, checks[name], problem = part()
+            if not ok:
+                reasons.append(problem or f"{name}: not working")
         details = live.details | {"checks": checks}
         outage = self.outage.current
         if outage is not None:

@@ -116,6 +116,10 @@ SAFE_KEYS: frozenset[str] = frozenset(
         "path",
         "port",
         "host",
+        # an HL7 message's control id (MSH-10), trigger (S12…) and the ACK code: never content
+        "control_id",
+        "type",
+        "ack",
     }
 )
 

@@ -30,6 +30,7 @@ from syncd.runtime.egress import check_ca_bundle_file, check_proxy_url
 
 __all__ = [
     "HealthSettings",
+    "Hl7Settings",
     "LedgerSettings",
     "LinksSettings",
     "LogSettings",
@@ -384,3 +385,46 @@ class LinksSettings(_Group):
         description="Minutes after a session's scheduled time that its guests' links are "
         "removed (sooner when SecureVideo no longer lists it, or it is cancelled).",
     )
+
+
+class Hl7Settings(_Group):
+    """The HL7 v2 scheduling feed (SIU over MLLP) that ``syncd run`` listens for."""
+
+    enabled: bool = Field(default=False, description="Listen for HL7 v2 SIU messages over MLLP.")
+    host: str = Field(default="127.0.0.1", min_length=1, description="Address to listen on.")
+    port: int = Field(default=2575, ge=0, le=65535, description="Port to listen on (0: any).")
+    tls_cert_file: Path | None = Field(
+        default=None, description="PEM certificate chain: serve MLLP over TLS (with the key)."
+    )
+    tls_key_file: Path | None = Field(default=None, description="PEM private key of the cert.")
+    timezone: str | None = Field(
+        default=None,
+        description="IANA zone of HL7 times without an offset; default SYNCD_OUTBOX__TIMEZONE.",
+    )
+    appointment_id: Literal["filler", "placer"] = Field(
+        default="filler",
+        description="Which SCH id is the appointment id first: filler (SCH-2) or placer (SCH-1).",
+    )
+    max_message_bytes: int = Field(
+        default=1 << 20, ge=1024, le=64 << 20, description="Longer messages are refused (AR)."
+    )
+    idle_seconds: float = Field(
+        default=600.0, gt=0, le=86400, description="An idle connection is closed after this."
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError("is not a known IANA time zone (e.g. UTC, America/New_York)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Hl7Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file are set together or not at all")
+        return self

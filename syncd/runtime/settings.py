@@ -17,6 +17,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from pydantic import (
     BaseModel,
@@ -49,6 +50,7 @@ from syncd.runtime.setting_errors import (
 )
 from syncd.runtime.setting_groups import (
     HealthSettings,
+    Hl7Settings,
     LedgerSettings,
     LinksSettings,
     LogSettings,
@@ -66,6 +68,7 @@ __all__ = [
     "ENV_PREFIX",
     "SECRETS_DIR_ENV",
     "HealthSettings",
+    "Hl7Settings",
     "LedgerSettings",
     "LinksSettings",
     "LogSettings",
@@ -138,6 +141,7 @@ class Settings(BaseSettings):
     log: LogSettings = Field(default_factory=LogSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     links: LinksSettings = Field(default_factory=LinksSettings)
+    hl7: Hl7Settings = Field(default_factory=Hl7Settings)
 
     _config_file: Path | None = PrivateAttr(default=None)
 
@@ -197,6 +201,10 @@ class Settings(BaseSettings):
                 f"postgresql+psycopg://syncd@ehr-db/ehr): {self._not_set('SYNCD_OUTBOX__URL')}",
             )
         return self.outbox.url
+
+    def hl7_zone(self) -> ZoneInfo:
+        """The zone of HL7 times without an offset: its own setting, else the outbox's."""
+        return ZoneInfo(self.hl7.timezone or self.outbox.timezone)
 
     def require_credentials(self) -> tuple[str, SecretStr]:
         """The SecureVideo API key and secret, or a ConfigError naming the missing one."""

@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 
-__all__ = ["ENV", "POINTS", "crashpoint"]
+__all__ = ["ENV", "HL7_POINTS", "POINTS", "crashpoint"]
 
 #: Not ``SYNCD_…``: settings refuse unknown variables with that prefix, as misspelt settings.
 ENV = "SYNCDTEST_CRASHPOINT"
@@ -26,6 +26,9 @@ ENV = "SYNCDTEST_CRASHPOINT"
 #: ``after_call`` SecureVideo answered, the outcome is not committed yet;
 #: ``after_commit`` the outcome and its effects are committed.
 POINTS = ("before_call", "after_call", "after_commit")
+#: Where the HL7 listener calls it (``syncd.runtime.hl7``): the message is committed to the
+#: inbox, its ACK not sent.  Apart from ``POINTS``, which the crash sweep goes through.
+HL7_POINTS = ("hl7_after_commit",)
 
 _read = False
 _target: tuple[str, int] | None = None
@@ -55,8 +58,9 @@ def _parse(spec: str | None) -> tuple[str, int] | None:
     if not spec:
         return None
     name, _, count = spec.partition(":")
-    if name not in POINTS:
-        raise ValueError(f"{ENV}: unknown crash point {name!r} (one of {', '.join(POINTS)})")
+    if name not in POINTS + HL7_POINTS:
+        known = ", ".join(POINTS + HL7_POINTS)
+        raise ValueError(f"{ENV}: unknown crash point {name!r} (one of {known})")
     try:
         n = int(count or "1")
     except ValueError:

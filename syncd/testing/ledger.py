@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from syncd.testing.memory_appointments import MemoryAppointments, MemoryCursor
+from syncd.testing.memory_inbox import MemoryInbox
 from syncd.testing.memory_records import (
     MemoryLeases,
     MemoryLinks,
@@ -52,6 +53,7 @@ class InMemoryTransaction:
         self.leases = MemoryLeases(work)
         self.visits = MemoryVisits(work)
         self.links = MemoryLinks(work)
+        self.inbox = MemoryInbox(work)
 
 
 def _utcnow() -> datetime:

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from syncd.core.fingerprint import KEY_BYTES
+from syncd.ports.inbox import INBOX_EVENT_BASE
 from syncd.ports.ledger import (
     APPOINTMENT_STATES,
     HELD_PREFIX,
@@ -132,7 +133,8 @@ class MemoryAppointments:
 
     def rebase_events(self, now: datetime) -> int:
         for record in list(self._rows.values()):
-            self._change(record, last_event_id=0)
+            if record.last_event_id < INBOX_EVENT_BASE:
+                self._change(record, last_event_id=0)
         return len(self._rows)
 
     def note_contents(self, rows: Mapping[str, tuple[int, str]], *, now: datetime) -> int:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from syncd.ports.inbox import InboxMessage
 from syncd.ports.ledger import (
     TEXT_LIMIT,
     AppointmentRecord,
@@ -31,6 +32,13 @@ class Lease:
     updated_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    message: InboxMessage
+    received_at: datetime
+    superseded_at: datetime | None = None
+
+
 @dataclass(slots=True)
 class Tables:
     """The ledger's rows.  Records are frozen, so a shallow copy of each dict is a snapshot."""
@@ -48,6 +56,9 @@ class Tables:
         default_factory=dict
     )
     join_links: dict[tuple[str, str], JoinLinkRecord] = field(default_factory=dict)
+    inbox: dict[int, InboxEntry] = field(default_factory=dict)
+    #: the inbox's last id, like its autoincrement (an id is not reused after a delete)
+    inbox_last_id: int = 0
 
     def copy(self) -> Tables:
         return Tables(
@@ -61,6 +72,8 @@ class Tables:
             session_outcomes=dict(self.session_outcomes),
             participant_outcomes=dict(self.participant_outcomes),
             join_links=dict(self.join_links),
+            inbox=dict(self.inbox),
+            inbox_last_id=self.inbox_last_id,
         )
 
 
@@ -72,6 +85,7 @@ TABLES = (
     "session_outcomes",
     "participant_outcomes",
     "join_links",
+    "inbox",
 )
 
 
@@ -111,6 +125,7 @@ class Work:
             committed.cursor, committed.rewind = self.t.cursor, self.t.rewind
         elif self.cursor_moved:
             committed.cursor = max(committed.cursor, self.t.cursor)
+        committed.inbox_last_id = max(committed.inbox_last_id, self.t.inbox_last_id)
         if committed.fingerprint_key is None:
             committed.fingerprint_key = self.t.fingerprint_key
         for name in TABLES:

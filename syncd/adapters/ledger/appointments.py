@@ -23,6 +23,7 @@ from syncd.adapters.ledger.sql import (
     unknown_appointment,
     utc,
 )
+from syncd.ports.inbox import INBOX_EVENT_BASE
 from syncd.ports.ledger import (
     APPOINTMENT_STATES,
     HELD_PREFIX,
@@ -235,7 +236,8 @@ class SqlAppointments:
             self._sql.write(_NOTE_DIGEST, params)
 
     def rebase_events(self, now: datetime) -> int:
-        self._sql.write(update(_t).values(last_event_id=0))
+        inbox = _t.c.last_event_id >= INBOX_EVENT_BASE
+        self._sql.write(update(_t).where(~inbox).values(last_event_id=0))
         return int(self._sql.rows(select(func.count()).select_from(_t)).scalar_one())
 
     def note_contents(self, rows: Mapping[str, tuple[int, str]], *, now: datetime) -> int:

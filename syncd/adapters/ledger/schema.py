@@ -21,6 +21,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -33,6 +34,7 @@ __all__ = [
     "NAMING_CONVENTION",
     "appointment_table",
     "cursor_table",
+    "hl7_inbox_table",
     "join_link_table",
     "lease_table",
     "metadata",
@@ -244,6 +246,30 @@ class JoinLinkRow(Base):
     changed_at: Mapped[datetime] = mapped_column(_TIMESTAMP)
 
 
+class Hl7InboxRow(Base):
+    """An accepted HL7 scheduling message: the whole appointment row the engine plans from."""
+
+    __tablename__ = "hl7_inbox"
+    __table_args__ = (
+        # the newest message of an appointment, and its older ones to supersede
+        Index("ix_hl7_inbox_appointment_id", "appointment_id", "message_at"),
+        Index("ix_hl7_inbox_superseded_at", "superseded_at"),
+        MYSQL_TABLE_OPTIONS,
+    )
+
+    id: Mapped[int] = mapped_column(_BIG_ID, primary_key=True, autoincrement=True)
+    #: MSH-10: a resent message is known by it
+    control_id: Mapped[str] = mapped_column(_identifier(199), unique=True)
+    appointment_id: Mapped[str] = mapped_column(_identifier(96))
+    message_type: Mapped[str] = mapped_column(String(8))
+    #: MSH-7 in UTC: a message older than the newest stored for its appointment is ignored
+    message_at: Mapped[datetime] = mapped_column(_TIMESTAMP)
+    received_at: Mapped[datetime] = mapped_column(_TIMESTAMP)
+    superseded_at: Mapped[datetime | None] = mapped_column(_TIMESTAMP)
+    #: the outbox contract's columns as JSON: patient data, kept only while it is needed
+    row_json: Mapped[str] = mapped_column(Text)
+
+
 cursor_table: Final = cast(Table, SyncCursorRow.__table__)
 appointment_table: Final = cast(Table, AppointmentRow.__table__)
 operation_table: Final = cast(Table, OperationRow.__table__)
@@ -252,3 +278,4 @@ lease_table: Final = cast(Table, LeaseRow.__table__)
 session_outcome_table: Final = cast(Table, SessionOutcomeRow.__table__)
 participant_outcome_table: Final = cast(Table, ParticipantOutcomeRow.__table__)
 join_link_table: Final = cast(Table, JoinLinkRow.__table__)
+hl7_inbox_table: Final = cast(Table, Hl7InboxRow.__table__)

@@ -10,6 +10,7 @@ from sqlalchemy import Connection, Engine
 
 from syncd.adapters.ledger.appointments import SqlAppointments
 from syncd.adapters.ledger.cursor import SqlCursor
+from syncd.adapters.ledger.inbox import SqlInbox
 from syncd.adapters.ledger.leases import SqlLeases
 from syncd.adapters.ledger.links import SqlLinks
 from syncd.adapters.ledger.operations import SqlOperations
@@ -31,6 +32,7 @@ class SqlTransaction:
     __slots__ = (
         "_appointments",
         "_cursor",
+        "_inbox",
         "_leases",
         "_links",
         "_operations",
@@ -47,6 +49,7 @@ class SqlTransaction:
         self._leases = SqlLeases(sql)
         self._visits = SqlVisits(sql)
         self._links = SqlLinks(sql)
+        self._inbox = SqlInbox(sql)
 
     @property
     def cursor(self) -> SqlCursor:
@@ -75,6 +78,10 @@ class SqlTransaction:
     @property
     def links(self) -> SqlLinks:
         return self._links
+
+    @property
+    def inbox(self) -> SqlInbox:
+        return self._inbox
 
 
 class SqlLedger:
