@@ -171,10 +171,10 @@ def test_two_daemons_apply_each_change_once_and_one_takes_over_after_sigkill(
     )
 
 
-#: "Within a few seconds" of a restart, interpreter start included, on this loaded 2-core
-#: machine.  Without the dead-holder takeover the first call comes after the lease's 30 s and the
-#: next poll's 60 s.
-RESTART_FIRST_CALL_WITHIN = 10.0
+#: Below the default lease's 30 s, so waiting out the dead holder's lease fails the test, with
+#: room for interpreter start on a loaded CI machine; the figure itself is printed, not asserted
+#: tighter (a few seconds here: 1.3 s and 3.2 s in two runs).
+RESTART_FIRST_CALL_WITHIN = 25.0
 
 
 def test_a_restart_after_kill_9_resumes_at_once_with_the_defaults(tmp_path: Path) -> None:
