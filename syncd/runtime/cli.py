@@ -301,6 +301,7 @@ def cmd_emulator(args: argparse.Namespace, wiring: Wiring) -> int:
             state_file=None if args.state_file is None else Path(args.state_file),
             passkeys=args.passkeys,
             round_to_quarter_hours=args.round_to_quarter_hours,
+            host_change=args.host_change,
         )
     except StateFileError as exc:
         return _fail(f"emulator: --state-file {exc}")
@@ -389,6 +390,11 @@ def _parser() -> argparse.ArgumentParser:
         "--round-to-quarter-hours",
         action="store_true",
         help="Put scheduled times on minute 0, 15, 30 or 45 (one reading of the API documents).",
+    )
+    emu.add_argument(
+        "--host-change",
+        action="store_true",
+        help="The account option PUT /sessionhost needs: a provider change moves the session.",
     )
     return p
 
