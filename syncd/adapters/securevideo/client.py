@@ -81,7 +81,7 @@ _SESSION: Final = TypeAdapter(SessionJson)
 _USER: Final = TypeAdapter(UserJson | list[UserJson])
 
 _MUTATING: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_PERMANENT: Final = frozenset({400, 404, 409, 410, 422})
+_PERMANENT: Final = frozenset({400, 404, 405, 409, 410, 422})
 # A server that fails with these may have committed the change first (an exception while sending
 # the invitation, a gateway that gave up waiting); 503 and 429 conventionally mean "not processed".
 _MAYBE_APPLIED: Final = frozenset({500, 502, 504})
@@ -213,6 +213,21 @@ class SecureVideoClient:
 
     def cancel_session(self, session_id: int) -> None:
         self.cancel(session_id=session_id)
+
+    def move_session(self, session_id: int, host_external_id: str) -> RemoteSession | None:
+        """PUT /sessionhost: the session to another host (it needs an account option).  A 403
+        here is the account's refusal, not the credentials' (every other call accepted them), so
+        it is a ``PermanentError`` like a 400; None when SecureVideo answers without a body."""
+        route = self._session_route("/sessionhost", session_id, None)
+        try:
+            response = self._send("PUT", route, {"ExternalUserId": host_external_id})
+        except AuthenticationError:
+            raise PermanentError(
+                f"PUT {route.template}: SecureVideo answered 403", status=403
+            ) from None
+        if not response.content.strip():
+            return None
+        return remote_session(self._decode(_SESSION, response, "PUT", route), host_external_id)
 
     def add_participant(self, session_id: int, guest: Guest) -> RemoteSession:
         return remote_session(
