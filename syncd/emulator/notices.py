@@ -13,8 +13,9 @@ patient would hold no connect code at the address on file.  *Unconfirmed*; syncd
 not depend on it (it makes one update either way).
 
 Over HTTP: ``GET /emulator/notices`` (optionally ``?sessionId=N``) answers
-``{"Total": n, "ByKind": {...}, "Notices": [{"Kind", "SessionId", "ParticipationId",
-"Channel"}]}``; ``DELETE /emulator/notices`` forgets them.
+``{"Total": n, "ByKind": {...}, "Repeats": r, "Notices": [{"Kind", "SessionId",
+"ParticipationId", "Channel", "Repeat"}]}`` (a repeat: a reschedule to the time the session
+already had); ``DELETE /emulator/notices`` forgets them.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ class Notice:
     participation_id: int
     #: "E" (e-mail) or "S" (text message)
     channel: str
+    #: a reschedule to the time the session already had: a notice that told the patient nothing
+    #: (what a blindly repeated call after a lost answer would cost)
+    repeat: bool = False
 
 
 class NoticeLog:
@@ -61,12 +65,20 @@ class NoticeLog:
         self._lock = threading.Lock()
         self._sent: list[Notice] = []
 
-    def send(self, kind: str, session_id: int, participation_id: int, channel: str) -> bool:
+    def send(
+        self,
+        kind: str,
+        session_id: int,
+        participation_id: int,
+        channel: str,
+        *,
+        repeat: bool = False,
+    ) -> bool:
         """Record a notice if ``channel`` delivers (E or S); True when one was sent."""
         if channel not in DELIVERING:
             return False
         with self._lock:
-            self._sent.append(Notice(kind, session_id, participation_id, channel))
+            self._sent.append(Notice(kind, session_id, participation_id, channel, repeat))
         return True
 
     def all(self, session_id: int | None = None) -> list[Notice]:
@@ -87,12 +99,14 @@ def notices_json(notices: list[Notice]) -> dict[str, Any]:
     return {
         "Total": len(notices),
         "ByKind": {kind: by_kind.get(kind, 0) for kind in KINDS},
+        "Repeats": sum(n.repeat for n in notices),
         "Notices": [
             {
                 "Kind": n.kind,
                 "SessionId": n.session_id,
                 "ParticipationId": n.participation_id,
                 "Channel": n.channel,
+                "Repeat": n.repeat,
             }
             for n in notices
         ],

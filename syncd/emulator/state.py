@@ -618,6 +618,7 @@ class EmulatorState:
                 raise InvalidRequestError(
                     f"Session {session.session_id} is cancelled and cannot be changed"
                 )
+            before = session.schedule_ts
             if request["ScheduleTs"] is None:
                 session.schedule_ts = self.now().replace(microsecond=0)
             else:
@@ -626,7 +627,7 @@ class EmulatorState:
                 )
             session.schedule_type = RESCHEDULED
             for guest in session.participants[1:]:
-                self._notify(RESCHEDULE, session, guest)
+                self._notify(RESCHEDULE, session, guest, repeat=session.schedule_ts == before)
             return session_json(session)
 
     def cancel_session(
@@ -944,9 +945,15 @@ class EmulatorState:
 
     # internals (callers hold the lock)
 
-    def _notify(self, kind: str, session: SessionRecord, guest: ParticipantRecord) -> None:
+    def _notify(
+        self, kind: str, session: SessionRecord, guest: ParticipantRecord, *, repeat: bool = False
+    ) -> None:
         self.notice_log.send(
-            kind, session.session_id, guest.participation_id, guest.should_auto_deliver_code
+            kind,
+            session.session_id,
+            guest.participation_id,
+            guest.should_auto_deliver_code,
+            repeat=repeat,
         )
 
     def _invite(self, session: SessionRecord, guest: ParticipantRecord) -> None:
