@@ -268,6 +268,10 @@ def _session_changes(
             removes.append(RemoveParticipant(aid, sid, pid, guest.external_id, "rename", key))
             adds.append(AddParticipant(aid, sid, guest))
         elif changed:
+            # PUT cannot change a name, and one differing only in case is the same name: the
+            # update carries the name SecureVideo has, or it would be refused.
+            if not guest.is_securevideo_user and shown[pid].full_name:
+                guest = replace(guest, full_name=shown[pid].full_name)
             updates.append(UpdateParticipant(aid, sid, pid, guest, changed))
     for p, key in ops:
         removes.append(
