@@ -69,8 +69,7 @@ PATIENTS = [guest(1), guest(2, deliver="S")]
 
 def booking(**changes: Any) -> dict[str, Any]:
     guests = changes.pop("guests", PATIENTS)
-    base = row("A1", starts=changes.pop("starts", T), guests=guests, **changes)
-    return base
+    return row("A1", starts=changes.pop("starts", T), guests=guests, **changes)
 
 
 #: (what changed, the row after it, notices expected); each applied on top of the one before
