@@ -9,12 +9,13 @@ import http.client
 import json
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
+from syncd.core.applied import AppliedState
 from syncd.core.domain import (
     AddParticipant,
     Appointment,
@@ -331,3 +332,21 @@ def test_the_planner_moves_a_session_to_the_new_provider_when_allowed() -> None:
         move_host=True,
     )
     assert not any(isinstance(op, MoveSession) for op in late)
+
+
+def test_no_reschedule_when_securevideo_already_shows_the_new_time() -> None:
+    """A reschedule whose answer was lost took effect: sending it again would repeat the notice."""
+    ann = RemoteParticipant(11, "pt-1", "Ann Canary", email="ann@phi.example", deliver="E")
+    later = STARTS + timedelta(hours=1)
+    shows_new = [
+        RemoteSession(
+            50001, "A1", 1001, later, "Rescheduled", "prov-001", False, remote(ann).participants
+        )
+    ]
+    sent_old = AppliedState(session_id=50001, external_session_id="A1", schedule_ts=STARTS)
+    desired = replace(booked("prov-001"), starts_at=later)
+    assert plan(desired, sent_old, shows_new, now=NOW, fingerprints=FP) == ()
+    # Still a change when SecureVideo shows the old time.
+    assert plan(desired, sent_old, [remote(ann)], now=NOW, fingerprints=FP) == (
+        RescheduleSession("A1", 50001, later),
+    )

@@ -285,7 +285,12 @@ def _session_changes(
         shown_ts = session.schedule_ts
         sent = desired.starts_at if shown_ts in roundings(desired.starts_at) else shown_ts
     if sent != desired.starts_at:
-        reschedule.append(RescheduleSession(aid, sid, desired.starts_at))
+        if session.schedule_ts == desired.starts_at:
+            # SecureVideo already shows it (a reschedule whose answer was lost, say): another
+            # would only send the patients the same notice again.
+            sent = desired.starts_at
+        else:
+            reschedule.append(RescheduleSession(aid, sid, desired.starts_at))
 
     removes.sort(key=_op_key)
     updates.sort(key=_op_key)
