@@ -24,6 +24,7 @@ from syncd.core.domain import (
     CreateSession,
     Guest,
     MoveSession,
+    Operation,
     RemoteParticipant,
     RemoteSession,
     RemoveParticipant,
@@ -254,7 +255,7 @@ def test_notices_per_op_counts_what_securevideo_will_send() -> None:
     cy = RemoteParticipant(12, "pt-2", "Cy X", deliver="N")
     observed = [remote(ann, cy)]
     new_ann = Guest("pt-1", full_name="Ann Canary", email="ann.new@phi.example", deliver="E")
-    ops = [
+    ops: list[Operation] = [
         RemoveParticipant("A1", 50001, 12, "pt-2", "removed"),
         UpdateParticipant("A1", 50001, 11, new_ann, ("email",)),
         RescheduleSession("A1", 50001, STARTS + timedelta(hours=1)),
@@ -265,7 +266,10 @@ def test_notices_per_op_counts_what_securevideo_will_send() -> None:
     # cy gets nothing (N); ann an invitation at the new address and one reschedule notice.
     assert notices_per_op(ops, observed) == [0, 1, 1, 1, 0, 0]
     # After the cancel the session has no one left to tell.
-    again = [CancelSession("A1", 50001, "cancelled"), RescheduleSession("A1", 50001, STARTS)]
+    again: list[Operation] = [
+        CancelSession("A1", 50001, "cancelled"),
+        RescheduleSession("A1", 50001, STARTS),
+    ]
     assert notices_per_op(again, observed) == [1, 1]
     create = CreateSession("A1", "A1", "prov-002", STARTS, None, False, (new_ann,))
     assert notices_per_op([create], []) == [1]
