@@ -354,3 +354,29 @@ def test_no_reschedule_when_securevideo_already_shows_the_new_time() -> None:
     assert plan(desired, sent_old, [remote(ann)], now=NOW, fingerprints=FP) == (
         RescheduleSession("A1", 50001, later),
     )
+
+
+def test_the_client_moves_a_session_and_reads_a_refusal_as_permanent(emu: Emulator) -> None:
+    from syncd.adapters.securevideo import SecureVideoClient
+
+    guest = Guest("pt-1", full_name="Zelda Canary", email="z@phi.example", deliver="E")
+    op = CreateSession("A1", "A1", "prov-001", STARTS, None, False, (guest,))
+    with SecureVideoClient(emu.base_url, "demo", "demo", read_timeout=2.0) as client:
+        made = client.create_session(op)
+        with pytest.raises(PermanentError) as refused:
+            client.move_session(made.session_id, "prov-002")
+        assert refused.value.status == 400
+        emu.state.host_change = True
+        # A 403 here is the account's answer about the option, not about the credentials.
+        emu.faults.fail_next(1, status=403, methods=("PUT",))
+        with pytest.raises(PermanentError) as forbidden:
+            client.move_session(made.session_id, "prov-002")
+        assert forbidden.value.status == 403
+        moved = client.move_session(made.session_id, "prov-002")
+    assert moved is not None
+    assert (moved.session_id, moved.host_external_id, moved.user_id) == (
+        made.session_id,
+        "prov-002",
+        1002,
+    )
+    assert moved.guests == made.guests
