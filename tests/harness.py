@@ -212,12 +212,14 @@ def world(
     ledger_backend: str = "sqlite",
     databases: ServerDatabases | None = None,
     round_to_quarter_hours: bool = False,
+    passkeys: bool = False,
     **sync: Any,
 ) -> Iterator[World]:
     """The world on SQLite files in ``tmp``, or with the EHR outbox and/or the ledger in a scratch
     PostgreSQL or MariaDB database (``conftest.DB_KINDS``): skipped when that server is absent.
     A fresh database per world, or the emptied one of ``databases`` when given.
-    ``round_to_quarter_hours``: the emulator's reading of the documents on scheduled times."""
+    ``round_to_quarter_hours``: the emulator's reading of the documents on scheduled times.
+    ``passkeys``: the emulator's account gives guests a Passkey."""
     with ExitStack() as stack:
         ehr_url = _database(stack, ehr_backend, tmp / "ehr.sqlite3", databases)
         ledger_url = _database(stack, ledger_backend, tmp / "ledger.sqlite3", databases)
@@ -229,7 +231,7 @@ def world(
             finally:
                 ledger_engine.dispose()
         emulator = stack.enter_context(
-            Emulator(round_to_quarter_hours=round_to_quarter_hours).start()
+            Emulator(round_to_quarter_hours=round_to_quarter_hours, passkeys=passkeys).start()
         )
         ehr = SampleEhr(create_outbox_engine(ehr_url, writable=True), zone=ZONE)
         settings = load_settings(

@@ -82,6 +82,8 @@ HISTORY_KEYS = {
     "ScheduleType",
     "UserId",
     "UsageDescription",
+    "CustomerId",
+    "CustomerName",
     "ScheduledByUserId",
     "ReportableMeetingProvider",
 }

@@ -39,6 +39,7 @@ from syncd.ports.ledger import (
     OperationRecord,
     ParticipantRecord,
 )
+from syncd.ports.links import JoinLinkRecord
 
 T0 = datetime(2025, 3, 1, 12, 0, 0)
 T1 = T0 + timedelta(minutes=1)
@@ -141,11 +142,23 @@ EXPECTED_COLUMNS = {
         "connection_ts",
         "changed_at",
     },
+    # a guest's join URL (its connect code: a credential, not patient data) while the session
+    # is active, only with SYNCD_LINKS__ENABLED
+    "join_link": {
+        "appointment_id",
+        "participant_external_id",
+        "session_id",
+        "participation_id",
+        "join_url",
+        "changed_at",
+    },
 }
 #: the newest migration: a new one changes this line and adds its own up-and-down test
-HEAD = "0008_applied_state"
+HEAD = "0009_join_links"
 #: the revision 0008_applied_state follows (its down_revision)
 BEFORE_0008 = "0007_outbox_row_digest"
+#: the revision 0009_join_links follows (its down_revision)
+BEFORE_JOIN_LINKS = "0008_applied_state"
 
 PHI_HINTS = ("first_name", "last_name", "full_name", "email", "phone", "sms", "topic", "birth")
 
@@ -535,6 +548,45 @@ def test_migration_0007_adds_digests_and_the_rewind_and_keeps_every_row(
             again = tx.appointments.get("A1")
             assert again is not None and again.last_digest is None
             assert again.session_id == 9001
+    finally:
+        ledger.dispose()
+
+
+def test_migration_0008_adds_join_links_and_their_view_and_drops_them(
+    fresh_ledger_url: str,
+) -> None:
+    ledger = SqlLedger(create_ledger_engine(fresh_ledger_url))
+    engine = ledger.engine
+    try:
+        migrate(engine, BEFORE_JOIN_LINKS)
+        with ledger.begin() as tx:
+            tx.cursor.advance(5)
+        assert "join_link" not in inspect(engine).get_table_names()
+        migrate(engine, "0009_join_links")
+        link = JoinLinkRecord(
+            "A1", "pat-1", 9001, 71, "https://hub.securevideo.com/Pass/Join/1", T1
+        )
+        with ledger.begin() as tx:
+            tx.links.put(link)
+        with engine.connect() as conn:  # what the EHR's account reads
+            rows = conn.execute(text("SELECT * FROM guest_join_link")).mappings().all()
+        assert [dict(r) for r in rows] == [
+            {
+                "appointment_id": "A1",
+                "participant_external_id": "pat-1",
+                "session_id": 9001,
+                "join_url": "https://hub.securevideo.com/Pass/Join/1",
+                "changed_at": rows[0]["changed_at"],
+            }
+        ]
+        assert "guest_join_link" in inspect(engine).get_view_names()
+        downgrade(engine, BEFORE_JOIN_LINKS)
+        assert "join_link" not in inspect(engine).get_table_names()
+        assert "guest_join_link" not in inspect(engine).get_view_names()
+        migrate(engine)
+        with ledger.begin() as tx:  # up again: empty, the rest kept
+            assert tx.links.all() == []
+            assert tx.cursor.get() == 5
     finally:
         ledger.dispose()
 

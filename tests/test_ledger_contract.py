@@ -40,6 +40,7 @@ from syncd.ports.ledger import (
     ParticipantRecord,
     SessionOutcomeRecord,
 )
+from syncd.ports.links import JoinLinkRecord
 from syncd.testing.ledger import InMemoryLedger
 
 T0 = datetime(2030, 1, 7, 9, 0)
@@ -948,6 +949,30 @@ def test_booked_between(ledger: Ledger) -> None:
 
 class BoomError(Exception):
     pass
+
+
+def test_join_links_put_replace_delete(ledger: Ledger) -> None:
+    url = "https://hub.securevideo.com/Pass/Join/"
+    with ledger.begin() as tx:
+        assert tx.links.all() == []
+        tx.links.put(JoinLinkRecord("a02", "g1", 50002, 700009, url + "2", T0))
+        tx.links.put(JoinLinkRecord("a01", "g2", 50001, 700003, url + "3?passkey=k", T0))
+        tx.links.put(JoinLinkRecord("a01", "g1", 50001, 700002, url + "1", T0))
+    with ledger.begin() as tx:  # a new session: the row is replaced, not added
+        tx.links.put(JoinLinkRecord("a01", "g1", 50005, 700011, url + "5", T1))
+        assert tx.links.delete("a02", "g1") is True
+        assert tx.links.delete("a02", "g1") is False
+        assert tx.links.delete("a09", "g1") is False
+    with ledger.begin() as tx:
+        assert tx.links.all() == [
+            JoinLinkRecord("a01", "g1", 50005, 700011, url + "5", T1),
+            JoinLinkRecord("a01", "g2", 50001, 700003, url + "3?passkey=k", T0),
+        ]
+    with pytest.raises(RuntimeError), ledger.begin() as tx:
+        tx.links.put(JoinLinkRecord("a03", "g1", 50003, 1, url + "9", T0))
+        raise RuntimeError
+    with ledger.begin() as tx:
+        assert [r.appointment_id for r in tx.links.all()] == ["a01", "a01"]
 
 
 def test_a_block_that_raises_leaves_nothing_behind(ledger: Ledger) -> None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import datetime
+import threading
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -29,12 +30,15 @@ from chaos import (
     syncd_env,
     wait_or_kill,
 )
-from harness import ZONE, guest, row, world
+from harness import ZONE, World, guest, row, world
 
 from syncd.adapters.windows_zones import windows_zone_id
 from syncd.core.errors import InvalidRowError
 from syncd.core.rows import parse_row
 from syncd.emulator.server import Quote
+from syncd.runtime.app import Wiring, open_daemon
+from syncd.runtime.cli import main
+from syncd.runtime.settings import load_settings
 from syncd.testing.crashpoints import ENV as CRASHPOINT_ENV
 
 T = datetime(2027, 2, 10, 9, 0)
@@ -164,3 +168,103 @@ def test_no_canary_leaves_the_ehr(tmp_path: Path, spawner: ForkServer) -> None:
     assert MRN not in text
     assert [line for line in journal if MRN in line] == []
     assert MRN.encode() in ehr_bytes
+
+
+# --- connect codes and Passkeys: access credentials ----------------------------------------------
+
+
+def credentials(w: World) -> set[str]:
+    """Every connect code and Passkey the emulator's account holds, as text."""
+    found: set[str] = set()
+    for s in w.emulator.state.sessions():
+        found.add(str(s.connect_code))
+        for p in s.participants:
+            found.add(str(p.connect_code))
+            if p.passkey:
+                found |= {p.passkey, p.passkey.upper()}
+    return found
+
+
+def credential_hits(data: str, where: str, secrets: set[str]) -> list[str]:
+    return [f"{where}: {secret!r}" for secret in sorted(secrets) if secret in data]
+
+
+def test_connect_codes_and_passkeys_stay_out_of_logs_metrics_plan_status_and_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with world(tmp_path, passkeys=True) as w:
+        for key, value in w.env().items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("SYNCD_LOG__LEVEL", "DEBUG")
+        monkeypatch.setenv("SYNCD_LINKS__ENABLED", "true")
+        n_guest = {"deliver": "N", "email": "", "sms": ""}
+        w.write(
+            row("C1", starts=T, guests=[guest(1, **n_guest), guest(2)]),
+            row("C2", starts=T, guests=[guest(3, **n_guest)]),
+        )
+        said: list[tuple[str, str]] = []
+
+        def run(*args: str) -> int:
+            code = main(list(args))
+            out, err = capsys.readouterr()
+            said.append((" ".join(args), out + err))
+            return code
+
+        capsys.readouterr()
+        assert run("once") == 0
+        # A change that touches participants: a guest switches to delivery N, C1 moves.
+        w.write(
+            row(
+                "C1",
+                starts=T + timedelta(hours=1),
+                guests=[guest(1, **n_guest), guest(2, **n_guest)],
+            )
+        )
+        run("plan")
+        run("plan", "--detailed-exitcode")
+        assert run("once") == 0
+        run("status")
+        run("status", "--json")
+        assert run("outcomes") == 0
+        run("history", "--month", "2027-02")
+        secrets = credentials(w)
+        assert any("-" in s for s in secrets)  # Passkeys among them
+        # SecureVideo quoting every code in its error messages, as a careless server might.
+        quoted = "Session codes: " + ", ".join(sorted(secrets))
+        for command in (("outcomes",), ("links", "C1")):
+            w.emulator.faults.fail_next(50, 500, ("GET",), quoted)  # every retry too
+            run(*command)
+            w.emulator.faults.clear()
+        run("links", "NOPE")
+        run("check")
+
+        # The daemon's metrics after a pass and an outcome (and links) job.
+        daemon = open_daemon(load_settings(), stop=threading.Event(), wiring=Wiring(lease=False))
+        assert daemon is not None
+        w.apps.append(daemon.app)
+        daemon.runner()
+        daemon.outcomes()
+        metrics = daemon.health.metrics_text().decode()
+
+        # Where they belong: what `syncd links` prints, and the ledger's join_link table.
+        assert run("links", "C1") == 0
+        links_out = said[-1][1]
+        with w.apps[-1].ledger.begin() as tx:
+            published = tx.links.all()
+        assert {r.appointment_id for r in published} == {"C1", "C2"}
+        ledger_rows = sqlite_dump(tmp_path / "ledger.sqlite3")
+        outside = "\n".join(
+            line for line in ledger_rows.splitlines() if not line.startswith("join_link:")
+        )
+        reprs = repr(published) + repr(daemon.outcomes.last_report)
+
+    assert "?passkey=" in links_out and credential_hits(links_out, "links", secrets)
+    hits = [
+        *(h for where, out in said[:-1] for h in credential_hits(out, f"syncd {where}", secrets)),
+        *credential_hits(metrics, "metrics", secrets),
+        *credential_hits(outside, "ledger rows outside join_link", secrets),
+        *credential_hits(reprs, "repr", secrets),
+    ]
+    assert hits == []
+    assert any("links_host_unread" in text for _, text in said)  # the quoting server was met
+    assert "Traceback" not in "\n".join(text for _, text in said)

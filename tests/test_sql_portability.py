@@ -39,11 +39,13 @@ from syncd.adapters.ledger import (
 from syncd.adapters.ledger.appointments import SqlAppointments
 from syncd.adapters.ledger.cursor import SqlCursor
 from syncd.adapters.ledger.leases import SqlLeases
+from syncd.adapters.ledger.links import SqlLinks
 from syncd.adapters.ledger.operations import SqlOperations
 from syncd.adapters.ledger.participants import SqlParticipants
 from syncd.adapters.ledger.visits import SqlVisits
 from syncd.adapters.outbox import OutboxReader
 from syncd.ports.ledger import LeaseHolder, LedgerTransaction
+from syncd.ports.links import JoinLinkRecord
 
 #: the dialect mssql+pyodbc compiles with; creating it needs no driver
 SQL_SERVER = sa.dialects.registry.load("mssql")()
@@ -76,6 +78,7 @@ REPOSITORIES: tuple[type, ...] = (
     SqlParticipants,
     SqlLeases,
     SqlVisits,
+    SqlLinks,
 )
 
 
@@ -265,6 +268,10 @@ def every_ledger_method(ledger: SqlLedger) -> None:
         tx.visits.appointments_of_sessions([7])
         tx.visits.booked_between(now - timedelta(days=1), now + timedelta(days=1))
         tx.visits.delete_participants("A9", ["x-1"])
+        tx.links.put(sample(JoinLinkRecord, appointment_id="A9"))
+        tx.links.put(sample(JoinLinkRecord, appointment_id="A9"))
+        tx.links.all()
+        tx.links.delete("A9", "x-1")
 
 
 def public_methods(*classes: type) -> set[str]:

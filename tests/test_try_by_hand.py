@@ -111,9 +111,10 @@ def test_a_simulated_visit_feeds_outcomes_and_history(
 
     assert main(["history", "--month", "2027-02", "--format", "json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert [(t["status"], t["sessions"], t["minutes"]) for t in report["by_status"]] == [
-        ("BILL", 1, 30)
-    ]
+    counted = report["counted"]
+    assert (counted["status"], counted["sessions"], counted["minutes"]) == ("BILL", 1, 30)
+    assert counted["connected_minutes"] == 27  # 30 minutes, 3 of them waiting (Zoom)
+    assert report["not_counted"]["sessions"] == 0
     (line,) = report["sessions"]
     assert (line["session_id"], line["appointment_id"]) == (session.session_id, "A1")
     assert report["possible_no_shows"] == []

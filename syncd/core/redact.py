@@ -18,6 +18,17 @@ MAX_REASON = 500
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 
+#: A connect code ("the 9 digit code used by the participant to join") and a Passkey (an RFC 4122
+#: GUID): access credentials, masked wherever SecureVideo's free text might quote them.
+_CONNECT_CODE = re.compile(r"(?<![0-9])[0-9]{9}(?![0-9])")
+_GUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
+
+
+def without_credentials(text: str) -> str:
+    """Text with anything shaped like a connect code or a Passkey masked."""
+    return _CONNECT_CODE.sub("[code]", _GUID.sub("[passkey]", text))
+
+
 def without_quoted_values(text: str) -> str:
     """A database driver's message with whatever stands between quotes dropped: the sentence says
     what went wrong, the quoted part is where a row's value (a patient's) would appear."""

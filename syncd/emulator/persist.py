@@ -72,6 +72,8 @@ def snapshot(state: EmulatorState) -> dict[str, Any]:
         departed = [dataclasses.asdict(h) for h in state._departed.values()]
         sessions = [dataclasses.asdict(s) for s in state._sessions.values()]
         next_ids = (state._next_session_id, state._next_participation_id)
+        people = {str(k): v for k, v in state._people.items()}
+        next_person_id = state._next_person_id
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -81,6 +83,9 @@ def snapshot(state: EmulatorState) -> dict[str, Any]:
         # removed hosts (``remove_host``): their sessions stay and still name them
         "departed_hosts": _encode(departed),
         "sessions": _encode(sessions),
+        # who has which address now (History's participantEmail), and the next person id
+        "people": people,
+        "next_person_id": next_person_id,
     }
 
 
@@ -104,6 +109,8 @@ def restore(state: EmulatorState, data: Any) -> None:
     try:
         next_session_id = int(decoded["next_session_id"])
         next_participation_id = int(decoded["next_participation_id"])
+        people = {int(k): str(v) for k, v in dict(decoded.get("people") or {}).items()}
+        next_person_id = int(decoded.get("next_person_id") or 1)
     except (KeyError, TypeError, ValueError):
         raise StateFileError("it lacks the next ids") from None
     with state._lock:
@@ -112,6 +119,8 @@ def restore(state: EmulatorState, data: Any) -> None:
         state._sessions = {s.session_id: s for s in sessions}
         state._by_external_session_id = {}
         state._session_of_participation = {}
+        state._people = people
+        state._next_person_id = max([next_person_id, *(k + 1 for k in people)])
         for session in sessions:
             if session.external_session_id:
                 state._by_external_session_id.setdefault(session.external_session_id, []).append(

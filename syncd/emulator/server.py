@@ -1081,8 +1081,11 @@ class Emulator:
         status_cd: str | None = "BILL",
         duration_minutes: int | None = None,
         wait_time: int | None = None,
+        provider: str | None = None,
     ) -> None:
-        self.state.set_billing(session_id, billable_ts, status_cd, duration_minutes, wait_time)
+        self.state.set_billing(
+            session_id, billable_ts, status_cd, duration_minutes, wait_time, provider=provider
+        )
 
     def set_rsvp(self, participation_id: int, rsvp: str) -> None:
         self.state.set_rsvp(participation_id, rsvp)

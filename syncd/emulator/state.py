@@ -33,6 +33,11 @@ CANCELLED: Final = "Cancelled"
 RSVP_VALUES: Final = ("Unknown", "Confirmed", "Declined")
 DELIVERY_CODES: Final = ("E", "S", "N")
 BILLABLE_STATUS_CODES: Final = ("BILL", "SVCO", "DUPL", "COMP")
+#: ReportableMeetingProvider values; "the last one used" when a meeting switched.
+MEETING_PROVIDERS: Final = ("Zoom", "One-Click", "VSee")
+#: The account's CustomerId and CustomerName as History JSON reports them.
+CUSTOMER_ID: Final = 4242
+CUSTOMER_NAME: Final = "Emulated Clinic"
 
 #: What a PacketId shows the participant: these two, or the packet of that id.
 NO_DOCUMENTS: Final = -1
@@ -118,6 +123,9 @@ class ParticipantRecord:
     documents: int = NO_DOCUMENTS
     #: an invitation was sent to it: its removal then sends a cancellation
     invited: bool = False
+    #: the person behind the participation (one address at the time = one person), whose current
+    #: address History's participantEmail matches; None in a state file from before it existed
+    person_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +159,8 @@ class SessionRecord:
     wait_time: int | None = None
     scheduled_by_user_id: int | None = API_SCHEDULER_ID
     created_at: datetime | None = None
+    #: ReportableMeetingProvider: the video platform last used
+    meeting_provider: str = "Zoom"
     #: the ScheduleType a cancel replaced: what a session that had connected still reports
     type_before_cancel: str | None = None
 
@@ -254,8 +264,10 @@ def history_json(session: SessionRecord) -> JsonObject:
         "UserId": session.user_id,
         # The real description lists host and participant names; ours must not carry names.
         "UsageDescription": f"Session #{session.session_id}",
+        "CustomerId": CUSTOMER_ID,
+        "CustomerName": CUSTOMER_NAME,
         "ScheduledByUserId": session.scheduled_by_user_id,
-        "ReportableMeetingProvider": "Zoom",
+        "ReportableMeetingProvider": session.meeting_provider,
     }
 
 
@@ -391,6 +403,9 @@ class EmulatorState:
         self._sessions: dict[int, SessionRecord] = {}
         self._by_external_session_id: dict[str, list[int]] = {}
         self._session_of_participation: dict[int, int] = {}
+        #: person id -> the address that person has now (History's participantEmail)
+        self._people: dict[int, str] = {}
+        self._next_person_id = 1
         # Ids keep growing across reset() so a client cache from before a reset cannot alias.
         self._next_session_id = _FIRST_SESSION_ID
         self._next_participation_id = _FIRST_PARTICIPATION_ID
@@ -531,7 +546,7 @@ class EmulatorState:
                     continue
                 if host_id is not None and s.user_id != host_id:
                     continue
-                if participant_email is not None and not _has_email(s, participant_email):
+                if participant_email is not None and not self._has_person(s, participant_email):
                     continue
                 found.append(history_json(s))
             return found
@@ -732,6 +747,9 @@ class EmulatorState:
             _check_delivery(updated.should_auto_deliver_code, updated.email, updated.sms)
             _check_deposit(updated.svc_id, updated.deposit_required)
             session.participants[index] = updated
+            if updated.person_id is not None and updated.email != current.email:
+                # The person now has this address; their earlier sessions keep the old one.
+                self._people[updated.person_id] = updated.email
             if _address_changed(current, updated):
                 self._invite(session, updated)
             return session_json(session)
@@ -847,15 +865,21 @@ class EmulatorState:
         status_cd: str | None = "BILL",
         duration_minutes: int | None = None,
         wait_time: int | None = None,
+        provider: str | None = None,
     ) -> None:
+        """``provider``: the ReportableMeetingProvider; None keeps the session's."""
         if status_cd is not None and status_cd not in BILLABLE_STATUS_CODES:
             raise ValueError(f"unknown BillableStatusCd {status_cd!r}")
+        if provider is not None and provider not in MEETING_PROVIDERS:
+            raise ValueError(f"unknown ReportableMeetingProvider {provider!r}")
         with self._lock:
             session = self._session(session_id)
             session.billable_ts = None if billable_ts is None else _naive_utc(billable_ts)
             session.billable_status_cd = status_cd
             session.duration_minutes = duration_minutes
             session.wait_time = wait_time
+            if provider is not None:
+                session.meeting_provider = provider
 
     def set_rsvp(self, participation_id: int, rsvp: str) -> None:
         with self._lock:
@@ -935,6 +959,7 @@ class EmulatorState:
             self._sessions.clear()
             self._by_external_session_id.clear()
             self._session_of_participation.clear()
+            self._people.clear()
             self._hosts.clear()
             self._departed.clear()
             for host in self._initial_hosts:
@@ -1031,8 +1056,34 @@ class EmulatorState:
     def _attach(self, session: SessionRecord, participant: ParticipantRecord) -> None:
         participant.participation_id = self._next_participation_id
         self._next_participation_id += 1
+        if participant.person_id is None:
+            participant.person_id = self._person_with(participant.email)
         session.participants.append(participant)
         self._session_of_participation[participant.participation_id] = session.session_id
+
+    def _person_with(self, email: str) -> int:
+        """The person who now has this address, or a new one (a guest without one is new)."""
+        wanted = email.strip().casefold()
+        if wanted:
+            for person_id, current in self._people.items():
+                if current.strip().casefold() == wanted:
+                    return person_id
+        person_id = self._next_person_id
+        self._next_person_id += 1
+        self._people[person_id] = email
+        return person_id
+
+    def _has_person(self, session: SessionRecord, email: str) -> bool:
+        """History's participantEmail: a participant who *now* has the address, whatever address
+        they had in this session."""
+        wanted = email.strip().casefold()
+        people = {pid for pid, now in self._people.items() if now.strip().casefold() == wanted}
+        return any(
+            p.person_id in people
+            if p.person_id is not None
+            else p.email.strip().casefold() == wanted
+            for p in session.participants
+        )
 
     def _connect_code(self) -> int:
         return self._rng.randint(100_000_000, 999_999_999)

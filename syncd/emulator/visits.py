@@ -7,14 +7,17 @@ visit happen, then watch ``syncd outcomes`` and ``syncd history`` pick it up:
 * every participant (the host first) gets a ``ConnectionTs``;
 * ``BillableTs`` is the second connection ("connected by two people"), ``BillableStatusCd``
   ``BILL``; once set it never changes, as the Session JSON article says;
-* ``DurationMinutes`` and ``WaitTime`` are set as History JSON describes them (WaitTime: the
-  minutes before BillableTs), so the session appears in ``GET /history`` for its billable month.
+* ``DurationMinutes`` and ``WaitTime`` are set as History JSON describes them for the platform
+  (``ReportableMeetingProvider``, default Zoom): on Zoom and One-Click the minutes the session was
+  active, WaitTime the minutes before BillableTs; on VSee only the minutes the host was connected
+  to a participant, WaitTime 0.  The session appears in ``GET /history`` for its billable month.
 
 Also here: ``GET``/``DELETE /emulator/notices``, the notices SecureVideo sent (``notices.py``).
 
 Over HTTP: ``POST /emulator/visit/{SessionId}`` or ``POST /emulator/visit/0?externalSessionId=X``
 with the API's credentials and an optional JSON body
-``{"StartTs": "2027-02-10T14:00:00", "DurationMinutes": 25, "WaitTime": 2}``.
+``{"StartTs": "2027-02-10T14:00:00", "DurationMinutes": 25, "WaitTime": 2,
+"ReportableMeetingProvider": "VSee"}``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, Final
 
 from syncd.emulator.notices import notices_json
 from syncd.emulator.state import (
+    MEETING_PROVIDERS,
     EmulatorState,
     InvalidRequestError,
     JsonObject,
@@ -47,10 +51,13 @@ def simulate_visit(
     start: datetime | None = None,
     duration_minutes: int = DEFAULT_DURATION_MINUTES,
     wait_minutes: int = DEFAULT_WAIT_MINUTES,
+    provider: str = "Zoom",
 ) -> JsonObject:
     """The visit of ``session_id``: the host connects at ``start`` (default: ``duration_minutes``
     before the emulator's now, a visit that has just ended), each guest ``wait_minutes`` later.
     Returns the session's JSON.  A cancelled session cannot be visited."""
+    if provider not in MEETING_PROVIDERS:
+        raise InvalidRequestError("ReportableMeetingProvider must be Zoom, One-Click or VSee")
     if duration_minutes < 0 or wait_minutes < 0:
         raise InvalidRequestError("DurationMinutes and WaitTime must not be negative")
     if wait_minutes > duration_minutes:
@@ -69,12 +76,14 @@ def simulate_visit(
         )
     # BillableTs and its status stay as first set; the minutes are the visit's.
     visited = state.session(session_id)
+    vsee = provider == "VSee"  # VSee counts only the host's minutes with a participant
     state.set_billing(
         session_id,
         visited.billable_ts,
         visited.billable_status_cd or "BILL",
-        duration_minutes=duration_minutes,
-        wait_time=wait_minutes,
+        duration_minutes=duration_minutes - wait_minutes if vsee else duration_minutes,
+        wait_time=0 if vsee else wait_minutes,
+        provider=provider,
     )
     return session_json(state.session(session_id))
 
@@ -107,6 +116,7 @@ def admin_request(
         start=None if start is None else parse_timestamp(start, "StartTs"),
         duration_minutes=_minutes(options, "DurationMinutes", DEFAULT_DURATION_MINUTES),
         wait_minutes=_minutes(options, "WaitTime", DEFAULT_WAIT_MINUTES),
+        provider=str(options.get("ReportableMeetingProvider") or "Zoom"),
     )
 
 

@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Final, Protocol
 
+from syncd.ports.links import LinkRepository
 from syncd.ports.records import (
     AppointmentRecord,
     BookedAppointment,
@@ -454,6 +455,9 @@ class LedgerTransaction(Protocol):
 
     @property
     def visits(self) -> VisitRepository: ...
+
+    @property
+    def links(self) -> LinkRepository: ...
 
 
 class Ledger(Protocol):

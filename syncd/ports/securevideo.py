@@ -52,8 +52,10 @@ class HistoryRecord:
     schedule_type: str | None = None
     #: the host's SecureVideo user id
     user_id: int | None = None
-    #: -1 when the session was scheduled through the API
+    #: -1 when the session was scheduled through the API; None when no scheduler was involved
     scheduled_by_user_id: int | None = None
+    #: "Zoom", "One-Click" or "VSee" (the last one used); it decides what DurationMinutes counts
+    reportable_meeting_provider: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

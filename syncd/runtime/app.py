@@ -34,6 +34,7 @@ from syncd.runtime.health_http import maybe_serve_health
 from syncd.runtime.settings import Settings
 from syncd.sync.execute import Checkpoint, no_checkpoint
 from syncd.sync.lease import LeaderLease
+from syncd.sync.links import LinkPublisher, Links, read_links
 from syncd.sync.passes import Synchronizer, SyncOptions
 from syncd.sync.visits import OutcomeCollector, OutcomeJob
 
@@ -75,6 +76,27 @@ class App:
     def outcome_collector(self) -> OutcomeCollector:
         """Visit outcomes from SecureVideo into the ledger; stops with the app."""
         return OutcomeCollector(ledger=self.ledger, gateway=self.gateway, stop=self.stop)
+
+    def link_publisher(self) -> LinkPublisher:
+        """The ledger's ``join_link`` rows, refreshed after each outcome collection."""
+        links = self.settings.links
+        return LinkPublisher(
+            ledger=self.ledger,
+            gateway=self.gateway,
+            enabled=links.enabled,
+            keep_after=timedelta(minutes=links.keep_after_minutes),
+        )
+
+    def links(self, appointment_id: str) -> Links:
+        """``syncd links``: the appointment's guests and their join URLs, read now."""
+        return read_links(
+            ledger=self.ledger,
+            outbox=self.outbox,
+            reading=self.synchronizer.options.reading,
+            gateway=self.gateway,
+            fingerprints=self.fingerprints,
+            appointment_id=appointment_id,
+        )
 
     def close(self) -> None:
         self.synchronizer.close()
@@ -360,6 +382,7 @@ def open_daemon(
         classify=classify,
         # A standby instance leaves the collecting to the lease holder, as it does the passes.
         should_run=lambda: not health.standby,
+        after=app.link_publisher().publish,
     )
     health.attach(probes_of(app))
     return Daemon(app=app, health=health, runner=runner, outcomes=outcomes)

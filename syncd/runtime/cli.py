@@ -103,6 +103,7 @@ def cmd_outcomes(args: argparse.Namespace, wiring: Wiring) -> int:
     settings = _settings(report=True)
     with build_app(settings, wiring=wiring) as app:
         report = app.outcome_collector().collect()
+        links = app.link_publisher().publish()
     print(
         f"outcomes: {report.targets} managed session(s) not final; read {report.hosts_read} "
         f"host(s) ({report.host_failures} failed) and history {report.history_reads} time(s); "
@@ -110,13 +111,45 @@ def cmd_outcomes(args: argparse.Namespace, wiring: Wiring) -> int:
         f"changed, {report.finalized} final"
         + ("; history could not be read" if report.history_failed else "")
     )
-    return EXIT_OK if report.clean else EXIT_SOME_FAILED
+    if settings.links.enabled or links.removed:
+        print(
+            f"links: {links.put} written, {links.removed} removed; read {links.hosts_read} "
+            f"host(s) ({links.host_failures} failed)"
+        )
+    return EXIT_OK if report.clean and not links.host_failures else EXIT_SOME_FAILED
+
+
+def cmd_links(args: argparse.Namespace, wiring: Wiring) -> int:
+    from syncd.runtime.app import build_app
+    from syncd.sync.links import UnknownAppointmentError
+
+    appointment_id = args.appointment_id.strip()
+    if not appointment_id:
+        return _fail("links: APPOINTMENT_ID is empty")
+    settings = _settings(report=True)
+    with build_app(settings, wiring=wiring) as app:
+        try:
+            links = app.links(appointment_id)
+        except UnknownAppointmentError as exc:
+            return _fail(f"links: {exc}")
+    if links.problem is not None:
+        print(f"syncd: links: appointment {appointment_id}: {links.problem}", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    print(f"appointment {appointment_id}, session {links.session_id}:")
+    for g in links.guests:
+        index = "-" if g.index is None else str(g.index)
+        how = f"delivery {g.deliver}" if g.deliver else "         "
+        print(f"  guest {index:>2}  {g.fingerprint}  {how}  {g.url or g.problem}")
+    if links.unmanaged:
+        print(f"  ({links.unmanaged} guest(s) added in SecureVideo itself, not from the EHR)")
+    return EXIT_OK if all(g.url for g in links.guests) else EXIT_SOME_FAILED
 
 
 def cmd_history(args: argparse.Namespace, wiring: Wiring) -> int:
     from datetime import UTC, datetime
 
-    from syncd.sync.billing import PeriodError, parse_period, render, run_history, skipped_lines
+    from syncd.sync.billing import PeriodError, parse_period, run_history
+    from syncd.sync.billing_render import render, skipped_lines
 
     try:
         period = parse_period(args.month, args.start, args.end)
@@ -131,6 +164,14 @@ def cmd_history(args: argparse.Namespace, wiring: Wiring) -> int:
     sys.stdout.write(render(report, args.format))
     for line in skipped_lines(report):
         print(f"syncd: {line}", file=sys.stderr)
+    if report.api_orphans:
+        # Not a failure of the report, but something to look into: said where it is seen.
+        print(
+            f"syncd: history: ALARM: {len(report.api_orphans)} session(s) made through the API "
+            "are unknown to the ledger (another integration, or a lost ledger): "
+            + ", ".join(str(s.session_id) for s in report.api_orphans),
+            file=sys.stderr,
+        )
     return EXIT_SOME_FAILED if report.skipped else EXIT_OK
 
 
@@ -353,6 +394,14 @@ def _parser() -> argparse.ArgumentParser:
     retry.add_argument("appointment_id", nargs="?", help="The EHR appointment id.")
     retry.add_argument("--all-parked", action="store_true", help="Every parked appointment.")
     add("outcomes", cmd_outcomes, "Collect visit outcomes from SecureVideo once (see run).")
+    links = add(
+        "links",
+        cmd_links,
+        "Print the join URL of each guest of an appointment's session, read from SecureVideo now "
+        "(for guests with delivery N, whom SecureVideo sends nothing).  The URLs carry the "
+        "connect codes, which are access credentials: hand them to the guest only.",
+    )
+    links.add_argument("appointment_id", metavar="APPOINTMENT_ID", help="The EHR appointment id.")
     history = add(
         "history",
         cmd_history,

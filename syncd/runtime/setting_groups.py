@@ -31,6 +31,7 @@ from syncd.runtime.egress import check_ca_bundle_file, check_proxy_url
 __all__ = [
     "HealthSettings",
     "LedgerSettings",
+    "LinksSettings",
     "LogSettings",
     "OutboxSettings",
     "SecureVideoSettings",
@@ -383,3 +384,22 @@ class HealthSettings(_Group):
     enabled: bool = Field(default=False, description="Serve /healthz and /metrics.")
     host: str = Field(default="127.0.0.1", min_length=1, description="Address to listen on.")
     port: int = Field(default=8080, ge=1, le=65535, description="Port to listen on.")
+
+
+class LinksSettings(_Group):
+    """Join links for guests the clinic invites itself (delivery "N"): ``syncd links`` always
+    works; the ledger's ``guest_join_link`` view is filled only when enabled."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Keep each delivery-N guest's join URL (it carries the connect code, an "
+        "access credential) in the ledger's guest_join_link view while the session is active, "
+        "for the EHR to read; refreshed with the visit outcomes.",
+    )
+    keep_after_minutes: int = Field(
+        default=240,
+        ge=0,
+        le=10080,
+        description="Minutes after a session's scheduled time that its guests' links are "
+        "removed (sooner when SecureVideo no longer lists it, or it is cancelled).",
+    )

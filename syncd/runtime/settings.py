@@ -50,6 +50,7 @@ from syncd.runtime.setting_errors import (
 from syncd.runtime.setting_groups import (
     HealthSettings,
     LedgerSettings,
+    LinksSettings,
     LogSettings,
     OutboxSettings,
     SecureVideoSettings,
@@ -66,6 +67,7 @@ __all__ = [
     "SECRETS_DIR_ENV",
     "HealthSettings",
     "LedgerSettings",
+    "LinksSettings",
     "LogSettings",
     "OutboxSettings",
     "SecureVideoSettings",
@@ -135,6 +137,7 @@ class Settings(BaseSettings):
     sync: SyncSettings = Field(default_factory=SyncSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
+    links: LinksSettings = Field(default_factory=LinksSettings)
 
     _config_file: Path | None = PrivateAttr(default=None)
 

@@ -1,9 +1,15 @@
 """Billing reconciliation: ``syncd history`` matches SecureVideo's History JSON to the ledger.
 
-For a month or a date range (UTC, by BillableTs, as SecureVideo filters) the report gives the
-billable sessions per status code with their minutes and wait time, the sessions SecureVideo
-flagged ``DUPL``, the sessions with no appointment in the ledger ("orphans": made outside syncd),
-and the booked appointments of the period that never became billable (possible no-shows).
+For a month or a date range (UTC, by BillableTs, as SecureVideo filters) the report gives first
+the sessions that count towards the monthly session limit (``BILL``) with their minutes, then
+those that do not (``SVCO``, ``DUPL``, ``COMP``), per code; a record without a documented code is
+kept apart as unclassified.  Beside DurationMinutes it gives the minutes after the second
+participant connected (DurationMinutes - WaitTime), since DurationMinutes includes waiting on Zoom
+with Join Before Host and on One-Click but not on VSee, and each session's platform.  Sessions with
+no appointment in the ledger are orphans: one made through the API (``ScheduledByUserId`` -1) is an
+alarm (another integration, or a lost ledger), one scheduled by a user in SecureVideo is the
+clinic's own.  Last, the booked appointments of the period that never became billable (possible
+no-shows).
 
 No PHI: ``UsageDescription`` names the people who connected, so it is never read here; the report
 holds ids, codes, times and minutes only.  A History record that does not parse is listed by its
@@ -12,22 +18,29 @@ SessionId and left out of the totals; it never stops the report.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 from syncd.ports.ledger import BookedAppointment, Ledger
 from syncd.ports.securevideo import HistoryPage, HistoryRecord, OutcomeGateway
 
+BILL: Final = "BILL"
 DUPLICATE: Final = "DUPL"
-ORPHAN: Final = "ORPHAN"
+#: The codes History documents as not counting towards the monthly session limit, in its order.
+NOT_COUNTED_CODES: Final = ("SVCO", DUPLICATE, "COMP")
+#: No appointment in the ledger, scheduled through the API (ScheduledByUserId -1): an alarm.
+API_ORPHAN: Final = "API_ORPHAN"
+#: No appointment in the ledger, scheduled in SecureVideo by a user (or by no scheduler at all).
+CLINIC_ORPHAN: Final = "CLINIC_ORPHAN"
+#: ScheduledByUserId of a session made through the API
+API_SCHEDULER: Final = -1
 #: The status label of a record without BillableStatusCd (lower case: never one of SecureVideo's).
 NO_STATUS: Final = "unknown"
+
+Group = Literal["counted", "not_counted", "unclassified"]
 
 Format = Literal["table", "csv", "json"]
 FORMATS: Final[tuple[Format, ...]] = ("table", "csv", "json")
@@ -114,19 +127,43 @@ class SessionLine:
     wait_time: int | None
     schedule_type: str | None
     scheduled_by_user_id: int | None
-    #: DUPL (SecureVideo flagged it a duplicate) and ORPHAN (no appointment in the ledger)
+    #: ReportableMeetingProvider: "Zoom", "One-Click" or "VSee"
+    provider: str | None
+    #: DUPL (SecureVideo flagged it a duplicate), API_ORPHAN or CLINIC_ORPHAN (not in the ledger)
     flags: tuple[str, ...]
+
+    @property
+    def connected_minutes(self) -> int | None:
+        """Minutes after the second participant connected, where History gives both figures."""
+        if self.duration_minutes is None or self.wait_time is None:
+            return None
+        return max(self.duration_minutes - self.wait_time, 0)
+
+    @property
+    def group(self) -> Group:
+        return group_of(self.status)
+
+
+def group_of(status: str) -> Group:
+    if status == BILL:
+        return "counted"
+    return "not_counted" if status in NOT_COUNTED_CODES else "unclassified"
 
 
 @dataclass(frozen=True, slots=True)
 class StatusTotal:
+    #: a code, a provider, or a group's name
     status: str
     sessions: int
     minutes: int
+    #: the sum of DurationMinutes - WaitTime over the sessions that have both
+    connected_minutes: int
     wait_minutes: int
     #: sessions History gave no DurationMinutes / WaitTime for (WaitTime exists since Nov 2020)
     minutes_unknown: int
     wait_unknown: int
+    #: sessions without both, so without connected minutes
+    connected_unknown: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +184,17 @@ class Skipped:
 class HistoryReport:
     period: Period
     sessions: tuple[SessionLine, ...]
-    by_status: tuple[StatusTotal, ...]
+    #: the BILL sessions: what counts towards the monthly session limit
+    counted: StatusTotal
+    #: SVCO, DUPL and COMP, always all three and in that order
+    not_counted_by_code: tuple[StatusTotal, ...]
+    not_counted: StatusTotal
+    #: sessions without a documented code, per code seen
+    unclassified_by_code: tuple[StatusTotal, ...]
+    unclassified: StatusTotal
+    #: the counted sessions per ReportableMeetingProvider ("unknown" when not given)
+    counted_by_provider: tuple[StatusTotal, ...]
+    #: every session listed, whatever its code: History's own count, not a billing figure
     total: StatusTotal
     no_shows: tuple[NoShow, ...]
     skipped: tuple[Skipped, ...]
@@ -155,23 +202,40 @@ class HistoryReport:
     as_of: datetime
 
     @property
+    def by_status(self) -> tuple[StatusTotal, ...]:
+        """Every code's row: counted first, then not counted, then unclassified."""
+        counted = (self.counted,) if self.counted.sessions else ()
+        return (*counted, *self.not_counted_by_code, *self.unclassified_by_code)
+
+    @property
     def duplicates(self) -> tuple[SessionLine, ...]:
         return tuple(s for s in self.sessions if DUPLICATE in s.flags)
 
     @property
-    def orphans(self) -> tuple[SessionLine, ...]:
-        return tuple(s for s in self.sessions if ORPHAN in s.flags)
+    def api_orphans(self) -> tuple[SessionLine, ...]:
+        return tuple(s for s in self.sessions if API_ORPHAN in s.flags)
+
+    @property
+    def clinic_orphans(self) -> tuple[SessionLine, ...]:
+        return tuple(s for s in self.sessions if CLINIC_ORPHAN in s.flags)
 
 
 def _total(status: str, lines: Sequence[SessionLine]) -> StatusTotal:
+    connected = [s.connected_minutes for s in lines]
     return StatusTotal(
         status=status,
         sessions=len(lines),
         minutes=sum(s.duration_minutes or 0 for s in lines),
+        connected_minutes=sum(c or 0 for c in connected),
         wait_minutes=sum(s.wait_time or 0 for s in lines),
         minutes_unknown=sum(s.duration_minutes is None for s in lines),
         wait_unknown=sum(s.wait_time is None for s in lines),
+        connected_unknown=sum(c is None for c in connected),
     )
+
+
+def _per(key: str, lines: Sequence[SessionLine], keys: Sequence[str]) -> tuple[StatusTotal, ...]:
+    return tuple(_total(k, [s for s in lines if getattr(s, key) == k]) for k in keys)
 
 
 def build_report(
@@ -190,13 +254,41 @@ def build_report(
             continue  # listed twice: count it once
         seen.add(r.session_id)
         lines.append(_line(r, appointment_of.get(r.session_id)))
-    statuses = sorted({s.status for s in lines})
-    by_status = tuple(_total(st, [s for s in lines if s.status == st]) for st in statuses)
+    counted = [s for s in lines if s.group == "counted"]
+    not_counted = [s for s in lines if s.group == "not_counted"]
+    unclassified = [s for s in lines if s.group == "unclassified"]
+    providers = sorted({s.provider or NO_STATUS for s in counted})
+    by_provider = tuple(
+        _total(p, [s for s in counted if (s.provider or NO_STATUS) == p]) for p in providers
+    )
+    return HistoryReport(
+        period=period,
+        sessions=tuple(lines),
+        counted=_total(BILL, counted),
+        not_counted_by_code=_per("status", not_counted, NOT_COUNTED_CODES),
+        not_counted=_total("not_counted", not_counted),
+        unclassified_by_code=_per("status", unclassified, sorted({s.status for s in unclassified})),
+        unclassified=_total("unclassified", unclassified),
+        counted_by_provider=by_provider,
+        total=_total("total", lines),
+        no_shows=_no_shows(period, page, lines, booked, seen, now),
+        skipped=tuple(Skipped(bad.index, bad.session_id, bad.problem) for bad in page.rejected),
+        as_of=now,
+    )
 
+
+def _no_shows(
+    period: Period,
+    page: HistoryPage,
+    lines: Sequence[SessionLine],
+    booked: Sequence[BookedAppointment],
+    seen: set[int],
+    now: datetime,
+) -> tuple[NoShow, ...]:
     billed_appointments = {s.appointment_id for s in lines if s.appointment_id is not None}
     unreadable = {bad.session_id for bad in page.rejected if bad.session_id is not None}
     until = min(period.end, now)
-    no_shows = tuple(
+    return tuple(
         NoShow(b.appointment_id, b.session_id, b.schedule_ts)
         for b in booked
         if period.start <= b.schedule_ts < until
@@ -204,16 +296,6 @@ def build_report(
         and b.session_id not in seen
         and b.session_id not in unreadable
         and b.appointment_id not in billed_appointments
-    )
-    skipped = tuple(Skipped(bad.index, bad.session_id, bad.problem) for bad in page.rejected)
-    return HistoryReport(
-        period=period,
-        sessions=tuple(lines),
-        by_status=by_status,
-        total=_total("total", lines),
-        no_shows=no_shows,
-        skipped=skipped,
-        as_of=now,
     )
 
 
@@ -223,9 +305,10 @@ def _order(r: HistoryRecord) -> tuple[datetime, int]:
 
 def _line(r: HistoryRecord, appointment_id: str | None) -> SessionLine:
     status = (r.billable_status_cd or "").strip() or NO_STATUS
+    orphan = API_ORPHAN if r.scheduled_by_user_id == API_SCHEDULER else CLINIC_ORPHAN
     flags = tuple(
         flag
-        for flag, present in ((DUPLICATE, status == DUPLICATE), (ORPHAN, appointment_id is None))
+        for flag, present in ((DUPLICATE, status == DUPLICATE), (orphan, appointment_id is None))
         if present
     )
     return SessionLine(
@@ -239,6 +322,7 @@ def _line(r: HistoryRecord, appointment_id: str | None) -> SessionLine:
         wait_time=r.wait_time,
         schedule_type=r.schedule_type,
         scheduled_by_user_id=r.scheduled_by_user_id,
+        provider=(r.reportable_meeting_provider or "").strip() or None,
         flags=flags,
     )
 
@@ -256,233 +340,3 @@ def run_history(
         appointment_of = tx.visits.appointments_of_sessions(ids)
         booked = tx.visits.booked_between(period.start, period.end)
     return build_report(period, page, appointment_of, booked, now=now)
-
-
-# --- rendering ----------------------------------------------------------------------------------
-
-
-def _ts(value: datetime | None) -> str:
-    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat(timespec="seconds")
-
-
-def _num(value: int | None) -> str:
-    return "" if value is None else str(value)
-
-
-def render(report: HistoryReport, fmt: Format) -> str:
-    if fmt == "json":
-        return render_json(report)
-    if fmt == "csv":
-        return render_csv(report)
-    return render_table(report)
-
-
-def to_json(report: HistoryReport) -> dict[str, Any]:
-    def total(t: StatusTotal) -> dict[str, Any]:
-        return {
-            "status": t.status,
-            "sessions": t.sessions,
-            "minutes": t.minutes,
-            "wait_minutes": t.wait_minutes,
-            "minutes_unknown": t.minutes_unknown,
-            "wait_unknown": t.wait_unknown,
-        }
-
-    return {
-        "period": {
-            "start": report.period.first.isoformat(),
-            "end": report.period.last.isoformat(),
-            "month": report.period.month.isoformat()[:7] if report.period.month else None,
-        },
-        "as_of": _iso(report.as_of),
-        "total": total(report.total),
-        "by_status": [total(t) for t in report.by_status],
-        "sessions": [
-            {
-                "session_id": s.session_id,
-                "appointment_id": s.appointment_id,
-                "host_user_id": s.host_user_id,
-                "schedule_ts": _iso(s.schedule_ts),
-                "billable_ts": _iso(s.billable_ts),
-                "status": s.status,
-                "duration_minutes": s.duration_minutes,
-                "wait_time": s.wait_time,
-                "schedule_type": s.schedule_type,
-                "scheduled_by_user_id": s.scheduled_by_user_id,
-                "flags": list(s.flags),
-            }
-            for s in report.sessions
-        ],
-        "duplicates": [s.session_id for s in report.duplicates],
-        "orphans": [s.session_id for s in report.orphans],
-        "possible_no_shows": [
-            {
-                "appointment_id": n.appointment_id,
-                "session_id": n.session_id,
-                "schedule_ts": _iso(n.schedule_ts),
-            }
-            for n in report.no_shows
-        ],
-        "skipped_records": [
-            {"index": k.index, "session_id": k.session_id, "problem": k.problem}
-            for k in report.skipped
-        ],
-    }
-
-
-def render_json(report: HistoryReport) -> str:
-    return json.dumps(to_json(report), indent=2) + "\n"
-
-
-CSV_COLUMNS: Final = (
-    "kind",
-    "status",
-    "sessions",
-    "minutes",
-    "wait_minutes",
-    "session_id",
-    "appointment_id",
-    "host_user_id",
-    "schedule_ts",
-    "billable_ts",
-    "flags",
-    "problem",
-)
-
-
-def render_csv(report: HistoryReport) -> str:
-    """One flat table for spreadsheets; ``kind`` says what a row is: ``session``, ``no_show``,
-    ``skipped``, ``status_total`` or ``total``."""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for s in report.sessions:
-        writer.writerow(
-            {
-                "kind": "session",
-                "status": s.status,
-                "sessions": 1,
-                "minutes": _num(s.duration_minutes),
-                "wait_minutes": _num(s.wait_time),
-                "session_id": s.session_id,
-                "appointment_id": s.appointment_id or "",
-                "host_user_id": _num(s.host_user_id),
-                "schedule_ts": _iso(s.schedule_ts) or "",
-                "billable_ts": _iso(s.billable_ts) or "",
-                "flags": ";".join(s.flags),
-            }
-        )
-    for n in report.no_shows:
-        writer.writerow(
-            {
-                "kind": "no_show",
-                "session_id": n.session_id,
-                "appointment_id": n.appointment_id,
-                "schedule_ts": _iso(n.schedule_ts),
-            }
-        )
-    for k in report.skipped:
-        writer.writerow({"kind": "skipped", "session_id": _num(k.session_id), "problem": k.problem})
-    for t in (*report.by_status, report.total):
-        writer.writerow(
-            {
-                "kind": "total" if t is report.total else "status_total",
-                "status": "" if t is report.total else t.status,
-                "sessions": t.sessions,
-                "minutes": t.minutes,
-                "wait_minutes": t.wait_minutes,
-            }
-        )
-    return out.getvalue()
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> list[str]:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def fmt(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)
-        ).rstrip()
-
-    return [fmt(headers), fmt(["-" * w for w in widths]), *(fmt(r) for r in rows)]
-
-
-def render_table(report: HistoryReport) -> str:
-    lines = [
-        f"SecureVideo history {report.period} (UTC, by billable time)",
-        "",
-    ]
-    totals = [
-        [t.status, str(t.sessions), str(t.minutes), str(t.wait_minutes)]
-        for t in (*report.by_status, report.total)
-    ]
-    lines += _table(["Status", "Sessions", "Minutes", "Wait"], totals, right={1, 2, 3})
-    missing = [
-        f"{n} session(s) without {name}"
-        for n, name in (
-            (report.total.minutes_unknown, "DurationMinutes"),
-            (report.total.wait_unknown, "WaitTime"),
-        )
-        if n
-    ]
-    if missing:
-        lines.append(f"({', '.join(missing)}: counted as 0)")
-    lines.append("")
-    if report.sessions:
-        rows = [
-            [
-                str(s.session_id),
-                s.appointment_id or "-",
-                _num(s.host_user_id),
-                _ts(s.billable_ts),
-                s.status,
-                _num(s.duration_minutes),
-                _num(s.wait_time),
-                " ".join(s.flags),
-            ]
-            for s in report.sessions
-        ]
-        headers = ["Session", "Appointment", "Host", "Billable (UTC)", "Status", "Min", "Wait"]
-        lines += _table([*headers, "Flags"], rows, right={0, 2, 5, 6})
-        lines.append("")
-    lines.append(_listing("Flagged DUPL by SecureVideo", report.duplicates))
-    lines.append(_listing("Orphans (no appointment in the ledger)", report.orphans))
-    if report.no_shows:
-        lines.append("Possible no-shows (booked in the period, never billable):")
-        rows = [[n.appointment_id, str(n.session_id), _ts(n.schedule_ts)] for n in report.no_shows]
-        lines += [
-            "  " + line for line in _table(["Appointment", "Session", "Booked (UTC)"], rows, {1})
-        ]
-    else:
-        lines.append("Possible no-shows: none")
-    if report.skipped:
-        lines.append(
-            "Skipped (unreadable records): "
-            + "; ".join(f"{_skipped_name(k)}: {k.problem}" for k in report.skipped)
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _listing(title: str, sessions: Sequence[SessionLine]) -> str:
-    if not sessions:
-        return f"{title}: none"
-    return f"{title}: " + ", ".join(
-        f"{s.session_id}" + (f" (appointment {s.appointment_id})" if s.appointment_id else "")
-        for s in sessions
-    )
-
-
-def _skipped_name(k: Skipped) -> str:
-    return f"SessionId {k.session_id}" if k.session_id is not None else f"record #{k.index + 1}"
-
-
-def skipped_lines(report: HistoryReport) -> list[str]:
-    """One line per record left out, for stderr."""
-    return [
-        f"history: skipped an unreadable record ({_skipped_name(k)}): {k.problem}"
-        for k in report.skipped
-    ]

@@ -425,18 +425,29 @@ class OutcomeJob:
         *,
         classify: Callable[[BaseException], str | None],
         should_run: Callable[[], bool] | None = None,
+        after: Callable[[], object] | None = None,
     ) -> None:
+        """``after``: run once the collection is done, even when it failed (the join links)."""
         self.collector = collector
         self.classify = classify
         self.should_run = should_run
+        self.after = after
         self.last_report: CollectionReport | None = None
 
     def __call__(self) -> None:
         structlog.contextvars.clear_contextvars()
         if self.should_run is not None and not self.should_run():
             return
+        self._guarded(self._collect)
+        if self.after is not None:
+            self._guarded(self.after)
+
+    def _collect(self) -> None:
+        self.last_report = self.collector.collect()
+
+    def _guarded(self, job: Callable[[], object]) -> None:
         try:
-            self.last_report = self.collector.collect()
+            job()
         except AuthenticationError as exc:
             log.error("credentials_rejected", component="outcomes", error=str(exc))
         except Exception as exc:  # a daemon outlives any one failed collection

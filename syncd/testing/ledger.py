@@ -28,6 +28,7 @@ from typing import Literal
 from syncd.testing.memory_appointments import MemoryAppointments, MemoryCursor
 from syncd.testing.memory_records import (
     MemoryLeases,
+    MemoryLinks,
     MemoryOperations,
     MemoryParticipants,
     MemoryVisits,
@@ -50,6 +51,7 @@ class InMemoryTransaction:
         self.participants = MemoryParticipants(work)
         self.leases = MemoryLeases(work)
         self.visits = MemoryVisits(work)
+        self.links = MemoryLinks(work)
 
 
 def _utcnow() -> datetime:

@@ -23,6 +23,7 @@ from syncd.ports.ledger import (
     ParticipantRecord,
     SessionOutcomeRecord,
 )
+from syncd.ports.links import JoinLinkRecord
 from syncd.testing.memory_tables import Lease, Work, clip, pick, utc
 
 
@@ -314,3 +315,18 @@ class MemoryVisits:
             )
         out.sort(key=lambda b: (b.schedule_ts, b.appointment_id))
         return out
+
+
+class MemoryLinks:
+    def __init__(self, work: Work) -> None:
+        self._w = work
+
+    def all(self) -> list[JoinLinkRecord]:
+        return [self._w.t.join_links[k] for k in sorted(self._w.t.join_links)]
+
+    def put(self, record: JoinLinkRecord) -> None:
+        key = (record.appointment_id, record.participant_external_id)
+        self._w.put("join_links", key, record)
+
+    def delete(self, appointment_id: str, participant_external_id: str) -> bool:
+        return self._w.drop("join_links", (appointment_id, participant_external_id))

@@ -17,6 +17,7 @@ from syncd.ports.ledger import (
     ParticipantRecord,
     SessionOutcomeRecord,
 )
+from syncd.ports.links import JoinLinkRecord
 
 _K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
@@ -46,6 +47,7 @@ class Tables:
     participant_outcomes: dict[tuple[str, str], ParticipantOutcomeRecord] = field(
         default_factory=dict
     )
+    join_links: dict[tuple[str, str], JoinLinkRecord] = field(default_factory=dict)
 
     def copy(self) -> Tables:
         return Tables(
@@ -58,6 +60,7 @@ class Tables:
             leases=dict(self.leases),
             session_outcomes=dict(self.session_outcomes),
             participant_outcomes=dict(self.participant_outcomes),
+            join_links=dict(self.join_links),
         )
 
 
@@ -68,6 +71,7 @@ TABLES = (
     "leases",
     "session_outcomes",
     "participant_outcomes",
+    "join_links",
 )
 
 

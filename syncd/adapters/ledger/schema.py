@@ -33,6 +33,7 @@ __all__ = [
     "NAMING_CONVENTION",
     "appointment_table",
     "cursor_table",
+    "join_link_table",
     "lease_table",
     "metadata",
     "operation_table",
@@ -228,6 +229,21 @@ class ParticipantOutcomeRow(Base):
     changed_at: Mapped[datetime] = mapped_column(_TIMESTAMP)
 
 
+class JoinLinkRow(Base):
+    """A guest's join URL (its connect code: a credential) while the session is active, for the
+    EHR to read through the ``guest_join_link`` view; only with ``SYNCD_LINKS__ENABLED``."""
+
+    __tablename__ = "join_link"
+    __table_args__ = (MYSQL_TABLE_OPTIONS,)
+
+    appointment_id: Mapped[str] = mapped_column(_identifier(96), primary_key=True)
+    participant_external_id: Mapped[str] = mapped_column(_identifier(64), primary_key=True)
+    session_id: Mapped[int] = mapped_column(BigInteger)
+    participation_id: Mapped[int] = mapped_column(BigInteger)
+    join_url: Mapped[str] = mapped_column(String(500))
+    changed_at: Mapped[datetime] = mapped_column(_TIMESTAMP)
+
+
 cursor_table: Final = cast(Table, SyncCursorRow.__table__)
 appointment_table: Final = cast(Table, AppointmentRow.__table__)
 operation_table: Final = cast(Table, OperationRow.__table__)
@@ -235,3 +251,4 @@ participant_table: Final = cast(Table, ParticipantRow.__table__)
 lease_table: Final = cast(Table, LeaseRow.__table__)
 session_outcome_table: Final = cast(Table, SessionOutcomeRow.__table__)
 participant_outcome_table: Final = cast(Table, ParticipantOutcomeRow.__table__)
+join_link_table: Final = cast(Table, JoinLinkRow.__table__)

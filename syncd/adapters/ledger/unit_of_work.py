@@ -11,6 +11,7 @@ from sqlalchemy import Connection, Engine
 from syncd.adapters.ledger.appointments import SqlAppointments
 from syncd.adapters.ledger.cursor import SqlCursor
 from syncd.adapters.ledger.leases import SqlLeases
+from syncd.adapters.ledger.links import SqlLinks
 from syncd.adapters.ledger.operations import SqlOperations
 from syncd.adapters.ledger.participants import SqlParticipants
 from syncd.adapters.ledger.sql import Sql
@@ -31,6 +32,7 @@ class SqlTransaction:
         "_appointments",
         "_cursor",
         "_leases",
+        "_links",
         "_operations",
         "_participants",
         "_visits",
@@ -44,6 +46,7 @@ class SqlTransaction:
         self._participants = SqlParticipants(sql)
         self._leases = SqlLeases(sql)
         self._visits = SqlVisits(sql)
+        self._links = SqlLinks(sql)
 
     @property
     def cursor(self) -> SqlCursor:
@@ -68,6 +71,10 @@ class SqlTransaction:
     @property
     def visits(self) -> SqlVisits:
         return self._visits
+
+    @property
+    def links(self) -> SqlLinks:
+        return self._links
 
 
 class SqlLedger:

@@ -66,6 +66,8 @@ from syncd.core.errors import (
     PermanentError,
     TemporaryError,
 )
+from syncd.core.redact import without_credentials
+from syncd.ports.links import GuestCode
 from syncd.ports.securevideo import HistoryPage
 
 __all__ = ["ResponseHook", "SecureVideoClient", "TlsError"]
@@ -191,6 +193,25 @@ class SecureVideoClient:
         return [
             remote_session(s, host_external_id)
             for s in self.list_sessions(host_external_id=host_external_id)
+        ]
+
+    def guest_codes(self, host_external_id: str) -> list[GuestCode]:
+        """The guests of the host's active sessions with their connect codes and Passkeys (an
+        access credential each: never logged, and never in an exception's text)."""
+        return [
+            GuestCode(
+                session_id=s.session_id,
+                schedule_ts=s.schedule_ts,
+                cancelled=s.schedule_type == "Cancelled",
+                participation_id=p.participation_id,
+                external_id=p.participant_external_id or None,
+                deliver=p.should_auto_deliver_code or "N",
+                connect_code=p.connect_code,
+                passkey=p.passkey or None,
+            )
+            for s in self.list_sessions(host_external_id=host_external_id)
+            for p in s.participants[1:]  # the first participant is the host
+            if p.connect_code
         ]
 
     def create_session(self, op: CreateSession) -> RemoteSession:
@@ -550,7 +571,8 @@ def _message_of(response: httpx.Response) -> str | None:
         return None
     if not message:
         return None
-    message = " ".join(message.split())
+    # The Message is free text: it must not carry a guest's way into a session onwards.
+    message = without_credentials(" ".join(message.split()))
     if len(message) > _MESSAGE_LIMIT:
         message = message[: _MESSAGE_LIMIT - 1] + "…"
     return message

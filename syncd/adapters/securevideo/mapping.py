@@ -104,6 +104,7 @@ def history_record(h: HistoryJson) -> HistoryRecord:
         schedule_type=h.schedule_type,
         user_id=h.user_id,
         scheduled_by_user_id=h.scheduled_by_user_id,
+        reportable_meeting_provider=h.reportable_meeting_provider or None,
     )
 
 
