@@ -236,19 +236,14 @@ class SecureVideoClient:
         self.cancel(session_id=session_id)
 
     def move_session(self, session_id: int, host_external_id: str) -> RemoteSession | None:
-        """PUT /sessionhost: the session to another host (it needs an account option).  A 403
-        here is the account's refusal, not the credentials' (every other call accepted them), so
-        it is a ``PermanentError`` like a 400; None when SecureVideo answers without a body."""
+        """PUT /sessionhost, an account option: a 403 is its refusal (like a 400), not the keys'."""
         route = self._session_route("/sessionhost", session_id, None)
         try:
             response = self._send("PUT", route, {"ExternalUserId": host_external_id})
         except AuthenticationError:
-            raise PermanentError(
-                f"PUT {route.template}: SecureVideo answered 403", status=403
-            ) from None
-        if not response.content.strip():
-            return None
-        return remote_session(self._decode(_SESSION, response, "PUT", route), host_external_id)
+            raise PermanentError(f"PUT {route.template}: answered 403", status=403) from None
+        body = response.content.strip() and self._decode(_SESSION, response, "PUT", route)
+        return remote_session(body, host_external_id) if body else None
 
     def add_participant(self, session_id: int, guest: Guest) -> RemoteSession:
         return remote_session(
