@@ -79,6 +79,12 @@ class DirectGateway:
         self.calls += 1
         self.server_side(lambda: self.state.cancel_session(session_id=session_id))
 
+    def move_session(self, session_id: int, host_external_id: str) -> RemoteSession:
+        self.calls += 1
+        body = {"ExternalUserId": host_external_id}
+        answer = self._session(lambda: self.state.change_host(body, session_id=session_id))
+        return remote_session(answer, host_external_id)
+
     def add_participant(self, session_id: int, guest: Guest) -> RemoteSession:
         self.calls += 1
         body = new_participant(guest).to_wire()

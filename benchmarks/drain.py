@@ -6,7 +6,9 @@ outbox holding N appointment changes: 70% new, 15% reschedules of already-synced
 10% cancels, 5% participant edits, spread over 20 providers.
 
 Printed per concurrency C: wall seconds of the pass (interpreter start-up excluded, reported
-apart), changes per second, mutating calls per change, read calls per pass, the physical bound
+apart), changes per second, mutating calls per change, notices per change (the e-mails and texts
+SecureVideo sends patients, as the emulator counts them: every change in this mix is one a patient
+sees, so the target is 1.0, with no repeat), read calls per pass, the physical bound
 B = mutating calls * L / C and the ratio B / wall, peak RSS of the syncd process; then the local
 cost per row at L = 0.  It asserts that the order of operations within each appointment is the
 planner's order at every C.
@@ -27,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -216,10 +218,12 @@ def measure(
         for i in range(0, len(work.changes), 5000):
             ehr.append_many(work.changes[i : i + 5000])
         emu.calls_clear()
+        emu.state.clear_notices()  # the prep's invitations are not this run's
         emu.faults.latency(latency)
         env["SYNCD_LOG__LEVEL"] = "INFO"  # pass_finished carries the pass's own duration
         run = run_once(env)
         calls = emu.calls
+        notices = emu.notices()
         in_flight_peak = emu.in_flight_peak
         ehr.dispose()
     mutating = sum(1 for c in calls if c.mutating)
@@ -240,6 +244,9 @@ def measure(
         "changes_per_s": round(len(work.changes) / pass_s, 1) if pass_s else None,
         "mutating": mutating,
         "mutating_per_change": round(mutating / len(work.changes), 3),
+        "notices_per_change": round(len(notices) / len(work.changes), 3),
+        "notices_by_kind": dict(sorted(Counter(n.kind for n in notices).items())),
+        "repeated_notices": sum(n.repeat for n in notices),
         "reads": reads,
         "in_flight_peak": in_flight_peak,
         "bound_s": round(bound, 2),

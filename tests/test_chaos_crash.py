@@ -203,6 +203,7 @@ def test_crash_sweep(tmp_path: Path, spawner: ForkServer, long_run: bool) -> Non
             open_intents = tx.operations.open_intents()
         calls = len(w.emulator.mutating_calls())
         sessions = len(w.emulator.state.sessions())
+        repeated = [n for n in w.emulator.notices() if n.repeat]
 
     output = sweep.out.read_bytes()
     ledger = b"".join(p.read_bytes() for p in sorted(tmp_path.glob("ledger.sqlite3*")))
@@ -219,6 +220,8 @@ def test_crash_sweep(tmp_path: Path, spawner: ForkServer, long_run: bool) -> Non
     assert differences == []
     assert open_intents == []
     assert killer.duplicates == []
+    # A crash never costs a patient a second notice: no reschedule was sent twice.
+    assert repeated == []
     # Every crash point was really hit, not merely configured.
     for point in (*POINTS, "random"):
         assert sweep.killed[point] > 0, f"no process died at {point}: {sweep.killed}"

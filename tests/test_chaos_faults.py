@@ -126,6 +126,7 @@ def test_lost_answers_are_resolved_and_counted(tmp_path: Path, long_run: bool) -
             parked = tx.appointments.parked()
         leftover = open_intent_ids(app)
         calls = w.emulator.mutating_calls()
+        notices = w.emulator.notices()
     events = log_events(logs.getvalue())
 
     logged = [e for e in events if e["event"] == "operation" and e["outcome"] == "ambiguous"]
@@ -138,6 +139,7 @@ def test_lost_answers_are_resolved_and_counted(tmp_path: Path, long_run: bool) -
         f"{injected['delay']} = {lost}; ambiguous logged {len(logged)}, journaled "
         f"{len(journaled)}; longest open {max(run.open_for.values(), default=0)} pass(es) after "
         f"the one it happened in; duplicates {len(watch.seen)}; differences {len(differences)}; "
+        f"{len(notices)} notices, {sum(n.repeat for n in notices)} repeated; "
         f"{time.monotonic() - started:.0f} s"
     )
     assert len(calls) >= operations
@@ -146,6 +148,8 @@ def test_lost_answers_are_resolved_and_counted(tmp_path: Path, long_run: bool) -
     assert len(logged) == lost
     assert len(journaled) == lost
     assert watch.seen == []
+    # A lost answer never costs a patient a second notice: no call was sent again blindly.
+    assert [n for n in notices if n.repeat] == []
     assert differences == []
     assert parked == [], [p.reason for p in parked]
     assert final.clean

@@ -79,7 +79,10 @@ def test_plan_prints_operations_and_changes_nothing(
     assert w.emulator.mutating_calls() == []
     assert ledger_dump(w) == before
     lines = out.splitlines()
-    assert "A1:" in lines and "A2:" in lines
+    # A1: a new e-mail (an invitation there) and a new time; A2: a new session's invitation.
+    assert "A1: 2 notices to patients" in lines and "A2: 1 notice to patients" in lines
+    assert "total: 3 notices to patients across 2 appointment(s)" in lines
+    assert any(line.strip().startswith("reschedule") and "notices=1" in line for line in lines)
     assert any("update_participant" in line and "fields=email" in line for line in lines)
     assert any(line.strip().startswith("reschedule") for line in lines)
     assert any(line.startswith("BAD: cannot apply") and "status" in line for line in lines)

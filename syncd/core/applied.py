@@ -19,6 +19,7 @@ from syncd.core.domain import (
     CancelSession,
     CreateSession,
     Guest,
+    MoveSession,
     Operation,
     RemoteParticipant,
     RemoteSession,
@@ -197,6 +198,10 @@ def applied_after(
             if applied.session_id != op.session_id:
                 return applied
             return replace(applied, session_id=None, schedule_ts=None, guests={})
+        case MoveSession():
+            if applied.session_id != op.session_id:
+                return applied
+            return replace(applied, host_external_id=op.host_external_id)
         case AddParticipant() | UpdateParticipant():
             if isinstance(op, UpdateParticipant):
                 pid: int | None = op.participation_id

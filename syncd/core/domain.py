@@ -191,6 +191,18 @@ class CancelSession:
 
 
 @dataclass(frozen=True, slots=True)
+class MoveSession:
+    """``PUT /sessionhost``: the session goes to another host; its guests keep their connect
+    codes and get no cancellation (it needs an account option a clinic may not have)."""
+
+    appointment_id: str
+    session_id: int
+    host_external_id: str
+
+    kind: ClassVar[str] = "move_host"
+
+
+@dataclass(frozen=True, slots=True)
 class AddParticipant:
     appointment_id: str
     session_id: int
@@ -229,6 +241,7 @@ Operation = (
     CreateSession
     | RescheduleSession
     | CancelSession
+    | MoveSession
     | AddParticipant
     | UpdateParticipant
     | RemoveParticipant
@@ -252,6 +265,9 @@ def describe(op: Operation, fingerprints: Fingerprints) -> dict[str, object]:
         case CancelSession():
             out["session_id"] = op.session_id
             out["reason"] = op.reason
+        case MoveSession():
+            out["session_id"] = op.session_id
+            out["host"] = op.host_external_id
         case AddParticipant():
             out["session_id"] = op.session_id
             out["participant_external_id"] = shown(op.guest.external_id)

@@ -22,6 +22,8 @@ Order of operations for one appointment, and why:
 
 1. cancel sessions that must go (status says absent, a duplicate, or the provider changed):
    cancelling before creating means a crash in between leaves zero live sessions, never two;
+   with ``move_host``, a provider change moves the session instead (``PUT /sessionhost``: the
+   patient keeps the connect code and gets no cancellation and no new invitation);
 2. remove participants (dropped guests, and the first half of a rename): frees their names, since
    SecureVideo rejects a second participant with the same name;
 3. update participants: their notices then go to the new address;
@@ -50,6 +52,7 @@ from syncd.core.domain import (
     CancelSession,
     CreateSession,
     Guest,
+    MoveSession,
     Operation,
     Presence,
     RemoteParticipant,
@@ -92,6 +95,7 @@ def plan(
     fingerprints: Fingerprints,
     managed_session_id: int | None = None,
     past_grace: timedelta = PAST_VISIT_GRACE,
+    move_host: bool = False,
 ) -> tuple[Operation, ...]:
     """The operations that bring SecureVideo to ``desired``; see :func:`plan_in_full`."""
     return plan_in_full(
@@ -102,6 +106,7 @@ def plan(
         fingerprints=fingerprints,
         managed_session_id=managed_session_id,
         past_grace=past_grace,
+        move_host=move_host,
     ).ops
 
 
@@ -114,9 +119,12 @@ def plan_in_full(
     fingerprints: Fingerprints,
     managed_session_id: int | None = None,
     past_grace: timedelta = PAST_VISIT_GRACE,
+    move_host: bool = False,
 ) -> Plan:
-    """``observed`` holds the sessions read from the hosts' lists (any host, any state); only
-    those whose ExternalSessionId matches and that are not cancelled belong to the appointment.
+    """``move_host``: a provider change may move the session to the new host rather than
+    cancel it and create another (the account allows ``PUT /sessionhost``).  ``observed``
+    holds the sessions read from the hosts' lists (any host, any state); only those whose
+    ExternalSessionId matches and that are not cancelled belong to the appointment.
     ``managed_session_id`` is the session the ledger says syncd created, preferred when
     SecureVideo shows more than one live session for the appointment.  ``applied`` None: nothing
     is on file."""
@@ -142,8 +150,18 @@ def plan_in_full(
     on_host = [s for s in live if s.host_external_id == desired.provider_external_id]
     elsewhere = [s for s in live if s.host_external_id != desired.provider_external_id]
     keep = _choose(on_host, managed_session_id)
-    ops: list[Operation] = [_cancel(desired, s, "provider-change") for s in elsewhere]
+    moved = None
+    if keep is None and move_host:
+        # Never a past or connected session: that one is left where it is, like a cancel.
+        moved = _choose([s for s in elsewhere if not is_frozen(s, now)], managed_session_id)
+    ops: list[Operation] = [
+        _cancel(desired, s, "provider-change") for s in elsewhere if s is not moved
+    ]
     ops += [_cancel(desired, s, "duplicate") for s in on_host if s is not keep]
+    if moved is not None:
+        host = desired.provider_external_id
+        ops.append(MoveSession(desired.appointment_id, moved.session_id, host))
+        keep = replace(moved, host_external_id=host)
 
     if keep is None:
         cancels, held = _held_back(ops, live, now)
@@ -250,6 +268,10 @@ def _session_changes(
             removes.append(RemoveParticipant(aid, sid, pid, guest.external_id, "rename", key))
             adds.append(AddParticipant(aid, sid, guest))
         elif changed:
+            # PUT cannot change a name, and one differing only in case is the same name: the
+            # update carries the name SecureVideo has, or it would be refused.
+            if not guest.is_securevideo_user and shown[pid].full_name:
+                guest = replace(guest, full_name=shown[pid].full_name)
             updates.append(UpdateParticipant(aid, sid, pid, guest, changed))
     for p, key in ops:
         removes.append(
@@ -263,7 +285,12 @@ def _session_changes(
         shown_ts = session.schedule_ts
         sent = desired.starts_at if shown_ts in roundings(desired.starts_at) else shown_ts
     if sent != desired.starts_at:
-        reschedule.append(RescheduleSession(aid, sid, desired.starts_at))
+        if session.schedule_ts == desired.starts_at:
+            # SecureVideo already shows it (a reschedule whose answer was lost, say): another
+            # would only send the patients the same notice again.
+            sent = desired.starts_at
+        else:
+            reschedule.append(RescheduleSession(aid, sid, desired.starts_at))
 
     removes.sort(key=_op_key)
     updates.sort(key=_op_key)

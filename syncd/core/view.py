@@ -14,6 +14,7 @@ from syncd.core.domain import (
     CancelSession,
     CreateSession,
     Guest,
+    MoveSession,
     Operation,
     RemoteParticipant,
     RemoteSession,
@@ -34,7 +35,7 @@ def after(
     sid = session_id_of(op)
     out = list(view)
     if result is not None:
-        if isinstance(op, CreateSession):
+        if isinstance(op, CreateSession | MoveSession):
             host = op.host_external_id
         else:
             host = next((s.host_external_id for s in view if s.session_id == sid), "")
@@ -42,6 +43,12 @@ def after(
         return [s for s in out if s.session_id != answered.session_id] + [answered]
     if isinstance(op, CancelSession):
         return [replace(s, schedule_type="Cancelled") if s.session_id == sid else s for s in out]
+    if isinstance(op, MoveSession):
+        # No answer to read: the session is now in the new host's list, its guests unchanged.
+        return [
+            replace(s, host_external_id=op.host_external_id) if s.session_id == sid else s
+            for s in out
+        ]
     if isinstance(op, RemoveParticipant):
         return [
             replace(

@@ -34,6 +34,7 @@ from types import FrameType, TracebackType
 from typing import Any, Final, Self, cast
 from urllib.parse import parse_qsl, unquote
 
+from syncd.emulator.notices import Notice
 from syncd.emulator.persist import StateFile
 from syncd.emulator.state import (
     DEFAULT_HOSTS,
@@ -110,6 +111,7 @@ _ASSIGNED_IDS: Final = {
     ("PUT", "participant"): "participation",
     ("DELETE", "participant"): "participation",
     ("PUT", "rsvp"): "participation",
+    ("PUT", "sessionhost"): "session",
 }
 
 
@@ -553,6 +555,14 @@ def _route_participant(
     raise _not_allowed(method)
 
 
+def _route_session_host(
+    state: EmulatorState, method: str, ident: int | None, q: dict[str, str], body: Any
+) -> _Answer:
+    if method != "PUT" or ident is None:
+        raise _not_allowed(method)
+    return _Answer(200, state.change_host(_require_body(body), **_session_ref(ident, q)))
+
+
 def _route_rsvp(
     state: EmulatorState, method: str, ident: int | None, q: dict[str, str], body: Any
 ) -> _Answer:
@@ -585,6 +595,7 @@ _ROUTES: Final[dict[str, _Route]] = {
     "user": _route_user,
     "session": _route_session,
     "participant": _route_participant,
+    "sessionhost": _route_session_host,
     "rsvp": _route_rsvp,
     "history": _route_history,
 }
@@ -917,12 +928,13 @@ class Emulator:
         passkeys: bool = False,
         refuse_cancelling_connected: bool = False,
         round_to_quarter_hours: bool = False,
+        host_change: bool = False,
     ) -> None:
         """`seed` makes generated codes reproducible; `call_log_limit` keeps only the newest
         calls, for long benchmark runs; `tls`, a server context (its certificate loaded), serves
         HTTPS instead of HTTP (see `tls_context`).  `passkeys`, `refuse_cancelling_connected` and
-        `round_to_quarter_hours` choose between readings of what the documents leave open (see
-        `EmulatorState`)."""
+        `round_to_quarter_hours` choose between readings of what the documents leave open;
+        `host_change` is the account option `PUT /sessionhost` needs (see `EmulatorState`)."""
         self.tls = tls
         self.state = EmulatorState(
             hosts,
@@ -930,6 +942,7 @@ class Emulator:
             passkeys=passkeys,
             refuse_cancelling_connected=refuse_cancelling_connected,
             round_to_quarter_hours=round_to_quarter_hours,
+            host_change=host_change,
         )
         self.faults = Faults()
         self.api_key = api_key
@@ -1084,6 +1097,10 @@ class Emulator:
         """What each guest of a session was given as PacketId, and is shown."""
         return self.state.packets(session_id)
 
+    def notices(self, session_id: int | None = None) -> list[Notice]:
+        """What SecureVideo e-mailed or texted the guests so far (kinds and ids, no content)."""
+        return self.state.notices(session_id)
+
     def live_sessions_by_external_id(self) -> dict[str, list[int]]:
         return self.state.live_sessions_by_external_id()
 
@@ -1162,6 +1179,7 @@ def serve(
     tls: ssl.SSLContext | None = None,
     state_file: Path | None = None,
     passkeys: bool = False,
+    host_change: bool = False,
 ) -> None:
     """Run an emulator in the foreground until Ctrl-C, SIGTERM or `stop` is set.
 
@@ -1169,7 +1187,8 @@ def serve(
     `state_file` keeps the account across restarts: loaded before the port opens (a
     `StateFileError` when it cannot be), written after every change and at exit.  `passkeys`:
     the account option that gives API-made guests a Passkey.  `round_to_quarter_hours`: scheduled
-    times on quarter hours (one reading of the documents).
+    times on quarter hours (one reading of the documents).  `host_change`: the account option
+    `PUT /sessionhost` needs.
     """
     emulator = Emulator(
         host,
@@ -1180,6 +1199,7 @@ def serve(
         tls=tls,
         passkeys=passkeys,
         round_to_quarter_hours=round_to_quarter_hours,
+        host_change=host_change,
     )
     saved = None if state_file is None else StateFile(state_file, emulator.state)
     if saved is not None:

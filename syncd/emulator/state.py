@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
+from syncd.emulator.notices import CANCELLATION, INVITATION, RESCHEDULE, Notice, NoticeLog
 from syncd.emulator.windows_zones import WINDOWS_ZONE_IDS
 
 JsonObject = dict[str, Any]
@@ -120,6 +121,8 @@ class ParticipantRecord:
     #: what the participant is shown: NO_DOCUMENTS, ALL_DOCUMENTS or a packet id.  A null or
     #: missing PacketId means "none" to POST /session and "all" to POST and PUT /participant.
     documents: int = NO_DOCUMENTS
+    #: an invitation was sent to it: its removal then sends a cancellation
+    invited: bool = False
     #: the person behind the participation (one address at the time = one person), whose current
     #: address History's participantEmail matches; None in a state file from before it existed
     person_id: int | None = None
@@ -375,18 +378,23 @@ class EmulatorState:
         passkeys: bool = False,
         refuse_cancelling_connected: bool = False,
         round_to_quarter_hours: bool = False,
+        host_change: bool = False,
     ) -> None:
-        """``passkeys``: the account option that makes API-created guests join with a Passkey
-        (without it every Passkey is null).  ``refuse_cancelling_connected``: what DELETE does
-        to a session that has connected is undocumented; by default it is accepted and the
-        session keeps reporting its type (see ``SessionRecord.reported_type``), with this it is
-        a 400.  ``round_to_quarter_hours``: scheduled times land on minute 0, 15, 30 or 45
-        (nearest, a half rounds up), as one edition of the docs says; unconfirmed, so tests run
-        both."""
+        """``host_change``: the account option ("External ID Label") that ``PUT /sessionhost``
+        needs; without it that request is refused with a 400.  ``passkeys``: the account option
+        that makes API-created guests join with a Passkey (without it every Passkey is null).
+        ``refuse_cancelling_connected``: what DELETE does to a session that has connected is
+        undocumented; by default it is accepted and the session keeps reporting its type (see
+        ``SessionRecord.reported_type``), with this it is a 400.  ``round_to_quarter_hours``:
+        scheduled times land on minute 0, 15, 30 or 45 (nearest, a half rounds up), as one
+        edition of the docs says; unconfirmed, so tests run both."""
         self._lock = threading.RLock()
         self._passkeys = passkeys
         self._refuse_cancelling_connected = refuse_cancelling_connected
         self.round_to_quarter_hours = round_to_quarter_hours
+        self.host_change = host_change
+        #: what SecureVideo e-mailed or texted the guests (see ``notices.py``)
+        self.notice_log = NoticeLog()
         self._initial_hosts = tuple(hosts)
         self._rng = random.Random(seed)
         self._hosts: dict[int, HostUser] = {}
@@ -600,6 +608,8 @@ class EmulatorState:
             )
             for member in members:
                 self._attach(session, member)
+            for member in session.participants[1:]:
+                self._invite(session, member)
             self._sessions[session.session_id] = session
             if session.external_session_id:
                 self._by_external_session_id.setdefault(session.external_session_id, []).append(
@@ -623,6 +633,7 @@ class EmulatorState:
                 raise InvalidRequestError(
                     f"Session {session.session_id} is cancelled and cannot be changed"
                 )
+            before = session.schedule_ts
             if request["ScheduleTs"] is None:
                 session.schedule_ts = self.now().replace(microsecond=0)
             else:
@@ -630,6 +641,8 @@ class EmulatorState:
                     parse_timestamp(request["ScheduleTs"], "ScheduleTs")
                 )
             session.schedule_type = RESCHEDULED
+            for guest in session.participants[1:]:
+                self._notify(RESCHEDULE, session, guest, repeat=session.schedule_ts == before)
             return session_json(session)
 
     def cancel_session(
@@ -646,6 +659,8 @@ class EmulatorState:
             # The session stays listed as a tombstone, as on SecureVideo.
             session.type_before_cancel = session.schedule_type
             session.schedule_type = CANCELLED
+            for guest in session.participants[1:]:
+                self._notify(CANCELLATION, session, guest)
 
     # participants
 
@@ -663,6 +678,7 @@ class EmulatorState:
             candidate = self._new_participation(body, host, absent_packet=ALL_DOCUMENTS)
             _check_joinable(candidate, host, session.participants)
             self._attach(session, candidate)
+            self._invite(session, candidate)
             return session_json(session)
 
     def update_participant(
@@ -734,6 +750,8 @@ class EmulatorState:
             if updated.person_id is not None and updated.email != current.email:
                 # The person now has this address; their earlier sessions keep the old one.
                 self._people[updated.person_id] = updated.email
+            if _address_changed(current, updated):
+                self._invite(session, updated)
             return session_json(session)
 
     def remove_participant(
@@ -754,6 +772,47 @@ class EmulatorState:
             # refusing would break a remove-then-add name change.
             removed = session.participants.pop(index)
             del self._session_of_participation[removed.participation_id]
+            if removed.invited:
+                self._notify(CANCELLATION, session, removed)
+
+    def change_host(
+        self,
+        body: Any,
+        *,
+        session_id: int | None = None,
+        external_session_id: str | None = None,
+    ) -> JsonObject:
+        """``PUT /sessionhost``: the session moves to another host user, by ``UserId`` or
+        ``ExternalUserId``.  The guests keep their participations and connect codes and are sent
+        nothing; the host participation is the new host's.  Needs the account option."""
+        with self._lock:
+            if not self.host_change:
+                raise InvalidRequestError(
+                    "Changing a session's host requires the External ID Label account option"
+                )
+            session = self._find_session(session_id, external_session_id)
+            _refuse_if_cancelled(session)
+            request = _require_object(body)
+            user_id = _optional_int(request, "UserId")
+            external_user_id = _optional_str(request, "ExternalUserId")
+            if user_id is None and external_user_id is None:
+                raise InvalidRequestError("UserId or ExternalUserId is required")
+            host = self._resolve_host(user_id, external_user_id)
+            if host.user_id == session.user_id:
+                return session_json(session)
+            if any(p.secure_video_user_id == host.user_id for p in session.participants[1:]):
+                raise InvalidRequestError(
+                    f"SecureVideoUserId {host.user_id} is a participant of the session"
+                )
+            old = session.participants[0]
+            del self._session_of_participation[old.participation_id]
+            new = self._host_participation(host)
+            new.participation_id = self._next_participation_id
+            self._next_participation_id += 1
+            session.participants[0] = new
+            self._session_of_participation[new.participation_id] = session.session_id
+            session.user_id = host.user_id
+            return session_json(session)
 
     def respond_rsvp(self, participation_id: int, body: Any) -> JsonObject:
         """PUT /rsvp: body {"RSVP": "..."} or a bare JSON string."""
@@ -847,6 +906,13 @@ class EmulatorState:
                 for p in self._session(session_id).participants[1:]
             }
 
+    def notices(self, session_id: int | None = None) -> list[Notice]:
+        """The notices sent so far (of one session, when given), oldest first."""
+        return self.notice_log.all(session_id)
+
+    def clear_notices(self) -> None:
+        self.notice_log.clear()
+
     def live_sessions_by_external_id(self) -> dict[str, list[int]]:
         """ExternalSessionId -> ids of its non-cancelled sessions; more than one is a duplicate."""
         with self._lock:
@@ -900,8 +966,26 @@ class EmulatorState:
                 self._hosts[host.user_id] = host
             self._frozen_now = None
             self._clock_offset = timedelta()
+            self.notice_log.clear()
 
     # internals (callers hold the lock)
+
+    def _notify(
+        self, kind: str, session: SessionRecord, guest: ParticipantRecord, *, repeat: bool = False
+    ) -> None:
+        self.notice_log.send(
+            kind,
+            session.session_id,
+            guest.participation_id,
+            guest.should_auto_deliver_code,
+            repeat=repeat,
+        )
+
+    def _invite(self, session: SessionRecord, guest: ParticipantRecord) -> None:
+        if self.notice_log.send(
+            INVITATION, session.session_id, guest.participation_id, guest.should_auto_deliver_code
+        ):
+            guest.invited = True
 
     def _host_of(self, session: SessionRecord) -> HostUser:
         return self._hosts.get(session.user_id) or self._departed[session.user_id]
@@ -1099,6 +1183,19 @@ class EmulatorState:
             deposit_required=deposit,
             documents=documents,
         )
+
+
+def _address_changed(before: ParticipantRecord, after: ParticipantRecord) -> bool:
+    """The address SecureVideo delivers to changed: another method, or a new e-mail (E) or
+    SMS number (S)."""
+    code = after.should_auto_deliver_code
+    if code != before.should_auto_deliver_code:
+        return True
+    if code == "E":
+        return after.email.casefold() != before.email.casefold()
+    if code == "S":
+        return after.sms != before.sms
+    return False
 
 
 def _has_email(session: SessionRecord, email: str) -> bool:

@@ -12,6 +12,8 @@ visit happen, then watch ``syncd outcomes`` and ``syncd history`` pick it up:
   active, WaitTime the minutes before BillableTs; on VSee only the minutes the host was connected
   to a participant, WaitTime 0.  The session appears in ``GET /history`` for its billable month.
 
+Also here: ``GET``/``DELETE /emulator/notices``, the notices SecureVideo sent (``notices.py``).
+
 Over HTTP: ``POST /emulator/visit/{SessionId}`` or ``POST /emulator/visit/0?externalSessionId=X``
 with the API's credentials and an optional JSON body
 ``{"StartTs": "2027-02-10T14:00:00", "DurationMinutes": 25, "WaitTime": 2,
@@ -23,6 +25,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Final
 
+from syncd.emulator.notices import notices_json
 from syncd.emulator.state import (
     MEETING_PROVIDERS,
     EmulatorState,
@@ -91,6 +94,8 @@ def admin_request(
     """An emulator control request; ``path`` is what follows :data:`ADMIN_PATH`.  Raises the
     state's ``ApiError`` subclasses, which the server answers as the API does."""
     segments = [s for s in path.lower().split("/") if s]
+    if segments == ["notices"]:
+        return _notices(state, method, query)
     if len(segments) != 2 or segments[0] != "visit":
         raise UnknownResourceError("No emulator control matches the request URI.")
     if method != "POST":
@@ -113,6 +118,22 @@ def admin_request(
         wait_minutes=_minutes(options, "WaitTime", DEFAULT_WAIT_MINUTES),
         provider=str(options.get("ReportableMeetingProvider") or "Zoom"),
     )
+
+
+def _notices(state: EmulatorState, method: str, query: dict[str, str]) -> tuple[int, Any]:
+    """``GET`` the notices sent (``?sessionId=N`` for one session), ``DELETE`` to forget them."""
+    if method == "DELETE":
+        state.clear_notices()
+        return 204, None
+    if method != "GET":
+        raise InvalidRequestError("The notices control answers GET and DELETE")
+    q = {k.lower(): v for k, v in query.items()}
+    raw = q.get("sessionid")
+    try:
+        session_id = None if raw is None else int(raw)
+    except ValueError:
+        raise InvalidRequestError("sessionId must be a whole number") from None
+    return 200, notices_json(state.notices(session_id))
 
 
 def _minutes(options: dict[str, Any], key: str, default: int) -> int:

@@ -145,6 +145,9 @@ def sync_options(settings: Settings, *, rng: random.Random | None = None) -> Syn
         session_id_prefix=settings.outbox.session_id_prefix,
         windows_zone=windows_zone_id,
         past_visit_grace=timedelta(minutes=s.past_visit_grace_minutes),
+        host_change=settings.securevideo.host_change,
+        settle_seconds=s.settle_seconds,
+        settle_bypass=timedelta(minutes=s.settle_bypass_minutes),
     )
 
 

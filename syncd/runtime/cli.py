@@ -222,14 +222,23 @@ def cmd_plan(args: argparse.Namespace, wiring: Wiring) -> int:
             print(f"{p.appointment_id}: no changes")
         else:
             pending = True
-            print(f"{p.appointment_id}:")
+            print(f"{p.appointment_id}: {_notices(p.notices)} to patients")
             for op in p.operations:
                 extra = {k: v for k, v in op.items() if k not in ("op", "appointment_id")}
                 details = " ".join(f"{k}={_plain(v)}" for k, v in extra.items())
                 print(f"  {op['op']:<20} {details}".rstrip())
     if not previews:
         print("nothing pending")
+    elif pending:
+        # What a bulk change costs patients, before it happens: counts only, never recipients.
+        touched = sum(1 for p in previews if p.notices)
+        total = sum(p.notices for p in previews)
+        print(f"total: {_notices(total)} to patients across {touched} appointment(s)")
     return 2 if (args.detailed_exitcode and pending) else EXIT_OK
+
+
+def _notices(count: int) -> str:
+    return f"{count} notice" + ("" if count == 1 else "s")
 
 
 def _plain(value: object) -> str:
@@ -342,6 +351,7 @@ def cmd_emulator(args: argparse.Namespace, wiring: Wiring) -> int:
             state_file=None if args.state_file is None else Path(args.state_file),
             passkeys=args.passkeys,
             round_to_quarter_hours=args.round_to_quarter_hours,
+            host_change=args.host_change,
         )
     except StateFileError as exc:
         return _fail(f"emulator: --state-file {exc}")
@@ -438,6 +448,11 @@ def _parser() -> argparse.ArgumentParser:
         "--round-to-quarter-hours",
         action="store_true",
         help="Put scheduled times on minute 0, 15, 30 or 45 (one reading of the API documents).",
+    )
+    emu.add_argument(
+        "--host-change",
+        action="store_true",
+        help="The account option PUT /sessionhost needs: a provider change moves the session.",
     )
     return p
 

@@ -239,6 +239,13 @@ class SecureVideoSettings(_Group):
         "proxy) instead of the built-in ones, e.g. a TLS-inspecting proxy's CA; verification "
         "is always on.",
     )
+    host_change: Literal["auto", "move", "recreate"] = Field(
+        default="auto",
+        description="A provider change: 'move' the session to the new host (PUT /sessionhost: "
+        "the patient keeps the connect code and gets no cancellation; it needs an account "
+        "option), 'recreate' it (cancel and create), or 'auto': move, and once SecureVideo "
+        "refuses, recreate.",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -330,6 +337,18 @@ class SyncSettings(_Group):
         default=60,
         ge=0,
         description="No session is created for a visit that started longer ago than this.",
+    )
+    settle_seconds: int = Field(
+        default=0,
+        ge=0,
+        description="An appointment whose newest outbox row is younger than this waits, so a "
+        "burst of edits costs the patient one notice; 0 turns it off.",
+    )
+    settle_bypass_minutes: int = Field(
+        default=120,
+        ge=0,
+        description="An appointment starting within this many minutes is applied at once, "
+        "whatever the settle window.",
     )
 
 

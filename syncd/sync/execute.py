@@ -29,6 +29,7 @@ from syncd.core.domain import (
     CancelSession,
     CreateSession,
     Guest,
+    MoveSession,
     Operation,
     RemoteSession,
     RemoveParticipant,
@@ -84,6 +85,8 @@ def call(gateway: SessionGateway, op: Operation) -> RemoteSession | None:
         case CancelSession():
             gateway.cancel_session(op.session_id)
             return None
+        case MoveSession():
+            return gateway.move_session(op.session_id, op.host_external_id)
         case AddParticipant():
             return gateway.add_participant(op.session_id, op.guest)
         case UpdateParticipant():
@@ -267,6 +270,8 @@ class Executor:
                 return partial(_removed, aid, op.key)
             case CancelSession():
                 return partial(_cancelled, aid, appt.external_session_id, op.session_id, now)
+            case MoveSession():
+                return partial(_moved, aid, op, now)
             case _:
                 return _nothing
 
@@ -308,6 +313,13 @@ def _cancelled(aid: str, esid: str, session_id: int, now: datetime, tx: LedgerTr
         tx.appointments.record_applied(
             aid, external_session_id=esid, sent_schedule_ts=None, now=now
         )
+
+
+def _moved(aid: str, op: MoveSession, now: datetime, tx: LedgerTransaction) -> None:
+    # The new host's list is where the session is read from now on.
+    tx.appointments.set_session(
+        aid, session_id=op.session_id, host_external_id=op.host_external_id, now=now
+    )
 
 
 def _nothing(_tx: LedgerTransaction) -> None:

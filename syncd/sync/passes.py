@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from zoneinfo import ZoneInfo
 
@@ -25,6 +25,7 @@ from syncd.core.fingerprint import Fingerprints
 from syncd.core.planner import PAST_VISIT_GRACE
 from syncd.core.retry import RetryPolicy
 from syncd.core.rows import WindowsZone
+from syncd.core.settle import settle_until
 from syncd.ports.clock import Clock, SystemClock
 from syncd.ports.ledger import AppointmentRecord, Ledger, OutboxRewind, ParticipantRecord
 from syncd.ports.outbox import OutboxRow, OutboxSource
@@ -32,6 +33,7 @@ from syncd.ports.securevideo import SessionGateway
 from syncd.sync.applied import applied_of
 from syncd.sync.book import AppointmentBook
 from syncd.sync.execute import Checkpoint, Executor, ledger_fingerprints, no_checkpoint
+from syncd.sync.host_change import HostChange, HostChangeMode
 from syncd.sync.hosts import HostSessions, hosts_of
 from syncd.sync.ingest import Ingest
 from syncd.sync.load import RowReading, Work, load
@@ -59,6 +61,12 @@ class SyncOptions:
     progress_log_interval_seconds: float = 10.0
     #: no session is created for a visit that started longer ago than this
     past_visit_grace: timedelta = PAST_VISIT_GRACE
+    #: a provider change: "auto" (move, else cancel + create), "move" or "recreate"
+    host_change: HostChangeMode = "auto"
+    #: an appointment whose newest outbox row is younger than this waits (0: never)
+    settle_seconds: int = 0
+    #: ... unless it starts within this
+    settle_bypass: timedelta = timedelta(minutes=120)
 
     @property
     def reading(self) -> RowReading:
@@ -103,6 +111,7 @@ class Synchronizer:
         )
         self.fingerprints = fingerprints or ledger_fingerprints(ledger)
         self._book = AppointmentBook(ledger, self.clock)
+        self.host_change = HostChange(options.host_change)
         self._reconciler = Reconciler(
             book=self._book,
             executor=Executor(
@@ -116,6 +125,7 @@ class Synchronizer:
             past_visit_grace=options.past_visit_grace,
             wait=wait,
             outage=outage,
+            host_change=self.host_change,
         )
         self._progress = ProgressLog(self.clock, options.progress_log_interval_seconds)
 
@@ -260,11 +270,13 @@ class Synchronizer:
         now = self.clock.now()
 
         digests: dict[int, str] = {}
+        written: dict[int, datetime] = {}
 
         def seen(row: OutboxRow) -> None:
             digests[row.event_id] = self._ingest.digest(row)
             created = self.options.reading.created_at(row)
             if created is not None:
+                written[row.event_id] = created
                 report.saw_lag((now - created).total_seconds())
 
         work, bad = load(batch, self.outbox, self.options.reading, on_row=seen)
@@ -285,7 +297,35 @@ class Synchronizer:
                 field_name=b.field,
             )
             report.count(Disposition.PARKED)
-        return work
+        return self._settled(work, written, report)
+
+    def _settled(
+        self, work: list[Work], written: dict[int, datetime], report: PassReport
+    ) -> list[Work]:
+        """The work less the appointments inside the settle window, which wait till it ends."""
+        window = timedelta(seconds=self.options.settle_seconds)
+        if window <= timedelta(0):
+            return work
+        now = self.clock.now()
+        ready: list[Work] = []
+        for record, appt in work:
+            until = settle_until(
+                written.get(record.last_event_id),
+                appt.starts_at,
+                now,
+                window=window,
+                bypass=self.options.settle_bypass,
+            )
+            if until is None:
+                ready.append((record, appt))
+                continue
+            reason = (
+                f"appointment {appt.appointment_id}: settling: its newest outbox row is under "
+                f"{self.options.settle_seconds} s old"
+            )
+            self._book.deferred(appt, record.attempts, until, reason)
+            report.count(Disposition.SETTLING)
+        return ready
 
     def preview(self) -> list[Preview]:
         """What a pass would do, without a mutating call or a ledger write (``syncd plan``)."""
@@ -299,4 +339,5 @@ class Synchronizer:
             reread_window=self.options.reread_window,
             fingerprints=self.fingerprints,
             past_grace=self.options.past_visit_grace,
+            move_host=self.host_change.may_move,
         )

@@ -10,6 +10,7 @@ from syncd.core.applied import kept_session_id
 from syncd.core.domain import Appointment, describe
 from syncd.core.errors import AuthenticationError, InvalidRowError, PermanentError, TemporaryError
 from syncd.core.fingerprint import Fingerprints
+from syncd.core.notices import notices_per_op
 from syncd.core.planner import plan
 from syncd.core.redact import redact
 from syncd.ports.clock import Clock
@@ -36,7 +37,9 @@ def preview(
     reread_window: int,
     fingerprints: Fingerprints,
     past_grace: timedelta,
+    move_host: bool = False,
 ) -> list[Preview]:
+    """Each appointment's operations, and how many notices each sends patients (counts only)."""
     todo, records, participants = _pending(ledger, outbox, clock, batch_size, reread_window)
     rows = rows_of(outbox, list(todo.values()))
     previews: list[Preview] = []
@@ -72,10 +75,13 @@ def preview(
             fingerprints=fingerprints,
             managed_session_id=managed,
             past_grace=past_grace,
+            move_host=move_host,
         )
-        previews.append(
-            Preview(appt.appointment_id, tuple(describe(op, fingerprints) for op in ops))
+        sent = notices_per_op(ops, observed)
+        shown = tuple(
+            describe(op, fingerprints) | {"notices": n} for op, n in zip(ops, sent, strict=True)
         )
+        previews.append(Preview(appt.appointment_id, shown, notices=sum(sent)))
     return previews
 
 

@@ -16,7 +16,14 @@ from datetime import timedelta
 import structlog
 
 from syncd.core.applied import AppliedState, applied_after, kept_session_id
-from syncd.core.domain import Appointment, CreateSession, Operation, Presence, RemoteSession
+from syncd.core.domain import (
+    Appointment,
+    CreateSession,
+    MoveSession,
+    Operation,
+    Presence,
+    RemoteSession,
+)
 from syncd.core.errors import (
     AmbiguousError,
     AuthenticationError,
@@ -33,6 +40,7 @@ from syncd.ports.clock import Clock
 from syncd.ports.ledger import AppointmentRecord
 from syncd.sync.book import AppointmentBook, Write
 from syncd.sync.execute import Executor
+from syncd.sync.host_change import HostChange
 from syncd.sync.hosts import HostSessions, hosts_of
 from syncd.sync.report import Disposition, PassReport
 
@@ -117,8 +125,10 @@ class Reconciler:
         past_visit_grace: timedelta = PAST_VISIT_GRACE,
         wait: Callable[[float], bool] | None = None,
         outage: Callable[[], bool] | None = None,
+        host_change: HostChange | None = None,
     ) -> None:
-        """``wait(seconds)`` waits out a back-off and says whether a shutdown ended it (default:
+        """``host_change``: whether a provider change moves the session (default: never).
+        ``wait(seconds)`` waits out a back-off and says whether a shutdown ended it (default:
         ``stop.wait``; a test on a hand-moved clock moves the clock instead).  ``outage()``: True
         while SecureVideo is known to be down, when a failed appointment is left to a later pass
         at once rather than hold a worker through its back-off."""
@@ -132,6 +142,7 @@ class Reconciler:
         self._budget = retry_budget_seconds
         self._fingerprints = fingerprints
         self._grace = past_visit_grace
+        self._host_change = host_change or HostChange("recreate")
 
     def reconcile(
         self,
@@ -272,6 +283,11 @@ class Reconciler:
             except AuthenticationError as exc:
                 return scope.reject_credentials(exc)
             except PermanentError as exc:
+                if isinstance(op, MoveSession) and self._host_change.refused(exc):
+                    # The account cannot move sessions: plan again, as cancel + create.
+                    turn.rounds -= 1
+                    turn.fresh_read = True
+                    return None
                 msg = redact(exc.message, appt)
                 return self._park(
                     appt, f"appointment {appt.appointment_id}: SecureVideo refused {op.kind}: {msg}"
@@ -343,6 +359,7 @@ class Reconciler:
             fingerprints=self._fingerprints,
             managed_session_id=managed,
             past_grace=self._grace,
+            move_host=self._host_change.may_move,
         )
 
     def _back_off(self, turn: _Turn, attempts: int, exc: TemporaryError) -> Step:

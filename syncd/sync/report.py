@@ -19,6 +19,7 @@ class Disposition(StrEnum):
     RETRY = "retry"  # temporary failure: left pending for a later pass
     PARKED = "parked"  # permanent refusal or bad row: waits for a newer row or `syncd retry`
     INTERRUPTED = "interrupted"  # shutdown asked for: left pending, every result committed
+    SETTLING = "settling"  # its newest row is inside the settle window: applied once it passes
 
 
 @dataclass(slots=True)
@@ -76,3 +77,5 @@ class Preview:
     appointment_id: str
     operations: tuple[dict[str, object], ...] = ()
     problem: str | None = None
+    #: the messages SecureVideo will send patients for these operations (counts, no recipients)
+    notices: int = 0

@@ -28,6 +28,9 @@ class BlindGateway:
     def cancel_session(self, session_id: int) -> None:
         self._inner.cancel_session(session_id)
 
+    def move_session(self, session_id: int, host_external_id: str) -> RemoteSession | None:
+        return self._inner.move_session(session_id, host_external_id)
+
     def add_participant(self, session_id: int, guest: Guest) -> RemoteSession:
         return self._inner.add_participant(session_id, guest)
 

@@ -17,6 +17,7 @@ KINDS: Final = (
     "create",
     "reschedule",
     "cancel",
+    "move_host",
     "add_participant",
     "update_participant",
     "remove_participant",

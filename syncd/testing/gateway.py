@@ -67,8 +67,10 @@ class FakeSecureVideo:
     so a scripted "applied, answer lost" is either wholly applied or not at all.
     """
 
-    def __init__(self, hosts: Iterable[str] = DEFAULT_HOSTS) -> None:
+    def __init__(self, hosts: Iterable[str] = DEFAULT_HOSTS, *, host_change: bool = False) -> None:
+        """``host_change``: the account option ``PUT /sessionhost`` needs (without it a 400)."""
         self._lock = threading.RLock()
+        self.host_change = host_change
         self._hosts: dict[str, FakeHost] = {}
         self._sessions: dict[int, Session] = {}
         self._session_of_participation: dict[int, int] = {}
@@ -146,6 +148,31 @@ class FakeSecureVideo:
                 raise
             session.schedule_type = "Cancelled"
             self._after(call, session)
+
+    def move_session(self, session_id: int, host_external_id: str) -> RemoteSession:
+        with self._lock:
+            call = Call("move_host", session_id=session_id, host_external_id=host_external_id)
+            self._before(call)
+            try:
+                if not self.host_change:
+                    raise _bad_request(
+                        "Changing a session's host requires the External ID Label account option"
+                    )
+                session = self._live_session(session_id)
+                host = self._host(host_external_id)
+            except PermanentError as exc:
+                self._record_failure(call, exc)
+                raise
+            # The guests keep their participations; the host participation is the new host's.
+            del self._session_of_participation[session.participants[0].participation_id]
+            session.host = host
+            pid = self._next_participation_id
+            self._next_participation_id += 1
+            session.participants[0] = dataclasses.replace(
+                self._host_participant(host), participation_id=pid
+            )
+            self._session_of_participation[pid] = session.session_id
+            return self._after(call, session)
 
     def add_participant(self, session_id: int, guest: Guest) -> RemoteSession:
         with self._lock:

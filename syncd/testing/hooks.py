@@ -71,6 +71,11 @@ class HookedGateway:
         self.inner.cancel_session(session_id)
         self._after("cancel")
 
+    def move_session(self, session_id: int, host_external_id: str) -> RemoteSession | None:
+        result = self.inner.move_session(session_id, host_external_id)
+        self._after("move_host")
+        return result
+
     def add_participant(self, session_id: int, guest: Guest) -> RemoteSession:
         result = self.inner.add_participant(session_id, guest)
         self._after("add_participant")

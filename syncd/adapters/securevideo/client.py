@@ -83,7 +83,7 @@ _SESSION: Final = TypeAdapter(SessionJson)
 _USER: Final = TypeAdapter(UserJson | list[UserJson])
 
 _MUTATING: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_PERMANENT: Final = frozenset({400, 404, 409, 410, 422})
+_PERMANENT: Final = frozenset({400, 404, 405, 409, 410, 422})
 # A server that fails with these may have committed the change first (an exception while sending
 # the invitation, a gateway that gave up waiting); 503 and 429 conventionally mean "not processed".
 _MAYBE_APPLIED: Final = frozenset({500, 502, 504})
@@ -234,6 +234,16 @@ class SecureVideoClient:
 
     def cancel_session(self, session_id: int) -> None:
         self.cancel(session_id=session_id)
+
+    def move_session(self, session_id: int, host_external_id: str) -> RemoteSession | None:
+        """PUT /sessionhost, an account option: a 403 is its refusal (like a 400), not the keys'."""
+        route = self._session_route("/sessionhost", session_id, None)
+        try:
+            response = self._send("PUT", route, {"ExternalUserId": host_external_id})
+        except AuthenticationError:
+            raise PermanentError(f"PUT {route.template}: answered 403", status=403) from None
+        body = response.content.strip() and self._decode(_SESSION, response, "PUT", route)
+        return remote_session(body, host_external_id) if body else None
 
     def add_participant(self, session_id: int, guest: Guest) -> RemoteSession:
         return remote_session(
