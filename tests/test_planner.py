@@ -334,6 +334,21 @@ CASES: list[Case] = [
         (RemoveParticipant("A1", 500, 12, "pat-2", "removed"),),
     ),
     (
+        "a guest claimed before a create whose answer was lost, dropped by the EHR before the "
+        "session was adopted, is removed",
+        appt(guests=(ANNA,)),
+        AppliedState(
+            external_session_id="A1",
+            host_external_id="prov-001",
+            guests={
+                g.key: replace(g, fields_known=False)
+                for g in (sent_guest(ANNA, None, FP), sent_guest(BEN, None, FP))
+            },
+        ),
+        (session(guests=(remote_of(ANNA, 11), remote_of(BEN, 12))),),
+        (RemoveParticipant("A1", 500, 12, "pat-2", "removed"),),
+    ),
+    (
         "rename is remove then add",
         appt(guests=(replace(ANNA, full_name="Anna Renamed"),)),
         SENT,
@@ -530,6 +545,18 @@ def test_what_is_adopted_becomes_applied() -> None:
     # ANNA is adopted by her ParticipantExternalId; the staff guest is not syncd's
     assert list(done.applied.guests) == [FP.participant("pat-1")]
     assert done.applied.guests[FP.participant("pat-1")] == sent_guest(ANNA, 11, FP)
+
+
+def test_a_dropped_guest_stays_applied_until_its_removal_succeeds() -> None:
+    """The plan's applied state is what a turn plans from again after a failed call: a guest it
+    forgot there would be left in the session, and off file, once its removal failed."""
+    on_file = sent((ANNA, 11), (BEN, 12))
+    shown = session(guests=(remote_of(ANNA, 11), remote_of(BEN, 12)))
+    done = plan_in_full(appt(), on_file, (shown,), now=NOW, fingerprints=FP)
+    assert done.ops == (RemoveParticipant("A1", 500, 12, "pat-2", "removed"),)
+    assert done.applied.guests == on_file.guests
+    again = plan_in_full(appt(), done.applied, (shown,), now=NOW, fingerprints=FP)
+    assert again.ops == done.ops
 
 
 def test_a_row_from_before_applied_state_compares_with_what_secure_video_shows() -> None:

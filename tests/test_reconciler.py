@@ -38,6 +38,7 @@ from syncd.sync.reconcile import MAX_ROUNDS, PassScope, Reconciler
 from syncd.sync.report import Disposition, PassReport
 from syncd.testing.clock import ManualClock
 from syncd.testing.gateway import FakeSecureVideo
+from syncd.testing.hooks import SimulatedCrash
 from syncd.testing.ledger import InMemoryLedger
 
 START = datetime(2030, 1, 8, 15, 0)
@@ -85,6 +86,19 @@ class ChecksTheIntent(FakeSecureVideo):
         self.seen = [(o.op, o.state) for o in journal]
         self.host_on_file = record.host_external_id if record else None
         return super().create_session(op)
+
+
+class DiesAfterTheFirstCreate(FakeSecureVideo):
+    """The process dies once SecureVideo made the first session, before its answer arrives."""
+
+    died = False
+
+    def create_session(self, op: CreateSession) -> RemoteSession:
+        made = super().create_session(op)
+        if not self.died:
+            self.died = True
+            raise SimulatedCrash
+        return made
 
 
 @dataclass
@@ -163,6 +177,16 @@ class Rig:
         assert record is not None
         return record
 
+    def owned(self, aid: str = "A1") -> dict[str, int | None]:
+        """The participations on file as syncd's: key -> participation id."""
+        with self.ledger.begin() as tx:
+            rows = tx.participants.of_appointments([aid])[aid]
+        return {key: r.participation_id for key, r in rows.items()}
+
+    def guests_shown(self, aid: str = "A1") -> list[str]:
+        (sid,) = self.gateway.live_by_external_session_id()[aid]
+        return sorted(p.external_id or "" for p in self.gateway.session(sid).guests)
+
     def journal(self, aid: str = "A1") -> list[tuple[str, str]]:
         with self.ledger.begin() as tx:
             return [(o.op, o.state) for o in tx.operations.of_appointment(aid)]
@@ -240,6 +264,43 @@ def test_a_create_whose_answer_is_lost_is_adopted_not_sent_again(rig: Rig) -> No
     assert rig.gateway.live_by_external_session_id() == {"A1": [rig.state().session_id]}
     # The open intent was resolved by reading SecureVideo again.
     assert rig.journal() == [("create", "resolved")]
+
+
+ANNA = Guest("pat-41", full_name="Anna Canary")
+BEN = Guest("pat-52", full_name="Ben Canary")
+CLEO = Guest("pat-58", full_name="Cleo Canary")
+
+
+def test_a_guest_of_a_lost_create_that_the_ehr_drops_before_adoption_is_removed(rig: Rig) -> None:
+    """The crash sweep's C008: the create of Anna and Ben dies before its answer; when the
+    session is adopted the EHR has dropped Ben and added Cleo, whose add's answer is lost too.
+    Ben was claimed with the create's intent: he is syncd's, and goes."""
+    rig.gateway = DiesAfterTheFirstCreate()
+    with pytest.raises(SimulatedCrash):
+        rig.turn(appointment(guests=(ANNA, BEN)))
+    rig.gateway.lose_answer("add_participant")
+    assert rig.turn(appointment(event_id=2, guests=(ANNA, CLEO))) is Disposition.SYNCED
+    assert rig.guests_shown() == ["pat-41", "pat-58"]
+    fp = rig.fingerprints()
+    assert sorted(rig.owned()) == sorted(fp.participant(g.external_id) for g in (ANNA, CLEO))
+    assert None not in rig.owned().values()
+    assert rig.journal() == [
+        ("create", "resolved"),
+        ("remove_participant", "applied"),
+        ("add_participant", "resolved"),
+    ]
+
+
+def test_a_dropped_guest_whose_removal_failed_is_still_owned_and_removed(rig: Rig) -> None:
+    rig.turn(appointment(guests=(ANNA, BEN)))
+    rig.gateway.fail_next("remove_participant", TemporaryError("503 from SecureVideo"))
+    assert rig.turn(appointment(event_id=2, guests=(ANNA,))) is Disposition.SYNCED
+    assert rig.guests_shown() == ["pat-41"]
+    assert list(rig.owned()) == [rig.fingerprints().participant("pat-41")]
+    assert rig.journal()[1:] == [
+        ("remove_participant", "failed"),
+        ("remove_participant", "applied"),
+    ]
 
 
 def test_a_temporary_failure_is_retried_within_the_turn(rig: Rig) -> None:

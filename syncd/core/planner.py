@@ -180,13 +180,15 @@ def plan_in_full(
         return Plan((*cancels, create), held, applied)
 
     if applied.session_id != keep.session_id:
-        # What is on file is about another session (or none): adopt this one as it stands.
+        # What is on file is about another session (or none): adopt this one as it stands.  Claims
+        # made before a call whose answer never came (a lost create's guests) stay: they name what
+        # that call made here, which must be removed if the EHR has dropped it meanwhile.
         applied = replace(
             applied,
             session_id=keep.session_id,
             host_external_id=keep.host_external_id,
             schedule_ts=None,
-            guests={},
+            guests={k: g for k, g in applied.guests.items() if g.participation_id is None},
         )
     changes, applied = _session_changes(desired, applied, keep, fingerprints)
     kept, held = _held_back(ops + changes, live, now)
@@ -301,8 +303,9 @@ def _session_changes(
 def _owned(
     desired: Appointment, applied: AppliedState, session: RemoteSession, fp: Fingerprints
 ) -> tuple[dict[str, AppliedGuest], list[tuple[RemoteParticipant, str]]]:
-    """The owned participations by key (on file, or adopted now), and the owned participations
-    shown that the EHR no longer wants."""
+    """The owned participations by key (on file, or adopted now; those the EHR no longer wants
+    stay owned until their removal succeeds), and the owned participations shown that the EHR
+    no longer wants."""
     shown = {p.participation_id: p for p in session.guests}
     owned: dict[str, AppliedGuest] = {}
     claimed = {
@@ -320,10 +323,12 @@ def _owned(
             if made is not None:
                 claimed.add(made.participation_id)
                 dropped.append((made, key))
+                owned[key] = observed_as_applied(key, made, mine.packet_id, fp)
             continue
         if key not in wanted:
             if current is not None:
                 dropped.append((current, key))
+                owned[key] = mine
             continue
         if current is None:
             gone[key] = mine  # adopted again below if a call whose answer was lost made it anew
