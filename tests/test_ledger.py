@@ -34,6 +34,7 @@ from syncd.core.fingerprint import Fingerprints
 from syncd.ports.ledger import (
     TEXT_LIMIT,
     AppointmentRecord,
+    DriftRecord,
     LeaseHolder,
     LedgerTransaction,
     OperationRecord,
@@ -141,9 +142,11 @@ EXPECTED_COLUMNS = {
         "connection_ts",
         "changed_at",
     },
+    # what staff changed in SecureVideo: a kind's name, ids and when it was first seen
+    "drift": {"appointment_id", "kind", "session_id", "detected_at"},
 }
 #: the newest migration: a new one changes this line and adds its own up-and-down test
-HEAD = "0008_applied_state"
+HEAD = "0009_drift"
 #: the revision 0008_applied_state follows (its down_revision)
 BEFORE_0008 = "0007_outbox_row_digest"
 
@@ -431,6 +434,28 @@ def test_migration_0004_makes_one_key_and_keeps_it(fresh_ledger_url: str) -> Non
         assert "fingerprint_key" not in {
             c["name"] for c in inspect(engine).get_columns("sync_cursor")
         }
+    finally:
+        ledger.dispose()
+
+
+def test_migration_0009_adds_the_drift_table_and_drops_it(fresh_ledger_url: str) -> None:
+    ledger = SqlLedger(create_ledger_engine(fresh_ledger_url))
+    engine = ledger.engine
+    try:
+        migrate(engine, "0008_applied_state")
+        assert "drift" not in inspect(engine).get_table_names()
+        migrate(engine, "0009_drift")
+        with ledger.begin() as tx:
+            assert tx.drift.note(DriftRecord("A1", "cancelled", 9001, T1))
+        with ledger.begin() as tx:
+            assert tx.drift.current() == [DriftRecord("A1", "cancelled", 9001, T1)]
+        downgrade(engine, "0008_applied_state")
+        assert current_revision(engine) == "0008_applied_state"
+        assert "drift" not in inspect(engine).get_table_names()
+        migrate(engine)
+        assert is_at_head(engine)
+        with ledger.begin() as tx:
+            assert tx.drift.current() == []
     finally:
         ledger.dispose()
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
+from syncd.testing.memory_drift import MemoryDrift
 from syncd.testing.memory_appointments import MemoryAppointments, MemoryCursor
 from syncd.testing.memory_records import (
     MemoryLeases,
@@ -50,6 +51,7 @@ class InMemoryTransaction:
         self.participants = MemoryParticipants(work)
         self.leases = MemoryLeases(work)
         self.visits = MemoryVisits(work)
+        self.drift = MemoryDrift(work)
 
 
 def _utcnow() -> datetime:

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from syncd.ports.ledger import (
     TEXT_LIMIT,
     AppointmentRecord,
+    DriftRecord,
     LeaseHolder,
     OperationRecord,
     OutboxRewind,
@@ -46,6 +47,7 @@ class Tables:
     participant_outcomes: dict[tuple[str, str], ParticipantOutcomeRecord] = field(
         default_factory=dict
     )
+    drift: dict[tuple[str, str], DriftRecord] = field(default_factory=dict)
 
     def copy(self) -> Tables:
         return Tables(
@@ -58,6 +60,7 @@ class Tables:
             leases=dict(self.leases),
             session_outcomes=dict(self.session_outcomes),
             participant_outcomes=dict(self.participant_outcomes),
+            drift=dict(self.drift),
         )
 
 
@@ -68,6 +71,7 @@ TABLES = (
     "leases",
     "session_outcomes",
     "participant_outcomes",
+    "drift",
 )
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "NAMING_CONVENTION",
     "appointment_table",
     "cursor_table",
+    "drift_table",
     "lease_table",
     "metadata",
     "operation_table",
@@ -228,6 +229,18 @@ class ParticipantOutcomeRow(Base):
     changed_at: Mapped[datetime] = mapped_column(_TIMESTAMP)
 
 
+class DriftRow(Base):
+    """One kind of drift standing on an appointment (``syncd.core.drift``): ids and times only."""
+
+    __tablename__ = "drift"
+    __table_args__ = (MYSQL_TABLE_OPTIONS,)
+
+    appointment_id: Mapped[str] = mapped_column(_identifier(96), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    session_id: Mapped[int | None] = mapped_column(BigInteger)
+    detected_at: Mapped[datetime] = mapped_column(_TIMESTAMP)
+
+
 cursor_table: Final = cast(Table, SyncCursorRow.__table__)
 appointment_table: Final = cast(Table, AppointmentRow.__table__)
 operation_table: Final = cast(Table, OperationRow.__table__)
@@ -235,3 +248,4 @@ participant_table: Final = cast(Table, ParticipantRow.__table__)
 lease_table: Final = cast(Table, LeaseRow.__table__)
 session_outcome_table: Final = cast(Table, SessionOutcomeRow.__table__)
 participant_outcome_table: Final = cast(Table, ParticipantOutcomeRow.__table__)
+drift_table: Final = cast(Table, DriftRow.__table__)

@@ -10,6 +10,7 @@ from sqlalchemy import Connection, Engine
 
 from syncd.adapters.ledger.appointments import SqlAppointments
 from syncd.adapters.ledger.cursor import SqlCursor
+from syncd.adapters.ledger.drift import SqlDrift
 from syncd.adapters.ledger.leases import SqlLeases
 from syncd.adapters.ledger.operations import SqlOperations
 from syncd.adapters.ledger.participants import SqlParticipants
@@ -30,6 +31,7 @@ class SqlTransaction:
     __slots__ = (
         "_appointments",
         "_cursor",
+        "_drift",
         "_leases",
         "_operations",
         "_participants",
@@ -44,6 +46,7 @@ class SqlTransaction:
         self._participants = SqlParticipants(sql)
         self._leases = SqlLeases(sql)
         self._visits = SqlVisits(sql)
+        self._drift = SqlDrift(sql)
 
     @property
     def cursor(self) -> SqlCursor:
@@ -68,6 +71,10 @@ class SqlTransaction:
     @property
     def visits(self) -> SqlVisits:
         return self._visits
+
+    @property
+    def drift(self) -> SqlDrift:
+        return self._drift
 
 
 class SqlLedger:
