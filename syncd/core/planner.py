@@ -9,8 +9,9 @@ Three-way, as ``kubectl apply`` does with its last-applied configuration:
 
 - a **change** is desired versus applied: a time moved by one minute is a reschedule, whatever
   SecureVideo shows;
-- applied versus observed is **drift** (the clinic's own edits, SecureVideo's rounding): never
-  undone here;
+- applied versus observed is **drift** (the clinic's own edits, SecureVideo's rounding): undone
+  only when ``restore`` is asked (``syncd.core.drift``); otherwise kept, and a session staff
+  cancelled or removed is not created again until the EHR changes the visit's time;
 - only **owned** participations (created by syncd, or adopted by ParticipantExternalId on first
   sight) are changed or removed; every other guest, SecureVideo users included, is left alone;
 - where nothing is applied yet (a ledger from before applied state was kept, a lost answer), what
@@ -31,7 +32,7 @@ Order of operations for one appointment, and why:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -58,6 +59,7 @@ from syncd.core.domain import (
     RescheduleSession,
     UpdateParticipant,
 )
+from syncd.core.drift import SESSION_LOST, DriftKind, applied_restoring
 from syncd.core.fingerprint import Fingerprints
 
 #: ``GET /session`` lists sessions for about a day after their time; older ones vanish from view.
@@ -92,6 +94,8 @@ def plan(
     fingerprints: Fingerprints,
     managed_session_id: int | None = None,
     past_grace: timedelta = PAST_VISIT_GRACE,
+    drift: Mapping[DriftKind, int | None] | None = None,
+    restore: bool = False,
 ) -> tuple[Operation, ...]:
     """The operations that bring SecureVideo to ``desired``; see :func:`plan_in_full`."""
     return plan_in_full(
@@ -102,6 +106,8 @@ def plan(
         fingerprints=fingerprints,
         managed_session_id=managed_session_id,
         past_grace=past_grace,
+        drift=drift,
+        restore=restore,
     ).ops
 
 
@@ -114,12 +120,16 @@ def plan_in_full(
     fingerprints: Fingerprints,
     managed_session_id: int | None = None,
     past_grace: timedelta = PAST_VISIT_GRACE,
+    drift: Mapping[DriftKind, int | None] | None = None,
+    restore: bool = False,
 ) -> Plan:
     """``observed`` holds the sessions read from the hosts' lists (any host, any state); only
     those whose ExternalSessionId matches and that are not cancelled belong to the appointment.
     ``managed_session_id`` is the session the ledger says syncd created, preferred when
     SecureVideo shows more than one live session for the appointment.  ``applied`` None: nothing
-    is on file."""
+    is on file.  ``drift``: what staff changed in SecureVideo (kind → session id); ``restore``:
+    undo it, else keep it."""
+    drift = drift or {}
     applied = applied or NOTHING_APPLIED
     desired = kept_session_id(desired, applied)
     if applied.external_session_id is None:
@@ -132,6 +142,10 @@ def plan_in_full(
         ),
         key=lambda s: s.session_id,
     )
+    extra = drift.get(DriftKind.EXTRA_SESSION)
+    if extra is not None and not restore:
+        # A session staff booked under the appointment's id is theirs, kept as they made it.
+        live = [s for s in live if s.session_id != extra]
     presence = desired.presence
     if presence is Presence.LEAVE_ALONE:
         return Plan((), applied=applied)
@@ -147,6 +161,9 @@ def plan_in_full(
 
     if keep is None:
         cancels, held = _held_back(ops, live, now)
+        kept_away = _lost_session_kept(desired, applied, drift, restore=restore, now=now)
+        if kept_away is not None:
+            return Plan(cancels, (*held, kept_away), applied)
         if desired.starts_at < now - past_grace:
             late = f"{HELD}: the visit started over {_minutes(past_grace)} minutes ago: not created"
             return Plan(cancels, (*held, late), applied)
@@ -170,9 +187,33 @@ def plan_in_full(
             schedule_ts=None,
             guests={},
         )
+    if restore and drift and not is_frozen(keep, now):
+        # Planned against what SecureVideo shows, the EHR's wishes become the restoring calls.
+        applied = applied_restoring(applied, keep, fingerprints)
     changes, applied = _session_changes(desired, applied, keep, fingerprints)
     kept, held = _held_back(ops + changes, live, now)
     return Plan(kept, held, applied)
+
+
+def _lost_session_kept(
+    desired: Appointment,
+    applied: AppliedState,
+    drift: Mapping[DriftKind, int | None],
+    *,
+    restore: bool,
+    now: datetime,
+) -> str | None:
+    """Why a session staff cancelled (or that left the list) is not created again, or None when
+    it is: restoring a visit still to come, or the EHR moved the visit since syncd sent it."""
+    lost = sorted(k for k in drift if k in SESSION_LOST)
+    if not lost:
+        return None
+    what = f"{HELD}: drift: session {drift[lost[0]]} {lost[0]} in SecureVideo"
+    if restore:
+        return None if desired.starts_at > now else f"{what}; the visit time has passed"
+    if applied.schedule_ts is not None and desired.starts_at != applied.schedule_ts:
+        return None
+    return f"{what}: not created again unless the EHR changes the visit"
 
 
 def _minutes(delta: timedelta) -> int:

@@ -23,15 +23,18 @@ from syncd.adapters.ledger import migrate as migrate_schema
 from syncd.adapters.outbox import EhrDatabaseNotFoundError, OutboxReader, create_outbox_engine
 from syncd.adapters.securevideo import Egress, ResponseHook, SecureVideoClient
 from syncd.adapters.windows_zones import windows_zone_id
+from syncd.core.drift import DriftPolicy
 from syncd.core.errors import ConfigError, SyncdError
 from syncd.core.fingerprint import Fingerprints
 from syncd.core.retry import RetryPolicy
+from syncd.ports.clock import SystemClock
 from syncd.ports.securevideo import SessionGateway
 from syncd.runtime.daemon import PassRunner, open_when_available, run_daemon
 from syncd.runtime.dbhints import database_hint, explain_database_error, outbox_shape_error
-from syncd.runtime.health import HealthState, LedgerCounts, Probes
+from syncd.runtime.health import DRIFTED, HealthState, LedgerCounts, Probes
 from syncd.runtime.health_http import maybe_serve_health
 from syncd.runtime.settings import Settings
+from syncd.sync.account import AccountSessions
 from syncd.sync.execute import Checkpoint, no_checkpoint
 from syncd.sync.lease import LeaderLease
 from syncd.sync.passes import Synchronizer, SyncOptions
@@ -74,7 +77,13 @@ class App:
 
     def outcome_collector(self) -> OutcomeCollector:
         """Visit outcomes from SecureVideo into the ledger; stops with the app."""
-        return OutcomeCollector(ledger=self.ledger, gateway=self.gateway, stop=self.stop)
+        return OutcomeCollector(
+            ledger=self.ledger,
+            gateway=self.gateway,
+            stop=self.stop,
+            # the drift read: outcomes and drift together cost one read per interval
+            account=self.synchronizer.account,
+        )
 
     def close(self) -> None:
         self.synchronizer.close()
@@ -110,6 +119,7 @@ def sync_options(settings: Settings, *, rng: random.Random | None = None) -> Syn
         session_id_prefix=settings.outbox.session_id_prefix,
         windows_zone=windows_zone_id,
         past_visit_grace=timedelta(minutes=s.past_visit_grace_minutes),
+        drift=DriftPolicy(s.drift),
     )
 
 
@@ -253,6 +263,9 @@ def build_app(
         checkpoint=wiring.checkpoint,
         fingerprints=fingerprints,
         outage=outage,
+        account=AccountSessions(
+            gateway, SystemClock(), interval_seconds=settings.sync.drift_interval_seconds
+        ),
     )
     lease = None
     if wiring.lease:
@@ -371,7 +384,8 @@ def probes_of(app: App) -> Probes:
 
     def ledger_counts() -> LedgerCounts:
         with app.ledger.begin() as tx:
-            return tx.appointments.counts_by_state(), tx.appointments.oldest_pending_since()
+            counts = {**tx.appointments.counts_by_state(), DRIFTED: tx.drift.count()}
+            return counts, tx.appointments.oldest_pending_since()
 
     return Probes(
         databases=(("ledger", read_ledger), ("outbox", app.outbox.max_event_id)),

@@ -21,16 +21,25 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from syncd.core.domain import Appointment, Presence
+from syncd.core.drift import DriftPolicy
 from syncd.core.fingerprint import Fingerprints
 from syncd.core.planner import PAST_VISIT_GRACE
 from syncd.core.retry import RetryPolicy
 from syncd.core.rows import WindowsZone
 from syncd.ports.clock import Clock, SystemClock
-from syncd.ports.ledger import AppointmentRecord, Ledger, OutboxRewind, ParticipantRecord
+from syncd.ports.ledger import (
+    AppointmentRecord,
+    DriftRecord,
+    Ledger,
+    OutboxRewind,
+    ParticipantRecord,
+)
 from syncd.ports.outbox import OutboxRow, OutboxSource
 from syncd.ports.securevideo import SessionGateway
+from syncd.sync.account import AccountSessions
 from syncd.sync.applied import applied_of
 from syncd.sync.book import AppointmentBook
+from syncd.sync.drift import DriftWatch
 from syncd.sync.execute import Checkpoint, Executor, ledger_fingerprints, no_checkpoint
 from syncd.sync.hosts import HostSessions, hosts_of
 from syncd.sync.ingest import Ingest
@@ -59,6 +68,8 @@ class SyncOptions:
     progress_log_interval_seconds: float = 10.0
     #: no session is created for a visit that started longer ago than this
     past_visit_grace: timedelta = PAST_VISIT_GRACE
+    #: what is done about what staff changed in SecureVideo (``SYNCD_SYNC__DRIFT``)
+    drift: DriftPolicy = DriftPolicy.REPORT
 
     @property
     def reading(self) -> RowReading:
@@ -83,10 +94,12 @@ class Synchronizer:
         fingerprints: Fingerprints | None = None,
         wait: Callable[[float], bool] | None = None,
         outage: Callable[[], bool] | None = None,
+        account: AccountSessions | None = None,
     ) -> None:
         """``fingerprints``: how participants are shown (plan, logs, the journal), by default the
         ledger's own; ``wait``: how a back-off is waited out (default ``stop.wait``); ``outage``:
-        whether SecureVideo is known to be down (see ``Reconciler``)."""
+        whether SecureVideo is known to be down (see ``Reconciler``); ``account``: the account's
+        sessions, read once per drift interval: given, each pass ends by looking for drift."""
         self.outbox = outbox
         self.ledger = ledger
         self.gateway = gateway
@@ -116,8 +129,21 @@ class Synchronizer:
             past_visit_grace=options.past_visit_grace,
             wait=wait,
             outage=outage,
+            restore_drift=options.drift is DriftPolicy.RESTORE,
         )
         self._progress = ProgressLog(self.clock, options.progress_log_interval_seconds)
+        #: shared with the outcome collector, so the two cost one read per interval
+        self.account = account
+        self._drift = None if account is None else self._drift_watch(account)
+
+    def _drift_watch(self, account: AccountSessions) -> DriftWatch:
+        return DriftWatch(
+            ledger=self.ledger,
+            account=account,
+            clock=self.clock,
+            fingerprints=self.fingerprints,
+            policy=self.options.drift,
+        )
 
     @property
     def progress(self) -> PassProgress | None:
@@ -144,6 +170,8 @@ class Synchronizer:
                 report.ingested = self._ingest.run()
                 report.rewound = self._ingest.rewound
                 self._apply_due(scope)
+                if self._drift is not None and not scope.stopped():
+                    report.drift = self._drift.check()
             finally:
                 progress.finished = True
                 report.reads = scope.hosts.reads
@@ -230,8 +258,11 @@ class Synchronizer:
         with self.ledger.begin() as tx:
             known = tx.participants.of_appointments(ids)
             unresolved = tx.operations.with_open(ids)
+            drift = tx.drift.of_appointments(ids)
         return [
-            self._queue.submit(partial(self._reconcile, record, appt, known, scope, unresolved))
+            self._queue.submit(
+                partial(self._reconcile, record, appt, known, scope, unresolved, drift)
+            )
             for record, appt in work
         ]
 
@@ -242,6 +273,7 @@ class Synchronizer:
         known: dict[str, dict[str, ParticipantRecord]],
         scope: PassScope,
         unresolved: set[str],
+        drift: dict[str, list[DriftRecord]],
     ) -> Disposition:
         mine = known.get(appt.appointment_id, {})
         try:
@@ -251,6 +283,7 @@ class Synchronizer:
                 applied_of(record, mine),
                 scope,
                 unresolved=appt.appointment_id in unresolved,
+                drift=drift.get(appt.appointment_id, ()),
             )
         finally:
             self._progress.advance(1)
@@ -299,4 +332,5 @@ class Synchronizer:
             reread_window=self.options.reread_window,
             fingerprints=self.fingerprints,
             past_grace=self.options.past_visit_grace,
+            restore=self.options.drift is DriftPolicy.RESTORE,
         )

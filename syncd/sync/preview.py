@@ -4,16 +4,19 @@ helpers."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import timedelta
+from functools import partial
 
-from syncd.core.applied import kept_session_id
-from syncd.core.domain import Appointment, describe
+from syncd.core.applied import AppliedState, kept_session_id
+from syncd.core.domain import Appointment, Operation, RemoteSession, describe
+from syncd.core.drift import DriftKind, detect, kinds_of
 from syncd.core.errors import AuthenticationError, InvalidRowError, PermanentError, TemporaryError
 from syncd.core.fingerprint import Fingerprints
 from syncd.core.planner import plan
 from syncd.core.redact import redact
 from syncd.ports.clock import Clock
-from syncd.ports.ledger import AppointmentRecord, Ledger, ParticipantRecord
+from syncd.ports.ledger import AppointmentRecord, DriftRecord, Ledger, ParticipantRecord
 from syncd.ports.outbox import OutboxSource
 from syncd.sync.applied import applied_of
 from syncd.sync.hosts import HostSessions, hosts_of
@@ -36,8 +39,13 @@ def preview(
     reread_window: int,
     fingerprints: Fingerprints,
     past_grace: timedelta,
+    restore: bool = False,
 ) -> list[Preview]:
-    todo, records, participants = _pending(ledger, outbox, clock, batch_size, reread_window)
+    """``restore``: the drift policy is ``restore``.  Appointments with drift on file are shown
+    too; the operations that restore what staff changed carry ``drift``."""
+    todo, records, participants, drifted = _pending(
+        ledger, outbox, clock, batch_size, reread_window
+    )
     rows = rows_of(outbox, list(todo.values()))
     previews: list[Preview] = []
     parsed: list[tuple[Appointment, list[str], AppointmentRecord | None]] = []
@@ -64,7 +72,9 @@ def preview(
             continue
         applied = applied_of(record, participants.get(appt.appointment_id, {}))
         managed = record.session_id if record else None
-        ops = plan(
+        on_file = drifted.get(appt.appointment_id, ())
+        planned = partial(
+            plan,
             appt,
             applied,
             observed,
@@ -72,17 +82,54 @@ def preview(
             fingerprints=fingerprints,
             managed_session_id=managed,
             past_grace=past_grace,
+            drift=_drift_of(applied, observed, on_file, clock, fingerprints),
         )
-        previews.append(
-            Preview(appt.appointment_id, tuple(describe(op, fingerprints) for op in ops))
-        )
+        shown = _marked(planned, restore, fingerprints)
+        previews.append(Preview(appt.appointment_id, tuple(shown)))
     return previews
+
+
+def _drift_of(
+    applied: AppliedState,
+    observed: list[RemoteSession],
+    on_file: Sequence[DriftRecord],
+    clock: Clock,
+    fingerprints: Fingerprints,
+) -> dict[DriftKind, int | None]:
+    """Drift on file and what the hosts' lists show of it, as a pass's turn takes it."""
+    drift = {DriftKind(d.kind): d.session_id for d in on_file}
+    seen = detect(applied, observed, now=clock.now(), fingerprints=fingerprints)
+    return {**drift, **kinds_of(d for d in seen if d.kind is not DriftKind.SESSION_GONE)}
+
+
+def _marked(
+    planned: Callable[..., tuple[Operation, ...]], restore: bool, fingerprints: Fingerprints
+) -> list[dict[str, object]]:
+    """The operations the policy makes, and those that would restore what staff changed
+    (marked ``drift``)."""
+    kept = planned(restore=False)
+    restoring = planned(restore=True)
+    ops = restoring if restore else kept + tuple(op for op in restoring if op not in kept)
+    return [
+        describe(op, fingerprints) | ({} if op in kept else {"drift": _DRIFT[restore]})
+        for op in ops
+    ]
+
+
+#: How an operation that undoes what staff changed is marked, by policy (restore or not).
+_DRIFT = {True: "restores", False: "would-restore (SYNCD_SYNC__DRIFT=report)"}
 
 
 def _pending(
     ledger: Ledger, outbox: OutboxSource, clock: Clock, batch_size: int, reread_window: int
-) -> tuple[dict[str, int], dict[str, AppointmentRecord], dict[str, dict[str, ParticipantRecord]]]:
-    """What a pass would work on: the window's newer rows and the due appointments, by event."""
+) -> tuple[
+    dict[str, int],
+    dict[str, AppointmentRecord],
+    dict[str, dict[str, ParticipantRecord]],
+    dict[str, list[DriftRecord]],
+]:
+    """What a pass would work on: the window's newer rows and the due appointments, by event;
+    and the appointments with drift on file (what restoring them would do)."""
     with ledger.begin() as tx:
         cursor = tx.cursor.get()
     # An outbox that went back (restored): the pass re-reads it all, and its ids say nothing.
@@ -104,5 +151,10 @@ def _pending(
             r.appointment_id: r.last_event_id
             for r in tx.appointments.due(clock.now(), PREVIEW_LIMIT)
         }
-        participants = tx.participants.of_appointments(list(newer | due))
-    return {**due, **newer}, records, participants
+        drifted: dict[str, list[DriftRecord]] = {}
+        for d in tx.drift.current(PREVIEW_LIMIT):
+            drifted.setdefault(d.appointment_id, []).append(d)
+        records |= tx.appointments.get_many([a for a in drifted if a not in records])
+        on_file = {a: records[a].last_event_id for a in drifted if a in records}
+        participants = tx.participants.of_appointments(list(on_file | newer | due))
+    return {**on_file, **due, **newer}, records, participants, drifted

@@ -9,7 +9,7 @@ appointment rather than loop and message the patient.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -17,6 +17,7 @@ import structlog
 
 from syncd.core.applied import AppliedState, applied_after, kept_session_id
 from syncd.core.domain import Appointment, CreateSession, Operation, Presence, RemoteSession
+from syncd.core.drift import DriftKind, detect, kinds_of
 from syncd.core.errors import (
     AmbiguousError,
     AuthenticationError,
@@ -30,7 +31,7 @@ from syncd.core.redact import redact
 from syncd.core.retry import RetryPolicy, counts_as_failure
 from syncd.core.view import after
 from syncd.ports.clock import Clock
-from syncd.ports.ledger import AppointmentRecord
+from syncd.ports.ledger import AppointmentRecord, DriftRecord
 from syncd.sync.book import AppointmentBook, Write
 from syncd.sync.execute import Executor
 from syncd.sync.hosts import HostSessions, hosts_of
@@ -41,6 +42,8 @@ log = structlog.get_logger("syncd.engine")
 #: After this many plan → apply rounds without converging, something disagrees with the planner
 #: (an API that silently ignores a field, say): park rather than loop and spam the patient.
 MAX_ROUNDS = 3
+
+_KINDS = frozenset(k.value for k in DriftKind)
 
 
 @dataclass(slots=True)
@@ -90,6 +93,9 @@ class _Turn:
     #: what the synced appointment still tells an operator (its previous host is gone)
     note: str | None = None
     rounds: int = 0
+    #: drift on file for it (kind → session id), and what its first read shows
+    on_file: Mapping[DriftKind, int | None] = field(default_factory=dict)
+    drift: Mapping[DriftKind, int | None] | None = None
     #: a call was made: the disposition is "synced", not "unchanged"
     acted: bool = False
     progressed: set[Operation] = field(default_factory=set)
@@ -117,8 +123,10 @@ class Reconciler:
         past_visit_grace: timedelta = PAST_VISIT_GRACE,
         wait: Callable[[float], bool] | None = None,
         outage: Callable[[], bool] | None = None,
+        restore_drift: bool = False,
     ) -> None:
-        """``wait(seconds)`` waits out a back-off and says whether a shutdown ended it (default:
+        """``restore_drift``: undo what staff changed in SecureVideo (``SYNCD_SYNC__DRIFT``).
+        ``wait(seconds)`` waits out a back-off and says whether a shutdown ended it (default:
         ``stop.wait``; a test on a hand-moved clock moves the clock instead).  ``outage()``: True
         while SecureVideo is known to be down, when a failed appointment is left to a later pass
         at once rather than hold a worker through its back-off."""
@@ -132,6 +140,7 @@ class Reconciler:
         self._budget = retry_budget_seconds
         self._fingerprints = fingerprints
         self._grace = past_visit_grace
+        self._restore = restore_drift
 
     def reconcile(
         self,
@@ -141,6 +150,7 @@ class Reconciler:
         scope: PassScope,
         *,
         unresolved: bool,
+        drift: Sequence[DriftRecord] = (),
     ) -> Disposition:
         if appt.presence is Presence.LEAVE_ALONE:
             return self._book.skipped(appt, "status leaves SecureVideo alone")
@@ -155,6 +165,7 @@ class Reconciler:
             deadline=self._clock.monotonic() + self._budget,
             read_failures=record.attempts,
             call_failures=record.attempts,
+            on_file={DriftKind(d.kind): d.session_id for d in drift if d.kind in _KINDS},
         )
         while True:
             if scope.stopped():
@@ -225,6 +236,8 @@ class Reconciler:
             and all(s.is_cancelled for s in observed)
         ):
             return self._book.skipped(appt, "starts before SecureVideo's active window")
+        if turn.drift is None:
+            turn.drift = self._drift_of(turn, observed)
         planned = self._plan(turn, observed, turn.applied, turn.managed)
         turn.applied = planned.applied
         ops = planned.ops
@@ -328,6 +341,21 @@ class Reconciler:
 
         return finish
 
+    def _drift_of(
+        self, turn: _Turn, observed: list[RemoteSession]
+    ) -> Mapping[DriftKind, int | None]:
+        """Drift on file, and what this turn's first read shows of it (unless a call whose answer
+        was lost may explain the difference)."""
+        if turn.unresolved:
+            return turn.on_file
+        seen = detect(
+            turn.applied, observed, now=self._clock.now(), fingerprints=self._fingerprints
+        )
+        # Gone from a host's list is not gone from the account (the host may have left): only
+        # the account-wide read (``sync.drift``) says so.
+        seen = tuple(d for d in seen if d.kind is not DriftKind.SESSION_GONE)
+        return {**turn.on_file, **kinds_of(seen)}
+
     def _plan(
         self,
         turn: _Turn,
@@ -343,6 +371,8 @@ class Reconciler:
             fingerprints=self._fingerprints,
             managed_session_id=managed,
             past_grace=self._grace,
+            drift=turn.drift,
+            restore=self._restore,
         )
 
     def _back_off(self, turn: _Turn, attempts: int, exc: TemporaryError) -> Step:

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from syncd.testing.memory_drift import MemoryDrift
 from syncd.testing.memory_appointments import MemoryAppointments, MemoryCursor
+from syncd.testing.memory_drift import MemoryDrift
 from syncd.testing.memory_records import (
     MemoryLeases,
     MemoryOperations,

@@ -193,6 +193,10 @@ class SecureVideoClient:
             for s in self.list_sessions(host_external_id=host_external_id)
         ]
 
+    def list_account_sessions(self) -> list[RemoteSession]:
+        """``GET /session``: every host's active sessions, in one read."""
+        return [remote_session(s) for s in self.list_sessions()]
+
     def create_session(self, op: CreateSession) -> RemoteSession:
         if not op.guests:
             raise PermanentError(
