@@ -73,6 +73,8 @@ PAST_VISIT_GRACE = timedelta(minutes=60)
 
 #: Every held reason starts with this, so ``syncd status`` can list them apart from other skips.
 HELD = "held"
+#: A session staff cancelled (or that left the list) not created again starts with this.
+HELD_BY_DRIFT = f"{HELD}: drift:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +189,7 @@ def plan_in_full(
             schedule_ts=None,
             guests={},
         )
-    if restore and drift and not is_frozen(keep, now):
+    if restore and drift and desired.starts_at > now and not is_frozen(keep, now):
         # Planned against what SecureVideo shows, the EHR's wishes become the restoring calls.
         applied = applied_restoring(applied, keep, fingerprints)
     changes, applied = _session_changes(desired, applied, keep, fingerprints)
@@ -208,7 +210,7 @@ def _lost_session_kept(
     lost = sorted(k for k in drift if k in SESSION_LOST)
     if not lost:
         return None
-    what = f"{HELD}: drift: session {drift[lost[0]]} {lost[0]} in SecureVideo"
+    what = f"{HELD_BY_DRIFT} session {drift[lost[0]]} {lost[0]} in SecureVideo"
     if restore:
         return None if desired.starts_at > now else f"{what}; the visit time has passed"
     if applied.schedule_ts is not None and desired.starts_at != applied.schedule_ts:

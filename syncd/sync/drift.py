@@ -18,8 +18,16 @@ import structlog
 from syncd.core.drift import DriftPolicy, detect
 from syncd.core.errors import AuthenticationError, PermanentError, TemporaryError
 from syncd.core.fingerprint import Fingerprints
+from syncd.core.planner import HELD_BY_DRIFT
 from syncd.ports.clock import Clock
-from syncd.ports.ledger import SYNCED, AppointmentRecord, DriftRecord, Ledger, LedgerTransaction
+from syncd.ports.ledger import (
+    SKIPPED,
+    SYNCED,
+    AppointmentRecord,
+    DriftRecord,
+    Ledger,
+    LedgerTransaction,
+)
 from syncd.sync.account import AccountSessions, AccountSnapshot
 from syncd.sync.applied import applied_of
 
@@ -143,6 +151,10 @@ class DriftWatch:
 
 
 def _comparable(record: AppointmentRecord, read_at: datetime) -> bool:
-    """Synced and unchanged since the read: what syncd did after it, the read cannot show.
-    Pending ones are the pass's; held, skipped and parked ones keep what is on file."""
-    return record.state == SYNCED and record.session_id is not None and record.updated_at < read_at
+    """Synced (or held by drift a pass saw first) and unchanged since the read: what syncd did
+    after it, the read cannot show.  Pending ones are the pass's; other skips and parked ones
+    keep what is on file."""
+    settled = record.state == SYNCED or (
+        record.state == SKIPPED and (record.reason or "").startswith(HELD_BY_DRIFT)
+    )
+    return settled and record.session_id is not None and record.updated_at < read_at
