@@ -24,6 +24,9 @@ from structlog.testing import capture_logs
 
 from syncd.emulator.state import SessionRecord
 from syncd.ports.ledger import DriftRecord
+from syncd.runtime.app import probes_of
+from syncd.runtime.cli import main
+from syncd.runtime.health import HealthState
 from syncd.runtime.status import collect_status, render_status
 from syncd.sync.report import PassReport
 
@@ -273,3 +276,34 @@ def test_idle_with_no_drift_one_account_read_per_look_and_no_mutating_call(
     assert [(c.method, c.path) for c in w.emulator.calls] == [("GET", "/session")] * 3
     assert detected(logs) == []
     assert drift_on_file(w) == []
+
+
+# --- syncd plan and /metrics --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["report"], indirect=True)
+def test_plan_shows_the_restoring_call_and_the_gauge_counts_the_appointment(
+    w: World,
+    staff: Staff,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    session = booked(w)
+    staff.send("PUT", f"/session/{session.session_id}", {"ScheduleTs": "2031-03-05T16:00:00"})
+    next_look(w)
+    health = HealthState()
+    health.attach(probes_of(w.apps[-1]))
+    scraped = health.metrics_text().decode()
+    assert "syncd_drifted_appointments 1.0" in scraped
+    for key, value in w.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("SYNCD_SYNC__DRIFT", "report")
+    before = len(w.emulator.mutating_calls())
+    assert main(["plan"]) == 0
+    out = capsys.readouterr().out
+    assert "A1:" in out
+    (line,) = [x for x in out.splitlines() if "reschedule" in x]
+    assert f"session_id={session.session_id}" in line
+    assert "schedule_ts=2031-03-05T14:00:00" in line
+    assert "drift=would-restore" in line
+    assert len(w.emulator.mutating_calls()) == before  # a plan makes no call
