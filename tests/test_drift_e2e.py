@@ -185,6 +185,12 @@ def test_staff_removing_the_guest(w: World, staff: Staff, policy: str) -> None:
     session = booked(w)
     patient = session.participants[1].participation_id
     staff.send("DELETE", f"/participant/{patient}")
+    # and put their own guest in (an interpreter): never syncd's to remove or restore
+    staff.send(
+        "POST",
+        f"/participant/{session.session_id}",
+        {"ParticipantFullName": "Interpreter", "ShouldAutoDeliverCode": "N", "PacketId": -1},
+    )
     logs, before = look_and_settle(w, policy)
     if policy == "report":
         assert_reported(w, logs, "guest_removed")
@@ -192,10 +198,12 @@ def test_staff_removing_the_guest(w: World, staff: Staff, policy: str) -> None:
         w.write(row("A1", starts=T, guests=[guest(1)], topic="another topic"))
         w.run_pass()
         assert syncd_mutations(w, before) == []
-        assert len(w.live("A1")[0].participants) == 1  # the host alone
+        names = [p.full_name for p in w.live("A1")[0].participants[1:]]
+        assert names == ["Interpreter"]
     else:
         assert syncd_mutations(w, before) == [("POST", f"/participant/{session.session_id}")]
-        assert [p.external_id for p in w.live("A1")[0].participants[1:]] == ["pat-1"]
+        shown = [(p.full_name, p.external_id) for p in w.live("A1")[0].participants[1:]]
+        assert shown == [("Interpreter", None), (guest(1)["full_name"], "pat-1")]
 
 
 def test_staff_changing_the_guests_details(w: World, staff: Staff, policy: str) -> None:
