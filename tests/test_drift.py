@@ -336,3 +336,15 @@ def test_restoring_state_never_holds_the_clinics_own_guests() -> None:
         participants=(*session().participants, RemoteParticipant(71, None, full_name="Interpreter"))
     )
     assert applied_restoring(APPLIED, shown, FP).guests.keys() == APPLIED.guests.keys()
+
+
+def test_refused_credentials_on_the_account_read_are_the_passs_once(rig: Rig) -> None:
+    from syncd.core.errors import AuthenticationError
+
+    rig.book("A1", "prov-001")
+    rig.engine.run_pass()
+    rig.clock.advance(INTERVAL)
+    rig.fake.fail_next("list_account", AuthenticationError("401 (scripted)"))
+    assert rig.engine.run_pass().auth_error is not None
+    rig.clock.advance(60)
+    assert rig.engine.run_pass().auth_error is None  # said once per interval's read

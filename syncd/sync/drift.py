@@ -70,15 +70,18 @@ class DriftWatch:
         self._seen = 0
 
     def check(self) -> DriftCheck | None:
-        """None when there is no new read to look at (within the interval, or it failed)."""
+        """None when there is no new read to look at (within the interval, or it failed).
+        Raises ``AuthenticationError`` once when the interval's read was refused."""
         try:
             snapshot = self._account.current()
-        except AuthenticationError:
-            raise
-        except (TemporaryError, PermanentError) as exc:
-            if self._account.reads != self._seen:
-                self._seen = self._account.reads
-                log.warning("drift_unread", error=str(exc))
+        except (TemporaryError, PermanentError, AuthenticationError) as exc:
+            # The interval's read failed: said once, by the first pass that meets it.
+            if self._account.reads == self._seen:
+                return None
+            self._seen = self._account.reads
+            if isinstance(exc, AuthenticationError):
+                raise
+            log.warning("drift_unread", error=str(exc))
             return None
         if snapshot.number == self._seen:
             return None

@@ -22,6 +22,7 @@ import structlog
 
 from syncd.core.domain import Appointment, Presence
 from syncd.core.drift import DriftPolicy
+from syncd.core.errors import AuthenticationError
 from syncd.core.fingerprint import Fingerprints
 from syncd.core.planner import PAST_VISIT_GRACE
 from syncd.core.retry import RetryPolicy
@@ -171,7 +172,7 @@ class Synchronizer:
                 report.rewound = self._ingest.rewound
                 self._apply_due(scope)
                 if self._drift is not None and not scope.stopped():
-                    report.drift = self._drift.check()
+                    self._look_for_drift(scope)
             finally:
                 progress.finished = True
                 report.reads = scope.hosts.reads
@@ -190,6 +191,13 @@ class Synchronizer:
                     error=report.auth_error,
                 )
         return report
+
+    def _look_for_drift(self, scope: PassScope) -> None:
+        assert self._drift is not None
+        try:
+            scope.report.drift = self._drift.check()
+        except AuthenticationError as exc:
+            scope.reject_credentials(exc)
 
     def _settle_rewind(self, report: PassReport) -> OutboxRewind | None:
         """The last rewind, marked applied once a whole pass after it leaves nothing pending:
