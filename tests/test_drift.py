@@ -348,3 +348,35 @@ def test_refused_credentials_on_the_account_read_are_the_passs_once(rig: Rig) ->
     assert rig.engine.run_pass().auth_error is not None
     rig.clock.advance(60)
     assert rig.engine.run_pass().auth_error is None  # said once per interval's read
+
+
+def test_a_guest_dropped_after_a_create_lost_its_answer_is_removed(rig: Rig) -> None:
+    """The create's answer is lost and the pass stops; the EHR then drops a guest.  The session
+    the create made holds that guest, claimed by syncd before the call: it is removed, not left
+    as if the clinic had added it (found by the crash sweep)."""
+
+    def booking(*patients: str) -> None:
+        guests = [{"external_id": p, "full_name": f"Patient {p}", "deliver": "N"} for p in patients]
+        rig.outbox.append(
+            {
+                "appointment_id": "A1",
+                "provider_external_id": "prov-001",
+                "status": "booked",
+                "starts_at": STARTS,
+                "topic": None,
+                "is_recorded": False,
+                "participants": json.dumps(guests),
+                "created_at": NOW,
+            }
+        )
+
+    booking("pat-1", "pat-2")
+    rig.fake.lose_answer("create")
+    # the lease lapses right after the create: the pass stops before it looks again
+    rig.engine.run_pass(may_act=lambda: not rig.fake.mutations())
+    (made,) = rig.fake.sessions("prov-001")
+    assert [p.external_id for p in made.guests] == ["pat-1", "pat-2"]
+    booking("pat-1")
+    rig.engine.run_pass()
+    (session,) = rig.fake.sessions("prov-001")
+    assert [p.external_id for p in session.guests] == ["pat-1"]

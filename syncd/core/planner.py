@@ -181,13 +181,15 @@ def plan_in_full(
         return Plan((*cancels, create), held, applied)
 
     if applied.session_id != keep.session_id:
-        # What is on file is about another session (or none): adopt this one as it stands.
+        # What is on file is about another session (or none): adopt this one as it stands,
+        # keeping only the claims made before a call whose answer never came (a create's): what
+        # that call made is syncd's, and removed if the EHR has dropped the guest since.
         applied = replace(
             applied,
             session_id=keep.session_id,
             host_external_id=keep.host_external_id,
             schedule_ts=None,
-            guests={},
+            guests={k: g for k, g in applied.guests.items() if g.participation_id is None},
         )
     if restore and drift and desired.starts_at > now and not is_frozen(keep, now):
         # Planned against what SecureVideo shows, the EHR's wishes become the restoring calls.
