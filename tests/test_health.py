@@ -160,6 +160,7 @@ def test_healthz_and_metrics_follow_a_real_pass(w: World, tmp_path: Path) -> Non
         assert m[("syncd_operations_total", label(kind="create", outcome="applied"))] == 2
         assert m[("syncd_parked_appointments", label())] == 1
         assert m[("syncd_pending_appointments", label())] == 0
+        assert m[("syncd_drifted_appointments", label())] == 0
         assert m[("syncd_outbox_lag_seconds", label())] >= 0
         assert m[("syncd_last_success_timestamp_seconds", label())] > 0
         posts = (

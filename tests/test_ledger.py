@@ -35,6 +35,7 @@ from syncd.ports.inbox import InboxMessage
 from syncd.ports.ledger import (
     TEXT_LIMIT,
     AppointmentRecord,
+    DriftRecord,
     LeaseHolder,
     LedgerTransaction,
     OperationRecord,
@@ -165,9 +166,13 @@ EXPECTED_COLUMNS = {
         "superseded_at",
         "row_json",
     },
+    # what staff changed in SecureVideo: a kind's name, ids and when it was first seen
+    "drift": {"appointment_id", "kind", "session_id", "detected_at"},
 }
 #: the newest migration: a new one changes this line and adds its own up-and-down test
-HEAD = "0010_hl7_inbox"
+HEAD = "0011_drift"
+#: the revision 0011_drift follows (its down_revision)
+BEFORE_DRIFT = "0010_hl7_inbox"
 #: the revision 0008_applied_state follows (its down_revision)
 BEFORE_0008 = "0007_outbox_row_digest"
 #: the revision 0009_join_links follows (its down_revision)
@@ -459,6 +464,28 @@ def test_migration_0004_makes_one_key_and_keeps_it(fresh_ledger_url: str) -> Non
         assert "fingerprint_key" not in {
             c["name"] for c in inspect(engine).get_columns("sync_cursor")
         }
+    finally:
+        ledger.dispose()
+
+
+def test_migration_0011_adds_the_drift_table_and_drops_it(fresh_ledger_url: str) -> None:
+    ledger = SqlLedger(create_ledger_engine(fresh_ledger_url))
+    engine = ledger.engine
+    try:
+        migrate(engine, BEFORE_DRIFT)
+        assert "drift" not in inspect(engine).get_table_names()
+        migrate(engine, HEAD)
+        with ledger.begin() as tx:
+            assert tx.drift.note(DriftRecord("A1", "cancelled", 9001, T1))
+        with ledger.begin() as tx:
+            assert tx.drift.current() == [DriftRecord("A1", "cancelled", 9001, T1)]
+        downgrade(engine, BEFORE_DRIFT)
+        assert current_revision(engine) == BEFORE_DRIFT
+        assert "drift" not in inspect(engine).get_table_names()
+        migrate(engine)
+        assert is_at_head(engine)
+        with ledger.begin() as tx:
+            assert tx.drift.current() == []
     finally:
         ledger.dispose()
 

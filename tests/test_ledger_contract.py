@@ -32,6 +32,7 @@ from syncd.ports.ledger import (
     TEXT_LIMIT,
     AppointmentRecord,
     BookedAppointment,
+    DriftRecord,
     LeaseHolder,
     Ledger,
     OutboxRewind,
@@ -1030,3 +1031,41 @@ def test_timestamps_are_stored_as_naive_utc(ledger: Ledger) -> None:
         assert [r.appointment_id for r in tx.appointments.due(aware, 10)] == []
         later = (T1 + timedelta(hours=2)).replace(tzinfo=plus_two)
         assert [r.appointment_id for r in tx.appointments.due(later, 10)] == ["a01"]
+
+
+# --- drift ---------------------------------------------------------------------------------------
+
+
+def test_drift_is_noted_once_per_kind_and_cleared(ledger: Ledger) -> None:
+    with ledger.begin() as tx:
+        assert tx.drift.note(DriftRecord("B", "time_moved", 7, T1))
+        assert tx.drift.note(DriftRecord("A", "guest_removed", 5, T2))
+        assert tx.drift.note(DriftRecord("A", "cancelled", 5, T2))
+    with ledger.begin() as tx:
+        # seen again later: the first sighting stands
+        assert not tx.drift.note(DriftRecord("B", "time_moved", 7, T2))
+        assert tx.drift.count() == 2
+        assert tx.drift.current() == [
+            DriftRecord("B", "time_moved", 7, T1),
+            DriftRecord("A", "cancelled", 5, T2),
+            DriftRecord("A", "guest_removed", 5, T2),
+        ]
+        assert tx.drift.current(limit=1) == [DriftRecord("B", "time_moved", 7, T1)]
+        assert tx.drift.of_appointments(["A", "C"]) == {
+            "A": [DriftRecord("A", "cancelled", 5, T2), DriftRecord("A", "guest_removed", 5, T2)]
+        }
+    with ledger.begin() as tx:
+        assert tx.drift.clear("A", ["cancelled", "extra_session"]) == 1
+        assert tx.drift.clear("B") == 1
+        assert tx.drift.clear("B") == 0
+    with ledger.begin() as tx:
+        assert tx.drift.current() == [DriftRecord("A", "guest_removed", 5, T2)]
+        assert tx.drift.count() == 1
+
+
+def test_drift_noted_in_a_rolled_back_transaction_is_gone(ledger: Ledger) -> None:
+    with pytest.raises(RuntimeError), ledger.begin() as tx:
+        tx.drift.note(DriftRecord("A", "cancelled", 5, T1))
+        raise RuntimeError("boom")
+    with ledger.begin() as tx:
+        assert tx.drift.current() == []

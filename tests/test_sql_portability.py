@@ -38,6 +38,7 @@ from syncd.adapters.ledger import (
 )
 from syncd.adapters.ledger.appointments import SqlAppointments
 from syncd.adapters.ledger.cursor import SqlCursor
+from syncd.adapters.ledger.drift import SqlDrift
 from syncd.adapters.ledger.inbox import SqlInbox
 from syncd.adapters.ledger.leases import SqlLeases
 from syncd.adapters.ledger.links import SqlLinks
@@ -46,7 +47,7 @@ from syncd.adapters.ledger.participants import SqlParticipants
 from syncd.adapters.ledger.visits import SqlVisits
 from syncd.adapters.outbox import OutboxReader
 from syncd.ports.inbox import InboxMessage
-from syncd.ports.ledger import LeaseHolder, LedgerTransaction
+from syncd.ports.ledger import DriftRecord, LeaseHolder, LedgerTransaction
 from syncd.ports.links import JoinLinkRecord
 
 #: the dialect mssql+pyodbc compiles with; creating it needs no driver
@@ -82,6 +83,7 @@ REPOSITORIES: tuple[type, ...] = (
     SqlVisits,
     SqlLinks,
     SqlInbox,
+    SqlDrift,
 )
 
 
@@ -280,6 +282,14 @@ def every_ledger_method(ledger: SqlLedger) -> None:
         tx.inbox.accept(message, now=datetime(2030, 1, 1, 0, 2))  # a resend: the duplicate path
         tx.inbox.rows([inbox_id or 0])
         tx.inbox.count()
+        drifted = DriftRecord("A9", "cancelled", 9001, datetime(2030, 1, 1))
+        tx.drift.note(drifted)
+        tx.drift.note(drifted)  # already on file
+        tx.drift.of_appointments(["A9"])
+        tx.drift.current()
+        tx.drift.count()
+        tx.drift.clear("A9", ["cancelled"])
+        tx.drift.clear("A9")
 
 
 def public_methods(*classes: type) -> set[str]:

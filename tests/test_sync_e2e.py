@@ -548,8 +548,12 @@ def test_an_idle_pass_makes_no_api_call_and_at_most_three_sql_statements(w: Worl
 
     empty = w.app()  # a fresh process, an empty outbox: cursor, outbox window, due list
     watch(empty)
+    w.emulator.calls_clear()
     empty.synchronizer.run_pass()
-    assert len(statements) == 3, statements
+    # and the drift interval's look: the account's sessions once, the managed ones and the
+    # drift on file (nothing, so nothing more)
+    assert len(statements) == 5, statements
+    assert [(c.method, c.path) for c in w.emulator.calls] == [("GET", "/session")]
 
     w.write(row("A1", starts=T, guests=[guest(1)]), row("A2", starts=T, guests=[guest(2)]))
     app = w.app()
@@ -586,7 +590,9 @@ def test_concurrency_bounds_the_requests_in_flight_and_every_host_is_read_once(
         report = w.run_pass()
         assert report.outcomes == {"synced": 20}
         assert report.reads == 5
-        assert len(w.emulator.calls_matching("GET", "/session")) == 5
+        assert len(w.emulator.calls_matching("GET", "/session/0")) == 5
+        # and the drift interval's one read of the whole account
+        assert [c.path for c in w.emulator.calls_matching("GET", "/session")].count("/session") == 1
         assert w.emulator.in_flight_peak == 2
         assert all(len(w.live(f"A{n}")) == 1 for n in range(20))
 

@@ -9,8 +9,9 @@ Three-way, as ``kubectl apply`` does with its last-applied configuration:
 
 - a **change** is desired versus applied: a time moved by one minute is a reschedule, whatever
   SecureVideo shows;
-- applied versus observed is **drift** (the clinic's own edits, SecureVideo's rounding): never
-  undone here;
+- applied versus observed is **drift** (the clinic's own edits, SecureVideo's rounding): undone
+  only when ``restore`` is asked (``syncd.core.drift``); otherwise kept, and a session staff
+  cancelled or removed is not created again until the EHR changes the visit's time;
 - only **owned** participations (created by syncd, or adopted by ParticipantExternalId on first
   sight) are changed or removed; every other guest, SecureVideo users included, is left alone;
 - where nothing is applied yet (a ledger from before applied state was kept, a lost answer), what
@@ -33,7 +34,7 @@ Order of operations for one appointment, and why:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -61,6 +62,7 @@ from syncd.core.domain import (
     RescheduleSession,
     UpdateParticipant,
 )
+from syncd.core.drift import SESSION_LOST, DriftKind, applied_restoring
 from syncd.core.fingerprint import Fingerprints
 
 #: ``GET /session`` lists sessions for about a day after their time; older ones vanish from view.
@@ -74,6 +76,8 @@ PAST_VISIT_GRACE = timedelta(minutes=60)
 
 #: Every held reason starts with this, so ``syncd status`` can list them apart from other skips.
 HELD = "held"
+#: A session staff cancelled (or that left the list) not created again starts with this.
+HELD_BY_DRIFT = f"{HELD}: drift:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +100,8 @@ def plan(
     managed_session_id: int | None = None,
     past_grace: timedelta = PAST_VISIT_GRACE,
     move_host: bool = False,
+    drift: Mapping[DriftKind, int | None] | None = None,
+    restore: bool = False,
 ) -> tuple[Operation, ...]:
     """The operations that bring SecureVideo to ``desired``; see :func:`plan_in_full`."""
     return plan_in_full(
@@ -107,6 +113,8 @@ def plan(
         managed_session_id=managed_session_id,
         past_grace=past_grace,
         move_host=move_host,
+        drift=drift,
+        restore=restore,
     ).ops
 
 
@@ -120,6 +128,8 @@ def plan_in_full(
     managed_session_id: int | None = None,
     past_grace: timedelta = PAST_VISIT_GRACE,
     move_host: bool = False,
+    drift: Mapping[DriftKind, int | None] | None = None,
+    restore: bool = False,
 ) -> Plan:
     """``move_host``: a provider change may move the session to the new host rather than
     cancel it and create another (the account allows ``PUT /sessionhost``).  ``observed``
@@ -127,7 +137,9 @@ def plan_in_full(
     ExternalSessionId matches and that are not cancelled belong to the appointment.
     ``managed_session_id`` is the session the ledger says syncd created, preferred when
     SecureVideo shows more than one live session for the appointment.  ``applied`` None: nothing
-    is on file."""
+    is on file.  ``drift``: what staff changed in SecureVideo (kind → session id); ``restore``:
+    undo it, else keep it."""
+    drift = drift or {}
     applied = applied or NOTHING_APPLIED
     desired = kept_session_id(desired, applied)
     if applied.external_session_id is None:
@@ -140,6 +152,10 @@ def plan_in_full(
         ),
         key=lambda s: s.session_id,
     )
+    extra = drift.get(DriftKind.EXTRA_SESSION)
+    if extra is not None and not restore:
+        # A session staff booked under the appointment's id is theirs, kept as they made it.
+        live = [s for s in live if s.session_id != extra]
     presence = desired.presence
     if presence is Presence.LEAVE_ALONE:
         return Plan((), applied=applied)
@@ -165,6 +181,9 @@ def plan_in_full(
 
     if keep is None:
         cancels, held = _held_back(ops, live, now)
+        kept_away = _lost_session_kept(desired, applied, drift, restore=restore, now=now)
+        if kept_away is not None:
+            return Plan(cancels, (*held, kept_away), applied)
         if desired.starts_at < now - past_grace:
             late = f"{HELD}: the visit started over {_minutes(past_grace)} minutes ago: not created"
             return Plan(cancels, (*held, late), applied)
@@ -190,9 +209,33 @@ def plan_in_full(
             schedule_ts=None,
             guests={k: g for k, g in applied.guests.items() if g.participation_id is None},
         )
+    if restore and drift and desired.starts_at > now and not is_frozen(keep, now):
+        # Planned against what SecureVideo shows, the EHR's wishes become the restoring calls.
+        applied = applied_restoring(applied, keep, fingerprints)
     changes, applied = _session_changes(desired, applied, keep, fingerprints)
     kept, held = _held_back(ops + changes, live, now)
     return Plan(kept, held, applied)
+
+
+def _lost_session_kept(
+    desired: Appointment,
+    applied: AppliedState,
+    drift: Mapping[DriftKind, int | None],
+    *,
+    restore: bool,
+    now: datetime,
+) -> str | None:
+    """Why a session staff cancelled (or that left the list) is not created again, or None when
+    it is: restoring a visit still to come, or the EHR moved the visit since syncd sent it."""
+    lost = sorted(k for k in drift if k in SESSION_LOST)
+    if not lost:
+        return None
+    what = f"{HELD_BY_DRIFT} session {drift[lost[0]]} {lost[0]} in SecureVideo"
+    if restore:
+        return None if desired.starts_at > now else f"{what}; the visit time has passed"
+    if applied.schedule_ts is not None and desired.starts_at != applied.schedule_ts:
+        return None
+    return f"{what}: not created again unless the EHR changes the visit"
 
 
 def _minutes(delta: timedelta) -> int:

@@ -21,6 +21,7 @@ from syncd.ports.links import LinkRepository
 from syncd.ports.records import (
     AppointmentRecord,
     BookedAppointment,
+    DriftRecord,
     LeaseHolder,
     LeaseRecord,
     OperationRecord,
@@ -49,6 +50,8 @@ __all__ = [
     "AppointmentRepository",
     "BookedAppointment",
     "CursorRepository",
+    "DriftRecord",
+    "DriftRepository",
     "LeaseHolder",
     "LeaseRecord",
     "LeaseRepository",
@@ -437,6 +440,31 @@ class VisitRepository(Protocol):
         ...
 
 
+class DriftRepository(Protocol):
+    """What clinic staff changed directly in SecureVideo, per appointment and kind of drift."""
+
+    def note(self, record: DriftRecord) -> bool:
+        """Record this drift unless the appointment has that kind on file already (which keeps
+        its ``detected_at``).  Returns whether it was new."""
+        ...
+
+    def clear(self, appointment_id: str, kinds: Collection[str] | None = None) -> int:
+        """Forget these kinds (None: every kind) of the appointment's drift; returns how many."""
+        ...
+
+    def of_appointments(self, appointment_ids: Collection[str]) -> dict[str, list[DriftRecord]]:
+        """The drift on file for these appointments (only those with some), by kind."""
+        ...
+
+    def current(self, limit: int = 100) -> list[DriftRecord]:
+        """Drift on file, oldest first (then by appointment id and kind)."""
+        ...
+
+    def count(self) -> int:
+        """How many appointments have drift on file."""
+        ...
+
+
 class LedgerTransaction(Protocol):
     """One transaction's view of the ledger."""
 
@@ -463,6 +491,9 @@ class LedgerTransaction(Protocol):
 
     @property
     def inbox(self) -> InboxRepository: ...
+
+    @property
+    def drift(self) -> DriftRepository: ...
 
 
 class Ledger(Protocol):

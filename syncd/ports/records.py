@@ -12,6 +12,7 @@ from datetime import datetime
 __all__ = [
     "AppointmentRecord",
     "BookedAppointment",
+    "DriftRecord",
     "LeaseHolder",
     "LeaseRecord",
     "OperationRecord",
@@ -189,3 +190,14 @@ class LeaseRecord:
     @property
     def expired(self) -> bool:
         return self.expires_at < self.database_now
+
+
+@dataclass(frozen=True, slots=True)
+class DriftRecord:
+    """One kind of drift standing on an appointment: what the clinic changed in SecureVideo
+    (``syncd.core.drift`` names the kinds), in which session, and since when.  Ids only."""
+
+    appointment_id: str
+    kind: str
+    session_id: int | None
+    detected_at: datetime

@@ -35,6 +35,14 @@ class SessionGateway(Protocol):
     def remove_participant(self, participation_id: int) -> None: ...
 
 
+class AccountGateway(Protocol):
+    """The whole account's sessions in one read: what drift and visit outcomes compare with."""
+
+    def list_account_sessions(self) -> list[RemoteSession]:
+        """``GET /session``: the active sessions (cancelled ones included) across every host."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class HistoryRecord:
     """One session in SecureVideo's history: ids, codes, times and minutes.

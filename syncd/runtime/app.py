@@ -23,6 +23,7 @@ from syncd.adapters.ledger import migrate as migrate_schema
 from syncd.adapters.outbox import EhrDatabaseNotFoundError, OutboxReader, create_outbox_engine
 from syncd.adapters.securevideo import Egress, ResponseHook, SecureVideoClient
 from syncd.adapters.windows_zones import windows_zone_id
+from syncd.core.drift import DriftPolicy
 from syncd.core.errors import ConfigError, SyncdError
 from syncd.core.fingerprint import Fingerprints
 from syncd.core.retry import RetryPolicy
@@ -31,10 +32,11 @@ from syncd.ports.outbox import OutboxSource
 from syncd.ports.securevideo import SessionGateway
 from syncd.runtime.daemon import PassRunner, open_when_available, run_daemon
 from syncd.runtime.dbhints import database_hint, explain_database_error, outbox_shape_error
-from syncd.runtime.health import HealthState, LedgerCounts, Probes
+from syncd.runtime.health import DRIFTED, HealthState, LedgerCounts, Probes
 from syncd.runtime.health_http import maybe_serve_health
 from syncd.runtime.hl7 import Hl7Service
 from syncd.runtime.settings import Settings
+from syncd.sync.account import AccountSessions
 from syncd.sync.execute import Checkpoint, no_checkpoint
 from syncd.sync.inbox import CombinedSource, InboxWriter, NoOutbox
 from syncd.sync.lease import LeaderLease
@@ -87,7 +89,13 @@ class App:
 
     def outcome_collector(self) -> OutcomeCollector:
         """Visit outcomes from SecureVideo into the ledger; stops with the app."""
-        return OutcomeCollector(ledger=self.ledger, gateway=self.gateway, stop=self.stop)
+        return OutcomeCollector(
+            ledger=self.ledger,
+            gateway=self.gateway,
+            stop=self.stop,
+            # the drift read: outcomes and drift together cost one read per interval
+            account=self.synchronizer.account,
+        )
 
     def link_publisher(self) -> LinkPublisher:
         """The ledger's ``join_link`` rows, refreshed after each outcome collection."""
@@ -148,6 +156,7 @@ def sync_options(settings: Settings, *, rng: random.Random | None = None) -> Syn
         host_change=settings.securevideo.host_change,
         settle_seconds=s.settle_seconds,
         settle_bypass=timedelta(minutes=s.settle_bypass_minutes),
+        drift=DriftPolicy(s.drift),
     )
 
 
@@ -298,6 +307,9 @@ def build_app(
         checkpoint=wiring.checkpoint,
         fingerprints=fingerprints,
         outage=outage,
+        account=AccountSessions(
+            gateway, SystemClock(), interval_seconds=settings.sync.drift_interval_seconds
+        ),
     )
     lease = None
     if wiring.lease:
@@ -456,7 +468,8 @@ def probes_of(app: App) -> Probes:
 
     def ledger_counts() -> LedgerCounts:
         with app.ledger.begin() as tx:
-            return tx.appointments.counts_by_state(), tx.appointments.oldest_pending_since()
+            counts = {**tx.appointments.counts_by_state(), DRIFTED: tx.drift.count()}
+            return counts, tx.appointments.oldest_pending_since()
 
     return Probes(
         databases=(("ledger", read_ledger),)

@@ -105,8 +105,9 @@ def cmd_outcomes(args: argparse.Namespace, wiring: Wiring) -> int:
         report = app.outcome_collector().collect()
         links = app.link_publisher().publish()
     print(
-        f"outcomes: {report.targets} managed session(s) not final; read {report.hosts_read} "
-        f"host(s) ({report.host_failures} failed) and history {report.history_reads} time(s); "
+        f"outcomes: {report.targets} managed session(s) not final; read the account's sessions "
+        f"{report.account_reads} time(s) and {report.hosts_read} host(s) "
+        f"({report.host_failures} failed) and history {report.history_reads} time(s); "
         f"{report.sessions_changed} session(s) and {report.participants_changed} participant(s) "
         f"changed, {report.finalized} final"
         + ("; history could not be read" if report.history_failed else "")

@@ -44,6 +44,11 @@ class LiveGauges(Collector):
                 "How long the longest-waiting pending appointment has waited",
             ),
             ("standby", "syncd_standby", "1 while another instance holds the leader lease"),
+            (
+                "drifted",
+                "syncd_drifted_appointments",
+                "Appointments with changes made directly in SecureVideo (drift) on file",
+            ),
         )
         out: list[Metric] = []
         for key, name, doc in spec:

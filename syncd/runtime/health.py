@@ -135,8 +135,11 @@ class Verdict:
         return {"status": status, "reasons": list(self.reasons)} | dict(self.details)
 
 
-#: Appointments by ledger state, and when the longest-waiting pending one began waiting.
+#: Appointments by ledger state (and, under :data:`DRIFTED`, those with drift on file), and when
+#: the longest-waiting pending one began waiting.
 LedgerCounts = tuple[Mapping[str, int], datetime | None]
+#: Not a state: the count of appointments with drift on file, beside the states' counts.
+DRIFTED = "drifted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,6 +518,7 @@ class HealthState:
             values = {
                 "parked": float(counts.get("parked", 0)),
                 "pending": float(counts.get("pending", 0)),
+                DRIFTED: float(counts.get(DRIFTED, 0)),
                 "oldest_pending": 0.0
                 if oldest is None
                 else max(0.0, (utc_now - oldest).total_seconds()),

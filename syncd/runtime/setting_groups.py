@@ -350,6 +350,18 @@ class SyncSettings(_Group):
         description="An appointment starting within this many minutes is applied at once, "
         "whatever the settle window.",
     )
+    drift_interval_seconds: int = Field(
+        default=300,
+        ge=1,
+        description="Seconds between reads of the account's sessions (GET /session) to find "
+        "what staff changed directly in SecureVideo; visit outcomes use the same read.",
+    )
+    drift: Literal["report", "restore"] = Field(
+        default="report",
+        description="What syncd does about what staff changed in SecureVideo: report (log "
+        "drift_detected, list it in status, leave it as staff made it) or restore (the next "
+        "pass undoes it, never for a past or connected visit).",
+    )
 
 
 def _default_log_format() -> Literal["json", "console"]:

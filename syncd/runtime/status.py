@@ -7,7 +7,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from syncd.ports.ledger import OutboxRewind
+from syncd.ports.ledger import DriftRecord, OutboxRewind
 from syncd.runtime.app import ledger_of, open_outbox
 from syncd.runtime.dbhints import explain_database_error
 from syncd.runtime.settings import Settings
@@ -22,6 +22,8 @@ def collect_status(settings: Settings, *, parked_limit: int = 100) -> dict[str, 
         noted = tx.appointments.noted(parked_limit)
         oldest = tx.appointments.oldest_pending_since()
         retrying = tx.appointments.retrying(parked_limit)
+        drifted = tx.drift.current(parked_limit)
+        drift_count = tx.drift.count()
     newest: int | None = None
     outbox_error: str | None = None
     if settings.outbox.url:
@@ -71,7 +73,23 @@ def collect_status(settings: Settings, *, parked_limit: int = 100) -> dict[str, 
         ],
         # synced, with something an operator should know (a previous host that is gone)
         "notes": [{"appointment_id": r.appointment_id, "reason": r.reason} for r in noted],
+        # what staff changed directly in SecureVideo: per appointment, each kind and since when
+        "drifted_count": drift_count,
+        "drifted": _drifted(drifted),
     }
+
+
+def _drifted(rows: list[DriftRecord]) -> list[dict[str, Any]]:
+    by_appointment: dict[str, dict[str, Any]] = {}
+    for d in rows:
+        entry = by_appointment.setdefault(
+            d.appointment_id,
+            {"appointment_id": d.appointment_id, "session_id": d.session_id, "drift": []},
+        )
+        entry["drift"].append(
+            {"kind": d.kind, "session_id": d.session_id, "since": d.detected_at.isoformat()}
+        )
+    return list(by_appointment.values())
 
 
 def _rewound(rewind: OutboxRewind | None, cursor: int, newest: int | None) -> dict[str, Any] | None:
@@ -137,6 +155,14 @@ def render_status(status: dict[str, Any]) -> str:
         for h in held:
             lines.append(f"  {h['appointment_id']}  (since {h['since']})")
             lines.append(f"      {h['reason']}")
+    drifted = status.get("drifted", [])
+    if drifted:
+        lines.append(
+            f"drifted (changed in SecureVideo): {status.get('drifted_count', len(drifted))}"
+        )
+        for d in drifted:
+            what = ", ".join(f"{k['kind']} since {k['since']}" for k in d["drift"])
+            lines.append(f"  {d['appointment_id']}  ({what})")
     notes = status.get("notes", [])
     if notes:
         lines.append(f"synced with notes: {len(notes)}")

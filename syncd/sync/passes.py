@@ -21,17 +21,27 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from syncd.core.domain import Appointment, Presence
+from syncd.core.drift import DriftPolicy
+from syncd.core.errors import AuthenticationError
 from syncd.core.fingerprint import Fingerprints
 from syncd.core.planner import PAST_VISIT_GRACE
 from syncd.core.retry import RetryPolicy
 from syncd.core.rows import WindowsZone
 from syncd.core.settle import settle_until
 from syncd.ports.clock import Clock, SystemClock
-from syncd.ports.ledger import AppointmentRecord, Ledger, OutboxRewind, ParticipantRecord
+from syncd.ports.ledger import (
+    AppointmentRecord,
+    DriftRecord,
+    Ledger,
+    OutboxRewind,
+    ParticipantRecord,
+)
 from syncd.ports.outbox import OutboxRow, OutboxSource
 from syncd.ports.securevideo import SessionGateway
+from syncd.sync.account import AccountSessions
 from syncd.sync.applied import applied_of
 from syncd.sync.book import AppointmentBook
+from syncd.sync.drift import DriftWatch
 from syncd.sync.execute import Checkpoint, Executor, ledger_fingerprints, no_checkpoint
 from syncd.sync.host_change import HostChange, HostChangeMode
 from syncd.sync.hosts import HostSessions, hosts_of
@@ -67,6 +77,8 @@ class SyncOptions:
     settle_seconds: int = 0
     #: ... unless it starts within this
     settle_bypass: timedelta = timedelta(minutes=120)
+    #: what is done about what staff changed in SecureVideo (``SYNCD_SYNC__DRIFT``)
+    drift: DriftPolicy = DriftPolicy.REPORT
 
     @property
     def reading(self) -> RowReading:
@@ -91,10 +103,12 @@ class Synchronizer:
         fingerprints: Fingerprints | None = None,
         wait: Callable[[float], bool] | None = None,
         outage: Callable[[], bool] | None = None,
+        account: AccountSessions | None = None,
     ) -> None:
         """``fingerprints``: how participants are shown (plan, logs, the journal), by default the
         ledger's own; ``wait``: how a back-off is waited out (default ``stop.wait``); ``outage``:
-        whether SecureVideo is known to be down (see ``Reconciler``)."""
+        whether SecureVideo is known to be down (see ``Reconciler``); ``account``: the account's
+        sessions, read once per drift interval: given, each pass ends by looking for drift."""
         self.outbox = outbox
         self.ledger = ledger
         self.gateway = gateway
@@ -126,8 +140,21 @@ class Synchronizer:
             wait=wait,
             outage=outage,
             host_change=self.host_change,
+            restore_drift=options.drift is DriftPolicy.RESTORE,
         )
         self._progress = ProgressLog(self.clock, options.progress_log_interval_seconds)
+        #: shared with the outcome collector, so the two cost one read per interval
+        self.account = account
+        self._drift = None if account is None else self._drift_watch(account)
+
+    def _drift_watch(self, account: AccountSessions) -> DriftWatch:
+        return DriftWatch(
+            ledger=self.ledger,
+            account=account,
+            clock=self.clock,
+            fingerprints=self.fingerprints,
+            policy=self.options.drift,
+        )
 
     @property
     def progress(self) -> PassProgress | None:
@@ -154,6 +181,8 @@ class Synchronizer:
                 report.ingested = self._ingest.run()
                 report.rewound = self._ingest.rewound
                 self._apply_due(scope)
+                if self._drift is not None and not scope.stopped():
+                    self._look_for_drift(scope)
             finally:
                 progress.finished = True
                 report.reads = scope.hosts.reads
@@ -172,6 +201,13 @@ class Synchronizer:
                     error=report.auth_error,
                 )
         return report
+
+    def _look_for_drift(self, scope: PassScope) -> None:
+        assert self._drift is not None
+        try:
+            scope.report.drift = self._drift.check()
+        except AuthenticationError as exc:
+            scope.reject_credentials(exc)
 
     def _settle_rewind(self, report: PassReport) -> OutboxRewind | None:
         """The last rewind, marked applied once a whole pass after it leaves nothing pending:
@@ -240,8 +276,11 @@ class Synchronizer:
         with self.ledger.begin() as tx:
             known = tx.participants.of_appointments(ids)
             unresolved = tx.operations.with_open(ids)
+            drift = tx.drift.of_appointments(ids)
         return [
-            self._queue.submit(partial(self._reconcile, record, appt, known, scope, unresolved))
+            self._queue.submit(
+                partial(self._reconcile, record, appt, known, scope, unresolved, drift)
+            )
             for record, appt in work
         ]
 
@@ -252,6 +291,7 @@ class Synchronizer:
         known: dict[str, dict[str, ParticipantRecord]],
         scope: PassScope,
         unresolved: set[str],
+        drift: dict[str, list[DriftRecord]],
     ) -> Disposition:
         mine = known.get(appt.appointment_id, {})
         try:
@@ -261,6 +301,7 @@ class Synchronizer:
                 applied_of(record, mine),
                 scope,
                 unresolved=appt.appointment_id in unresolved,
+                drift=drift.get(appt.appointment_id, ()),
             )
         finally:
             self._progress.advance(1)
@@ -340,4 +381,5 @@ class Synchronizer:
             fingerprints=self.fingerprints,
             past_grace=self.options.past_visit_grace,
             move_host=self.host_change.may_move,
+            restore=self.options.drift is DriftPolicy.RESTORE,
         )

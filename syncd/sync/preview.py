@@ -4,17 +4,20 @@ helpers."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import timedelta
+from functools import partial
 
-from syncd.core.applied import kept_session_id
-from syncd.core.domain import Appointment, describe
+from syncd.core.applied import AppliedState, kept_session_id
+from syncd.core.domain import Appointment, Operation, RemoteSession, describe
+from syncd.core.drift import DriftKind, detect, kinds_of
 from syncd.core.errors import AuthenticationError, InvalidRowError, PermanentError, TemporaryError
 from syncd.core.fingerprint import Fingerprints
 from syncd.core.notices import notices_per_op
 from syncd.core.planner import plan
 from syncd.core.redact import redact
 from syncd.ports.clock import Clock
-from syncd.ports.ledger import AppointmentRecord, Ledger, ParticipantRecord
+from syncd.ports.ledger import AppointmentRecord, DriftRecord, Ledger, ParticipantRecord
 from syncd.ports.outbox import OutboxSource
 from syncd.sync.applied import applied_of
 from syncd.sync.hosts import HostSessions, hosts_of
@@ -38,9 +41,13 @@ def preview(
     fingerprints: Fingerprints,
     past_grace: timedelta,
     move_host: bool = False,
+    restore: bool = False,
 ) -> list[Preview]:
-    """Each appointment's operations, and how many notices each sends patients (counts only)."""
-    todo, records, participants = _pending(ledger, outbox, clock, batch_size, reread_window)
+    """Each appointment's operations with their notices (counts only); those with drift on file
+    too, the calls that restore it marked ``drift`` (``restore``: the policy is ``restore``)."""
+    todo, records, participants, drifted = _pending(
+        ledger, outbox, clock, batch_size, reread_window
+    )
     rows = rows_of(outbox, list(todo.values()))
     previews: list[Preview] = []
     parsed: list[tuple[Appointment, list[str], AppointmentRecord | None]] = []
@@ -66,29 +73,71 @@ def preview(
             previews.append(Preview(appt.appointment_id, problem=redact(str(exc), appt)))
             continue
         applied = applied_of(record, participants.get(appt.appointment_id, {}))
-        managed = record.session_id if record else None
-        ops = plan(
-            appt,
-            applied,
-            observed,
+        on_file = drifted.get(appt.appointment_id, ())
+        planned = partial(
+            plan,
+            *(appt, applied, observed),
             now=clock.now(),
             fingerprints=fingerprints,
-            managed_session_id=managed,
+            managed_session_id=record.session_id if record else None,
             past_grace=past_grace,
             move_host=move_host,
+            drift=_drift_of(applied, observed, on_file, clock, fingerprints),
         )
-        sent = notices_per_op(ops, observed)
-        shown = tuple(
-            describe(op, fingerprints) | {"notices": n} for op, n in zip(ops, sent, strict=True)
-        )
-        previews.append(Preview(appt.appointment_id, shown, notices=sum(sent)))
+        shown, notices = _marked(planned, restore, fingerprints, observed)
+        previews.append(Preview(appt.appointment_id, tuple(shown), notices=notices))
     return previews
+
+
+def _drift_of(
+    applied: AppliedState,
+    observed: list[RemoteSession],
+    on_file: Sequence[DriftRecord],
+    clock: Clock,
+    fingerprints: Fingerprints,
+) -> dict[DriftKind, int | None]:
+    """Drift on file and what the hosts' lists show of it, as a pass's turn takes it."""
+    drift = {DriftKind(d.kind): d.session_id for d in on_file}
+    seen = detect(applied, observed, now=clock.now(), fingerprints=fingerprints)
+    return {**drift, **kinds_of(d for d in seen if d.kind is not DriftKind.SESSION_GONE)}
+
+
+def _marked(
+    planned: Callable[..., tuple[Operation, ...]],
+    restore: bool,
+    fingerprints: Fingerprints,
+    observed: list[RemoteSession],
+) -> tuple[list[dict[str, object]], int]:
+    """The operations the policy makes, and those that would restore what staff changed
+    (marked ``drift``), each with its notices; and the notices of those the policy makes."""
+    kept = planned(restore=False)
+    restoring = planned(restore=True)
+    made = restoring if restore else kept
+    ops = made if restore else kept + tuple(op for op in restoring if op not in kept)
+    sent = notices_per_op(ops, observed)
+    shown = [
+        describe(op, fingerprints)
+        | {"notices": n}
+        | ({} if op in kept else {"drift": _DRIFT[restore]})
+        for op, n in zip(ops, sent, strict=True)
+    ]
+    return shown, sum(n for op, n in zip(ops, sent, strict=True) if op in made)
+
+
+#: How an operation that undoes what staff changed is marked, by policy (restore or not).
+_DRIFT = {True: "restores", False: "would-restore (SYNCD_SYNC__DRIFT=report)"}
 
 
 def _pending(
     ledger: Ledger, outbox: OutboxSource, clock: Clock, batch_size: int, reread_window: int
-) -> tuple[dict[str, int], dict[str, AppointmentRecord], dict[str, dict[str, ParticipantRecord]]]:
-    """What a pass would work on: the window's newer rows and the due appointments, by event."""
+) -> tuple[
+    dict[str, int],
+    dict[str, AppointmentRecord],
+    dict[str, dict[str, ParticipantRecord]],
+    dict[str, list[DriftRecord]],
+]:
+    """What a pass would work on: the window's newer rows and the due appointments, by event;
+    and the appointments with drift on file (what restoring them would do)."""
     with ledger.begin() as tx:
         cursor = tx.cursor.get()
     # An outbox that went back (restored): the pass re-reads it all, and its ids say nothing.
@@ -110,5 +159,10 @@ def _pending(
             r.appointment_id: r.last_event_id
             for r in tx.appointments.due(clock.now(), PREVIEW_LIMIT)
         }
-        participants = tx.participants.of_appointments(list(newer | due))
-    return {**due, **newer}, records, participants
+        drifted: dict[str, list[DriftRecord]] = {}
+        for d in tx.drift.current(PREVIEW_LIMIT):
+            drifted.setdefault(d.appointment_id, []).append(d)
+        records |= tx.appointments.get_many([a for a in drifted if a not in records])
+        on_file = {a: records[a].last_event_id for a in drifted if a in records}
+        participants = tx.participants.of_appointments(list(on_file | newer | due))
+    return {**on_file, **due, **newer}, records, participants, drifted

@@ -9,7 +9,7 @@ appointment rather than loop and message the patient.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -24,6 +24,7 @@ from syncd.core.domain import (
     Presence,
     RemoteSession,
 )
+from syncd.core.drift import DriftKind, detect, kinds_of
 from syncd.core.errors import (
     AmbiguousError,
     AuthenticationError,
@@ -37,7 +38,7 @@ from syncd.core.redact import redact
 from syncd.core.retry import RetryPolicy, counts_as_failure
 from syncd.core.view import after
 from syncd.ports.clock import Clock
-from syncd.ports.ledger import AppointmentRecord
+from syncd.ports.ledger import AppointmentRecord, DriftRecord
 from syncd.sync.book import AppointmentBook, Write
 from syncd.sync.execute import Executor
 from syncd.sync.host_change import HostChange
@@ -49,6 +50,8 @@ log = structlog.get_logger("syncd.engine")
 #: After this many plan → apply rounds without converging, something disagrees with the planner
 #: (an API that silently ignores a field, say): park rather than loop and spam the patient.
 MAX_ROUNDS = 3
+
+_KINDS = frozenset(k.value for k in DriftKind)
 
 
 @dataclass(slots=True)
@@ -98,6 +101,9 @@ class _Turn:
     #: what the synced appointment still tells an operator (its previous host is gone)
     note: str | None = None
     rounds: int = 0
+    #: drift on file for it (kind → session id), and what its first read shows
+    on_file: Mapping[DriftKind, int | None] = field(default_factory=dict)
+    drift: Mapping[DriftKind, int | None] | None = None
     #: a call was made: the disposition is "synced", not "unchanged"
     acted: bool = False
     progressed: set[Operation] = field(default_factory=set)
@@ -126,8 +132,10 @@ class Reconciler:
         wait: Callable[[float], bool] | None = None,
         outage: Callable[[], bool] | None = None,
         host_change: HostChange | None = None,
+        restore_drift: bool = False,
     ) -> None:
         """``host_change``: whether a provider change moves the session (default: never).
+        ``restore_drift``: undo what staff changed in SecureVideo (``SYNCD_SYNC__DRIFT``).
         ``wait(seconds)`` waits out a back-off and says whether a shutdown ended it (default:
         ``stop.wait``; a test on a hand-moved clock moves the clock instead).  ``outage()``: True
         while SecureVideo is known to be down, when a failed appointment is left to a later pass
@@ -143,6 +151,7 @@ class Reconciler:
         self._fingerprints = fingerprints
         self._grace = past_visit_grace
         self._host_change = host_change or HostChange("recreate")
+        self._restore = restore_drift
 
     def reconcile(
         self,
@@ -152,6 +161,7 @@ class Reconciler:
         scope: PassScope,
         *,
         unresolved: bool,
+        drift: Sequence[DriftRecord] = (),
     ) -> Disposition:
         if appt.presence is Presence.LEAVE_ALONE:
             return self._book.skipped(appt, "status leaves SecureVideo alone")
@@ -166,6 +176,7 @@ class Reconciler:
             deadline=self._clock.monotonic() + self._budget,
             read_failures=record.attempts,
             call_failures=record.attempts,
+            on_file={DriftKind(d.kind): d.session_id for d in drift if d.kind in _KINDS},
         )
         while True:
             if scope.stopped():
@@ -236,6 +247,8 @@ class Reconciler:
             and all(s.is_cancelled for s in observed)
         ):
             return self._book.skipped(appt, "starts before SecureVideo's active window")
+        if turn.drift is None:
+            turn.drift = self._drift_of(turn, observed)
         planned = self._plan(turn, observed, turn.applied, turn.managed)
         turn.applied = planned.applied
         ops = planned.ops
@@ -344,6 +357,21 @@ class Reconciler:
 
         return finish
 
+    def _drift_of(
+        self, turn: _Turn, observed: list[RemoteSession]
+    ) -> Mapping[DriftKind, int | None]:
+        """Drift on file, and what this turn's first read shows of it (unless a call whose answer
+        was lost may explain the difference)."""
+        if turn.unresolved:
+            return turn.on_file
+        seen = detect(
+            turn.applied, observed, now=self._clock.now(), fingerprints=self._fingerprints
+        )
+        # Gone from a host's list is not gone from the account (the host may have left): only
+        # the account-wide read (``sync.drift``) says so.
+        seen = tuple(d for d in seen if d.kind is not DriftKind.SESSION_GONE)
+        return {**turn.on_file, **kinds_of(seen)}
+
     def _plan(
         self,
         turn: _Turn,
@@ -360,6 +388,8 @@ class Reconciler:
             managed_session_id=managed,
             past_grace=self._grace,
             move_host=self._host_change.may_move,
+            drift=turn.drift,
+            restore=self._restore,
         )
 
     def _back_off(self, turn: _Turn, attempts: int, exc: TemporaryError) -> Step:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from syncd.ports.ledger import OutboxRewind
+from syncd.sync.drift import DriftCheck
 
 
 class Disposition(StrEnum):
@@ -37,6 +38,8 @@ class PassReport:
     rewound: bool = False
     #: the ledger's last rewind after this pass (``applied_at`` None: not yet re-applied)
     rewind: OutboxRewind | None = None
+    #: what the pass's look for drift found; None when there was no new account read
+    drift: DriftCheck | None = None
 
     @property
     def clean(self) -> bool:

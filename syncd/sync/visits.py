@@ -35,6 +35,7 @@ from syncd.ports.ledger import (
     SessionOutcomeRecord,
 )
 from syncd.ports.securevideo import HistoryRecord, OutcomeGateway
+from syncd.sync.account import AccountSessions
 
 log = structlog.get_logger("syncd.outcomes")
 
@@ -61,6 +62,8 @@ EXTERNAL_ID_LIMIT: Final = 64
 class CollectionReport:
     targets: int = 0
     hosts_read: int = 0
+    #: reads of the whole account's list this collection made (it shares the drift read)
+    account_reads: int = 0
     host_failures: int = 0
     sessions_changed: int = 0
     participants_changed: int = 0
@@ -263,11 +266,15 @@ class OutcomeCollector:
         gateway: OutcomeGateway,
         clock: Clock | None = None,
         stop: threading.Event | None = None,
+        account: AccountSessions | None = None,
     ) -> None:
+        """``account``: the account's sessions as drift detection reads them, once per drift
+        interval; given, outcomes use that read and make no host read of their own."""
         self.ledger = ledger
         self.gateway = gateway
         self.clock = clock or SystemClock()
         self.stop = stop or threading.Event()
+        self.account = account
 
     def collect(self) -> CollectionReport:
         """One collection.  Raises ``AuthenticationError`` when SecureVideo refuses the
@@ -289,7 +296,10 @@ class OutcomeCollector:
         listed_since = now - LISTED_FOR
         listed = [t for t in targets if t.schedule_ts is None or t.schedule_ts >= listed_since]
         aged = [t for t in targets if t.schedule_ts is not None and t.schedule_ts < listed_since]
-        lists = self._read_hosts(sorted({t.host_external_id for t in listed}), report)
+        hosts = sorted({t.host_external_id for t in listed})
+        lists = (
+            self._read_hosts(hosts, report) if self.account is None else self._shared(hosts, report)
+        )
 
         for t in listed:
             if self.stop.is_set():
@@ -300,6 +310,8 @@ class OutcomeCollector:
                 continue  # that host could not be read: try again next time
             remote = host_list.get(t.session_id)
             if remote is not None:
+                # The account-wide list does not say which host list a session is on.
+                remote = replace(remote, host_external_id=t.host_external_id)
                 self._observe(t, remote, sessions.get(t.appointment_id), participants, report)
             elif t.schedule_ts is None:
                 # Settled before syncd recorded times and never seen since: its date is unknown,
@@ -317,15 +329,33 @@ class OutcomeCollector:
             log.info(
                 "outcomes_collected",
                 counts=report.counts(),
-                reads=report.hosts_read + report.history_reads,
+                reads=report.hosts_read + report.account_reads + report.history_reads,
                 duration_ms=report.duration_ms,
             )
         return report
 
+    def _shared(
+        self, hosts: list[str], report: CollectionReport
+    ) -> dict[str, Mapping[int, RemoteSession]]:
+        """Every host's sessions from the interval's account read; none when it failed (then
+        the next interval's read is the next try)."""
+        assert self.account is not None
+        before = self.account.reads
+        try:
+            snapshot = self.account.current()
+        except AuthenticationError:
+            raise
+        except (TemporaryError, PermanentError):
+            report.host_failures += 1  # drift detection logs the failed read (drift_unread)
+            return {}
+        finally:
+            report.account_reads += self.account.reads - before
+        return dict.fromkeys(hosts, snapshot.by_id)
+
     def _read_hosts(
         self, hosts: list[str], report: CollectionReport
-    ) -> dict[str, dict[int, RemoteSession]]:
-        lists: dict[str, dict[int, RemoteSession]] = {}
+    ) -> dict[str, Mapping[int, RemoteSession]]:
+        lists: dict[str, Mapping[int, RemoteSession]] = {}
         for host in hosts:
             if self.stop.is_set():
                 report.interrupted = True

@@ -14,6 +14,8 @@ from syncd.core.domain import RemoteParticipant
 #: (``CreateSession.kind`` …) plus ``"list"`` for reading a host's sessions.
 KINDS: Final = (
     "list",
+    #: ``GET /session``, the whole account's sessions
+    "list_account",
     "create",
     "reschedule",
     "cancel",
@@ -22,7 +24,7 @@ KINDS: Final = (
     "update_participant",
     "remove_participant",
 )
-MUTATING_KINDS: Final = KINDS[1:]
+MUTATING_KINDS: Final = KINDS[2:]
 
 #: An exception to raise, or a function making a fresh one for each raise.
 ErrorSource = BaseException | Callable[[], BaseException]

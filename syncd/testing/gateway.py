@@ -82,6 +82,8 @@ class FakeSecureVideo:
         self.calls: list[Call] = []
         #: ``list_host_sessions`` calls per host ExternalId
         self.reads: Counter[str] = Counter()
+        #: ``list_account_sessions`` calls
+        self.account_reads = 0
         for external_id in hosts:
             self.add_host(external_id)
 
@@ -102,6 +104,15 @@ class FakeSecureVideo:
                 for s in self._sessions.values()
                 if s.host.external_id == host.external_id
             ]
+            self.calls.append(call)
+            return found
+
+    def list_account_sessions(self) -> list[RemoteSession]:
+        with self._lock:
+            self.account_reads += 1
+            call = Call("list_account")
+            self._before(call)
+            found = [self._remote(s) for s in self._sessions.values()]
             self.calls.append(call)
             return found
 

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from syncd.testing.memory_appointments import MemoryAppointments, MemoryCursor
+from syncd.testing.memory_drift import MemoryDrift
 from syncd.testing.memory_inbox import MemoryInbox
 from syncd.testing.memory_records import (
     MemoryLeases,
@@ -54,6 +55,7 @@ class InMemoryTransaction:
         self.visits = MemoryVisits(work)
         self.links = MemoryLinks(work)
         self.inbox = MemoryInbox(work)
+        self.drift = MemoryDrift(work)
 
 
 def _utcnow() -> datetime:

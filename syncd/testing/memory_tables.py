@@ -11,6 +11,7 @@ from syncd.ports.inbox import InboxMessage
 from syncd.ports.ledger import (
     TEXT_LIMIT,
     AppointmentRecord,
+    DriftRecord,
     LeaseHolder,
     OperationRecord,
     OutboxRewind,
@@ -59,6 +60,7 @@ class Tables:
     inbox: dict[int, InboxEntry] = field(default_factory=dict)
     #: the inbox's last id, like its autoincrement (an id is not reused after a delete)
     inbox_last_id: int = 0
+    drift: dict[tuple[str, str], DriftRecord] = field(default_factory=dict)
 
     def copy(self) -> Tables:
         return Tables(
@@ -74,6 +76,7 @@ class Tables:
             join_links=dict(self.join_links),
             inbox=dict(self.inbox),
             inbox_last_id=self.inbox_last_id,
+            drift=dict(self.drift),
         )
 
 
@@ -86,6 +89,7 @@ TABLES = (
     "participant_outcomes",
     "join_links",
     "inbox",
+    "drift",
 )
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "NAMING_CONVENTION",
     "appointment_table",
     "cursor_table",
+    "drift_table",
     "hl7_inbox_table",
     "join_link_table",
     "lease_table",
@@ -270,6 +271,18 @@ class Hl7InboxRow(Base):
     row_json: Mapped[str] = mapped_column(Text)
 
 
+class DriftRow(Base):
+    """One kind of drift standing on an appointment (``syncd.core.drift``): ids and times only."""
+
+    __tablename__ = "drift"
+    __table_args__ = (MYSQL_TABLE_OPTIONS,)
+
+    appointment_id: Mapped[str] = mapped_column(_identifier(96), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    session_id: Mapped[int | None] = mapped_column(BigInteger)
+    detected_at: Mapped[datetime] = mapped_column(_TIMESTAMP)
+
+
 cursor_table: Final = cast(Table, SyncCursorRow.__table__)
 appointment_table: Final = cast(Table, AppointmentRow.__table__)
 operation_table: Final = cast(Table, OperationRow.__table__)
@@ -279,3 +292,4 @@ session_outcome_table: Final = cast(Table, SessionOutcomeRow.__table__)
 participant_outcome_table: Final = cast(Table, ParticipantOutcomeRow.__table__)
 join_link_table: Final = cast(Table, JoinLinkRow.__table__)
 hl7_inbox_table: Final = cast(Table, Hl7InboxRow.__table__)
+drift_table: Final = cast(Table, DriftRow.__table__)

@@ -10,6 +10,7 @@ from sqlalchemy import Connection, Engine
 
 from syncd.adapters.ledger.appointments import SqlAppointments
 from syncd.adapters.ledger.cursor import SqlCursor
+from syncd.adapters.ledger.drift import SqlDrift
 from syncd.adapters.ledger.inbox import SqlInbox
 from syncd.adapters.ledger.leases import SqlLeases
 from syncd.adapters.ledger.links import SqlLinks
@@ -32,6 +33,7 @@ class SqlTransaction:
     __slots__ = (
         "_appointments",
         "_cursor",
+        "_drift",
         "_inbox",
         "_leases",
         "_links",
@@ -50,6 +52,7 @@ class SqlTransaction:
         self._visits = SqlVisits(sql)
         self._links = SqlLinks(sql)
         self._inbox = SqlInbox(sql)
+        self._drift = SqlDrift(sql)
 
     @property
     def cursor(self) -> SqlCursor:
@@ -82,6 +85,10 @@ class SqlTransaction:
     @property
     def inbox(self) -> SqlInbox:
         return self._inbox
+
+    @property
+    def drift(self) -> SqlDrift:
+        return self._drift
 
 
 class SqlLedger:

@@ -29,7 +29,12 @@ import httpx
 from pydantic import TypeAdapter, ValidationError
 
 from syncd.adapters.securevideo.gate import Gate, parse_retry_after
-from syncd.adapters.securevideo.mapping import new_participant, parse_history, remote_session
+from syncd.adapters.securevideo.mapping import (
+    guest_codes,
+    new_participant,
+    parse_history,
+    remote_session,
+)
 from syncd.adapters.securevideo.routes import (
     Route,
     at_most_one,
@@ -198,21 +203,11 @@ class SecureVideoClient:
     def guest_codes(self, host_external_id: str) -> list[GuestCode]:
         """The guests of the host's active sessions with their connect codes and Passkeys (an
         access credential each: never logged, and never in an exception's text)."""
-        return [
-            GuestCode(
-                session_id=s.session_id,
-                schedule_ts=s.schedule_ts,
-                cancelled=s.schedule_type == "Cancelled",
-                participation_id=p.participation_id,
-                external_id=p.participant_external_id or None,
-                deliver=p.should_auto_deliver_code or "N",
-                connect_code=p.connect_code,
-                passkey=p.passkey or None,
-            )
-            for s in self.list_sessions(host_external_id=host_external_id)
-            for p in s.participants[1:]  # the first participant is the host
-            if p.connect_code
-        ]
+        return guest_codes(self.list_sessions(host_external_id=host_external_id))
+
+    def list_account_sessions(self) -> list[RemoteSession]:
+        """``GET /session``: every host's active sessions, in one read."""
+        return [remote_session(s) for s in self.list_sessions()]
 
     def create_session(self, op: CreateSession) -> RemoteSession:
         if not op.guests:

@@ -3,6 +3,7 @@ History JSON to the port's history records."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Final
 
 from pydantic import TypeAdapter, ValidationError
@@ -15,6 +16,7 @@ from syncd.adapters.securevideo.wire import (
     describe_validation_error,
 )
 from syncd.core.domain import Guest, RemoteParticipant, RemoteSession
+from syncd.ports.links import GuestCode
 from syncd.ports.securevideo import HistoryPage, HistoryRecord, RejectedRecord
 
 __all__ = [
@@ -90,6 +92,25 @@ def remote_session(s: SessionJson, host_external_id: str | None = None) -> Remot
         wait_time=s.wait_time,
         billable_status_cd=s.billable_status_cd,
     )
+
+
+def guest_codes(sessions: Iterable[SessionJson]) -> list[GuestCode]:
+    """Each guest of these sessions with its connect code and Passkey (credentials)."""
+    return [
+        GuestCode(
+            session_id=s.session_id,
+            schedule_ts=s.schedule_ts,
+            cancelled=s.schedule_type == "Cancelled",
+            participation_id=p.participation_id,
+            external_id=p.participant_external_id or None,
+            deliver=p.should_auto_deliver_code or "N",
+            connect_code=p.connect_code,
+            passkey=p.passkey or None,
+        )
+        for s in sessions
+        for p in s.participants[1:]  # the first participant is the host
+        if p.connect_code
+    ]
 
 
 def history_record(h: HistoryJson) -> HistoryRecord:
