@@ -175,7 +175,7 @@ def test_a_booking_20_hours_past_is_not_created_and_is_reported(
 
     status = collect_status(w.apps[-1].settings)
     assert [h["appointment_id"] for h in status["held"]] == ["A1"]
-    assert "held (past visits): 1" in render_status(status)
+    assert "held, no call made (see each reason): 1" in render_status(status)
 
 
 def test_a_connected_visit_marked_entered_in_error_is_not_cancelled(w: World) -> None:

@@ -151,7 +151,7 @@ def render_status(status: dict[str, Any]) -> str:
         )
     held = status.get("held", [])
     if held:
-        lines.append(f"held (past visits): {len(held)}")
+        lines.append(f"held, no call made (see each reason): {len(held)}")
         for h in held:
             lines.append(f"  {h['appointment_id']}  (since {h['since']})")
             lines.append(f"      {h['reason']}")
